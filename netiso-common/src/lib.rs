@@ -1,0 +1,461 @@
+//! Types shared by the netiso TC programs and user space.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so that the
+//! kernel and user space agree on the bytes, and so that hash keys never carry
+//! uninitialised padding. Addresses are stored as 16 bytes in network byte
+//! order; IPv4 addresses use the first four bytes and leave the rest zero.
+#![no_std]
+
+/// Directory under bpffs where netiso pins its maps and links.
+pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
+
+/// Bumped whenever a pinned map's key or value layout changes, so that an
+/// upgraded daemon replaces old pins instead of misreading them.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names, as declared in the eBPF object.
+pub mod maps {
+    pub const ENDPOINTS: &str = "NETISO_ENDPOINTS";
+    pub const IDENTITIES: &str = "NETISO_IDENTITIES";
+    pub const POLICY: &str = "NETISO_POLICY";
+    pub const CONNTRACK: &str = "NETISO_CONNTRACK";
+    pub const FLOWS: &str = "NETISO_FLOWS";
+    pub const RULE_STATS: &str = "NETISO_RULE_STATS";
+    pub const REASON_STATS: &str = "NETISO_REASON_STATS";
+    pub const SETTINGS: &str = "NETISO_SETTINGS";
+
+    /// Every map, in a fixed order (used for pinning and cleanup).
+    pub const ALL: [&str; 8] = [
+        ENDPOINTS,
+        IDENTITIES,
+        POLICY,
+        CONNTRACK,
+        FLOWS,
+        RULE_STATS,
+        REASON_STATS,
+        SETTINGS,
+    ];
+}
+
+/// Program names, as declared in the eBPF object.
+pub mod programs {
+    /// TC ingress on the host-side veth: traffic leaving the container.
+    pub const FROM_CONTAINER: &str = "netiso_from_container";
+    /// TC egress on the host-side veth: traffic entering the container.
+    pub const TO_CONTAINER: &str = "netiso_to_container";
+}
+
+/// Map sizes. The policy and identity maps hold two slots (see [`Settings`]).
+pub mod limits {
+    pub const ENDPOINTS: u32 = 8192;
+    pub const IDENTITIES: u32 = 65536;
+    pub const POLICY: u32 = 262144;
+    pub const CONNTRACK: u32 = 262144;
+    pub const FLOWS: u32 = 65536;
+    /// Rule ids run from 1 to `RULES - 1`; 0 stands for "a group default".
+    pub const RULES: u32 = 16384;
+}
+
+/// Reserved identities. Identities of group sets start at [`FIRST_GROUP_IDENTITY`].
+pub mod identity {
+    /// Used in policy keys as "any identity"; never assigned to a peer.
+    pub const ANY: u32 = 0;
+    /// The host's own addresses.
+    pub const HOST: u32 = 1;
+    /// Any address netiso does not know.
+    pub const WORLD: u32 = 2;
+    /// A container that is in no group.
+    pub const UNMANAGED: u32 = 3;
+    pub const FIRST_GROUP_IDENTITY: u32 = 256;
+}
+
+/// Protocol numbers as used in policy keys. `ANY` matches every protocol.
+pub mod proto {
+    pub const ANY: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Address families in keys.
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// Bits of [`IdentityInfo::flags`] and [`Endpoint::flags`]: what happens to
+/// traffic that no rule matches.
+pub mod defaults {
+    /// Outgoing traffic from this identity is denied unless a rule allows it.
+    pub const DENY_EGRESS: u32 = 1 << 0;
+    /// Incoming traffic to this identity is denied unless a rule allows it.
+    pub const DENY_INGRESS: u32 = 1 << 1;
+}
+
+/// Bits of [`Endpoint::flags`] beyond the defaults.
+pub mod endpoint_flags {
+    /// Not yet classified: every packet is dropped (fail-closed groups).
+    pub const FAIL_CLOSED: u32 = 1 << 8;
+}
+
+/// The verdict a policy entry gives.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Allow = 1,
+    Deny = 2,
+}
+
+impl Action {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// Direction as seen from the container that owns the veth.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Leaving the container (TC ingress on the host-side veth).
+    Egress = 0,
+    /// Entering the container (TC egress on the host-side veth).
+    Ingress = 1,
+}
+
+impl Direction {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Egress),
+            1 => Some(Self::Ingress),
+            _ => None,
+        }
+    }
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        }
+    }
+}
+
+/// Why a packet was dropped. Index into the reason counters; part of each
+/// flow-table key. Keep the numbers stable: they are stored in pinned maps.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// An explicit `deny` rule matched.
+    PolicyDeny = 1,
+    /// No rule matched and a group default denies.
+    DefaultDeny = 2,
+    /// Source IP is not the endpoint's own.
+    SpoofedIp = 3,
+    /// Source MAC is not the endpoint's own.
+    SpoofedMac = 4,
+    /// An IP header too short or inconsistent to judge.
+    MalformedL3 = 5,
+    /// A TCP/UDP/ICMP header cut short.
+    MalformedL4 = 6,
+    /// A non-IP ethertype on a policed endpoint (ARP and ND excepted).
+    NonIp = 7,
+    /// The endpoint is held fail-closed until it is classified.
+    FailClosed = 8,
+    /// A non-first IPv4 fragment with no known flow.
+    Fragment = 9,
+    /// A live connection the current policy no longer allows.
+    Revoked = 10,
+}
+
+/// Number of reason counters (index 0 unused).
+pub const DROP_REASONS: u32 = 16;
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        Self::PolicyDeny,
+        Self::DefaultDeny,
+        Self::SpoofedIp,
+        Self::SpoofedMac,
+        Self::MalformedL3,
+        Self::MalformedL4,
+        Self::NonIp,
+        Self::FailClosed,
+        Self::Fragment,
+        Self::Revoked,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::PolicyDeny),
+            2 => Some(Self::DefaultDeny),
+            3 => Some(Self::SpoofedIp),
+            4 => Some(Self::SpoofedMac),
+            5 => Some(Self::MalformedL3),
+            6 => Some(Self::MalformedL4),
+            7 => Some(Self::NonIp),
+            8 => Some(Self::FailClosed),
+            9 => Some(Self::Fragment),
+            10 => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+
+    /// Stable, machine-friendly name (used in CLI filters, JSON and metrics).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PolicyDeny => "policy-deny",
+            Self::DefaultDeny => "default-deny",
+            Self::SpoofedIp => "spoofed-ip",
+            Self::SpoofedMac => "spoofed-mac",
+            Self::MalformedL3 => "malformed-l3",
+            Self::MalformedL4 => "malformed-l4",
+            Self::NonIp => "non-ip",
+            Self::FailClosed => "fail-closed",
+            Self::Fragment => "fragment",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// Value of the endpoints map, keyed by the host-side veth's ifindex (u32).
+///
+/// `identity` and `flags` exist once per policy slot so that a reload can
+/// switch every endpoint's identity at the same instant as the policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub identity: [u32; 2],
+    /// `defaults::*` and `endpoint_flags::*`, per slot.
+    pub flags: [u32; 2],
+    /// The container's own IPv4 address on this veth (network order), or 0.
+    pub ipv4: [u8; 4],
+    /// The container's own MAC address on this veth.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of the identities map: an exact address in one policy slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub slot: u8,
+    pub _pad: [u8; 2],
+}
+
+impl IpKey {
+    pub const fn v4(addr: [u8; 4], slot: u8) -> Self {
+        Self {
+            addr: [
+                addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            family: family::V4,
+            slot,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of the identities map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityInfo {
+    pub identity: u32,
+    /// `defaults::*` bits of this identity.
+    pub flags: u32,
+}
+
+/// Key of the policy map. Lookups go from the most to the least specific:
+/// (proto, port), (proto, any port), (any proto, any port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub src: u32,
+    pub dst: u32,
+    /// Destination port in host order; 0 = any.
+    pub dport: u16,
+    pub proto: u8,
+    pub slot: u8,
+}
+
+/// Value of the policy map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// [`Action`] as u8.
+    pub action: u8,
+    pub _pad: [u8; 3],
+    /// The deciding rule (1-based); 0 = a default.
+    pub rule_id: u32,
+}
+
+/// Conntrack key: the packet's own 5-tuple. Each connection is stored twice,
+/// once per direction, so that both directions find it with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Conntrack value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub last_seen_ns: u64,
+    /// Policy generation that admitted (or last re-admitted) the flow.
+    pub generation: u32,
+    /// `ct_flags::*`.
+    pub flags: u32,
+    pub rule_id: u32,
+    pub _pad: u32,
+}
+
+pub mod ct_flags {
+    /// This entry is the reply direction of the connection.
+    pub const REPLY: u32 = 1 << 0;
+}
+
+/// Key of the flow table: one row per distinct dropped flow and reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// The host-side veth that saw the drop.
+    pub ifindex: u32,
+    /// Destination port in host order (0 for ICMP and non-IP).
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// [`DropReason`] as u8.
+    pub reason: u8,
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+    pub src_identity: u32,
+    pub dst_identity: u32,
+}
+
+/// Value of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first and last drop.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub rule_id: u32,
+    pub _pad: u32,
+}
+
+/// A packets/bytes pair, per CPU, for rule and reason counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The single entry of the settings array.
+///
+/// A reload writes the new policy into the inactive slot of the policy and
+/// identity maps (and the endpoints' per-slot fields), then flips
+/// `active_slot` here with one write: every packet reads the slot once and
+/// is judged entirely by one policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Must equal [`LAYOUT_VERSION`] once the daemon has configured the maps;
+    /// until then the programs pass everything (nothing is managed yet).
+    pub layout_version: u32,
+    pub active_slot: u32,
+    /// Incremented on every policy change; conntrack entries from older
+    /// generations are re-judged.
+    pub generation: u32,
+    /// `settings_flags::*`.
+    pub flags: u32,
+}
+
+pub mod settings_flags {
+    /// Drop non-IP ethertypes other than ARP on policed endpoints.
+    pub const DROP_NON_IP: u32 = 1 << 0;
+}
+
+/// TC verdicts (from linux/pkt_cls.h).
+pub mod tc {
+    pub const ACT_OK: i32 = 0;
+    pub const ACT_SHOT: i32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are `repr(C)`, `Copy`, contain only integers and
+    // byte arrays, and have explicit padding fields (no implicit padding).
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for IpKey {}
+    unsafe impl aya::Pod for IdentityInfo {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Settings {}
+
+    impl core::fmt::Display for DropReason {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+    impl core::fmt::Display for Direction {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    // The layouts are part of the pinned-map contract: a change here must
+    // bump LAYOUT_VERSION.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Endpoint>(), 28);
+        assert_eq!(size_of::<IpKey>(), 20);
+        assert_eq!(size_of::<IdentityInfo>(), 8);
+        assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<PolicyValue>(), 8);
+        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<CtValue>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 52);
+        assert_eq!(size_of::<FlowValue>(), 40);
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(LAYOUT_VERSION, 1);
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for r in DropReason::ALL {
+            assert_eq!(DropReason::from_u8(r as u8), Some(r));
+            assert!((r as u32) < DROP_REASONS);
+        }
+        assert_eq!(DropReason::from_u8(0), None);
+    }
+}

@@ -1,0 +1,42 @@
+//! Plain data describing containers as netiso sees them. Produced by the
+//! `docker` and `netlink` modules, consumed by the pure `policy` compiler
+//! and by `datapath`.
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// A running container and its network attachments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Container {
+    /// Full Docker container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// PID of the container's init process (0 if not running).
+    pub pid: u32,
+    /// `HostConfig.NetworkMode` (`bridge`, `host`, `none`, `container:…`, or a network name).
+    pub network_mode: String,
+    pub networks: Vec<Attachment>,
+}
+
+/// One network the container is attached to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attachment {
+    /// Docker network name.
+    pub network: String,
+    pub network_id: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mac: Option<[u8; 6]>,
+    /// Host-side veth, once resolved by the `netlink` module.
+    pub host_ifindex: Option<u32>,
+    pub host_ifname: Option<String>,
+}
+
+impl Container {
+    /// Every address of the container, over all its networks.
+    pub fn ipv4s(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.networks.iter().filter_map(|a| a.ipv4)
+    }
+}
