@@ -23,9 +23,10 @@ pub mod maps {
     pub const RULE_STATS: &str = "NETISO_RULE_STATS";
     pub const REASON_STATS: &str = "NETISO_REASON_STATS";
     pub const SETTINGS: &str = "NETISO_SETTINGS";
+    pub const FRAGS: &str = "NETISO_FRAGS";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -34,6 +35,7 @@ pub mod maps {
         RULE_STATS,
         REASON_STATS,
         SETTINGS,
+        FRAGS,
     ];
 }
 
@@ -52,6 +54,7 @@ pub mod limits {
     pub const POLICY: u32 = 262144;
     pub const CONNTRACK: u32 = 262144;
     pub const FLOWS: u32 = 65536;
+    pub const FRAGS: u32 = 16384;
     /// Rule ids run from 1 to `RULES - 1`; 0 stands for "a group default".
     pub const RULES: u32 = 16384;
 }
@@ -146,7 +149,7 @@ impl Direction {
 /// Why a packet was dropped. Index into the reason counters; part of each
 /// flow-table key. Keep the numbers stable: they are stored in pinned maps.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
     /// An explicit `deny` rule matched.
     PolicyDeny = 1,
@@ -239,7 +242,7 @@ pub struct Endpoint {
 
 /// Key of the identities map: an exact address in one policy slot.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IpKey {
     pub addr: [u8; 16],
     pub family: u8,
@@ -324,6 +327,17 @@ pub struct CtValue {
 pub mod ct_flags {
     /// This entry is the reply direction of the connection.
     pub const REPLY: u32 = 1 << 0;
+}
+
+/// Key of the fragment table: IPv4 datagrams whose first fragment passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u16,
+    pub proto: u8,
+    pub family: u8,
 }
 
 /// Key of the flow table: one row per distinct dropped flow and reason.
@@ -412,6 +426,7 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Settings {}
@@ -447,6 +462,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 52);
         assert_eq!(size_of::<FlowValue>(), 40);
         assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<FragKey>(), 36);
         assert_eq!(LAYOUT_VERSION, 1);
     }
 

@@ -1,3 +1,12 @@
 //! netiso: network isolation between Docker containers, enforced by eBPF
 //! TC programs on each container's host-side veth.
+pub mod cli;
+pub mod counters;
+pub mod daemon;
+pub mod datapath;
+pub mod docker;
 pub mod model;
+pub mod netlink;
+pub mod policy;
+pub mod state;
+pub mod stats;

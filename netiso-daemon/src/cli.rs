@@ -1,0 +1,175 @@
+//! Command-line interface of the `netiso` binary.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{daemon, datapath, policy, stats};
+
+const DEFAULT_PIN_DIR: &str = netiso_common::PIN_DIR;
+const DEFAULT_STATE_DIR: &str = "/run/netiso";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netiso",
+    version,
+    about = "Network isolation between Docker containers, enforced by eBPF"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: follow Docker and enforce the policy.
+    Daemon {
+        /// Policy file, or directory of *.toml files.
+        #[arg(long, default_value = "/etc/netiso/policy.toml")]
+        policy: PathBuf,
+        /// Where programs, links and maps are pinned (bpffs).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Where the daemon publishes its state for the CLI.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Drop non-IP ethertypes (other than ARP) on policed endpoints.
+        #[arg(long)]
+        drop_non_ip: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Per-flow drop counters, with reasons (reads the pinned maps).
+    Stats {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Remove every pinned program, link and map: enforcement stops.
+    Cleanup {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Validate policy files or directories; no daemon needed.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETISO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Daemon {
+            policy,
+            pin_dir,
+            state_dir,
+            drop_non_ip,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(daemon::run(daemon::Options {
+                policy,
+                pin_dir,
+                state_dir,
+                drop_non_ip,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats {
+            json,
+            pin_dir,
+            state_dir,
+        } => {
+            let s = stats::collect(&pin_dir, &state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", stats::render(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { paths },
+        } => {
+            let mut ok = true;
+            for path in &paths {
+                match policy::load_path(path) {
+                    Ok(p) => {
+                        if !p.warnings.is_empty() {
+                            eprint!("{}", policy::render(&p.warnings));
+                        }
+                        println!(
+                            "{}: ok ({} groups, {} rules, {} warnings)",
+                            path.display(),
+                            p.groups.len(),
+                            p.rules.len(),
+                            p.warnings.len()
+                        );
+                    }
+                    Err(e) => {
+                        eprint!("{e}");
+                        ok = false;
+                    }
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Cleanup { pin_dir } => {
+            datapath::require_root("netiso cleanup")?;
+            datapath::Datapath::remove_pins(&pin_dir).map_err(|e| anyhow!("{e:#}"))?;
+            println!("removed {}", pin_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `netiso daemon`: follow Docker, compile the policy against the running
+//! containers and keep the datapath in step.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context as _, Result};
+use futures_util::StreamExt as _;
+use netiso_common::{identity, IdentityInfo, IpKey};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
+
+use crate::datapath::{Datapath, Desired, EndpointSpec};
+use crate::docker::{DockerClient, DockerEvent};
+use crate::model::Container;
+use crate::policy::{self, Compiled, IdentityAllocator, Policy};
+use crate::state::{EndpointState, RuleState, State, Unenforceable};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub policy: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Drop non-IP ethertypes (other than ARP) on policed endpoints.
+    pub drop_non_ip: bool,
+}
+
+struct Daemon {
+    opts: Options,
+    policy: Policy,
+    ids: IdentityAllocator,
+    dp: Datapath,
+    /// Running containers by id, with their host-side veths resolved.
+    containers: BTreeMap<String, Container>,
+}
+
+/// Loads and renders a policy for logs and errors.
+fn load_policy(path: &std::path::Path) -> Result<Policy> {
+    let policy = policy::load_path(path).map_err(|e| anyhow!("{e}"))?;
+    for w in &policy.warnings {
+        warn!("{}", policy::render(std::slice::from_ref(w)).trim_end());
+    }
+    Ok(policy)
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    crate::datapath::require_root("netiso daemon")?;
+    let policy = load_policy(&opts.policy)
+        .with_context(|| format!("the policy {} is not valid", opts.policy.display()))?;
+    let mut dp = Datapath::load(&opts.pin_dir)?;
+    dp.set_drop_non_ip(opts.drop_non_ip)?;
+    info!(pin_dir = %opts.pin_dir.display(), policy = %opts.policy.display(), "netiso starting");
+    let mut d = Daemon {
+        opts,
+        policy,
+        ids: IdentityAllocator::default(),
+        dp,
+        containers: BTreeMap::new(),
+    };
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let session = async {
+            let docker = DockerClient::connect().await?;
+            // Subscribe from just before the listing so that nothing that
+            // happens while we list is missed.
+            let since = unix_now() - 1;
+            let mut events = docker.events(Some(since));
+            d.resync(&docker).await?;
+            loop {
+                tokio::select! {
+                    ev = events.next() => match ev {
+                        Some(Ok(ev)) => {
+                            let mut batch = vec![ev];
+                            // Take whatever else is ready, then reconcile once.
+                            while let Some(Some(Ok(more))) = futures_util::FutureExt::now_or_never(events.next()) {
+                                batch.push(more);
+                            }
+                            for ev in batch {
+                                d.handle(&docker, ev).await;
+                            }
+                            d.reconcile_logged();
+                        }
+                        Some(Err(e)) => return Err(e.context("Docker event stream failed")),
+                        None => return Err(anyhow!("Docker closed the event stream")),
+                    },
+                    _ = hup.recv() => d.reload(),
+                    _ = term.recv() => return Ok::<bool, anyhow::Error>(true),
+                    _ = int.recv() => return Ok(true),
+                }
+            }
+        };
+        match session.await {
+            Ok(_) => {
+                info!("stopping; the pinned programs keep enforcing the last policy");
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(error = format!("{e:#}"), retry_in = ?backoff, "lost Docker, will resync");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Resolves host-side veths off the async runtime (it enters namespaces).
+async fn with_veths(mut c: Container) -> Container {
+    let name = c.name.clone();
+    match tokio::task::spawn_blocking(move || {
+        let r = crate::netlink::resolve_host_veths(&mut c);
+        (c, r)
+    })
+    .await
+    {
+        Ok((c, Ok(()))) => c,
+        Ok((c, Err(e))) => {
+            warn!(container = %name, error = format!("{e:#}"), "cannot resolve the host-side veth");
+            c
+        }
+        Err(e) => panic!("veth resolver panicked: {e}"),
+    }
+}
+
+impl Daemon {
+    async fn resync(&mut self, docker: &DockerClient) -> Result<()> {
+        let span = info_span!("resync");
+        async {
+            let listed = docker.running_containers().await?;
+            let mut containers = BTreeMap::new();
+            for c in listed {
+                let c = with_veths(c).await;
+                containers.insert(c.id.clone(), c);
+            }
+            info!(containers = containers.len(), "listed running containers");
+            self.containers = containers;
+            self.reconcile()
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle(&mut self, docker: &DockerClient, ev: DockerEvent) {
+        debug!(?ev, "docker event");
+        let id = match &ev {
+            DockerEvent::ContainerStarted { id }
+            | DockerEvent::ContainerRenamed { id }
+            | DockerEvent::NetworkConnected {
+                container_id: id, ..
+            }
+            | DockerEvent::NetworkDisconnected {
+                container_id: id, ..
+            } => id.clone(),
+            DockerEvent::ContainerStopped { id } | DockerEvent::ContainerRemoved { id } => {
+                self.containers.remove(id);
+                return;
+            }
+            DockerEvent::NetworkCreated { .. } | DockerEvent::NetworkRemoved { .. } => return,
+        };
+        match docker.inspect(&id).await {
+            Ok(Some(c)) => {
+                let c = with_veths(c).await;
+                self.containers.insert(c.id.clone(), c);
+            }
+            Ok(None) => {
+                self.containers.remove(&id);
+            }
+            Err(e) => warn!(container = %id, error = format!("{e:#}"), "inspect failed"),
+        }
+    }
+
+    fn reload(&mut self) {
+        let _span = info_span!("reload").entered();
+        match load_policy(&self.opts.policy) {
+            Ok(p) => {
+                let old = std::mem::replace(&mut self.policy, p);
+                if let Err(e) = self.reconcile() {
+                    error!(
+                        error = format!("{e:#}"),
+                        "new policy could not be applied; keeping the old one"
+                    );
+                    self.policy = old;
+                    self.reconcile_logged();
+                } else {
+                    info!("policy reloaded");
+                }
+            }
+            Err(e) => error!("policy rejected, the running policy stays:\n{e:#}"),
+        }
+    }
+
+    fn reconcile_logged(&mut self) {
+        if let Err(e) = self.reconcile() {
+            error!(error = format!("{e:#}"), "reconcile failed");
+        }
+    }
+
+    fn reconcile(&mut self) -> Result<()> {
+        let _span = info_span!("reconcile", containers = self.containers.len()).entered();
+        let containers: Vec<Container> = self.containers.values().cloned().collect();
+        let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
+            .map_err(|e| anyhow!("{e}"))?;
+        let (desired, mut state) = build_desired(&compiled, &containers, &self.policy);
+        let report = self.dp.apply(&desired)?;
+        info!(
+            endpoints = desired.endpoints.len(),
+            generation = report.generation,
+            switched = report.switched,
+            attached = report.attached,
+            detached = report.detached,
+            "datapath in step"
+        );
+        state.policy_path = self.opts.policy.clone();
+        state.generation = report.generation;
+        state.updated = unix_now() as u64;
+        state.write(&self.opts.state_dir)
+    }
+}
+
+/// Maps the compiled policy onto endpoints: every container address gets
+/// its identity; every veth of a container in some group gets the programs.
+fn build_desired(
+    compiled: &Compiled,
+    containers: &[Container],
+    policy: &Policy,
+) -> (Desired, State) {
+    let mut d = Desired {
+        policy: compiled.entries.clone(),
+        ..Desired::default()
+    };
+    let mut state = State::default();
+    for (id, def) in &compiled.identities {
+        let names = match *id {
+            identity::HOST => vec!["host".to_string()],
+            identity::WORLD => vec!["world".to_string()],
+            identity::UNMANAGED => vec!["unmanaged".to_string()],
+            _ => def.groups.clone(),
+        };
+        state.identities.insert(*id, names);
+    }
+    for c in containers {
+        let id = compiled
+            .container_identity
+            .get(&c.id)
+            .copied()
+            .unwrap_or(identity::UNMANAGED);
+        let flags = compiled.identities.get(&id).map_or(0, |def| def.flags);
+        let managed = id >= identity::FIRST_GROUP_IDENTITY;
+        let groups = policy.groups_of(c);
+        if managed && c.networks.is_empty() {
+            state.unenforceable.push(Unenforceable {
+                container: c.name.clone(),
+                reason: format!(
+                    "network mode {:?} has no veth of its own to enforce at",
+                    c.network_mode
+                ),
+            });
+        }
+        for a in &c.networks {
+            if let Some(ip) = a.ipv4 {
+                d.identities.insert(
+                    IpKey::v4(ip.octets(), 0),
+                    IdentityInfo {
+                        identity: id,
+                        flags,
+                    },
+                );
+            }
+            let mut enforced = false;
+            if managed {
+                match (a.host_ifindex, &a.host_ifname) {
+                    (Some(ifindex), Some(ifname)) => {
+                        d.endpoints.insert(
+                            ifindex,
+                            EndpointSpec {
+                                ifname: ifname.clone(),
+                                identity: id,
+                                flags,
+                                ipv4: a.ipv4,
+                                mac: a.mac,
+                            },
+                        );
+                        enforced = true;
+                    }
+                    _ => state.unenforceable.push(Unenforceable {
+                        container: c.name.clone(),
+                        reason: format!(
+                            "no host-side veth found on network {:?} (macvlan, ipvlan or host networking?)",
+                            a.network
+                        ),
+                    }),
+                }
+            }
+            state.endpoints.push(EndpointState {
+                container_id: c.id.clone(),
+                container: c.name.clone(),
+                groups: groups.clone(),
+                identity: id,
+                network: a.network.clone(),
+                ifindex: a.host_ifindex,
+                ifname: a.host_ifname.clone(),
+                ip: a.ipv4.map(Into::into),
+                enforced,
+            });
+        }
+    }
+    state.rules = compiled
+        .rules
+        .iter()
+        .map(|r| RuleState {
+            id: r.id,
+            from: r.from.clone(),
+            to: r.to.clone(),
+            ports: r.ports.clone(),
+            action: match r.action {
+                netiso_common::Action::Allow => "allow".into(),
+                netiso_common::Action::Deny => "deny".into(),
+            },
+            description: r.description.clone(),
+            location: r.location.clone(),
+        })
+        .collect();
+    (d, state)
+}

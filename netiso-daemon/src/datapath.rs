@@ -1,0 +1,548 @@
+//! Owns the loaded eBPF object: pins, attachments and map contents.
+//!
+//! Maps are pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>` so that a layout
+//! change gets fresh maps instead of misread old ones; links are pinned under
+//! `<pin_dir>/links` so enforcement outlives the daemon. A policy change is
+//! written into the inactive slot and switched on with one write to the
+//! settings map (see `netiso_common::Settings`).
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::sys::SyscallError;
+use aya::{Ebpf, EbpfLoader};
+use netiso_common::{
+    maps, programs, settings_flags, Endpoint, IdentityInfo, IpKey, PolicyKey, PolicyValue,
+    Settings, LAYOUT_VERSION,
+};
+use tracing::{debug, info, warn};
+
+/// The compiled TC programs (built by build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netiso"));
+
+/// What one managed veth should look like in the endpoints map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Interface name in the namespace the daemon runs in (for attaching).
+    pub ifname: String,
+    pub identity: u32,
+    /// `defaults::*` and `endpoint_flags::*`.
+    pub flags: u32,
+    pub ipv4: Option<Ipv4Addr>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The complete desired contents of the datapath maps. Keys carry slot 0;
+/// the datapath writes them into whichever slot it is filling.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub endpoints: BTreeMap<u32, EndpointSpec>,
+    pub identities: BTreeMap<IpKey, IdentityInfo>,
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+}
+
+/// What an `apply` did, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The policy slot was switched (a full, atomic change).
+    pub switched: bool,
+    pub generation: u32,
+    pub attached: usize,
+    pub detached: usize,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// What the maps hold now, once known (None right after adopting pins
+    /// left by an earlier run).
+    current: Option<Desired>,
+    settings: Settings,
+    /// ifindex -> interface name we attached to.
+    attached: BTreeMap<u32, String>,
+}
+
+impl Datapath {
+    /// Loads the programs, creating or re-adopting the pinned maps under
+    /// `pin_dir`. Enforcement already pinned there keeps running untouched
+    /// until the first `apply`.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        ensure_bpffs(pin_dir)?;
+        let map_dir = pin_dir.join(format!("maps-v{LAYOUT_VERSION}"));
+        std::fs::create_dir_all(&map_dir).with_context(|| {
+            format!(
+                "cannot create {}; is bpffs mounted at /sys/fs/bpf and are we root?",
+                map_dir.display()
+            )
+        })?;
+        std::fs::create_dir_all(pin_dir.join("links"))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&map_dir)
+            .load(EBPF_OBJECT)
+            .context("loading the netiso eBPF object")?;
+        for name in [programs::FROM_CONTAINER, programs::TO_CONTAINER] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel rejected program {name}"))?;
+        }
+        let settings = read_settings(&ebpf)?;
+        let mut dp = Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            current: None,
+            settings,
+            attached: BTreeMap::new(),
+        };
+        dp.clear_inactive_slot()?;
+        dp.remove_old_layouts();
+        Ok(dp)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Whether non-IP ethertypes other than ARP are dropped on policed
+    /// endpoints.
+    pub fn set_drop_non_ip(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.settings.flags |= settings_flags::DROP_NON_IP;
+        } else {
+            self.settings.flags &= !settings_flags::DROP_NON_IP;
+        }
+        self.write_settings()
+    }
+
+    /// Interfaces with programs attached by this process.
+    pub fn attached(&self) -> &BTreeMap<u32, String> {
+        &self.attached
+    }
+
+    /// Brings maps and attachments to `desired`. A change that alters the
+    /// verdict of any identity pair is written to the inactive slot and
+    /// switched on at once; additions that cannot change a verdict go into
+    /// the active slot directly.
+    #[tracing::instrument(skip_all, fields(endpoints = desired.endpoints.len(), policy = desired.policy.len()))]
+    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let incremental = self
+            .current
+            .as_ref()
+            .is_some_and(|cur| only_additions_and_removals(cur, desired));
+        if incremental {
+            let cur = self.current.clone().unwrap_or_default();
+            let removed = self.apply_incremental(&cur, desired)?;
+            if removed {
+                self.settings.generation = self.settings.generation.wrapping_add(1);
+                self.write_settings()?;
+            }
+        } else {
+            self.apply_switch(desired)?;
+            report.switched = true;
+        }
+        let (attached, detached) = self.sync_attachments(desired)?;
+        report.attached = attached;
+        report.detached = detached;
+        report.generation = self.settings.generation;
+        self.current = Some(desired.clone());
+        debug!(?report, "datapath applied");
+        Ok(report)
+    }
+
+    fn apply_switch(&mut self, desired: &Desired) -> Result<()> {
+        let active = self.settings.active_slot as u8 & 1;
+        let next = active ^ 1;
+        {
+            let mut ids = self.identities_map()?;
+            for (k, v) in &desired.identities {
+                ids.insert(IpKey { slot: next, ..*k }, *v, 0)
+                    .context("writing the identities map (full?)")?;
+            }
+        }
+        {
+            let mut pol = self.policy_map()?;
+            for (k, v) in &desired.policy {
+                pol.insert(PolicyKey { slot: next, ..*k }, *v, 0)
+                    .context("writing the policy map (full?)")?;
+            }
+        }
+        {
+            let mut eps = self.endpoints_map()?;
+            for (ifindex, spec) in &desired.endpoints {
+                let mut ep = match eps.get(ifindex, 0) {
+                    Ok(old) => old,
+                    // A new endpoint gets the same view in both slots.
+                    Err(_) => endpoint_value(spec, spec.identity, spec.flags),
+                };
+                ep.identity[next as usize] = spec.identity;
+                ep.flags[next as usize] = spec.flags;
+                ep.ipv4 = spec.ipv4.map(|a| a.octets()).unwrap_or_default();
+                ep.mac = spec.mac.unwrap_or_default();
+                eps.insert(ifindex, ep, 0)
+                    .context("writing the endpoints map (full?)")?;
+            }
+        }
+        // The switch: one write, after which every packet uses `next`.
+        self.settings.active_slot = next as u32;
+        self.settings.generation = self.settings.generation.wrapping_add(1);
+        self.settings.layout_version = LAYOUT_VERSION;
+        self.write_settings()?;
+        info!(
+            slot = next,
+            generation = self.settings.generation,
+            "policy switched"
+        );
+
+        // Tidy up: endpoints get both slots equal, the old slot is emptied.
+        {
+            let mut eps = self.endpoints_map()?;
+            let keys: Vec<u32> = eps.keys().filter_map(|k| k.ok()).collect();
+            for ifindex in keys {
+                match desired.endpoints.get(&ifindex) {
+                    Some(spec) => {
+                        eps.insert(ifindex, endpoint_value(spec, spec.identity, spec.flags), 0)?
+                    }
+                    None => remove_ok(eps.remove(&ifindex))?,
+                }
+            }
+        }
+        self.clear_inactive_slot()
+    }
+
+    /// Returns whether anything was removed (which may change verdicts of
+    /// live flows, so the caller bumps the generation).
+    fn apply_incremental(&mut self, cur: &Desired, desired: &Desired) -> Result<bool> {
+        let slot = self.settings.active_slot as u8 & 1;
+        let mut removed = false;
+        {
+            let mut ids = self.identities_map()?;
+            for (k, v) in &desired.identities {
+                if !cur.identities.contains_key(k) {
+                    ids.insert(IpKey { slot, ..*k }, *v, 0)?;
+                }
+            }
+            for k in cur.identities.keys() {
+                if !desired.identities.contains_key(k) {
+                    remove_ok(ids.remove(&IpKey { slot, ..*k }))?;
+                    removed = true;
+                }
+            }
+        }
+        let mut eps = self.endpoints_map()?;
+        for (ifindex, spec) in &desired.endpoints {
+            if cur.endpoints.get(ifindex) != Some(spec) {
+                eps.insert(ifindex, endpoint_value(spec, spec.identity, spec.flags), 0)?;
+            }
+        }
+        for ifindex in cur.endpoints.keys() {
+            if !desired.endpoints.contains_key(ifindex) {
+                remove_ok(eps.remove(ifindex))?;
+                removed = true;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Attaches both programs to every desired endpoint and detaches those
+    /// no longer desired. Links are pinned so they outlive the daemon.
+    fn sync_attachments(&mut self, desired: &Desired) -> Result<(usize, usize)> {
+        let mut attached = 0;
+        for (ifindex, spec) in &desired.endpoints {
+            if self.attached.get(ifindex) == Some(&spec.ifname) {
+                continue;
+            }
+            self.attach(*ifindex, &spec.ifname)
+                .with_context(|| format!("attaching to {} (ifindex {ifindex})", spec.ifname))?;
+            self.attached.insert(*ifindex, spec.ifname.clone());
+            attached += 1;
+        }
+        let mut detached = 0;
+        let want: BTreeSet<u32> = desired.endpoints.keys().copied().collect();
+        for ifindex in self.pinned_link_ifindexes()? {
+            if !want.contains(&ifindex) {
+                self.detach(ifindex)?;
+                detached += 1;
+            }
+        }
+        self.attached.retain(|k, _| want.contains(k));
+        Ok((attached, detached))
+    }
+
+    fn link_pin(&self, ifindex: u32, attach: TcAttachType) -> PathBuf {
+        let dir = match attach {
+            TcAttachType::Ingress => "from",
+            _ => "to",
+        };
+        self.pin_dir.join("links").join(format!("{ifindex}-{dir}"))
+    }
+
+    fn attach(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+        for (prog_name, attach) in [
+            (programs::FROM_CONTAINER, TcAttachType::Ingress),
+            (programs::TO_CONTAINER, TcAttachType::Egress),
+        ] {
+            let pin = self.link_pin(ifindex, attach);
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .context("program missing")?
+                .try_into()?;
+            // Re-adopt a link pinned by an earlier run: swapping the program
+            // in place leaves no moment without enforcement.
+            let link_id = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let fd_link = FdLink::from(old);
+                    let link = SchedClassifierLink::try_from(fd_link)?;
+                    match prog.attach_to_link(link) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            // The interface the link was made for is gone
+                            // (ifindex reused): start afresh.
+                            debug!(error = %e, pin = %pin.display(), "stale link pin");
+                            let _ = std::fs::remove_file(&pin);
+                            prog.attach_with_options(
+                                ifname,
+                                attach,
+                                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                            )?
+                        }
+                    }
+                }
+                Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.kind() == io::ErrorKind::NotFound =>
+                {
+                    prog.attach_with_options(
+                        ifname,
+                        attach,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )?
+                }
+                Err(e) => return Err(e).context(format!("opening {}", pin.display())),
+            };
+            let link = prog.take_link(link_id)?;
+            let fd_link: FdLink = link.try_into()?;
+            let _ = std::fs::remove_file(&pin);
+            fd_link
+                .pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+        debug!(ifindex, ifname, "attached");
+        Ok(())
+    }
+
+    /// Removes the pinned links of `ifindex`, which detaches the programs.
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let pin = self.link_pin(ifindex, attach);
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context(format!("removing {}", pin.display())),
+            }
+        }
+        self.attached.remove(&ifindex);
+        debug!(ifindex, "detached");
+        Ok(())
+    }
+
+    fn pinned_link_ifindexes(&self) -> Result<BTreeSet<u32>> {
+        let mut out = BTreeSet::new();
+        for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(idx) = name.split('-').next().and_then(|s| s.parse().ok()) {
+                out.insert(idx);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every pin (links and maps) under the pin directory: all
+    /// enforcement stops. Used by `netiso cleanup` and by tests.
+    pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(pin_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context(format!("removing {}", pin_dir.display())),
+        }
+    }
+
+    fn remove_old_layouts(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.pin_dir) else {
+            return;
+        };
+        let keep = format!("maps-v{LAYOUT_VERSION}");
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("maps-v") && name != keep {
+                warn!(dir = %entry.path().display(), "removing maps of an older layout");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Deletes identities and policy entries of the slot not in use.
+    fn clear_inactive_slot(&mut self) -> Result<()> {
+        let inactive = (self.settings.active_slot as u8 & 1) ^ 1;
+        {
+            let mut ids = self.identities_map()?;
+            let stale: Vec<IpKey> = ids
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.slot == inactive)
+                .collect();
+            for k in stale {
+                remove_ok(ids.remove(&k))?;
+            }
+        }
+        let mut pol = self.policy_map()?;
+        let stale: Vec<PolicyKey> = pol
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.slot == inactive)
+            .collect();
+        for k in stale {
+            remove_ok(pol.remove(&k))?;
+        }
+        Ok(())
+    }
+
+    fn write_settings(&mut self) -> Result<()> {
+        let mut arr: Array<&mut MapData, Settings> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::SETTINGS)
+                .context("settings map missing")?,
+        )?;
+        arr.set(0, self.settings, 0).context("writing settings")?;
+        Ok(())
+    }
+
+    fn endpoints_map(&mut self) -> Result<BpfHashMap<&mut MapData, u32, Endpoint>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::ENDPOINTS)
+                .context("endpoints map missing")?,
+        )?)
+    }
+
+    fn identities_map(&mut self) -> Result<BpfHashMap<&mut MapData, IpKey, IdentityInfo>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::IDENTITIES)
+                .context("identities map missing")?,
+        )?)
+    }
+
+    fn policy_map(&mut self) -> Result<BpfHashMap<&mut MapData, PolicyKey, PolicyValue>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::POLICY)
+                .context("policy map missing")?,
+        )?)
+    }
+}
+
+fn read_settings(ebpf: &Ebpf) -> Result<Settings> {
+    let arr: Array<&MapData, Settings> =
+        Array::try_from(ebpf.map(maps::SETTINGS).context("settings map missing")?)?;
+    Ok(arr.get(&0, 0)?)
+}
+
+fn endpoint_value(spec: &EndpointSpec, identity: u32, flags: u32) -> Endpoint {
+    Endpoint {
+        identity: [identity; 2],
+        flags: [flags; 2],
+        ipv4: spec.ipv4.map(|a| a.octets()).unwrap_or_default(),
+        mac: spec.mac.unwrap_or_default(),
+        _pad: [0; 2],
+    }
+}
+
+/// True when going from `cur` to `desired` only adds or removes entries
+/// without changing what any existing one says: then no packet can see a
+/// mixture of two policies, and no slot switch is needed.
+fn only_additions_and_removals(cur: &Desired, desired: &Desired) -> bool {
+    if cur.policy != desired.policy {
+        return false;
+    }
+    let same_where_both = |a: &BTreeMap<IpKey, IdentityInfo>, b: &BTreeMap<IpKey, IdentityInfo>| {
+        a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+    };
+    if !same_where_both(&cur.identities, &desired.identities) {
+        return false;
+    }
+    cur.endpoints.iter().all(|(k, v)| {
+        desired
+            .endpoints
+            .get(k)
+            .is_none_or(|w| w.identity == v.identity && w.flags == v.flags)
+    })
+}
+
+fn remove_ok(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at /sys/fs/bpf when the pin directory lives there and
+/// nothing is mounted yet (hosts without systemd do not mount it).
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let path = std::ffi::CString::new(BPFFS)?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf")?;
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .context("mounting bpffs at /sys/fs/bpf (try: mount -t bpf bpf /sys/fs/bpf)");
+    }
+    info!("mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+/// Fails with a clear message when not running as root.
+pub fn require_root(what: &str) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
+    }
+    Ok(())
+}

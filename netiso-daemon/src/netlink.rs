@@ -1,0 +1,493 @@
+//! Host-side veth discovery over NETLINK_ROUTE.
+//!
+//! A container's `eth0` is one end of a veth pair; the other end lives in the
+//! host namespace, and that is where the TC programs attach. `/sys/class/net`
+//! cannot be used for this: after `setns` it still shows the namespace sysfs
+//! was mounted in. So we open a netlink socket *inside* the container's
+//! namespace and read `IFLA_LINK` of the veth, which the kernel reports as the
+//! peer's ifindex in the peer's (host) namespace.
+//!
+//! Everything here is blocking and short; call it from `spawn_blocking` when
+//! on an async runtime.
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use netlink_packet_core::{
+    parse_string, parse_u32, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NlasIterator, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkHeader, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::model::Container;
+
+// From <linux/if_link.h>, <linux/rtnetlink.h>; stable kernel ABI.
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const RTM_NEWLINK: u16 = 16;
+
+/// One network interface as seen from some network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub mac: Option<[u8; 6]>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex in the peer's namespace;
+    /// for macvlan/ipvlan/vlan, the parent device. Absent for most others.
+    pub peer_ifindex: Option<u32>,
+    /// `IFLA_INFO_KIND` (`veth`, `bridge`, `macvlan`, …); `None` for devices
+    /// without one (loopback, physical NICs).
+    pub kind: Option<String>,
+}
+
+impl LinkInfo {
+    pub fn is_veth(&self) -> bool {
+        self.kind.as_deref() == Some("veth")
+    }
+}
+
+/// Fills `host_ifindex` and `host_ifname` of each attachment of a running
+/// container (and clears them where nothing matches, so calling it again after
+/// a change is safe).
+///
+/// Containers without a veth of their own (network mode `host`, `none`,
+/// `container:…`) return `Ok` with nothing filled; so do attachments whose
+/// interface is not a veth (macvlan, ipvlan): the caller reports those as not
+/// enforceable.
+pub fn resolve_host_veths(c: &mut Container) -> Result<()> {
+    for a in &mut c.networks {
+        a.host_ifindex = None;
+        a.host_ifname = None;
+    }
+    if !has_own_netns(&c.network_mode) || c.networks.iter().all(|a| a.mac.is_none()) {
+        return Ok(());
+    }
+    if c.pid == 0 {
+        bail!("container {} ({}) has no PID: not running", c.name, c.id);
+    }
+    let ns = PathBuf::from(format!("/proc/{}/ns/net", c.pid));
+    let links = links_in_netns(&ns)
+        .with_context(|| format!("listing interfaces of container {} ({})", c.name, c.id))?;
+
+    for a in &mut c.networks {
+        let Some(mac) = a.mac else { continue };
+        let Some(inner) = links.iter().find(|l| l.mac == Some(mac)) else {
+            tracing::debug!(container = %c.name, network = %a.network, "no interface with the attachment's MAC");
+            continue;
+        };
+        if !inner.is_veth() {
+            tracing::debug!(container = %c.name, network = %a.network, kind = ?inner.kind, "not a veth");
+            continue;
+        }
+        let Some(peer) = inner.peer_ifindex else {
+            continue;
+        };
+        // Check the host link really is this veth's peer: the container may be
+        // going away and its ifindex already reused by another device.
+        match link_by_index(peer)? {
+            Some(host) if host.is_veth() && host.peer_ifindex == Some(inner.ifindex) => {
+                a.host_ifindex = Some(host.ifindex);
+                a.host_ifname = Some(host.ifname);
+            }
+            other => {
+                tracing::debug!(container = %c.name, network = %a.network, peer, host = ?other,
+                    "host peer of the container veth not found");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Docker network mode gives the container a network namespace with
+/// its own interfaces.
+fn has_own_netns(network_mode: &str) -> bool {
+    !(network_mode == "host" || network_mode == "none" || network_mode.starts_with("container:"))
+}
+
+/// ifindex → name in the current (host) namespace; `None` if the link is gone.
+pub fn link_name(ifindex: u32) -> Result<Option<String>> {
+    Ok(link_by_index(ifindex)?.map(|l| l.ifname))
+}
+
+/// One link of the current (host) namespace by ifindex; `None` if it is gone.
+pub fn link_by_index(ifindex: u32) -> Result<Option<LinkInfo>> {
+    let sock = RouteSocket::open()?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    match sock.request(msg, NLM_F_REQUEST) {
+        Ok(mut links) => Ok(links.pop()),
+        Err(NlError::Kernel(e)) if e == libc::ENODEV => Ok(None),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("RTM_GETLINK ifindex {ifindex}"))),
+    }
+}
+
+/// Every link of the current namespace.
+pub fn links() -> Result<Vec<LinkInfo>> {
+    let sock = RouteSocket::open()?;
+    sock.request(LinkMessage::default(), NLM_F_REQUEST | NLM_F_DUMP)
+        .context("RTM_GETLINK dump")
+}
+
+/// Every link of the network namespace at `netns_path` (`/var/run/netns/X`,
+/// `/proc/PID/ns/net`).
+pub fn links_in_netns(netns_path: &Path) -> Result<Vec<LinkInfo>> {
+    in_netns(netns_path, links).with_context(|| {
+        format!(
+            "listing links in network namespace {}",
+            netns_path.display()
+        )
+    })
+}
+
+/// Runs `f` on a fresh thread that has joined the network namespace at `path`.
+/// `setns(CLONE_NEWNET)` only moves the calling thread, and that thread ends
+/// with `f`, so no other code ever runs in the foreign namespace.
+fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let ns = File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("netiso-netns".into())
+            .spawn_scoped(s, move || {
+                // SAFETY: plain syscall on a valid fd we own for the duration.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("setns({}, CLONE_NEWNET)", path.display()));
+                }
+                drop(ns);
+                f()
+            })
+            .context("spawning the netns thread")?
+            .join()
+            .map_err(|_| anyhow!("netns thread panicked"))?
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum NlError {
+    #[error("netlink: kernel returned {}", std::io::Error::from_raw_os_error(*.0))]
+    Kernel(i32),
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("netlink: malformed reply: {0}")]
+    Decode(String),
+}
+
+/// A blocking NETLINK_ROUTE socket, opened in the namespace of the calling
+/// thread.
+struct RouteSocket {
+    sock: Socket,
+}
+
+impl RouteSocket {
+    fn open() -> Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE).context("opening a NETLINK_ROUTE socket")?;
+        sock.bind_auto().context("binding the netlink socket")?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .context("connecting the netlink socket")?;
+        Ok(Self { sock })
+    }
+
+    /// Sends one RTM_GETLINK and collects the RTM_NEWLINK replies until the
+    /// end of the dump (or the single reply without NLM_F_DUMP).
+    fn request(&self, msg: LinkMessage, flags: u16) -> Result<Vec<LinkInfo>, NlError> {
+        const SEQ: u32 = 1;
+        let mut req = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::from(RouteNetlinkMessage::GetLink(msg)),
+        );
+        req.header.flags = flags;
+        req.header.sequence_number = SEQ;
+        req.finalize();
+        let mut out = vec![0u8; req.buffer_len()];
+        req.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut links = Vec::new();
+        // Large enough for any dump chunk the kernel sends (at most 32 KiB).
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = self.sock.recv(&mut &mut buf[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let nl = NetlinkBuffer::new_checked(&buf[off..n])
+                    .map_err(|e| NlError::Decode(e.to_string()))?;
+                let len = nl.length() as usize;
+                if len == 0 {
+                    return Err(NlError::Decode("zero-length message".into()));
+                }
+                let aligned = (len + 3) & !3;
+                let seq = nl.sequence_number();
+                let ty = nl.message_type();
+                let multipart = nl.flags() & NLM_F_MULTIPART != 0;
+                let payload = nl.payload();
+                off += aligned;
+                if seq != SEQ {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(links),
+                    NLMSG_ERROR => {
+                        let code = payload
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .ok_or_else(|| NlError::Decode("short NLMSG_ERROR".into()))?;
+                        if code != 0 {
+                            return Err(NlError::Kernel(-code));
+                        }
+                        return Ok(links);
+                    }
+                    RTM_NEWLINK => {
+                        links.push(parse_link(payload).map_err(NlError::Decode)?);
+                        if !dump && !multipart {
+                            return Ok(links);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reads only the attributes we need, one by one, so that an attribute this
+/// crate version cannot decode (new kernels add some) does not make the whole
+/// link unreadable.
+fn parse_link(payload: &[u8]) -> Result<LinkInfo, String> {
+    const HEADER_LEN: usize = 16; // struct ifinfomsg
+    let header = LinkHeader::parse(payload).map_err(|e| e.to_string())?;
+    let mut link = LinkInfo {
+        ifname: String::new(),
+        ifindex: header.index,
+        mac: None,
+        peer_ifindex: None,
+        kind: None,
+    };
+    for nla in NlasIterator::new(&payload[HEADER_LEN.min(payload.len())..]) {
+        let nla = nla.map_err(|e| e.to_string())?;
+        let value = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => link.ifname = parse_string(value).map_err(|e| e.to_string())?,
+            IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(value).ok(),
+            IFLA_LINK => link.peer_ifindex = parse_u32(value).ok(),
+            IFLA_LINKINFO => {
+                for info in NlasIterator::new(value).flatten() {
+                    if info.kind() == IFLA_INFO_KIND {
+                        link.kind = parse_string(info.value()).ok();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn run(args: &[&str]) {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A network namespace and a veth pair with one end in it; both go away in
+    /// Drop, also when the test panics.
+    struct VethNs {
+        ns: String,
+        host_if: String,
+        inner_if: String,
+    }
+
+    impl VethNs {
+        fn new() -> Self {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let pid = std::process::id();
+            // Interface names are limited to 15 bytes.
+            let g = VethNs {
+                ns: format!("netiso-t-{pid}-{n}"),
+                host_if: format!("nt{pid}h{n}"),
+                inner_if: format!("nt{pid}c{n}"),
+            };
+            run(&["ip", "netns", "add", &g.ns]);
+            run(&[
+                "ip",
+                "link",
+                "add",
+                &g.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &g.inner_if,
+            ]);
+            run(&["ip", "link", "set", &g.inner_if, "netns", &g.ns]);
+            g
+        }
+        fn path(&self) -> PathBuf {
+            PathBuf::from(format!("/var/run/netns/{}", self.ns))
+        }
+    }
+
+    impl Drop for VethNs {
+        fn drop(&mut self) {
+            // Deleting one end removes both; deleting the netns would too.
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.host_if])
+                .output();
+            let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        }
+    }
+
+    fn host_ifindex(name: &str) -> u32 {
+        std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn finds_host_peer_of_veth_in_netns() {
+        let g = VethNs::new();
+        let links = links_in_netns(&g.path()).unwrap();
+        let inner = links
+            .iter()
+            .find(|l| l.ifname == g.inner_if)
+            .unwrap_or_else(|| panic!("{} not in {links:?}", g.inner_if));
+        assert!(inner.is_veth(), "{inner:?}");
+        assert!(inner.mac.is_some());
+        assert!(
+            links.iter().any(|l| l.ifname == "lo"),
+            "lo missing: {links:?}"
+        );
+        assert!(
+            !links.iter().any(|l| l.ifname == g.host_if),
+            "host end listed inside the namespace: links were read from the wrong namespace"
+        );
+
+        let host_idx = host_ifindex(&g.host_if);
+        assert_eq!(inner.peer_ifindex, Some(host_idx));
+        assert_eq!(
+            link_name(host_idx).unwrap().as_deref(),
+            Some(g.host_if.as_str())
+        );
+        let host = link_by_index(host_idx).unwrap().unwrap();
+        assert!(host.is_veth());
+        assert_eq!(host.peer_ifindex, Some(inner.ifindex));
+
+        // The calling thread never left the host namespace.
+        assert!(super::links()
+            .unwrap()
+            .iter()
+            .any(|l| l.ifname == g.host_if));
+    }
+
+    #[test]
+    fn link_name_of_missing_link_is_none() {
+        // ifindex values are allocated upwards; this one is never in use.
+        assert_eq!(link_name(i32::MAX as u32 - 7).unwrap(), None);
+    }
+
+    #[test]
+    fn missing_netns_is_a_clear_error() {
+        let err = links_in_netns(Path::new("/var/run/netns/netiso-t-does-not-exist")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("netiso-t-does-not-exist"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn resolves_container_like_namespace_by_pid_path() {
+        // resolve_host_veths goes through /proc/PID/ns/net; a process sleeping in
+        // the test namespace stands in for a container.
+        let g = VethNs::new();
+        let mac = links_in_netns(&g.path())
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ifname == g.inner_if)
+            .unwrap()
+            .mac;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &g.ns, "sleep", "30"])
+            .spawn()
+            .unwrap();
+        struct Kill<'a>(&'a mut std::process::Child);
+        impl Drop for Kill<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let pid = child.id();
+        let _k = Kill(&mut child);
+        // `ip netns exec` joins the namespace and then execs sleep: wait until it has.
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == Some(own.clone()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child never entered the netns"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        let mut c = Container {
+            id: "test".into(),
+            name: "test".into(),
+            pid,
+            network_mode: "bridge".into(),
+            networks: vec![
+                crate::model::Attachment {
+                    network: "n1".into(),
+                    mac,
+                    ..Default::default()
+                },
+                crate::model::Attachment {
+                    network: "n2".into(),
+                    mac: Some([2, 0, 0, 0, 0, 1]),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        resolve_host_veths(&mut c).unwrap();
+        assert_eq!(c.networks[0].host_ifindex, Some(host_ifindex(&g.host_if)));
+        assert_eq!(
+            c.networks[0].host_ifname.as_deref(),
+            Some(g.host_if.as_str())
+        );
+        assert_eq!(c.networks[1].host_ifindex, None);
+
+        // Modes without a veth of their own resolve to nothing, without error.
+        for mode in ["host", "none", "container:abc"] {
+            let mut c2 = c.clone();
+            c2.network_mode = mode.into();
+            resolve_host_veths(&mut c2).unwrap();
+            assert!(
+                c2.networks.iter().all(|a| a.host_ifindex.is_none()),
+                "{mode}"
+            );
+        }
+    }
+}

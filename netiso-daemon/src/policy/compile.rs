@@ -1,0 +1,781 @@
+//! From a [`Policy`] and the running containers to the contents of the
+//! kernel's identity and policy maps.
+//!
+//! The kernel looks up (src, dst, proto, port), then (src, dst, proto, 0),
+//! then (src, dst, ANY, 0), and falls back to the identities' default flags.
+//! Each key is therefore resolved against every rule that covers it at its
+//! own level *and* at the levels below (a port key also sees protocol-wide
+//! and any-protocol rules), so that the first hit is always the answer
+//! [`evaluate`](super::evaluate) gives.
+use std::collections::{BTreeMap, BTreeSet};
+
+use netiso_common::{defaults, identity, limits, proto, Action, PolicyKey, PolicyValue};
+
+use super::diagnostic::{Diagnostic, Kind, PolicyError};
+use super::eval::Decision;
+use super::model::{Policy, Rule, HOST, WORLD};
+use super::ports::{PortSpec, Proto};
+use crate::model::Container;
+
+/// Keeps group-set → identity numbers stable across compiles, so that a
+/// reload does not renumber (and so re-judge) every container.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityAllocator {
+    by_groups: BTreeMap<Vec<String>, u32>,
+}
+
+impl IdentityAllocator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The identity of a sorted group set, allocating one the first time.
+    /// The empty set is [`identity::UNMANAGED`].
+    pub fn identity_of(&mut self, groups: &[String]) -> u32 {
+        if groups.is_empty() {
+            return identity::UNMANAGED;
+        }
+        if let Some(&id) = self.by_groups.get(groups) {
+            return id;
+        }
+        // Never reused: an identity that comes back keeps its number.
+        let id = identity::FIRST_GROUP_IDENTITY + self.by_groups.len() as u32;
+        self.by_groups.insert(groups.to_vec(), id);
+        id
+    }
+
+    /// The identity already given to a group set, if any.
+    pub fn get(&self, groups: &[String]) -> Option<u32> {
+        if groups.is_empty() {
+            return Some(identity::UNMANAGED);
+        }
+        self.by_groups.get(groups).copied()
+    }
+}
+
+/// What an identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityDef {
+    /// Sorted group names; empty for the reserved identities.
+    pub groups: Vec<String>,
+    /// `netiso_common::defaults` bits.
+    pub flags: u32,
+}
+
+/// A rule as the datapath's statistics and `explain` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub id: u32,
+    pub from: String,
+    pub to: String,
+    /// As written (or "any").
+    pub ports: String,
+    pub action: Action,
+    pub description: Option<String>,
+    /// `file:line:col`.
+    pub location: String,
+}
+
+impl RuleInfo {
+    fn summary(&self) -> String {
+        format!(
+            "rule {} ({} -> {}, {})",
+            self.id, self.from, self.to, self.ports
+        )
+    }
+}
+
+/// Everything the datapath needs from a policy, for one set of containers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// identity -> its groups and default flags. Includes HOST, WORLD and
+    /// UNMANAGED (groups empty, flags 0).
+    pub identities: BTreeMap<u32, IdentityDef>,
+    /// container id -> identity (UNMANAGED for containers in no group).
+    pub container_identity: BTreeMap<String, u32>,
+    /// Policy map contents with slot = 0 (the datapath rewrites the slot).
+    pub entries: BTreeMap<PolicyKey, PolicyValue>,
+    /// `rules[rule_id - 1]`; rule_id 0 means "a default decided".
+    pub rules: Vec<RuleInfo>,
+}
+
+impl Compiled {
+    pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
+        self.rules.get((id as usize).checked_sub(1)?)
+    }
+
+    /// A name for an identity in messages: `world`, `host`, `unmanaged` or
+    /// `256 (backend, web)`.
+    pub fn describe_identity(&self, id: u32) -> String {
+        match id {
+            identity::HOST => HOST.to_string(),
+            identity::WORLD => WORLD.to_string(),
+            identity::UNMANAGED => "unmanaged".to_string(),
+            _ => match self.identities.get(&id) {
+                Some(def) => format!("{id} ({})", def.groups.join(", ")),
+                None => format!("{id} (unknown)"),
+            },
+        }
+    }
+
+    /// Exactly what the kernel does: try (src, dst, proto, port), then
+    /// (src, dst, proto, 0), then (src, dst, ANY, 0); if none is there,
+    /// DENY_EGRESS of src or DENY_INGRESS of dst denies, else allow (rule 0).
+    pub fn lookup(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
+        for (p, dport) in [(proto, port), (proto, 0), (proto::ANY, 0)] {
+            let key = PolicyKey {
+                src,
+                dst,
+                dport,
+                proto: p,
+                slot: 0,
+            };
+            let Some(value) = self.entries.get(&key) else {
+                continue;
+            };
+            // An unknown action byte is treated as the kernel should: drop.
+            let action = Action::from_u8(value.action).unwrap_or(Action::Deny);
+            let verb = match action {
+                Action::Allow => "allowed",
+                Action::Deny => "denied",
+            };
+            let why = match self.rule(value.rule_id) {
+                Some(r) => {
+                    let mut why = format!("{verb} by {} at {}", r.summary(), r.location);
+                    if let Some(d) = &r.description {
+                        why.push_str(&format!(": {d}"));
+                    }
+                    why
+                }
+                None => format!("{verb} by policy entry with rule id {}", value.rule_id),
+            };
+            return Decision {
+                action,
+                rule_id: value.rule_id,
+                why,
+            };
+        }
+        let flags = |id| self.identities.get(&id).map_or(0, |d| d.flags);
+        let (action, why) = if flags(src) & defaults::DENY_EGRESS != 0 {
+            let who = self.describe_identity(src);
+            (
+                Action::Deny,
+                format!("no rule matches; denied by default: source {who} denies egress"),
+            )
+        } else if flags(dst) & defaults::DENY_INGRESS != 0 {
+            let who = self.describe_identity(dst);
+            (
+                Action::Deny,
+                format!("no rule matches; denied by default: destination {who} denies ingress"),
+            )
+        } else {
+            (
+                Action::Allow,
+                "no rule matches; allowed by default: neither side denies".to_string(),
+            )
+        };
+        Decision {
+            action,
+            rule_id: 0,
+            why,
+        }
+    }
+}
+
+/// Compiles the policy for these containers. Fails only when the result does
+/// not fit in the kernel maps.
+pub fn compile(
+    policy: &Policy,
+    containers: &[Container],
+    ids: &mut IdentityAllocator,
+) -> Result<Compiled, PolicyError> {
+    if policy.rules.len() >= limits::RULES as usize {
+        let first_too_many = &policy.rules[limits::RULES as usize - 1];
+        return Err(Diagnostic::error(
+            Kind::TooLarge,
+            format!(
+                "the policy has {} rules; at most {} fit",
+                policy.rules.len(),
+                limits::RULES - 1
+            ),
+        )
+        .at(first_too_many.location.clone())
+        .label("this rule is one too many")
+        .help("merge rules that share their peers into one rule with several ports")
+        .into());
+    }
+
+    let mut compiled = Compiled::default();
+    for reserved in [identity::HOST, identity::WORLD, identity::UNMANAGED] {
+        compiled.identities.insert(
+            reserved,
+            IdentityDef {
+                groups: Vec::new(),
+                flags: 0,
+            },
+        );
+    }
+    for c in containers {
+        let groups = policy.groups_of(c);
+        let id = ids.identity_of(&groups);
+        compiled
+            .identities
+            .entry(id)
+            .or_insert_with(|| IdentityDef {
+                flags: groups
+                    .iter()
+                    .filter_map(|g| policy.group(g))
+                    .fold(0, |f, g| f | g.flags()),
+                groups,
+            });
+        compiled.container_identity.insert(c.id.clone(), id);
+    }
+
+    // The names a rule can use to mean each identity.
+    let peers: Vec<(u32, Vec<&str>)> = compiled
+        .identities
+        .iter()
+        .map(|(&id, def)| {
+            let names = match id {
+                identity::HOST => vec![HOST],
+                identity::WORLD => vec![WORLD],
+                _ => def.groups.iter().map(String::as_str).collect(),
+            };
+            (id, names)
+        })
+        .collect();
+    let with_name = |name: &str| -> Vec<u32> {
+        peers
+            .iter()
+            .filter(|(_, names)| names.contains(&name))
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    // Rules per ordered identity pair, in id order.
+    let mut pairs: BTreeMap<(u32, u32), Vec<&Rule>> = BTreeMap::new();
+    let mut pairs_of_rule = vec![0usize; policy.rules.len()];
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let (srcs, dsts) = (with_name(&rule.from), with_name(&rule.to));
+        pairs_of_rule[i] = srcs.len() * dsts.len();
+        for &s in &srcs {
+            for &d in &dsts {
+                pairs.entry((s, d)).or_default().push(rule);
+            }
+        }
+    }
+
+    check_size(policy, &pairs, &pairs_of_rule)?;
+    for (&(src, dst), rules) in &pairs {
+        emit_pair(src, dst, rules, &mut compiled.entries);
+    }
+
+    compiled.rules = policy
+        .rules
+        .iter()
+        .map(|r| RuleInfo {
+            id: r.id,
+            from: r.from.clone(),
+            to: r.to.clone(),
+            ports: r.ports_text.clone(),
+            action: r.action,
+            description: r.description.clone(),
+            location: r.location.to_string(),
+        })
+        .collect();
+    Ok(compiled)
+}
+
+/// The deciding rule among `rules`: the first deny, else the first allow.
+fn resolve<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Option<PolicyValue> {
+    let (mut deny, mut allow) = (None::<u32>, None::<u32>);
+    for r in rules {
+        let slot = match r.action {
+            Action::Deny => &mut deny,
+            Action::Allow => &mut allow,
+        };
+        *slot = Some(slot.map_or(r.id, |id| id.min(r.id)));
+    }
+    let (action, rule_id) = match (deny, allow) {
+        (Some(id), _) => (Action::Deny, id),
+        (None, Some(id)) => (Action::Allow, id),
+        (None, None) => return None,
+    };
+    Some(PolicyValue {
+        action: action as u8,
+        _pad: [0; 3],
+        rule_id,
+    })
+}
+
+fn has_whole(rule: &Rule, p: Proto) -> bool {
+    rule.ports
+        .as_ref()
+        .is_some_and(|specs| specs.contains(&PortSpec::Proto(p)))
+}
+
+/// The port ranges of protocol `p` a rule names, with the rule.
+fn ranges<'a>(rules: &[&'a Rule], p: Proto) -> Vec<(u16, u16, &'a Rule)> {
+    let mut out = Vec::new();
+    for &rule in rules {
+        for spec in rule.ports.iter().flatten() {
+            if let PortSpec::Range { proto, lo, hi } = *spec {
+                if proto == p {
+                    out.push((lo, hi, rule));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Splits the ports named by `ranges` into intervals within which the same
+/// ranges apply, so each interval is resolved once, not once per port.
+fn elementary(ranges: &[(u16, u16, &Rule)]) -> Vec<(u32, u32)> {
+    let points: BTreeSet<u32> = ranges
+        .iter()
+        .flat_map(|&(lo, hi, _)| [u32::from(lo), u32::from(hi) + 1])
+        .collect();
+    let points: Vec<u32> = points.into_iter().collect();
+    points
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .filter(|&(a, _)| {
+            ranges
+                .iter()
+                .any(|&(lo, hi, _)| (lo..=hi).contains(&(a as u16)))
+        })
+        .collect()
+}
+
+fn emit_pair(src: u32, dst: u32, rules: &[&Rule], out: &mut BTreeMap<PolicyKey, PolicyValue>) {
+    let key = |proto, dport| PolicyKey {
+        src,
+        dst,
+        dport,
+        proto,
+        slot: 0,
+    };
+    let any: Vec<&Rule> = rules
+        .iter()
+        .copied()
+        .filter(|r| r.ports.is_none())
+        .collect();
+    if let Some(v) = resolve(any.iter().copied()) {
+        out.insert(key(proto::ANY, 0), v);
+    }
+    for p in Proto::ALL {
+        let whole: Vec<&Rule> = rules.iter().copied().filter(|r| has_whole(r, p)).collect();
+        // Protocol-level keys only where a protocol-wide rule exists; other
+        // packets of the protocol fall through to the (ANY, 0) key, which
+        // already gives the right answer for them.
+        if !whole.is_empty() {
+            let v = resolve(whole.iter().chain(&any).copied()).expect("non-empty");
+            for &n in p.numbers() {
+                out.insert(key(n, 0), v);
+            }
+        }
+        if !p.has_ports() {
+            continue;
+        }
+        let ranges = ranges(rules, p);
+        for (a, b) in elementary(&ranges) {
+            let covering = ranges
+                .iter()
+                .filter(|&&(lo, hi, _)| (lo..=hi).contains(&(a as u16)))
+                .map(|&(_, _, r)| r);
+            let v = resolve(
+                covering
+                    .chain(whole.iter().copied())
+                    .chain(any.iter().copied()),
+            )
+            .expect("at least one range covers the interval");
+            for port in a..b {
+                for &n in p.numbers() {
+                    out.insert(key(n, port as u16), v);
+                }
+            }
+        }
+    }
+}
+
+/// Counts the keys before emitting them, so that an oversized policy is
+/// refused with a reason instead of building a huge map first.
+fn check_size(
+    policy: &Policy,
+    pairs: &BTreeMap<(u32, u32), Vec<&Rule>>,
+    pairs_of_rule: &[usize],
+) -> Result<(), PolicyError> {
+    let limit = (limits::POLICY / 2) as usize;
+    let mut total = 0usize;
+    for rules in pairs.values() {
+        total += usize::from(rules.iter().any(|r| r.ports.is_none()));
+        for p in Proto::ALL {
+            if rules.iter().any(|r| has_whole(r, p)) {
+                total += p.numbers().len();
+            }
+            let ranges = ranges(rules, p);
+            total += elementary(&ranges)
+                .iter()
+                .map(|(a, b)| (b - a) as usize)
+                .sum::<usize>()
+                * p.numbers().len();
+        }
+    }
+    if total <= limit {
+        return Ok(());
+    }
+    let cost = |i: usize, r: &Rule| {
+        let ports: usize = r.ports.iter().flatten().map(|s| s.port_count()).sum();
+        (ports, pairs_of_rule[i], ports * pairs_of_rule[i])
+    };
+    let (i, worst) = policy
+        .rules
+        .iter()
+        .enumerate()
+        .max_by_key(|&(i, r)| cost(i, r).2)
+        .expect("a policy with entries has rules");
+    let (ports, pair_count, entries) = cost(i, worst);
+    Err(Diagnostic::error(
+        Kind::TooLarge,
+        format!(
+            "the compiled policy needs {total} map entries, more than the {limit} one policy slot holds"
+        ),
+    )
+    .at(worst.location.clone())
+    .label(format!(
+        "rule {} alone needs {entries}: {ports} ports for each of {pair_count} identity pairs",
+        worst.id
+    ))
+    .help(
+        "every port of a range becomes one entry per pair of identities the rule applies to; \
+         write \"tcp\" or \"udp\" to cover a whole protocol with one entry, or narrow the range",
+    )
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Attachment;
+    use crate::policy::{evaluate, parse_str};
+    use proptest::prelude::*;
+
+    fn container(id: &str, labels: &[(&str, &str)], network: &str) -> Container {
+        Container {
+            id: id.to_string(),
+            name: id.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            networks: vec![Attachment {
+                network: network.to_string(),
+                ..Attachment::default()
+            }],
+            ..Container::default()
+        }
+    }
+
+    const SHOP: &str = r#"
+[groups.web]
+labels = { app = "web" }
+[groups.db]
+labels = { app = "db" }
+ingress = "deny"
+[groups.shop]
+network = "shop"
+egress = "deny"
+
+[[rules]]
+from = "web"
+to = "db"
+ports = ["5432/tcp"]
+action = "allow"
+
+[[rules]]
+from = "shop"
+to = "world"
+ports = ["53/udp", "443/tcp"]
+action = "allow"
+
+[[rules]]
+from = "world"
+to = "web"
+ports = ["8000-8002/tcp", "icmp"]
+action = "allow"
+
+[[rules]]
+from = "shop"
+to = "shop"
+ports = ["8001/tcp"]
+action = "deny"
+"#;
+
+    #[test]
+    fn identities_are_stable_and_never_reserved() {
+        let mut ids = IdentityAllocator::new();
+        let a = ids.identity_of(&["web".to_string()]);
+        let b = ids.identity_of(&["db".to_string(), "web".to_string()]);
+        assert_eq!(a, identity::FIRST_GROUP_IDENTITY);
+        assert_eq!(b, identity::FIRST_GROUP_IDENTITY + 1);
+        assert_eq!(ids.identity_of(&["web".to_string()]), a);
+        assert_eq!(ids.identity_of(&[]), identity::UNMANAGED);
+        assert_eq!(ids.get(&["db".to_string(), "web".to_string()]), Some(b));
+        assert_eq!(ids.get(&["x".to_string()]), None);
+    }
+
+    #[test]
+    fn compiles_the_shop() {
+        let policy = parse_str(SHOP, "shop.toml").unwrap();
+        let containers = [
+            container("c-web", &[("app", "web")], "shop"),
+            container("c-db", &[("app", "db")], "shop"),
+            container("c-other", &[], "elsewhere"),
+        ];
+        let mut ids = IdentityAllocator::new();
+        let compiled = compile(&policy, &containers, &mut ids).unwrap();
+        let web = compiled.container_identity["c-web"];
+        let db = compiled.container_identity["c-db"];
+        assert_eq!(compiled.container_identity["c-other"], identity::UNMANAGED);
+        assert_eq!(compiled.identities[&web].groups, ["shop", "web"]);
+        assert_eq!(compiled.identities[&web].flags, defaults::DENY_EGRESS);
+        assert_eq!(
+            compiled.identities[&db].flags,
+            defaults::DENY_EGRESS | defaults::DENY_INGRESS
+        );
+        for reserved in [identity::HOST, identity::WORLD, identity::UNMANAGED] {
+            assert_eq!(compiled.identities[&reserved].flags, 0);
+        }
+
+        let d = compiled.lookup(web, db, proto::TCP, 5432);
+        assert_eq!((d.action, d.rule_id), (Action::Allow, 1));
+        assert!(d.why.contains("rule 1 (web -> db, 5432/tcp)"), "{}", d.why);
+        let d = compiled.lookup(web, db, proto::TCP, 5433);
+        assert_eq!((d.action, d.rule_id), (Action::Deny, 0));
+        assert!(d.why.contains("denies egress"), "{}", d.why);
+        // The shop-wide deny on 8001 beats nothing else here, but does
+        // apply between shop members.
+        let d = compiled.lookup(db, web, proto::TCP, 8001);
+        assert_eq!((d.action, d.rule_id), (Action::Deny, 4));
+        let d = compiled.lookup(identity::WORLD, web, proto::ICMP, 0);
+        assert_eq!((d.action, d.rule_id), (Action::Allow, 3));
+        let d = compiled.lookup(identity::WORLD, web, proto::ICMPV6, 0);
+        assert_eq!((d.action, d.rule_id), (Action::Allow, 3));
+        let d = compiled.lookup(web, identity::WORLD, proto::UDP, 53);
+        assert_eq!((d.action, d.rule_id), (Action::Allow, 2));
+        let d = compiled.lookup(identity::UNMANAGED, db, proto::TCP, 5432);
+        assert_eq!((d.action, d.rule_id), (Action::Deny, 0));
+        let d = compiled.lookup(identity::UNMANAGED, identity::WORLD, proto::TCP, 1);
+        assert_eq!((d.action, d.rule_id), (Action::Allow, 0));
+
+        assert_eq!(compiled.rules.len(), 4);
+        assert_eq!(compiled.rules[2].ports, "8000-8002/tcp, icmp");
+        assert_eq!(compiled.rules[2].location, "shop.toml:23:1");
+        assert!(compiled.entries.keys().all(|k| k.slot == 0));
+
+        // Same group sets keep their identities on the next compile.
+        let again = compile(&policy, &containers[..2], &mut ids).unwrap();
+        assert_eq!(again.container_identity["c-web"], web);
+        assert_eq!(again.container_identity["c-db"], db);
+    }
+
+    #[test]
+    fn port_keys_see_protocol_and_any_rules() {
+        let text = r#"
+[groups.a]
+names = ["a"]
+[groups.b]
+names = ["b"]
+[[rules]]
+from = "a"
+to = "b"
+ports = ["80-90/tcp"]
+action = "allow"
+[[rules]]
+from = "a"
+to = "b"
+ports = ["tcp"]
+action = "deny"
+[[rules]]
+from = "a"
+to = "b"
+action = "allow"
+"#;
+        let policy = parse_str(text, "t.toml").unwrap();
+        let cs = [container("a", &[], "n"), container("b", &[], "n")];
+        let compiled = compile(&policy, &cs, &mut IdentityAllocator::new()).unwrap();
+        let (a, b) = (
+            compiled.container_identity["a"],
+            compiled.container_identity["b"],
+        );
+        for port in [0, 1, 80, 85, 90, 91, 65535] {
+            assert_eq!(
+                compiled.lookup(a, b, proto::TCP, port).rule_id,
+                2,
+                "port {port}"
+            );
+        }
+        assert_eq!(compiled.lookup(a, b, proto::UDP, 80).rule_id, 3);
+        assert_eq!(compiled.lookup(a, b, 132, 80).rule_id, 3);
+        // The allow 80-90 is hidden by the deny: the linter says so.
+        assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+        assert_eq!(policy.warnings[0].kind, Kind::ShadowedRule);
+    }
+
+    #[test]
+    fn too_many_entries_names_the_rule() {
+        let text = r#"
+[groups.a]
+network = "n"
+[[rules]]
+from = "a"
+to = "a"
+ports = ["80/tcp"]
+action = "allow"
+[[rules]]
+from = "world"
+to = "a"
+ports = ["1-65535/tcp", "1-65535/udp", "1000-2000/tcp"]
+action = "allow"
+[[rules]]
+from = "host"
+to = "a"
+ports = ["1-65535/tcp"]
+action = "allow"
+"#;
+        let policy = parse_str(text, "big.toml").unwrap();
+        let cs = [container("a", &[], "n")];
+        let err = compile(&policy, &cs, &mut IdentityAllocator::new()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("the compiled policy needs 196606 map entries, more than the 131072"),
+            "{text}"
+        );
+        assert!(text.contains("--> big.toml:9:1"), "{text}");
+        assert!(text.contains("rule 2 alone needs 132071"), "{text}");
+        assert!(text.contains("write \"tcp\" or \"udp\""), "{text}");
+    }
+
+    /// A random policy: groups g0..gN selected by label `gI=1`, random
+    /// defaults, random rules; and containers with random memberships.
+    #[derive(Clone, Debug)]
+    struct Case {
+        text: String,
+        memberships: Vec<Vec<usize>>,
+        probes: Vec<(u8, u16)>,
+    }
+
+    fn port_spec() -> impl Strategy<Value = String> {
+        // Small port numbers so that ranges overlap and edges get probed.
+        prop_oneof![
+            (1u16..12, prop_oneof![Just("tcp"), Just("udp")]).prop_map(|(p, t)| format!("{p}/{t}")),
+            (1u16..12, 0u16..6, prop_oneof![Just("tcp"), Just("udp")])
+                .prop_map(|(p, w, t)| format!("{p}-{}/{t}", p + w)),
+            Just("tcp".to_string()),
+            Just("udp".to_string()),
+            Just("icmp".to_string()),
+            Just("65530-65535/tcp".to_string()),
+        ]
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (2usize..=5).prop_flat_map(|n| {
+            let peer = prop_oneof![
+                6 => (0..n).prop_map(|i| format!("g{i}")),
+                1 => Just("world".to_string()),
+                1 => Just("host".to_string()),
+            ];
+            let rule = (
+                peer.clone(),
+                peer,
+                proptest::option::weighted(0.8, proptest::collection::vec(port_spec(), 1..4)),
+                any::<bool>(),
+            );
+            let defaults = proptest::collection::vec((any::<bool>(), any::<bool>()), n);
+            let rules = proptest::collection::vec(rule, 0..8);
+            let memberships = proptest::collection::vec(
+                proptest::collection::vec(0..n, 0..=n.min(3)),
+                1..6,
+            );
+            let probe = prop_oneof![
+                (Just(proto::TCP), 0u16..20),
+                (Just(proto::UDP), 0u16..20),
+                (Just(proto::TCP), 65528u16..=65535),
+                (Just(proto::ICMP), Just(0u16)),
+                (Just(proto::ICMPV6), Just(0u16)),
+                (Just(132u8), 0u16..20),
+            ];
+            let probes = proptest::collection::vec(probe, 1..12);
+            (defaults, rules, memberships, probes).prop_map(move |(defs, rules, members, probes)| {
+                let mut text = String::new();
+                for (i, (ing, eg)) in defs.iter().enumerate() {
+                    let word = |deny: bool| if deny { "deny" } else { "allow" };
+                    text.push_str(&format!(
+                        "[groups.g{i}]\nlabels = {{ g{i} = \"1\" }}\ningress = \"{}\"\negress = \"{}\"\n\n",
+                        word(*ing),
+                        word(*eg)
+                    ));
+                }
+                for (from, to, ports, deny) in rules {
+                    text.push_str(&format!("[[rules]]\nfrom = \"{from}\"\nto = \"{to}\"\n"));
+                    if let Some(ports) = ports {
+                        let list: Vec<String> = ports.iter().map(|p| format!("\"{p}\"")).collect();
+                        text.push_str(&format!("ports = [{}]\n", list.join(", ")));
+                    }
+                    let action = if deny { "deny" } else { "allow" };
+                    text.push_str(&format!("action = \"{action}\"\n\n"));
+                }
+                Case {
+                    text,
+                    memberships: members,
+                    probes,
+                }
+            })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn compiled_lookup_matches_evaluate(case in case()) {
+            let policy = parse_str(&case.text, "random.toml")
+                .map_err(|e| TestCaseError::fail(format!("{e}\n{}", case.text)))?;
+            let containers: Vec<Container> = case
+                .memberships
+                .iter()
+                .enumerate()
+                .map(|(i, groups)| {
+                    let labels: Vec<(String, String)> =
+                        groups.iter().map(|g| (format!("g{g}"), "1".to_string())).collect();
+                    let refs: Vec<(&str, &str)> =
+                        labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    container(&format!("c{i}"), &refs, "net")
+                })
+                .collect();
+            let compiled = compile(&policy, &containers, &mut IdentityAllocator::new()).unwrap();
+
+            // Every peer: each container, plus the world and the host.
+            let mut peers: Vec<(u32, Vec<String>)> = containers
+                .iter()
+                .map(|c| (compiled.container_identity[&c.id], policy.groups_of(c)))
+                .collect();
+            peers.push((identity::WORLD, vec![WORLD.to_string()]));
+            peers.push((identity::HOST, vec![HOST.to_string()]));
+            for (src, src_groups) in &peers {
+                for (dst, dst_groups) in &peers {
+                    for &(proto, port) in &case.probes {
+                        let want = evaluate(&policy, src_groups, dst_groups, proto, port);
+                        let got = compiled.lookup(*src, *dst, proto, port);
+                        prop_assert_eq!(
+                            (got.action, got.rule_id),
+                            (want.action, want.rule_id),
+                            "{:?} -> {:?} proto {} port {}\nkernel: {}\nreference: {}\n{}",
+                            src_groups, dst_groups, proto, port, got.why, want.why, case.text
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

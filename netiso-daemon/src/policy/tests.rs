@@ -1,0 +1,705 @@
+//! Tests of the language as a whole: constructs, every error's place and
+//! hint, several files, and the shipped documentation and examples.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use netiso_common::{proto, Action};
+
+use super::*;
+use crate::model::{Attachment, Container};
+
+fn errors(text: &str) -> String {
+    match parse_str(text, "p.toml") {
+        Ok(p) => panic!("expected an error, got {p:#?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn kinds(text: &str) -> Vec<Kind> {
+    parse_str(text, "p.toml")
+        .unwrap_err()
+        .diagnostics
+        .iter()
+        .map(|d| d.kind)
+        .collect()
+}
+
+fn assert_contains(haystack: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(haystack.contains(n), "missing {n:?} in:\n{haystack}");
+    }
+}
+
+fn container(name: &str, labels: &[(&str, &str)], networks: &[&str]) -> Container {
+    Container {
+        id: format!("id-{name}"),
+        name: name.to_string(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        networks: networks
+            .iter()
+            .map(|n| Attachment {
+                network: n.to_string(),
+                ..Attachment::default()
+            })
+            .collect(),
+        ..Container::default()
+    }
+}
+
+const FULL: &str = r#"
+[settings]
+unmanaged = "allow"
+
+[groups.web]
+network = "shop"
+labels = { app = "web", tier = "front" }
+names = ["web", "web-*"]
+ingress = "deny"
+egress = "allow"
+
+[groups.db]
+labels.app = "db"
+
+[groups.db-admin]
+names = ["pgadmin"]
+egress = "deny"
+
+[[rules]]
+from = "web"
+to = "db"
+ports = ["5432/tcp", "53/udp", "8000-8100/tcp", "icmp", "udp"]
+action = "allow"
+description = "web talks to its database"
+
+[[rules]]
+from = "world"
+to = "web"
+action = "allow"
+
+[[rules]]
+from = "db-admin"
+to = "host"
+ports = ["tcp"]
+action = "deny"
+"#;
+
+#[test]
+fn parses_every_construct() {
+    let p = parse_str(FULL, "full.toml").unwrap();
+    assert_eq!(p.settings.unmanaged, Action::Allow);
+    assert_eq!(p.sources, ["full.toml"]);
+    assert_eq!(p.groups.len(), 3);
+    let web = &p.groups[0];
+    assert_eq!(web.name, "web");
+    assert_eq!(web.network.as_deref(), Some("shop"));
+    assert_eq!(
+        web.labels,
+        BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "front".to_string())
+        ])
+    );
+    assert_eq!(web.names, ["web", "web-*"]);
+    assert_eq!((web.ingress, web.egress), (Action::Deny, Action::Allow));
+    assert_eq!(web.location.to_string(), "full.toml:5:9");
+    let db = p.group("db").unwrap();
+    assert_eq!(db.labels["app"], "db");
+    assert_eq!((db.ingress, db.egress), (Action::Allow, Action::Allow));
+    assert_eq!(p.group("db-admin").unwrap().egress, Action::Deny);
+
+    assert_eq!(p.rules.len(), 3);
+    let r = &p.rules[0];
+    assert_eq!((r.id, r.from.as_str(), r.to.as_str()), (1, "web", "db"));
+    assert_eq!(
+        r.ports.as_deref(),
+        Some(
+            &[
+                PortSpec::Range {
+                    proto: Proto::Tcp,
+                    lo: 5432,
+                    hi: 5432
+                },
+                PortSpec::Range {
+                    proto: Proto::Udp,
+                    lo: 53,
+                    hi: 53
+                },
+                PortSpec::Range {
+                    proto: Proto::Tcp,
+                    lo: 8000,
+                    hi: 8100
+                },
+                PortSpec::Proto(Proto::Icmp),
+                PortSpec::Proto(Proto::Udp),
+            ][..]
+        )
+    );
+    assert_eq!(r.ports_text, "5432/tcp, 53/udp, 8000-8100/tcp, icmp, udp");
+    assert_eq!(r.action, Action::Allow);
+    assert_eq!(r.description.as_deref(), Some("web talks to its database"));
+    assert_eq!(r.location.to_string(), "full.toml:19:1");
+    assert_eq!(p.rules[1].ports, None);
+    assert_eq!(p.rules[1].ports_text, "any");
+    assert_eq!((p.rules[2].id, p.rules[2].action), (3, Action::Deny));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(p.rule(2).unwrap().from, "world");
+    assert!(p.rule(0).is_none());
+}
+
+#[test]
+fn inline_forms_and_empty_files_parse() {
+    let p = parse_str(
+        r#"
+groups = { a = { names = ["a"] }, b = { network = "n", ingress = "deny" } }
+rules = [ { from = "a", to = "b", action = "allow" } ]
+"#,
+        "inline.toml",
+    )
+    .unwrap();
+    assert_eq!(p.groups.len(), 2);
+    assert_eq!(p.rules[0].location.to_string(), "inline.toml:3:11");
+    let empty = parse_str("# nothing yet\n", "empty.toml").unwrap();
+    assert!(empty.groups.is_empty() && empty.rules.is_empty());
+}
+
+#[test]
+fn selection_needs_every_criterion() {
+    let p = parse_str(FULL, "full.toml").unwrap();
+    let web = container("web-3", &[("app", "web"), ("tier", "front")], &["shop"]);
+    assert_eq!(p.groups_of(&web), ["web"]);
+    // Wrong network, missing label, name not listed: each one is enough.
+    let c = container("web-3", &[("app", "web"), ("tier", "front")], &["other"]);
+    assert!(p.groups_of(&c).is_empty());
+    let c = container("web-3", &[("app", "web")], &["shop"]);
+    assert!(p.groups_of(&c).is_empty());
+    let c = container("api", &[("app", "web"), ("tier", "front")], &["shop"]);
+    assert!(p.groups_of(&c).is_empty());
+    // Several groups at once, sorted.
+    let c = container("pgadmin", &[("app", "db")], &[]);
+    assert_eq!(p.groups_of(&c), ["db", "db-admin"]);
+}
+
+#[test]
+fn evaluation_follows_the_rules() {
+    let p = parse_str(FULL, "full.toml").unwrap();
+    let g = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let d = evaluate(&p, &g(&["web"]), &g(&["db"]), proto::TCP, 8100);
+    assert_eq!((d.action, d.rule_id), (Action::Allow, 1));
+    assert!(
+        d.why.contains("full.toml:19:1: web talks to its database"),
+        "{}",
+        d.why
+    );
+    // web's ingress deny, but the world is allowed in by rule 2.
+    let d = evaluate(&p, &g(&["world"]), &g(&["web"]), proto::UDP, 9);
+    assert_eq!((d.action, d.rule_id), (Action::Allow, 2));
+    let d = evaluate(&p, &g(&["db"]), &g(&["web"]), proto::TCP, 80);
+    assert_eq!((d.action, d.rule_id), (Action::Deny, 0));
+    assert!(
+        d.why.contains("\"web\" has ingress = \"deny\""),
+        "{}",
+        d.why
+    );
+    let d = evaluate(&p, &g(&["db-admin"]), &g(&["host"]), proto::TCP, 22);
+    assert_eq!((d.action, d.rule_id), (Action::Deny, 3));
+    let d = evaluate(&p, &g(&["db-admin"]), &g(&[]), proto::UDP, 53);
+    assert_eq!((d.action, d.rule_id), (Action::Deny, 0));
+    let d = evaluate(&p, &g(&[]), &g(&["db"]), proto::UDP, 53);
+    assert_eq!((d.action, d.rule_id), (Action::Allow, 0));
+}
+
+#[test]
+fn syntax_errors_point_into_the_file() {
+    let text = errors("[groups.web]\nnetwork = \n");
+    assert_eq!(
+        text,
+        "error[syntax]: invalid TOML: invalid string\n\
+         \x20--> p.toml:2:11\n\
+         \x20 |\n\
+         2 | network = \n\
+         \x20 |           ^ expected `\"`, `'`\n\
+         \n\
+         error: the policy was rejected because of the error above"
+    );
+    let text = errors("[groups.a]\nnames = [\"a\"]\n[groups.a]\nnames = [\"b\"]\n");
+    assert_contains(
+        &text,
+        &[
+            "error[syntax]: invalid TOML: invalid table header",
+            "--> p.toml:3:1",
+            "duplicate key `a`",
+            "= help: each table and key may appear only once in a file",
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_suggest_the_right_one() {
+    let text = errors("[groups.web]\nnetwork = \"shop\"\ningres = \"deny\"\n");
+    assert_eq!(
+        text,
+        "error[unknown-key]: unknown key \"ingres\" in group \"web\"\n\
+         \x20--> p.toml:3:1\n\
+         \x20 |\n\
+         3 | ingres = \"deny\"\n\
+         \x20 | ^^^^^^ not recognised\n\
+         \x20 |\n\
+         \x20 = help: did you mean \"ingress\"?\n\
+         \n\
+         error: the policy was rejected because of the error above"
+    );
+    let text = errors("[group.web]\nnetwork = \"shop\"\n");
+    assert_contains(
+        &text,
+        &[
+            "unknown key \"group\" at the top level",
+            "--> p.toml:1:2",
+            "did you mean \"groups\"?",
+        ],
+    );
+    let text =
+        errors("[[rules]]\nfrom = \"world\"\nto = \"host\"\naction = \"allow\"\nwhy = \"x\"\n");
+    assert_contains(
+        &text,
+        &[
+            "unknown key \"why\" in rule 1",
+            "--> p.toml:5:1",
+            "valid keys here: from, to, ports, action, description",
+        ],
+    );
+    let text = errors("[settings]\nunmanged = \"allow\"\n");
+    assert_contains(&text, &["in [settings]", "did you mean \"unmanaged\"?"]);
+}
+
+#[test]
+fn unknown_groups_suggest_by_edit_distance() {
+    let text = errors(
+        r#"[groups.web]
+network = "shop"
+[groups.database]
+network = "shop"
+
+[[rules]]
+from = "web"
+to = "databse"
+action = "allow"
+"#,
+    );
+    assert_eq!(
+        text,
+        "error[unknown-group]: unknown group \"databse\" in rule 1 \"to\"\n\
+         \x20--> p.toml:8:6\n\
+         \x20 |\n\
+         8 | to = \"databse\"\n\
+         \x20 |      ^^^^^^^^^ no group has this name\n\
+         \x20 |\n\
+         \x20 = help: did you mean \"database\"?\n\
+         \n\
+         error: the policy was rejected because of the error above"
+    );
+    let text = errors(
+        "[groups.web]\nnetwork = \"n\"\n[[rules]]\nfrom = \"wrld\"\nto = \"xyz\"\naction = \"allow\"\n",
+    );
+    assert_contains(
+        &text,
+        &[
+            "unknown group \"wrld\" in rule 1 \"from\"",
+            "did you mean \"world\"?",
+            "unknown group \"xyz\" in rule 1 \"to\"",
+            "defined groups: \"web\"; reserved peers: \"world\", \"host\"",
+            "because of the 2 errors above",
+        ],
+    );
+}
+
+#[test]
+fn empty_selectors_are_errors() {
+    let text = errors("[groups.web]\ningress = \"deny\"\n");
+    assert_eq!(
+        text,
+        "error[empty-selector]: group \"web\" selects nothing\n\
+         \x20--> p.toml:1:9\n\
+         \x20 |\n\
+         1 | [groups.web]\n\
+         \x20 |         ^^^ no network, labels or names\n\
+         \x20 |\n\
+         \x20 = help: add at least one of `network = \"NET\"`, `labels = { KEY = \"VALUE\" }`, \
+         `names = [\"NAME\"]`\n\
+         \n\
+         error: the policy was rejected because of the error above"
+    );
+    assert_eq!(kinds("[groups.web]\nlabels = {}\n"), [Kind::EmptySelector]);
+    assert_eq!(kinds("[groups.web]\nnames = []\n"), [Kind::BadValue]);
+}
+
+#[test]
+fn bad_ports_are_errors() {
+    let text = errors(
+        "[groups.a]\nnames = [\"a\"]\n[[rules]]\nfrom = \"a\"\nto = \"a\"\nports = [\"53/udp\", \"80/tcpp\"]\naction = \"allow\"\n",
+    );
+    assert_eq!(
+        text,
+        "error[bad-port]: bad port \"80/tcpp\"\n\
+         \x20--> p.toml:6:20\n\
+         \x20 |\n\
+         6 | ports = [\"53/udp\", \"80/tcpp\"]\n\
+         \x20 |                    ^^^^^^^^^ unknown protocol \"tcpp\"\n\
+         \x20 |\n\
+         \x20 = help: did you mean \"80/tcp\"? expected N/tcp, N/udp, A-B/tcp, A-B/udp, \
+         tcp, udp or icmp (for example \"443/tcp\")\n\
+         \n\
+         error: the policy was rejected because of the error above"
+    );
+    let rule = |ports: &str| {
+        format!("[groups.a]\nnames = [\"a\"]\n[[rules]]\nfrom = \"a\"\nto = \"a\"\nports = {ports}\naction = \"allow\"\n")
+    };
+    let text = errors(&rule("[\"8100-8000/tcp\"]"));
+    assert_contains(
+        &text,
+        &[
+            "error[port-range]: port range \"8100-8000/tcp\" is reversed",
+            "--> p.toml:6:10",
+            "= help: write \"8000-8100/tcp\"",
+        ],
+    );
+    let text = errors(&rule("[\"70000/udp\", \"0/tcp\"]"));
+    assert_contains(
+        &text,
+        &[
+            "error[port-range]: port 70000 is out of range in \"70000/udp\"",
+            "--> p.toml:6:10",
+            "error[port-range]: port 0 is out of range in \"0/tcp\"",
+            "--> p.toml:6:23",
+            "ports run from 1 to 65535",
+            "the 2 errors above",
+        ],
+    );
+    assert_eq!(kinds(&rule("[\"80\"]")), [Kind::BadPort]);
+    assert_eq!(kinds(&rule("[]")), [Kind::BadValue]);
+    assert_eq!(kinds(&rule("\"80/tcp\"")), [Kind::BadValue]);
+    assert_eq!(kinds(&rule("[80]")), [Kind::BadValue]);
+}
+
+#[test]
+fn reserved_names_cannot_be_groups() {
+    let text = errors("[groups.world]\nnetwork = \"n\"\n");
+    assert_contains(
+        &text,
+        &[
+            "error[reserved-name]: \"world\" is reserved and cannot be a group name",
+            "--> p.toml:1:9",
+            "rules can name \"world\" directly as a peer",
+        ],
+    );
+    assert_eq!(
+        kinds("[groups.host]\nnames = [\"h\"]\n"),
+        [Kind::ReservedName]
+    );
+}
+
+#[test]
+fn wrong_values_and_missing_keys() {
+    let text = errors("[groups.a]\nnetwork = 5\negress = \"dney\"\n");
+    assert_contains(
+        &text,
+        &[
+            "error[bad-value]: \"network\" must be a string",
+            "--> p.toml:2:11",
+            "found an integer",
+            "error[bad-value]: \"egress\" must be \"allow\" or \"deny\"",
+            "--> p.toml:3:10",
+            "did you mean \"deny\"?",
+        ],
+    );
+    let text = errors("[[rules]]\nfrom = \"world\"\n");
+    assert_contains(
+        &text,
+        &[
+            "error[missing-key]: rule 1 has no \"to\"",
+            "error[missing-key]: rule 1 has no \"action\"",
+            "--> p.toml:1:1",
+            "[[rules]]\n  | ^^^^^^^^^ \"to\" is missing",
+        ],
+    );
+    // A wrong action is reported once, not also as missing.
+    assert_eq!(
+        kinds("[[rules]]\nfrom = \"world\"\nto = \"host\"\naction = \"permit\"\n"),
+        [Kind::BadValue]
+    );
+    assert_eq!(kinds("[rules]\nfrom = \"world\"\n"), [Kind::BadValue]);
+    assert_eq!(
+        kinds("[settings]\nunmanaged = \"deny\"\n"),
+        [Kind::BadValue]
+    );
+    assert_eq!(kinds("groups = 3\n"), [Kind::BadValue]);
+    assert_eq!(kinds("[groups]\nweb = \"x\"\n"), [Kind::BadValue]);
+    assert_eq!(
+        kinds("[groups.a]\nlabels = { app = 1 }\n"),
+        [Kind::BadValue]
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_reading_order() {
+    let text = r#"[groups.web]
+netwrk = "shop"
+
+[groups.db]
+
+[[rules]]
+from = "web"
+to = "dbb"
+ports = ["80/tcpp"]
+action = "allow"
+"#;
+    let err = parse_str(text, "p.toml").unwrap_err();
+    let got: Vec<(Kind, usize)> = err
+        .diagnostics
+        .iter()
+        .map(|d| (d.kind, d.location.as_ref().unwrap().line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Kind::UnknownKey, 2),
+            (Kind::EmptySelector, 4),
+            (Kind::UnknownGroup, 8),
+            (Kind::BadPort, 9),
+        ]
+    );
+}
+
+#[test]
+fn warnings_for_rules_that_never_decide_and_idle_groups() {
+    let text = r#"[groups.a]
+names = ["a"]
+[groups.b]
+names = ["b"]
+[groups.idle]
+names = ["i"]
+
+[[rules]]
+from = "a"
+to = "b"
+ports = ["80/tcp", "443/tcp"]
+action = "allow"
+
+[[rules]]
+from = "a"
+to = "b"
+ports = ["1-1000/tcp"]
+action = "deny"
+
+[[rules]]
+from = "a"
+to = "b"
+ports = ["53/udp"]
+action = "deny"
+
+[[rules]]
+from = "a"
+to = "b"
+ports = ["udp"]
+action = "deny"
+
+[[rules]]
+from = "a"
+to = "b"
+ports = ["53/udp"]
+action = "deny"
+"#;
+    let p = parse_str(text, "w.toml").unwrap();
+    let rendered: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(rendered.len(), 3, "{rendered:#?}");
+    assert_contains(
+        &rendered[0],
+        &[
+            "warning[shadowed-rule]: rule 1 (a -> b, 80/tcp, 443/tcp) never decides anything",
+            "--> w.toml:8:1",
+            "rule 2 already denies everything it allows, and deny beats allow",
+            "note: it is hidden by rule 2 (a -> b, 1-1000/tcp)",
+            "--> w.toml:14:1",
+        ],
+    );
+    assert_contains(
+        &rendered[1],
+        &[
+            "rule 5 (a -> b, 53/udp) never decides anything",
+            "earlier rules 3, 4 already decide every packet it matches",
+        ],
+    );
+    assert_contains(
+        &rendered[2],
+        &[
+            "warning[unused-group]: group \"idle\" has no effect",
+            "--> w.toml:5:9",
+        ],
+    );
+    assert!(p.warnings.iter().all(|w| w.severity == Severity::Warning));
+}
+
+#[test]
+fn files_in_a_directory_merge_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("20-rules.toml"),
+        "[[rules]]\nfrom = \"web\"\nto = \"db\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("10-groups.toml"),
+        "[groups.web]\nnames = [\"web\"]\n[groups.db]\nnames = [\"db\"]\ningress = \"deny\"\n\
+         [[rules]]\nfrom = \"world\"\nto = \"web\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("README.md"), "not a policy").unwrap();
+    std::fs::create_dir(dir.path().join("sub.toml")).unwrap();
+    let p = load_path(dir.path()).unwrap();
+    assert_eq!(p.groups.len(), 2);
+    assert_eq!(p.sources.len(), 2);
+    assert!(p.sources[0].ends_with("10-groups.toml"));
+    // Rule ids follow file order: the first file's rule is rule 1.
+    assert_eq!((p.rules[0].id, p.rules[0].from.as_str()), (1, "world"));
+    assert_eq!((p.rules[1].id, p.rules[1].from.as_str()), (2, "web"));
+    assert!(p.rules[1].location.file.ends_with("20-rules.toml"));
+
+    // The same file also loads on its own.
+    let single = load_path(&dir.path().join("10-groups.toml")).unwrap();
+    assert_eq!(single.rules.len(), 1);
+}
+
+#[test]
+fn a_group_defined_in_two_files_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "# shop\n[groups.web]\nnames = [\"web\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[groups.web]\nnetwork = \"other\"\n",
+    )
+    .unwrap();
+    let err = load_path(dir.path()).unwrap_err();
+    let text = err.to_string();
+    let a = dir.path().join("a.toml").display().to_string();
+    let b = dir.path().join("b.toml").display().to_string();
+    assert_eq!(err.diagnostics.len(), 1);
+    assert_eq!(err.diagnostics[0].kind, Kind::DuplicateGroup);
+    assert_contains(
+        &text,
+        &[
+            "error[duplicate-group]: group \"web\" is defined twice",
+            &format!("--> {b}:1:9"),
+            "^^^ defined again here",
+            "note: first defined here",
+            &format!("--> {a}:2:9"),
+            "2 | [groups.web]",
+            "---",
+            "rename one of them or merge the two definitions",
+        ],
+    );
+}
+
+#[test]
+fn unreadable_inputs_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load_path(dir.path()).unwrap_err();
+    assert_eq!(err.diagnostics[0].kind, Kind::Io);
+    assert_contains(&err.to_string(), &["no policy files (*.toml) in"]);
+    let err = load_path(&dir.path().join("missing.toml")).unwrap_err();
+    assert_contains(
+        &err.to_string(),
+        &["error[io]: cannot read", "missing.toml"],
+    );
+    // A syntax error in one file does not turn the other's names "unknown".
+    std::fs::write(dir.path().join("a.toml"), "[groups.web\n").unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[[rules]]\nfrom = \"web\"\nto = \"world\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    let err = load_path(dir.path()).unwrap_err();
+    let kinds: Vec<Kind> = err.diagnostics.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, [Kind::Syntax]);
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// Every ```toml block of docs/policy.md is a complete, valid policy.
+#[test]
+fn documentation_examples_parse() {
+    let path = workspace_root().join("docs/policy.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in doc.lines().enumerate() {
+        match (&mut current, line.trim_end()) {
+            (None, "```toml") => current = Some((i + 1, String::new())),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some((_, text)), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(current.is_none(), "unterminated ```toml block");
+    assert!(blocks.len() >= 5, "only {} examples found", blocks.len());
+    for (line, text) in blocks {
+        let origin = format!("docs/policy.md (block at line {line})");
+        match parse_str(&text, &origin) {
+            Ok(p) => assert!(p.warnings.is_empty(), "{}", render(&p.warnings)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Every example policy loads cleanly.
+#[test]
+fn example_policies_parse() {
+    let dir = workspace_root().join("policies");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            count += 1;
+            match load_path(&path) {
+                Ok(p) => assert!(p.warnings.is_empty(), "{}", render(&p.warnings)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert!(count >= 1, "no policies in {}", dir.display());
+}
+
+/// The README walkthrough relies on this behaviour of the default policy.
+#[test]
+fn default_policy_behaves_as_documented() {
+    let p = load_path(&workspace_root().join("policies/default.toml")).unwrap();
+    let role = |r: &str| container(r, &[("netiso.group", r)], &["bridge"]);
+    let (front, back, bad) = (role("frontend"), role("backend"), role("untrusted"));
+    let other = container("other", &[], &["bridge"]);
+    let all = [front.clone(), back.clone(), bad.clone(), other.clone()];
+    let compiled = compile(&p, &all, &mut IdentityAllocator::new()).unwrap();
+    let id = |c: &Container| compiled.container_identity[&c.id];
+    let verdict =
+        |s: &Container, d: &Container, port| compiled.lookup(id(s), id(d), proto::TCP, port).action;
+    assert_eq!(verdict(&front, &back, 8080), Action::Allow);
+    assert_eq!(verdict(&front, &back, 22), Action::Deny);
+    assert_eq!(verdict(&other, &back, 8080), Action::Deny);
+    assert_eq!(verdict(&back, &front, 80), Action::Allow);
+    assert_eq!(verdict(&bad, &front, 80), Action::Deny);
+    assert_eq!(verdict(&bad, &other, 80), Action::Deny);
+    assert_eq!(verdict(&other, &bad, 80), Action::Allow);
+    assert_eq!(
+        compiled.container_identity[&other.id],
+        netiso_common::identity::UNMANAGED
+    );
+}

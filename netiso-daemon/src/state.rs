@@ -1,0 +1,101 @@
+//! The daemon's view of the world, written to `<state_dir>/state.json` after
+//! every reconcile so that `netiso stats` (and operators) can name what the
+//! kernel only knows by number, even while the daemon is down.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub policy_path: PathBuf,
+    pub generation: u32,
+    /// Unix seconds of the last successful reconcile.
+    pub updated: u64,
+    pub endpoints: Vec<EndpointState>,
+    /// identity -> group names ("host", "world", "unmanaged" for reserved ones).
+    pub identities: BTreeMap<u32, Vec<String>>,
+    pub rules: Vec<RuleState>,
+    /// Containers netiso sees but cannot enforce at a veth, and why.
+    pub unenforceable: Vec<Unenforceable>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EndpointState {
+    pub container_id: String,
+    pub container: String,
+    pub groups: Vec<String>,
+    pub identity: u32,
+    pub network: String,
+    pub ifindex: Option<u32>,
+    pub ifname: Option<String>,
+    pub ip: Option<IpAddr>,
+    /// Programs attached to the host-side veth.
+    pub enforced: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RuleState {
+    pub id: u32,
+    pub from: String,
+    pub to: String,
+    pub ports: String,
+    pub action: String,
+    pub description: Option<String>,
+    pub location: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Unenforceable {
+    pub container: String,
+    pub reason: String,
+}
+
+impl State {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(STATE_FILE)
+    }
+
+    /// Writes atomically (temp file + rename): readers never see half a file.
+    pub fn write(&self, state_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let tmp = state_dir.join(format!(".{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, Self::path(state_dir))?;
+        Ok(())
+    }
+
+    /// Reads the state file; a missing file gives an empty state.
+    pub fn read(state_dir: &Path) -> Result<Self> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Container name owning `ip`, if known.
+    pub fn container_by_ip(&self, ip: IpAddr) -> Option<&EndpointState> {
+        self.endpoints.iter().find(|e| e.ip == Some(ip))
+    }
+
+    pub fn groups_of_identity(&self, id: u32) -> String {
+        match self.identities.get(&id) {
+            Some(g) if !g.is_empty() => g.join(","),
+            _ => match id {
+                netiso_common::identity::HOST => "host".into(),
+                netiso_common::identity::WORLD => "world".into(),
+                netiso_common::identity::UNMANAGED => "unmanaged".into(),
+                _ => format!("identity {id}"),
+            },
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! `netiso stats`: the per-flow drop table joined with container names and
+//! groups, as a table or JSON. Reads the pinned maps directly, so it works
+//! whether or not the daemon runs.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use netiso_common::{family, proto, Direction, DropReason, FlowKey, FlowValue};
+use serde::Serialize;
+use tabled::{settings::Style, Table, Tabled};
+
+use crate::counters::{self, PinnedCounters};
+use crate::state::State;
+
+/// One dropped flow, as shown to operators.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FlowRow {
+    pub src: String,
+    pub src_ip: Option<IpAddr>,
+    pub src_group: String,
+    pub dst: String,
+    pub dst_ip: Option<IpAddr>,
+    pub dst_group: String,
+    pub proto: String,
+    pub port: u16,
+    pub direction: String,
+    pub reason: String,
+    /// Deciding rule (1-based), if a rule rather than a default decided.
+    pub rule: Option<u32>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Unix seconds of the first and last drop.
+    pub first_seen: u64,
+    pub last_seen: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReasonRow {
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleRow {
+    pub rule: u32,
+    pub description: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub flows: Vec<FlowRow>,
+    pub reasons: Vec<ReasonRow>,
+    pub rules: Vec<RuleRow>,
+}
+
+pub fn addr(family_: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match family_ {
+        family::V4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        family::V6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
+    }
+}
+
+pub fn proto_name(p: u8) -> String {
+    match p {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        0 => "-".into(),
+        n => format!("ip-proto-{n}"),
+    }
+}
+
+/// Converts a `bpf_ktime_get_ns` timestamp (CLOCK_MONOTONIC) to unix seconds.
+fn mono_to_unix(ns: u64) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now_mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let age = Duration::from_nanos(now_mono.saturating_sub(ns));
+    SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn flow_row(state: &State, k: &FlowKey, v: &FlowValue) -> FlowRow {
+    let name = |ip: Option<IpAddr>| match ip {
+        Some(ip) => state
+            .container_by_ip(ip)
+            .map_or_else(|| ip.to_string(), |e| e.container.clone()),
+        None => "-".into(),
+    };
+    let src_ip = addr(k.family, &k.saddr);
+    let dst_ip = addr(k.family, &k.daddr);
+    FlowRow {
+        src: name(src_ip),
+        src_ip,
+        src_group: state.groups_of_identity(k.src_identity),
+        dst: name(dst_ip),
+        dst_ip,
+        dst_group: state.groups_of_identity(k.dst_identity),
+        proto: proto_name(k.proto),
+        port: k.dport,
+        direction: Direction::from_u8(k.direction)
+            .map_or("?", Direction::as_str)
+            .into(),
+        reason: DropReason::from_u8(k.reason)
+            .map_or("unknown", DropReason::as_str)
+            .into(),
+        rule: (v.rule_id != 0).then_some(v.rule_id),
+        packets: v.packets,
+        bytes: v.bytes,
+        first_seen: mono_to_unix(v.first_seen_ns),
+        last_seen: mono_to_unix(v.last_seen_ns),
+    }
+}
+
+/// Collects everything `netiso stats` shows.
+pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Stats> {
+    let state = State::read(state_dir)?;
+    let pinned = PinnedCounters::open(pin_dir)?;
+    let mut flows: Vec<FlowRow> = counters::flows(&pinned.flows)?
+        .iter()
+        .map(|(k, v)| flow_row(&state, k, v))
+        .collect();
+    flows.sort_by(|a, b| {
+        b.packets
+            .cmp(&a.packets)
+            .then(b.last_seen.cmp(&a.last_seen))
+    });
+    let reasons = counters::reasons(&pinned.reasons)?
+        .into_iter()
+        .map(|(r, c)| ReasonRow {
+            reason: r.as_str().into(),
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    let rules = counters::per_cpu_totals(&pinned.rules)?
+        .into_iter()
+        .map(|(id, c)| RuleRow {
+            rule: id,
+            description: if id == 0 {
+                "group defaults".into()
+            } else {
+                state
+                    .rules
+                    .iter()
+                    .find(|r| r.id == id)
+                    .map_or_else(String::new, |r| {
+                        let d = r.description.as_deref().unwrap_or("");
+                        format!("{} {} -> {} {} {}", r.action, r.from, r.to, r.ports, d)
+                            .trim()
+                            .to_string()
+                    })
+            },
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    Ok(Stats {
+        flows,
+        reasons,
+        rules,
+    })
+}
+
+#[derive(Tabled)]
+struct FlowLine {
+    #[tabled(rename = "SOURCE")]
+    src: String,
+    #[tabled(rename = "SRC GROUP")]
+    src_group: String,
+    #[tabled(rename = "DESTINATION")]
+    dst: String,
+    #[tabled(rename = "DST GROUP")]
+    dst_group: String,
+    #[tabled(rename = "PROTO")]
+    proto: String,
+    #[tabled(rename = "PORT")]
+    port: String,
+    #[tabled(rename = "DIR")]
+    direction: String,
+    #[tabled(rename = "REASON")]
+    reason: String,
+    #[tabled(rename = "RULE")]
+    rule: String,
+    #[tabled(rename = "PACKETS")]
+    packets: u64,
+    #[tabled(rename = "BYTES")]
+    bytes: u64,
+    #[tabled(rename = "LAST SEEN")]
+    last_seen: String,
+}
+
+fn ago(unix: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let s = now.saturating_sub(unix);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+/// Renders the human form of `netiso stats`.
+pub fn render(stats: &Stats) -> String {
+    let mut out = String::new();
+    if stats.flows.is_empty() {
+        out.push_str("No drops recorded.\n");
+    } else {
+        let lines = stats.flows.iter().map(|f| FlowLine {
+            src: f.src.clone(),
+            src_group: f.src_group.clone(),
+            dst: f.dst.clone(),
+            dst_group: f.dst_group.clone(),
+            proto: f.proto.clone(),
+            port: if f.port == 0 {
+                "-".into()
+            } else {
+                f.port.to_string()
+            },
+            direction: f.direction.clone(),
+            reason: f.reason.clone(),
+            rule: f.rule.map_or_else(|| "default".into(), |r| format!("#{r}")),
+            packets: f.packets,
+            bytes: f.bytes,
+            last_seen: ago(f.last_seen),
+        });
+        out.push_str(&Table::new(lines).with(Style::blank()).to_string());
+        out.push('\n');
+    }
+    if !stats.reasons.is_empty() {
+        out.push_str("\nDrops by reason:");
+        for r in &stats.reasons {
+            out.push_str(&format!("  {} {} pkts", r.reason, r.packets));
+        }
+        out.push('\n');
+    }
+    out
+}

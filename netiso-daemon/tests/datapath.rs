@@ -1,0 +1,457 @@
+//! The TC programs through BPF_PROG_TEST_RUN: crafted frames in, verdicts
+//! and counters out. Each test gets its own network namespace (the
+//! programs are attached to its loopback, whose ifindex 1 is what
+//! PROG_TEST_RUN reports) and its own pin directory.
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use common::frames::{self, eth, icmp_echo, ipv4, tcp, tcp4, udp, udp4, ACK, MAC_A, SYN};
+use common::{NetNs, PinDir};
+use netiso_common::{
+    defaults, endpoint_flags, maps, programs, proto, tc, Action, CtKey, DropReason, FlowKey,
+    IdentityInfo, IpKey, PolicyKey, PolicyValue,
+};
+use netiso_daemon::counters;
+use netiso_daemon::datapath::{Datapath, Desired, EndpointSpec};
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const C: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 3);
+const WORLD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
+const ID_A: u32 = 256;
+const ID_B: u32 = 257;
+const ID_C: u32 = 258;
+const OUT: &str = programs::FROM_CONTAINER;
+const IN: &str = programs::TO_CONTAINER;
+
+/// Endpoint A is the local container (on the namespace's loopback); B and C
+/// are peers. A may open 80/tcp and 53/udp and ping B; 81/tcp to B is
+/// explicitly denied; A denies by default in both directions; C has no
+/// rules and allow defaults.
+fn desired(a_flags: u32) -> Desired {
+    let mut d = Desired::default();
+    d.endpoints.insert(
+        1,
+        EndpointSpec {
+            ifname: "lo".into(),
+            identity: ID_A,
+            flags: a_flags,
+            ipv4: Some(A),
+            mac: Some(MAC_A),
+        },
+    );
+    for (ip, id) in [(A, ID_A), (B, ID_B), (C, ID_C)] {
+        let flags = if id == ID_A {
+            a_flags & (defaults::DENY_EGRESS | defaults::DENY_INGRESS)
+        } else {
+            0
+        };
+        d.identities.insert(
+            IpKey::v4(ip.octets(), 0),
+            IdentityInfo {
+                identity: id,
+                flags,
+            },
+        );
+    }
+    let rule = |src, dst, proto, dport, action: Action, rule_id| {
+        (
+            PolicyKey {
+                src,
+                dst,
+                dport,
+                proto,
+                slot: 0,
+            },
+            PolicyValue {
+                action: action as u8,
+                _pad: [0; 3],
+                rule_id,
+            },
+        )
+    };
+    d.policy = BTreeMap::from([
+        rule(ID_A, ID_B, proto::TCP, 80, Action::Allow, 1),
+        rule(ID_A, ID_B, proto::UDP, 53, Action::Allow, 2),
+        rule(ID_A, ID_B, proto::ICMP, 0, Action::Allow, 3),
+        rule(ID_A, ID_B, proto::TCP, 81, Action::Deny, 4),
+    ]);
+    d
+}
+
+const DENY_BOTH: u32 = defaults::DENY_EGRESS | defaults::DENY_INGRESS;
+
+struct Fixture {
+    _pins: PinDir,
+    ns: NetNs,
+    dp: Option<Datapath>,
+}
+
+impl Fixture {
+    fn new(a_flags: u32) -> Self {
+        let pins = PinDir::new();
+        let ns = NetNs::new("dp");
+        let dp = ns.run(|| {
+            let mut dp = Datapath::load(&pins.path).expect("load datapath");
+            dp.apply(&desired(a_flags)).expect("apply");
+            dp
+        });
+        Self {
+            _pins: pins,
+            ns,
+            dp: Some(dp),
+        }
+    }
+
+    fn dp(&mut self) -> &mut Datapath {
+        self.dp.as_mut().unwrap()
+    }
+
+    fn run(&mut self, prog: &str, frame: &[u8]) -> i32 {
+        let p: &mut SchedClassifier = self
+            .dp()
+            .ebpf_mut()
+            .program_mut(prog)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        r.return_value as i32
+    }
+
+    fn flows(&self) -> Vec<(FlowKey, netiso_common::FlowValue)> {
+        let map = self.dp.as_ref().unwrap().ebpf().map(maps::FLOWS).unwrap();
+        counters::flows(map).unwrap()
+    }
+
+    /// Packets dropped with `reason`, per the flow table.
+    fn dropped(&self, reason: DropReason) -> u64 {
+        self.flows()
+            .iter()
+            .filter(|(k, _)| k.reason == reason as u8)
+            .map(|(_, v)| v.packets)
+            .sum()
+    }
+
+    fn reason_counter(&self, reason: DropReason) -> u64 {
+        let map = self
+            .dp
+            .as_ref()
+            .unwrap()
+            .ebpf()
+            .map(maps::REASON_STATS)
+            .unwrap();
+        counters::reasons(map)
+            .unwrap()
+            .get(&reason)
+            .map_or(0, |c| c.packets)
+    }
+
+    fn ct_has(&self, key: &CtKey) -> bool {
+        let map = self
+            .dp
+            .as_ref()
+            .unwrap()
+            .ebpf()
+            .map(maps::CONNTRACK)
+            .unwrap();
+        let ct: aya::maps::HashMap<_, CtKey, netiso_common::CtValue> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        ct.get(key, 0).is_ok()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Release links and maps before the pin directory goes.
+        self.dp.take();
+    }
+}
+
+fn ct_key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey {
+    let mut k = CtKey {
+        sport,
+        dport,
+        proto,
+        family: 4,
+        ..Default::default()
+    };
+    k.saddr[..4].copy_from_slice(&src.octets());
+    k.daddr[..4].copy_from_slice(&dst.octets());
+    k
+}
+
+#[test]
+fn allowed_flow_creates_state_and_replies_pass() {
+    let mut f = Fixture::new(DENY_BOTH);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, SYN)), tc::ACT_OK);
+    assert!(f.ct_has(&ct_key(A, B, 40000, 80, 6)));
+    assert!(f.ct_has(&ct_key(B, A, 80, 40000, 6)), "reply entry");
+    // The reply enters A: allowed by conntrack although A denies ingress.
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 40000, SYN | ACK)),
+        tc::ACT_OK
+    );
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, ACK)), tc::ACT_OK);
+    // UDP and ICMP echo the same way.
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, B, 5353, 53)), tc::ACT_OK);
+    assert_eq!(f.run(IN, &udp4(frames::MAC_B, B, A, 53, 5353)), tc::ACT_OK);
+    let ping = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 1, 7, 0, &icmp_echo(8, 99)),
+    );
+    assert_eq!(f.run(OUT, &ping), tc::ACT_OK);
+    let pong = eth(
+        frames::MAC_B,
+        MAC_A,
+        0x0800,
+        &ipv4(B, A, 1, 8, 0, &icmp_echo(0, 99)),
+    );
+    assert_eq!(f.run(IN, &pong), tc::ACT_OK);
+    assert!(f.flows().is_empty(), "no drops expected: {:?}", f.flows());
+}
+
+#[test]
+fn denied_flows_are_dropped_counted_once_and_leave_no_state() {
+    let mut f = Fixture::new(DENY_BOTH);
+    // No rule for 8080: A's default egress denies.
+    for _ in 0..3 {
+        assert_eq!(
+            f.run(OUT, &tcp4(MAC_A, A, B, 40001, 8080, SYN)),
+            tc::ACT_SHOT
+        );
+    }
+    assert!(!f.ct_has(&ct_key(A, B, 40001, 8080, 6)));
+    // An explicit deny rule.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40002, 81, SYN)), tc::ACT_SHOT);
+    // A new connection into A: A's default ingress denies.
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, C, A, 40003, 22, SYN)),
+        tc::ACT_SHOT
+    );
+    // An unanswered reply-looking packet into A is not a reply.
+    assert_eq!(
+        f.run(IN, &udp4(frames::MAC_B, B, A, 53, 9999)),
+        tc::ACT_SHOT
+    );
+    assert_eq!(f.dropped(DropReason::DefaultDeny), 5);
+    assert_eq!(f.dropped(DropReason::PolicyDeny), 1);
+    assert_eq!(f.reason_counter(DropReason::DefaultDeny), 5);
+    assert_eq!(f.reason_counter(DropReason::PolicyDeny), 1);
+    let rows = f.flows();
+    let (k, v) = rows
+        .iter()
+        .find(|(k, _)| k.reason == DropReason::PolicyDeny as u8)
+        .unwrap();
+    assert_eq!(
+        (k.src_identity, k.dst_identity, k.dport, k.proto),
+        (ID_A, ID_B, 81, 6)
+    );
+    assert_eq!(v.rule_id, 4);
+    assert_eq!(k.direction, netiso_common::Direction::Egress as u8);
+    let (k, v) = rows.iter().find(|(k, _)| k.dport == 8080).unwrap();
+    assert_eq!(
+        v.packets, 3,
+        "one row per flow and reason, counting every packet"
+    );
+    assert_eq!(k.ifindex, 1);
+    // Traffic to the world is judged by A's egress default too.
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 1, 443, SYN)),
+        tc::ACT_SHOT
+    );
+    let world_row = f.flows().into_iter().find(|(k, _)| k.dport == 443).unwrap();
+    assert_eq!(world_row.0.dst_identity, netiso_common::identity::WORLD);
+}
+
+#[test]
+fn allow_defaults_pass_unknown_peers() {
+    let mut f = Fixture::new(0);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, C, 1000, 8080, SYN)), tc::ACT_OK);
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, WORLD, A, 1000, 22, SYN)),
+        tc::ACT_OK
+    );
+    // Explicit deny still wins over allow defaults.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 1000, 81, SYN)), tc::ACT_SHOT);
+}
+
+#[test]
+fn spoofed_source_ip_and_mac_are_dropped_before_policy() {
+    let mut f = Fixture::new(0);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, C, B, 1, 80, SYN)), tc::ACT_SHOT);
+    let forged_mac = [0x02, 0, 0, 0, 0, 0x66];
+    assert_eq!(
+        f.run(OUT, &tcp4(forged_mac, A, B, 1, 80, SYN)),
+        tc::ACT_SHOT
+    );
+    assert_eq!(f.dropped(DropReason::SpoofedIp), 1);
+    assert_eq!(f.dropped(DropReason::SpoofedMac), 1);
+    // Packets entering the container are not subject to the check.
+    assert_eq!(f.run(IN, &tcp4(forged_mac, C, A, 1, 80, SYN)), tc::ACT_OK);
+}
+
+#[test]
+fn malformed_headers_are_dropped_with_a_reason() {
+    let mut f = Fixture::new(0);
+    // IPv4 header cut short (the kernel's test runner refuses IPv4
+    // frames shorter than an IP header, so cut the header's own length).
+    let mut short_total = ipv4(A, B, 6, 1, 0, &tcp(1, 80, SYN));
+    short_total[2..4].copy_from_slice(&10u16.to_be_bytes());
+    assert_eq!(
+        f.run(OUT, &eth(MAC_A, frames::MAC_B, 0x0800, &short_total)),
+        tc::ACT_SHOT
+    );
+    // IHL below 5.
+    let mut bad_ihl = ipv4(A, B, 6, 1, 0, &tcp(1, 80, SYN));
+    bad_ihl[0] = 0x44;
+    assert_eq!(
+        f.run(OUT, &eth(MAC_A, frames::MAC_B, 0x0800, &bad_ihl)),
+        tc::ACT_SHOT
+    );
+    // TCP header cut short.
+    let short_tcp = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 6, 1, 0, &[0, 1, 0, 80]),
+    );
+    assert_eq!(f.run(OUT, &short_tcp), tc::ACT_SHOT);
+    let short_udp = eth(MAC_A, frames::MAC_B, 0x0800, &ipv4(A, B, 17, 1, 0, &[0, 1]));
+    assert_eq!(f.run(OUT, &short_udp), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::MalformedL3), 2);
+    assert_eq!(f.dropped(DropReason::MalformedL4), 2);
+}
+
+#[test]
+fn arp_passes_and_other_ethertypes_follow_the_setting() {
+    let mut f = Fixture::new(DENY_BOTH);
+    let arp = eth(MAC_A, [0xff; 6], 0x0806, &[0; 28]);
+    assert_eq!(f.run(OUT, &arp), tc::ACT_OK);
+    let lldp = eth(MAC_A, [0x01, 0x80, 0xc2, 0, 0, 0x0e], 0x88cc, &[0; 32]);
+    assert_eq!(f.run(OUT, &lldp), tc::ACT_OK);
+    f.dp().set_drop_non_ip(true).unwrap();
+    assert_eq!(f.run(OUT, &lldp), tc::ACT_SHOT);
+    assert_eq!(f.run(OUT, &arp), tc::ACT_OK);
+    assert_eq!(f.dropped(DropReason::NonIp), 1);
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let mut f = Fixture::new(DENY_BOTH);
+    // First fragment of an allowed UDP datagram, then a later one.
+    let first = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 17, 77, 0x2000, &udp(5000, 53, &[0; 16])),
+    );
+    let later = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 17, 77, 3, &[0; 16]),
+    );
+    assert_eq!(f.run(OUT, &first), tc::ACT_OK);
+    assert_eq!(f.run(OUT, &later), tc::ACT_OK);
+    // A later fragment of a datagram whose first fragment was denied.
+    let first_denied = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 17, 78, 0x2000, &udp(5000, 9, &[0; 16])),
+    );
+    let later_denied = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 17, 78, 3, &[0; 16]),
+    );
+    assert_eq!(f.run(OUT, &first_denied), tc::ACT_SHOT);
+    assert_eq!(f.run(OUT, &later_denied), tc::ACT_SHOT);
+    // An orphan later fragment.
+    let orphan = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 17, 79, 3, &[0; 16]),
+    );
+    assert_eq!(f.run(OUT, &orphan), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::Fragment), 2);
+}
+
+#[test]
+fn fail_closed_endpoint_drops_everything() {
+    let mut f = Fixture::new(endpoint_flags::FAIL_CLOSED);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 1, 80, SYN)), tc::ACT_SHOT);
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, B, A, 1, 80, SYN)),
+        tc::ACT_SHOT
+    );
+    assert_eq!(f.dropped(DropReason::FailClosed), 2);
+}
+
+#[test]
+fn policy_change_cuts_revoked_flows_and_keeps_allowed_ones() {
+    let mut f = Fixture::new(DENY_BOTH);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 50000, 80, SYN)), tc::ACT_OK);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, B, 50001, 53)), tc::ACT_OK);
+    let gen_before = f.dp().settings().generation;
+    // New policy: 80/tcp is no longer allowed, 53/udp still is.
+    let mut d = desired(DENY_BOTH);
+    d.policy
+        .retain(|k, _| !(k.proto == proto::TCP && k.dport == 80));
+    let ns_dp = f.dp.take().unwrap();
+    let dp = f.ns.run(move || {
+        let mut dp = ns_dp;
+        let report = dp.apply(&d).expect("apply");
+        assert!(report.switched, "a policy change switches slots");
+        dp
+    });
+    f.dp = Some(dp);
+    assert_ne!(f.dp().settings().generation, gen_before);
+    // The reply of the revoked flow is cut, and so is its next packet.
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 50000, ACK)),
+        tc::ACT_SHOT
+    );
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 50000, 80, ACK)), tc::ACT_SHOT);
+    assert!(!f.ct_has(&ct_key(A, B, 50000, 80, 6)));
+    // The still-allowed flow keeps running, in both directions.
+    assert_eq!(f.run(IN, &udp4(frames::MAC_B, B, A, 53, 50001)), tc::ACT_OK);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, B, 50001, 53)), tc::ACT_OK);
+    assert_eq!(f.dropped(DropReason::Revoked), 1);
+    assert_eq!(f.dropped(DropReason::DefaultDeny), 1);
+}
+
+#[test]
+fn unmanaged_interface_passes_everything() {
+    let pins = PinDir::new();
+    let ns = NetNs::new("um");
+    let mut dp = ns.run(|| {
+        let mut dp = Datapath::load(&pins.path).unwrap();
+        let mut d = desired(DENY_BOTH);
+        d.endpoints.clear();
+        dp.apply(&d).unwrap();
+        dp
+    });
+    let p: &mut SchedClassifier = dp.ebpf_mut().program_mut(OUT).unwrap().try_into().unwrap();
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(&tcp4(MAC_A, A, B, 1, 8080, SYN)),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value as i32, tc::ACT_OK);
+    drop(dp);
+}

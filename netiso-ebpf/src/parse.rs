@@ -1,0 +1,201 @@
+//! Header parsing with direct packet access (bounds-checked pointers into
+//! the linear skb data): about 1 ns per access against ~30 ns for
+//! `bpf_skb_load_bytes`.
+use aya_ebpf::programs::TcContext;
+use netiso_common::{family, proto, DropReason};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// What the verdict logic needs to know about a packet.
+pub struct Packet {
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Ports in host order; for ICMP echo the identifier stands in as a
+    /// port so that request and reply map onto one connection.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// Port as judged by policy (0 for ICMP).
+    pub policy_port: u16,
+    /// Whether this packet may open a connection-tracking entry.
+    pub stateful: bool,
+    /// Always passes (IPv6 neighbour discovery and MLD).
+    pub control: bool,
+    /// IPv4 fragment with a non-zero offset: no L4 header of its own.
+    pub later_fragment: bool,
+    /// First fragment of a fragmented datagram (MF set, offset 0).
+    pub first_fragment: bool,
+    pub frag_id: u16,
+}
+
+pub enum Parsed {
+    Ip(Packet),
+    Arp,
+    /// Another ethertype.
+    Other,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn u16_at(ctx: &TcContext, offset: usize) -> Option<u16> {
+    let p = ptr_at::<[u8; 2]>(ctx, offset)?;
+    Some(u16::from_be_bytes(unsafe { *p }))
+}
+
+/// Source MAC of the frame, or None if the frame is shorter than an
+/// Ethernet header.
+#[inline(always)]
+pub fn src_mac(ctx: &TcContext) -> Option<[u8; 6]> {
+    let p = ptr_at::<[u8; 6]>(ctx, 6)?;
+    Some(unsafe { *p })
+}
+
+/// Headers we may need in the linear part: Ethernet, the longest IPv4
+/// header and a TCP header.
+const WANT_LINEAR: u32 = (ETH_HLEN + 60 + 20) as u32;
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
+    // Headers of non-linear skbs may sit outside the direct-access window;
+    // pull them in (a no-op cost for the common, already linear, case).
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let want = if ctx.len() < WANT_LINEAR {
+        ctx.len()
+    } else {
+        WANT_LINEAR
+    };
+    if linear < want {
+        let _ = ctx.pull_data(want);
+    }
+    let ethertype = u16_at(ctx, 12).ok_or(DropReason::MalformedL3)?;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx).map(Parsed::Ip),
+        ETH_P_IPV6 => parse_ipv6(ctx).map(Parsed::Ip),
+        ETH_P_ARP => Ok(Parsed::Arp),
+        _ => Ok(Parsed::Other),
+    }
+}
+
+#[inline(always)]
+fn empty(family: u8, proto: u8) -> Packet {
+    Packet {
+        family,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        proto,
+        policy_port: 0,
+        stateful: false,
+        control: false,
+        later_fragment: false,
+        first_fragment: false,
+        frag_id: 0,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
+    let l3 = ETH_HLEN;
+    let hdr = ptr_at::<[u8; 20]>(ctx, l3).ok_or(DropReason::MalformedL3)?;
+    let hdr = unsafe { *hdr };
+    let version = hdr[0] >> 4;
+    let ihl = (hdr[0] & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    if version != 4 || ihl < 20 || total_len < ihl {
+        return Err(DropReason::MalformedL3);
+    }
+    if ctx.data() + l3 + ihl > ctx.data_end() {
+        return Err(DropReason::MalformedL3);
+    }
+    let mut p = empty(family::V4, hdr[9]);
+    p.saddr[..4].copy_from_slice(&hdr[12..16]);
+    p.daddr[..4].copy_from_slice(&hdr[16..20]);
+    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let offset = frag & 0x1fff;
+    let more = frag & 0x2000 != 0;
+    p.frag_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+    if offset != 0 {
+        p.later_fragment = true;
+        return Ok(p);
+    }
+    p.first_fragment = more;
+    parse_l4(ctx, l3 + ihl, &mut p)?;
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
+    let l3 = ETH_HLEN;
+    let hdr = ptr_at::<[u8; 40]>(ctx, l3).ok_or(DropReason::MalformedL3)?;
+    let hdr = unsafe { &*hdr };
+    if hdr[0] >> 4 != 6 {
+        return Err(DropReason::MalformedL3);
+    }
+    let mut p = empty(family::V6, hdr[6]);
+    p.saddr.copy_from_slice(&hdr[8..24]);
+    p.daddr.copy_from_slice(&hdr[24..40]);
+    parse_l4(ctx, l3 + 40, &mut p)?;
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason> {
+    match p.proto {
+        proto::TCP => {
+            let h = ptr_at::<[u8; 20]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
+            let h = unsafe { *h };
+            if ((h[12] >> 4) as usize) < 5 {
+                return Err(DropReason::MalformedL4);
+            }
+            p.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.dport = u16::from_be_bytes([h[2], h[3]]);
+            p.policy_port = p.dport;
+            p.stateful = true;
+        }
+        proto::UDP => {
+            let h = ptr_at::<[u8; 8]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
+            let h = unsafe { *h };
+            p.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.dport = u16::from_be_bytes([h[2], h[3]]);
+            p.policy_port = p.dport;
+            p.stateful = true;
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let h = ptr_at::<[u8; 8]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
+            let h = unsafe { *h };
+            let id = u16::from_be_bytes([h[4], h[5]]);
+            let ty = h[0];
+            let (request, reply) = if p.proto == proto::ICMP {
+                (8, 0)
+            } else {
+                (128, 129)
+            };
+            if ty == request {
+                p.sport = id;
+                p.stateful = true;
+            } else if ty == reply {
+                p.dport = id;
+            } else if p.proto == proto::ICMPV6 && matches!(ty, 130..=137 | 143) {
+                // Neighbour discovery and MLD keep the link working.
+                p.control = true;
+            }
+        }
+        // Other protocols carry no ports: judged by protocol alone.
+        _ => {}
+    }
+    Ok(())
+}

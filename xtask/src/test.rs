@@ -1,0 +1,125 @@
+//! `cargo xtask test`: setup, rustfmt, clippy, then the whole test suite
+//! (privileged tests included: they are never skipped).
+use std::process::Command;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::{cmd, docker, setup};
+
+/// The eBPF crate only builds for bpfel-unknown-none (netiso-daemon's
+/// build.rs builds it); host-side lint and test runs leave it out.
+const EBPF_CRATE: &str = "netiso-ebpf";
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Passed to `cargo test` (after `--`): a test-name filter, and after
+    /// another `--` the test binaries' own flags, e.g. `-- policy -- --nocapture`
+    #[arg(last = true, value_name = "FILTER/ARGS")]
+    pub args: Vec<String>,
+}
+
+fn cargo() -> Command {
+    Command::new("cargo")
+}
+
+/// The stages after setup, as (name, command, hint).
+pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    let mut test = cargo();
+    test.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--no-fail-fast",
+    ])
+    .args(extra)
+    .env(docker::TEST_IMAGE_ENV, docker::TEST_IMAGE)
+    .env("RUST_BACKTRACE", "1");
+    vec![
+        (
+            "rustfmt",
+            fmt,
+            "run `cargo fmt --all` to fix the formatting",
+        ),
+        ("clippy", clippy, "fix the lints above"),
+        ("tests", test, "see the failing tests above"),
+    ]
+}
+
+pub fn test(args: TestArgs) -> Result<()> {
+    setup::require_root(
+        "cargo xtask test",
+        "the suite includes privileged tests (eBPF, network namespaces, Docker) that must not be skipped",
+    )?;
+    let mut stages = stages(&args.args);
+    let total = stages.len() + 1;
+    println!("==> [1/{total}] setup");
+    setup::setup(setup::Options {
+        verify_image: false,
+    })?;
+
+    let mut results = Vec::new();
+    for (i, (name, command, hint)) in stages.iter_mut().enumerate() {
+        println!("==> [{}/{total}] {name}", i + 2);
+        let result = cmd::run(command, hint);
+        if let Err(e) = &result {
+            println!("error: {e:#}");
+        }
+        results.push((*name, result.is_ok()));
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    let summary: Vec<String> = results
+        .iter()
+        .map(|(n, ok)| format!("{n} {}", if *ok { "ok" } else { "FAILED" }))
+        .collect();
+    println!("==> summary: setup ok, {}", summary.join(", "));
+    if !failed.is_empty() {
+        bail!("cargo xtask test failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_stage_gets_the_image_and_extra_args() {
+        let extra = vec!["policy".to_string(), "--".into(), "--nocapture".into()];
+        let stages = stages(&extra);
+        let names: Vec<_> = stages.iter().map(|s| s.0).collect();
+        assert_eq!(names, ["rustfmt", "clippy", "tests"]);
+        let test = &stages[2].1;
+        let shown = cmd::display(test);
+        assert!(
+            shown.contains("NETISO_TEST_IMAGE=netiso-busybox:test"),
+            "{shown}"
+        );
+        assert!(shown.contains("RUST_BACKTRACE=1"), "{shown}");
+        assert!(
+            shown.ends_with(
+                "cargo test --workspace --exclude netiso-ebpf --no-fail-fast policy -- --nocapture"
+            ),
+            "{shown}"
+        );
+        assert!(cmd::display(&stages[1].1).ends_with("-- -D warnings"));
+    }
+}
