@@ -232,7 +232,7 @@ impl Daemon {
 
 /// Maps the compiled policy onto endpoints: every container address gets
 /// its identity; every veth of a container in some group gets the programs.
-fn build_desired(
+pub fn build_desired(
     compiled: &Compiled,
     containers: &[Container],
     policy: &Policy,

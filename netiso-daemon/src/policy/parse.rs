@@ -404,7 +404,9 @@ impl Walker<'_> {
         for (k, v) in body {
             match k.get() {
                 "unmanaged" => {
-                    let s = self.string(k, v)?;
+                    let Some(s) = self.string(k, v) else {
+                        continue;
+                    };
                     if s.value != "allow" {
                         self.diags.push(
                             Diagnostic::error(

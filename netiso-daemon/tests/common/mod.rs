@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod topology;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
