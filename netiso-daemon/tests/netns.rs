@@ -31,7 +31,11 @@ fn default_policy_is_enforced_between_namespaces() {
     let containers = topo.containers();
     let compiled = policy::compile(&policy, &containers, &mut Default::default()).expect("compile");
     let (desired, _) = daemon::build_desired(&compiled, &containers, &policy);
-    assert_eq!(desired.endpoints.len(), 3, "the unlabelled container is not managed");
+    assert_eq!(
+        desired.endpoints.len(),
+        3,
+        "the unlabelled container is not managed"
+    );
     let dp = topo.host.run(|| {
         let mut dp = Datapath::load(&pins.path).expect("load");
         dp.apply(&desired).expect("apply");
@@ -52,19 +56,46 @@ fn default_policy_is_enforced_between_namespaces() {
     let _s5 = tcp_echo_server(&guest.ns, 8080, life);
 
     // The one rule: frontend -> backend on 8080/tcp.
-    assert!(tcp_talks(&front.ns, addr(back.ip, 8080)), "frontend -> backend:8080 must pass");
+    assert!(
+        tcp_talks(&front.ns, addr(back.ip, 8080)),
+        "frontend -> backend:8080 must pass"
+    );
     // Backend denies every other way in.
-    assert!(!tcp_talks(&front.ns, addr(back.ip, 9090)), "backend:9090 is not allowed");
-    assert!(!tcp_talks(&other.ns, addr(back.ip, 8080)), "unmanaged -> backend is not allowed");
-    assert!(!pings(&front.ns, back.ip), "ICMP to the backend is not allowed");
+    assert!(
+        !tcp_talks(&front.ns, addr(back.ip, 9090)),
+        "backend:9090 is not allowed"
+    );
+    assert!(
+        !tcp_talks(&other.ns, addr(back.ip, 8080)),
+        "unmanaged -> backend is not allowed"
+    );
+    assert!(
+        !pings(&front.ns, back.ip),
+        "ICMP to the backend is not allowed"
+    );
     // Untrusted may not start connections, but may be reached.
-    assert!(!tcp_talks(&guest.ns, addr(back.ip, 8080)), "untrusted may not start connections");
-    assert!(!tcp_talks(&guest.ns, addr(front.ip, 8080)), "untrusted may not start connections");
-    assert!(tcp_talks(&front.ns, addr(guest.ip, 8080)), "untrusted is reachable");
+    assert!(
+        !tcp_talks(&guest.ns, addr(back.ip, 8080)),
+        "untrusted may not start connections"
+    );
+    assert!(
+        !tcp_talks(&guest.ns, addr(front.ip, 8080)),
+        "untrusted may not start connections"
+    );
+    assert!(
+        tcp_talks(&front.ns, addr(guest.ip, 8080)),
+        "untrusted is reachable"
+    );
     // Allow defaults elsewhere; replies of allowed flows pass conntrack.
-    assert!(tcp_talks(&back.ns, addr(front.ip, 8080)), "backend may call the frontend");
+    assert!(
+        tcp_talks(&back.ns, addr(front.ip, 8080)),
+        "backend may call the frontend"
+    );
     assert!(pings(&back.ns, front.ip), "backend may ping the frontend");
-    assert!(tcp_talks(&other.ns, addr(front.ip, 8080)), "unmanaged -> frontend");
+    assert!(
+        tcp_talks(&other.ns, addr(front.ip, 8080)),
+        "unmanaged -> frontend"
+    );
 
     // Counters equal the drops caused: 5 UDP datagrams, each dropped once
     // at the untrusted container's veth, with its own reason.
@@ -88,6 +119,12 @@ fn default_policy_is_enforced_between_namespaces() {
     // Enforcement outlives the process that set it up: drop our handle,
     // the pinned links and maps go on.
     drop(dp);
-    assert!(!tcp_talks(&front.ns, addr(back.ip, 9090)), "still enforced without the daemon");
-    assert!(tcp_talks(&front.ns, addr(back.ip, 8080)), "still allowed without the daemon");
+    assert!(
+        !tcp_talks(&front.ns, addr(back.ip, 9090)),
+        "still enforced without the daemon"
+    );
+    assert!(
+        tcp_talks(&front.ns, addr(back.ip, 8080)),
+        "still allowed without the daemon"
+    );
 }

@@ -204,12 +204,6 @@ pub struct PortSet {
 }
 
 impl PortSet {
-    pub fn of(ports: Option<&[PortSpec]>) -> Self {
-        let mut set = Self::default();
-        set.add(ports);
-        set
-    }
-
     pub fn add(&mut self, ports: Option<&[PortSpec]>) {
         match ports {
             None => self.any = true,
@@ -269,6 +263,14 @@ mod tests {
 
     fn range(proto: Proto, lo: u16, hi: u16) -> PortSpec {
         PortSpec::Range { proto, lo, hi }
+    }
+
+    impl PortSet {
+        fn of(ports: Option<&[PortSpec]>) -> Self {
+            let mut set = Self::default();
+            set.add(ports);
+            set
+        }
     }
 
     #[test]

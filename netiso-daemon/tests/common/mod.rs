@@ -3,6 +3,7 @@
 //! `Drop`, so a failing test cleans up and parallel runs never collide.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod frames;
 pub mod topology;
 
@@ -56,6 +57,21 @@ pub fn sh_ok(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs `f` on a thread that has entered the network namespace at `path`
+/// (setns only affects the calling thread, so the test's own thread stays put).
+pub fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let ns = File::open(path).expect("open netns");
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
 /// A network namespace made with `ip netns add`, deleted on drop.
 pub struct NetNs {
     pub name: String,
@@ -77,17 +93,7 @@ impl NetNs {
     /// Runs `f` on a thread that has entered this namespace (setns only
     /// affects the calling thread, so the test's own thread stays put).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = self.path();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let ns = File::open(&path).expect("open netns");
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in netns panicked")
-        })
+        run_in(&self.path(), f)
     }
 
     /// `sh -c cmd` inside the namespace; panics on failure.
@@ -131,5 +137,87 @@ impl PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A `netiso daemon` process started by the test, with its own pin and
+/// state directories; killed (by its own pid) on drop.
+pub struct DaemonProc {
+    pub child: std::process::Child,
+    pub pins: PinDir,
+    pub state_dir: tempfile::TempDir,
+    pub policy_path: PathBuf,
+}
+
+impl DaemonProc {
+    pub fn start(policy_path: PathBuf) -> Self {
+        let pins = PinDir::new();
+        let state_dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(state_dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_netiso"))
+            .args(["daemon", "--policy"])
+            .arg(&policy_path)
+            .arg("--pin-dir")
+            .arg(&pins.path)
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .env("NETISO_LOG", "netiso_daemon=debug,info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start netiso daemon");
+        Self {
+            child,
+            pins,
+            state_dir,
+            policy_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn state(&self) -> netiso_daemon::state::State {
+        netiso_daemon::state::State::read(self.state_dir.path()).unwrap()
+    }
+
+    /// Waits (bounded) until `pred` holds for the published state.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&netiso_daemon::state::State) -> bool) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "daemon exited ({status}) waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(s) = netiso_daemon::state::State::read(self.state_dir.path()) {
+                if pred(&s) {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; daemon log:\n{}", self.log());
+    }
+
+    /// Runs `netiso <args>` against this daemon's directories.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_netiso"))
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pins.path)
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .output()
+            .expect("run netiso")
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -55,7 +55,9 @@ impl Topology {
     /// One guest per `(name, label value)`; the label is `netiso.group`.
     pub fn new(guests: &[(&str, &str)]) -> Self {
         let host = NetNs::new("h");
-        host.sh("ip link add br0 type bridge && ip link set br0 up && ip addr add 10.77.0.1/24 dev br0");
+        host.sh(
+            "ip link add br0 type bridge && ip link set br0 up && ip addr add 10.77.0.1/24 dev br0",
+        );
         let mut out = Vec::new();
         for (i, (name, group)) in guests.iter().enumerate() {
             let n = i as u8 + 2;
@@ -103,7 +105,10 @@ impl Topology {
 }
 
 /// Runs `f` on a new thread inside `ns` (for servers that outlive the call).
-pub fn spawn_in<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+pub fn spawn_in<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
     let path = ns.path();
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open netns");
@@ -144,7 +149,8 @@ pub fn udp_echo_server(ns: &NetNs, port: u16, lifetime: Duration) -> JoinHandle<
     let (tx, rx) = std::sync::mpsc::channel();
     let h = spawn_in(ns, move || {
         let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         tx.send(()).unwrap();
         let end = Instant::now() + lifetime;
         let mut served = 0;
@@ -167,7 +173,8 @@ pub fn tcp_talks(ns: &NetNs, to: SocketAddr) -> bool {
         let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else {
             return false;
         };
-        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
         if std::io::Write::write_all(&mut s, b"ping").is_err() {
             return false;
         }
@@ -180,7 +187,8 @@ pub fn tcp_talks(ns: &NetNs, to: SocketAddr) -> bool {
 pub fn udp_echoes(ns: &NetNs, to: SocketAddr, count: u32) -> u32 {
     ns.run(move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut got = 0;
         let mut buf = [0u8; 64];
         for i in 0..count {
