@@ -22,14 +22,8 @@ pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
 /// Every row of the flow (drop) table.
 pub fn flows(map: &Map) -> Result<Vec<(FlowKey, FlowValue)>> {
     let table: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
-    let mut rows = Vec::new();
-    for row in table.iter() {
-        // Rows evicted while we iterate are simply skipped.
-        if let Ok(row) = row {
-            rows.push(row);
-        }
-    }
-    Ok(rows)
+    // Rows evicted while we iterate are simply skipped.
+    Ok(table.iter().flatten().collect())
 }
 
 /// Sum over CPUs of a per-CPU counter array, index -> counter, zero rows left out.
