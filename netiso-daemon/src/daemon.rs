@@ -50,10 +50,21 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut dp = Datapath::load(&opts.pin_dir)?;
     dp.set_drop_non_ip(opts.drop_non_ip)?;
     info!(pin_dir = %opts.pin_dir.display(), policy = %opts.policy.display(), "netiso starting");
+    // Identity numbers live on in pinned maps (flow rows, conntrack):
+    // keep giving each group set the number an earlier run gave it.
+    let mut ids = IdentityAllocator::default();
+    match State::read(&opts.state_dir) {
+        Ok(old) => {
+            for (id, groups) in old.identities {
+                ids.restore(id, groups);
+            }
+        }
+        Err(e) => warn!(error = format!("{e:#}"), "ignoring the previous state file"),
+    }
     let mut d = Daemon {
         opts,
         policy,
-        ids: IdentityAllocator::default(),
+        ids,
         dp,
         containers: BTreeMap::new(),
     };
@@ -214,6 +225,14 @@ impl Daemon {
         let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
             .map_err(|e| anyhow!("{e}"))?;
         let (desired, mut state) = build_desired(&compiled, &containers, &self.policy);
+        // Name every identity ever given out, not only those in use, so
+        // that older flow rows still read right.
+        for (id, groups) in self.ids.iter() {
+            state
+                .identities
+                .entry(id)
+                .or_insert_with(|| groups.to_vec());
+        }
         let report = self.dp.apply(&desired)?;
         info!(
             endpoints = desired.endpoints.len(),

@@ -5,10 +5,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use common::frames::{self, eth, icmp_echo, ipv4, tcp, tcp4, udp, udp4, ACK, MAC_A, SYN};
+use common::frames::{
+    self, eth, ext8, icmp_echo, icmpv6, ipv4, ipv6, tcp, tcp4, udp, udp4, ACK, MAC_A, SYN,
+};
 use common::{NetNs, PinDir};
 use netiso_common::{
     defaults, endpoint_flags, maps, programs, proto, tc, Action, CtKey, DropReason, FlowKey,
@@ -21,6 +23,9 @@ const A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 const C: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 3);
 const WORLD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const WORLD6: Ipv6Addr = Ipv6Addr::new(0x2001, 0x2, 0, 0, 0, 0, 0, 9);
 const ID_A: u32 = 256;
 const ID_B: u32 = 257;
 const ID_C: u32 = 258;
@@ -57,6 +62,18 @@ fn desired(a_flags: u32) -> Desired {
             },
         );
     }
+    let b6 = IpKey {
+        addr: B6.octets(),
+        family: 6,
+        ..Default::default()
+    };
+    d.identities.insert(
+        b6,
+        IdentityInfo {
+            identity: ID_B,
+            flags: 0,
+        },
+    );
     let rule = |src, dst, proto, dport, action: Action, rule_id| {
         (
             PolicyKey {
@@ -454,4 +471,61 @@ fn unmanaged_interface_passes_everything() {
         .unwrap();
     assert_eq!(r.return_value as i32, tc::ACT_OK);
     drop(dp);
+}
+
+#[test]
+fn ipv6_control_passes_and_l4_is_found_behind_extension_headers() {
+    let mut f = Fixture::new(DENY_BOTH);
+    let v6 = |payload: Vec<u8>| eth(MAC_A, frames::MAC_B, 0x86dd, &payload);
+    let ll: Ipv6Addr = "fe80::1".parse().unwrap();
+    let mld_group: Ipv6Addr = "ff02::16".parse().unwrap();
+    // Neighbour solicitation, and an MLDv2 report behind hop-by-hop.
+    assert_eq!(f.run(OUT, &v6(ipv6(ll, B6, 58, &icmpv6(135)))), tc::ACT_OK);
+    assert_eq!(f.run(IN, &v6(ipv6(ll, A6, 58, &icmpv6(136)))), tc::ACT_OK);
+    assert_eq!(
+        f.run(
+            IN,
+            &v6(ipv6(
+                Ipv6Addr::UNSPECIFIED,
+                mld_group,
+                0,
+                &ext8(58, &icmpv6(143))
+            ))
+        ),
+        tc::ACT_OK
+    );
+    // TCP behind hop-by-hop and destination options is judged as TCP:
+    // 80/tcp to B is allowed, 8080 is not (A denies by default).
+    let tcp80 = ipv6(A6, B6, 0, &ext8(60, &ext8(6, &tcp(40000, 80, SYN))));
+    assert_eq!(f.run(OUT, &v6(tcp80)), tc::ACT_OK);
+    let tcp8080 = ipv6(A6, B6, 0, &ext8(6, &tcp(40000, 8080, SYN)));
+    assert_eq!(f.run(OUT, &v6(tcp8080)), tc::ACT_SHOT);
+    let to_world = ipv6(A6, WORLD6, 6, &tcp(1, 443, SYN));
+    assert_eq!(f.run(OUT, &v6(to_world)), tc::ACT_SHOT);
+    let rows = f.flows();
+    let row = rows
+        .iter()
+        .find(|(k, _)| k.dport == 8080)
+        .expect("row for 8080");
+    assert_eq!(
+        (row.0.proto, row.0.family, row.0.dst_identity),
+        (6, 6, ID_B)
+    );
+    let row = rows
+        .iter()
+        .find(|(k, _)| k.dport == 443)
+        .expect("row for 443");
+    assert_eq!(row.0.dst_identity, netiso_common::identity::WORLD);
+    // A truncated extension header chain.
+    let cut = ipv6(A6, B6, 0, &[6, 0]);
+    assert_eq!(f.run(OUT, &v6(cut)), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::MalformedL3), 1);
+    // IGMP is link-local control, like ARP.
+    let igmp = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, Ipv4Addr::new(224, 0, 0, 22), 2, 1, 0, &[0x22; 8]),
+    );
+    assert_eq!(f.run(OUT, &igmp), tc::ACT_OK);
 }

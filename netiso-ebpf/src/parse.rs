@@ -148,9 +148,59 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
     let mut p = empty(family::V6, hdr[6]);
     p.saddr.copy_from_slice(&hdr[8..24]);
     p.daddr.copy_from_slice(&hdr[24..40]);
-    parse_l4(ctx, l3 + 40, &mut p)?;
-    Ok(p)
+    // Walk extension headers to find the real L4 protocol (MLD reports,
+    // for one, sit behind a hop-by-hop header). Bounded for the verifier; a
+    // chain longer than that is not something containers legitimately send.
+    let mut off = l3 + 40;
+    let mut i = 0;
+    while i < MAX_EXT_HEADERS {
+        i += 1;
+        let len = match p.proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let h = ptr_at::<[u8; 2]>(ctx, off).ok_or(DropReason::MalformedL3)?;
+                let h = unsafe { *h };
+                p.proto = h[0];
+                (h[1] as usize + 1) * 8
+            }
+            IPPROTO_AH => {
+                let h = ptr_at::<[u8; 2]>(ctx, off).ok_or(DropReason::MalformedL3)?;
+                let h = unsafe { *h };
+                p.proto = h[0];
+                (h[1] as usize + 2) * 4
+            }
+            IPPROTO_FRAGMENT => {
+                let h = ptr_at::<[u8; 8]>(ctx, off).ok_or(DropReason::MalformedL3)?;
+                let h = unsafe { *h };
+                p.proto = h[0];
+                let frag = u16::from_be_bytes([h[2], h[3]]);
+                // The low 16 bits of the 32-bit identification key the
+                // fragment table, as for IPv4.
+                p.frag_id = u16::from_be_bytes([h[6], h[7]]);
+                if frag >> 3 != 0 {
+                    p.later_fragment = true;
+                    return Ok(p);
+                }
+                p.first_fragment = frag & 1 != 0;
+                8
+            }
+            _ => return parse_l4(ctx, off, &mut p).map(|()| p),
+        };
+        // The whole extension header must be there, not just its first bytes.
+        if ctx.data() + off + len > ctx.data_end() {
+            return Err(DropReason::MalformedL3);
+        }
+        off += len;
+    }
+    Err(DropReason::MalformedL3)
 }
+
+const MAX_EXT_HEADERS: u32 = 6;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_IGMP: u8 = 2;
 
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason> {
@@ -194,6 +244,8 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
                 p.control = true;
             }
         }
+        // IGMP is link-local multicast control, like ARP and ND.
+        IPPROTO_IGMP => p.control = true,
         // Other protocols carry no ports: judged by protocol alone.
         _ => {}
     }

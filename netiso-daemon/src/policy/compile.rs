@@ -39,9 +39,26 @@ impl IdentityAllocator {
             return id;
         }
         // Never reused: an identity that comes back keeps its number.
-        let id = identity::FIRST_GROUP_IDENTITY + self.by_groups.len() as u32;
+        let id = self
+            .by_groups
+            .values()
+            .max()
+            .map_or(identity::FIRST_GROUP_IDENTITY, |m| m + 1);
         self.by_groups.insert(groups.to_vec(), id);
         id
+    }
+
+    /// Takes back a number given out by an earlier run (from the daemon's
+    /// state file), so identities in pinned maps keep their meaning.
+    pub fn restore(&mut self, id: u32, groups: Vec<String>) {
+        if id >= identity::FIRST_GROUP_IDENTITY && !groups.is_empty() {
+            self.by_groups.insert(groups, id);
+        }
+    }
+
+    /// Every group set given a number so far.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[String])> {
+        self.by_groups.iter().map(|(g, id)| (*id, g.as_slice()))
     }
 
     /// The identity already given to a group set, if any.

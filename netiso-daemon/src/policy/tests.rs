@@ -703,3 +703,14 @@ fn default_policy_behaves_as_documented() {
         netiso_common::identity::UNMANAGED
     );
 }
+
+#[test]
+fn restored_identities_keep_their_numbers_and_new_ones_follow() {
+    let mut ids = IdentityAllocator::default();
+    ids.restore(300, vec!["backend".to_string()]);
+    ids.restore(2, vec!["ignored".to_string()]); // reserved numbers are never restored
+    assert_eq!(ids.identity_of(&["backend".to_string()]), 300);
+    assert_eq!(ids.identity_of(&["frontend".to_string()]), 301);
+    assert_eq!(ids.get(&["ignored".to_string()]), None);
+    assert_eq!(ids.iter().count(), 2);
+}

@@ -84,3 +84,26 @@ pub fn udp4(mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) 
         &ipv4(src, dst, 17, 1, 0, &udp(sport, dport, b"hello")),
     )
 }
+
+/// An IPv6 header followed by `payload`, whose first header is `next`.
+pub fn ipv6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An 8-byte extension header (hop-by-hop, destination options) whose next
+/// header is `next`, followed by `rest`.
+pub fn ext8(next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut h = vec![next, 0, 1, 4, 0, 0, 0, 0]; // PadN option
+    h.extend_from_slice(rest);
+    h
+}
+
+pub fn icmpv6(ty: u8) -> Vec<u8> {
+    vec![ty, 0, 0, 0, 0, 0, 0, 0]
+}
