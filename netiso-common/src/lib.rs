@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -24,9 +24,12 @@ pub mod maps {
     pub const REASON_STATS: &str = "NETISO_REASON_STATS";
     pub const SETTINGS: &str = "NETISO_SETTINGS";
     pub const FRAGS: &str = "NETISO_FRAGS";
+    pub const CIDRS: &str = "NETISO_CIDRS";
+    pub const EVENTS: &str = "NETISO_EVENTS";
+    pub const EVENT_RATE: &str = "NETISO_EVENT_RATE";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -36,6 +39,9 @@ pub mod maps {
         REASON_STATS,
         SETTINGS,
         FRAGS,
+        CIDRS,
+        EVENTS,
+        EVENT_RATE,
     ];
 }
 
@@ -55,6 +61,12 @@ pub mod limits {
     pub const CONNTRACK: u32 = 262144;
     pub const FLOWS: u32 = 65536;
     pub const FRAGS: u32 = 16384;
+    /// CIDR peers, both slots.
+    pub const CIDRS: u32 = 16384;
+    /// Ring buffer for drop and audit events, in bytes.
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Default events per second per CPU before events are suppressed.
+    pub const DEFAULT_EVENT_RATE: u32 = 1000;
     /// Rule ids run from 1 to `RULES - 1`; 0 stands for "a group default".
     pub const RULES: u32 = 16384;
 }
@@ -108,6 +120,8 @@ pub mod endpoint_flags {
 pub enum Action {
     Allow = 1,
     Deny = 2,
+    /// Would deny: passes, but is counted and reported as `audit`.
+    Audit = 3,
 }
 
 impl Action {
@@ -115,7 +129,16 @@ impl Action {
         match v {
             1 => Some(Self::Allow),
             2 => Some(Self::Deny),
+            3 => Some(Self::Audit),
             _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
         }
     }
 }
@@ -171,13 +194,16 @@ pub enum DropReason {
     Fragment = 9,
     /// A live connection the current policy no longer allows.
     Revoked = 10,
+    /// Not a drop: an `audit` rule matched; the packet passed and was
+    /// recorded like a drop would be.
+    Audit = 11,
 }
 
 /// Number of reason counters (index 0 unused).
 pub const DROP_REASONS: u32 = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         Self::PolicyDeny,
         Self::DefaultDeny,
         Self::SpoofedIp,
@@ -188,6 +214,7 @@ impl DropReason {
         Self::FailClosed,
         Self::Fragment,
         Self::Revoked,
+        Self::Audit,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -202,6 +229,7 @@ impl DropReason {
             8 => Some(Self::FailClosed),
             9 => Some(Self::Fragment),
             10 => Some(Self::Revoked),
+            11 => Some(Self::Audit),
             _ => None,
         }
     }
@@ -219,6 +247,7 @@ impl DropReason {
             Self::FailClosed => "fail-closed",
             Self::Fragment => "fragment",
             Self::Revoked => "revoked",
+            Self::Audit => "audit",
         }
     }
 }
@@ -263,7 +292,22 @@ impl IpKey {
     }
 }
 
-/// Value of the identities map.
+/// Data part of the CIDR LPM trie key (`aya`'s `Key<CidrKey>`): the
+/// prefix length counts 32 bits of slot/family/padding plus the CIDR's own
+/// bits, so one trie serves both slots and families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrKey {
+    pub slot: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Bits of [`CidrKey`] in front of the address.
+pub const CIDR_KEY_PREFIX_BITS: u32 = 32;
+
+/// Value of the identities map (and of the CIDR trie).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdentityInfo {
@@ -382,6 +426,30 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// A drop or audit event, sent to user space through the events ring
+/// buffer (rate limited per CPU, see [`RateState`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`.
+    pub ts_ns: u64,
+    pub flow: FlowKey,
+    /// Packet length.
+    pub len: u32,
+    pub rule_id: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU state of the event rate limiter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    /// Events not sent because of the limit (cumulative).
+    pub suppressed: u32,
+}
+
 /// The single entry of the settings array.
 ///
 /// A reload writes the new policy into the inactive slot of the policy and
@@ -400,11 +468,18 @@ pub struct Settings {
     pub generation: u32,
     /// `settings_flags::*`.
     pub flags: u32,
+    /// Events per second per CPU; 0 turns events off.
+    pub event_rate: u32,
+    pub _pad: u32,
 }
 
 pub mod settings_flags {
     /// Drop non-IP ethertypes other than ARP on policed endpoints.
     pub const DROP_NON_IP: u32 = 1 << 0;
+    /// The CIDR trie of slot 0 / slot 1 has entries (skip the LPM lookup
+    /// otherwise: it costs more than a hash lookup).
+    pub const CIDRS_SLOT0: u32 = 1 << 1;
+    pub const CIDRS_SLOT1: u32 = 1 << 2;
 }
 
 /// TC verdicts (from linux/pkt_cls.h).
@@ -430,6 +505,9 @@ mod user {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for RateState {}
 
     impl core::fmt::Display for DropReason {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -461,9 +539,12 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<FlowKey>(), 52);
         assert_eq!(size_of::<FlowValue>(), 40);
-        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<Settings>(), 24);
+        assert_eq!(size_of::<CidrKey>(), 20);
+        assert_eq!(size_of::<Event>(), 72);
+        assert_eq!(size_of::<RateState>(), 16);
         assert_eq!(size_of::<FragKey>(), 36);
-        assert_eq!(LAYOUT_VERSION, 1);
+        assert_eq!(LAYOUT_VERSION, 2);
     }
 
     #[test]

@@ -344,10 +344,7 @@ pub fn build_desired(
             from: r.from.clone(),
             to: r.to.clone(),
             ports: r.ports.clone(),
-            action: match r.action {
-                netiso_common::Action::Allow => "allow".into(),
-                netiso_common::Action::Deny => "deny".into(),
-            },
+            action: r.action.as_str().into(),
             description: r.description.clone(),
             location: r.location.clone(),
         })

@@ -155,6 +155,7 @@ impl Compiled {
             let verb = match action {
                 Action::Allow => "allowed",
                 Action::Deny => "denied",
+                Action::Audit => "allowed and audited",
             };
             let why = match self.rule(value.rule_id) {
                 Some(r) => {
@@ -302,20 +303,23 @@ pub fn compile(
     Ok(compiled)
 }
 
-/// The deciding rule among `rules`: the first deny, else the first allow.
+/// The deciding rule among `rules`: the first deny, else the first audit,
+/// else the first allow.
 fn resolve<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Option<PolicyValue> {
-    let (mut deny, mut allow) = (None::<u32>, None::<u32>);
+    let (mut deny, mut audit, mut allow) = (None::<u32>, None::<u32>, None::<u32>);
     for r in rules {
         let slot = match r.action {
             Action::Deny => &mut deny,
+            Action::Audit => &mut audit,
             Action::Allow => &mut allow,
         };
         *slot = Some(slot.map_or(r.id, |id| id.min(r.id)));
     }
-    let (action, rule_id) = match (deny, allow) {
-        (Some(id), _) => (Action::Deny, id),
-        (None, Some(id)) => (Action::Allow, id),
-        (None, None) => return None,
+    let (action, rule_id) = match (deny, audit, allow) {
+        (Some(id), _, _) => (Action::Deny, id),
+        (None, Some(id), _) => (Action::Audit, id),
+        (None, None, Some(id)) => (Action::Allow, id),
+        (None, None, None) => return None,
     };
     Some(PolicyValue {
         action: action as u8,

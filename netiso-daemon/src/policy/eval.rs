@@ -75,6 +75,7 @@ fn by_rule(rule: &Rule) -> Decision {
     let verb = match rule.action {
         Action::Allow => "allowed",
         Action::Deny => "denied",
+        Action::Audit => "allowed and audited",
     };
     let mut why = format!("{verb} by {} at {}", rule.summary(), rule.location);
     if let Some(d) = &rule.description {
