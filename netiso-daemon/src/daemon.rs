@@ -2,12 +2,14 @@
 //! containers and keep the datapath in step.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::StreamExt as _;
 use netiso_common::{identity, IdentityInfo, IpKey};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::datapath::{Datapath, Desired, EndpointSpec};
@@ -25,8 +27,29 @@ pub struct Options {
     pub drop_non_ip: bool,
 }
 
+/// Requests to the running daemon from its other tasks (control socket,
+/// policy file watcher, timers).
+#[derive(Debug)]
+pub enum Control {
+    /// Reload the policy; the reply says whether it was applied.
+    Reload {
+        reply: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    /// List every container again and reconcile.
+    Resync,
+}
+
+/// What services running beside the daemon loop get: a way to ask it for
+/// things, and the state it publishes after every reconcile.
+#[derive(Clone, Debug)]
+pub struct Handles {
+    pub control: mpsc::Sender<Control>,
+    pub state: watch::Receiver<Arc<State>>,
+}
+
 struct Daemon {
     opts: Options,
+    state_tx: watch::Sender<Arc<State>>,
     policy: Policy,
     ids: IdentityAllocator,
     dp: Datapath,
@@ -61,8 +84,18 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         Err(e) => warn!(error = format!("{e:#}"), "ignoring the previous state file"),
     }
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
+    let (state_tx, state_rx) = watch::channel(Arc::new(State::default()));
+    crate::services::spawn(
+        &opts,
+        Handles {
+            control: control_tx,
+            state: state_rx,
+        },
+    )?;
     let mut d = Daemon {
         opts,
+        state_tx,
         policy,
         ids,
         dp,
@@ -98,7 +131,18 @@ pub async fn run(opts: Options) -> Result<()> {
                         Some(Err(e)) => return Err(e.context("Docker event stream failed")),
                         None => return Err(anyhow!("Docker closed the event stream")),
                     },
-                    _ = hup.recv() => d.reload(),
+                    _ = hup.recv() => {
+                        let _ = d.reload();
+                    }
+                    Some(cmd) = control_rx.recv() => match cmd {
+                        Control::Reload { reply } => {
+                            let r = d.reload();
+                            if let Some(reply) = reply {
+                                let _ = reply.send(r);
+                            }
+                        }
+                        Control::Resync => d.resync(&docker).await?,
+                    },
                     _ = term.recv() => return Ok::<bool, anyhow::Error>(true),
                     _ = int.recv() => return Ok(true),
                 }
@@ -193,23 +237,29 @@ impl Daemon {
         }
     }
 
-    fn reload(&mut self) {
+    /// Loads the policy file again and applies it; on any error the running
+    /// policy stays and the error is returned (and logged).
+    fn reload(&mut self) -> Result<(), String> {
         let _span = info_span!("reload").entered();
         match load_policy(&self.opts.policy) {
             Ok(p) => {
                 let old = std::mem::replace(&mut self.policy, p);
                 if let Err(e) = self.reconcile() {
-                    error!(
-                        error = format!("{e:#}"),
-                        "new policy could not be applied; keeping the old one"
-                    );
+                    let msg = format!("{e:#}");
+                    error!(error = %msg, "new policy could not be applied; keeping the old one");
                     self.policy = old;
                     self.reconcile_logged();
+                    Err(msg)
                 } else {
                     info!("policy reloaded");
+                    Ok(())
                 }
             }
-            Err(e) => error!("policy rejected, the running policy stays:\n{e:#}"),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                error!("policy rejected, the running policy stays:\n{msg}");
+                Err(msg)
+            }
         }
     }
 
@@ -245,7 +295,9 @@ impl Daemon {
         state.policy_path = self.opts.policy.clone();
         state.generation = report.generation;
         state.updated = unix_now() as u64;
-        state.write(&self.opts.state_dir)
+        state.write(&self.opts.state_dir)?;
+        self.state_tx.send_replace(Arc::new(state));
+        Ok(())
     }
 }
 

@@ -8,5 +8,6 @@ pub mod docker;
 pub mod model;
 pub mod netlink;
 pub mod policy;
+pub mod services;
 pub mod state;
 pub mod stats;
