@@ -27,9 +27,10 @@ pub mod maps {
     pub const CIDRS: &str = "NETISO_CIDRS";
     pub const EVENTS: &str = "NETISO_EVENTS";
     pub const EVENT_RATE: &str = "NETISO_EVENT_RATE";
+    pub const ERRORS: &str = "NETISO_ERRORS";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -42,6 +43,7 @@ pub mod maps {
         CIDRS,
         EVENTS,
         EVENT_RATE,
+        ERRORS,
     ];
 }
 
@@ -51,6 +53,8 @@ pub mod programs {
     pub const FROM_CONTAINER: &str = "netiso_from_container";
     /// TC egress on the host-side veth: traffic entering the container.
     pub const TO_CONTAINER: &str = "netiso_to_container";
+    /// An empty classifier, the baseline of `cargo xtask bench`.
+    pub const BENCH_EMPTY: &str = "netiso_bench_empty";
 }
 
 /// Map sizes. The policy and identity maps hold two slots (see [`Settings`]).
@@ -267,6 +271,8 @@ pub struct Endpoint {
     /// The container's own MAC address on this veth.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The container's own global IPv6 address on this veth, or all zero.
+    pub ipv6: [u8; 16],
 }
 
 /// Key of the identities map: an exact address in one policy slot.
@@ -288,6 +294,22 @@ impl IpKey {
             family: family::V4,
             slot,
             _pad: [0; 2],
+        }
+    }
+
+    pub const fn v6(addr: [u8; 16], slot: u8) -> Self {
+        Self {
+            addr,
+            family: family::V6,
+            slot,
+            _pad: [0; 2],
+        }
+    }
+
+    pub const fn from_ip(ip: core::net::IpAddr, slot: u8) -> Self {
+        match ip {
+            core::net::IpAddr::V4(a) => Self::v4(a.octets(), slot),
+            core::net::IpAddr::V6(a) => Self::v6(a.octets(), slot),
         }
     }
 }
@@ -371,6 +393,49 @@ pub struct CtValue {
 pub mod ct_flags {
     /// This entry is the reply direction of the connection.
     pub const REPLY: u32 = 1 << 0;
+    /// A packet of the reply direction has been seen (TCP: handshake answered).
+    pub const SEEN_REPLY: u32 = 1 << 1;
+    /// TCP FIN or RST seen: the connection is closing.
+    pub const CLOSING: u32 = 1 << 2;
+    /// The flow was admitted by an `audit` rule.
+    pub const AUDIT: u32 = 1 << 3;
+}
+
+/// Connection-tracking lifetimes: an entry idle longer than this is gone
+/// (its next packet is judged as a new flow).
+pub mod ct_timeouts {
+    const S: u64 = 1_000_000_000;
+    /// TCP before the handshake is answered.
+    pub const TCP_OPENING_NS: u64 = 30 * S;
+    pub const TCP_ESTABLISHED_NS: u64 = 24 * 3600 * S;
+    /// TCP after FIN or RST.
+    pub const TCP_CLOSING_NS: u64 = 10 * S;
+    pub const UDP_NS: u64 = 120 * S;
+    pub const ICMP_NS: u64 = 30 * S;
+    /// Idle time refreshed at most this often (saves writes to shared entries).
+    pub const REFRESH_NS: u64 = S;
+}
+
+/// Indexes of the per-CPU error counters (`maps::ERRORS`).
+pub mod errors {
+    /// A conntrack insert failed (the allowed packet still passes).
+    pub const CT_INSERT: u32 = 0;
+    /// A flow-table insert failed (the drop is still counted per reason).
+    pub const FLOW_INSERT: u32 = 1;
+    /// The events ring buffer was full.
+    pub const EVENT_LOST: u32 = 2;
+    /// A fragment-table insert failed.
+    pub const FRAG_INSERT: u32 = 3;
+    /// A conntrack entry expired and its flow was judged again.
+    pub const CT_EXPIRED: u32 = 4;
+    pub const COUNT: u32 = 8;
+    pub const NAMES: [&str; 5] = [
+        "ct-insert-failed",
+        "flow-insert-failed",
+        "event-lost",
+        "frag-insert-failed",
+        "ct-expired",
+    ];
 }
 
 /// Key of the fragment table: IPv4 datagrams whose first fragment passed.
@@ -480,6 +545,8 @@ pub mod settings_flags {
     /// otherwise: it costs more than a hash lookup).
     pub const CIDRS_SLOT0: u32 = 1 << 1;
     pub const CIDRS_SLOT1: u32 = 1 << 2;
+    /// Kernel debug logging (aya-log) on drop paths.
+    pub const DEBUG_LOG: u32 = 1 << 3;
 }
 
 /// TC verdicts (from linux/pkt_cls.h).
@@ -530,7 +597,7 @@ mod tests {
     // bump LAYOUT_VERSION.
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Endpoint>(), 28);
+        assert_eq!(size_of::<Endpoint>(), 44);
         assert_eq!(size_of::<IpKey>(), 20);
         assert_eq!(size_of::<IdentityInfo>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);

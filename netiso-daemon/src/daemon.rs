@@ -1,6 +1,7 @@
 //! `netiso daemon`: follow Docker, compile the policy against the running
 //! containers and keep the datapath in step.
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +56,8 @@ struct Daemon {
     dp: Datapath,
     /// Running containers by id, with their host-side veths resolved.
     containers: BTreeMap<String, Container>,
+    /// The host's own addresses (the `host` peer), read at each resync.
+    host_addrs: Vec<IpAddr>,
 }
 
 /// Loads and renders a policy for logs and errors.
@@ -100,6 +103,7 @@ pub async fn run(opts: Options) -> Result<()> {
         ids,
         dp,
         containers: BTreeMap::new(),
+        host_addrs: Vec::new(),
     };
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -202,6 +206,10 @@ impl Daemon {
             }
             info!(containers = containers.len(), "listed running containers");
             self.containers = containers;
+            match crate::netlink::host_addresses() {
+                Ok(addrs) => self.host_addrs = addrs,
+                Err(e) => warn!(error = format!("{e:#}"), "cannot read the host's addresses"),
+            }
             self.reconcile()
         }
         .instrument(span)
@@ -274,7 +282,8 @@ impl Daemon {
         let containers: Vec<Container> = self.containers.values().cloned().collect();
         let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
             .map_err(|e| anyhow!("{e}"))?;
-        let (desired, mut state) = build_desired(&compiled, &containers, &self.policy);
+        let (mut desired, mut state) = build_desired(&compiled, &containers, &self.policy);
+        add_host_addresses(&mut desired, &self.host_addrs);
         // Name every identity ever given out, not only those in use, so
         // that older flow rows still read right.
         for (id, groups) in self.ids.iter() {
@@ -298,6 +307,19 @@ impl Daemon {
         state.write(&self.opts.state_dir)?;
         self.state_tx.send_replace(Arc::new(state));
         Ok(())
+    }
+}
+
+/// Gives the host's own addresses the `host` identity (container
+/// addresses, should one coincide, keep theirs).
+pub fn add_host_addresses(d: &mut Desired, addrs: &[IpAddr]) {
+    for ip in addrs {
+        d.identities
+            .entry(IpKey::from_ip(*ip, 0))
+            .or_insert(IdentityInfo {
+                identity: identity::HOST,
+                flags: 0,
+            });
     }
 }
 
@@ -341,9 +363,14 @@ pub fn build_desired(
             });
         }
         for a in &c.networks {
-            if let Some(ip) = a.ipv4 {
+            let ips = a
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(a.ipv6.map(IpAddr::V6));
+            for ip in ips {
                 d.identities.insert(
-                    IpKey::v4(ip.octets(), 0),
+                    IpKey::from_ip(ip, 0),
                     IdentityInfo {
                         identity: id,
                         flags,
@@ -361,6 +388,7 @@ pub fn build_desired(
                                 identity: id,
                                 flags,
                                 ipv4: a.ipv4,
+                                ipv6: a.ipv6,
                                 mac: a.mac,
                             },
                         );

@@ -7,10 +7,11 @@
 //! settings map (see `netiso_common::Settings`).
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
@@ -18,8 +19,8 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use netiso_common::{
-    maps, programs, settings_flags, Endpoint, IdentityInfo, IpKey, PolicyKey, PolicyValue,
-    Settings, LAYOUT_VERSION,
+    limits, maps, programs, settings_flags, CidrKey, Endpoint, IdentityInfo, IpKey, PolicyKey,
+    PolicyValue, Settings, CIDR_KEY_PREFIX_BITS, LAYOUT_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -35,6 +36,8 @@ pub struct EndpointSpec {
     /// `defaults::*` and `endpoint_flags::*`.
     pub flags: u32,
     pub ipv4: Option<Ipv4Addr>,
+    /// The container's global IPv6 address on this veth, if any.
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: Option<[u8; 6]>,
 }
 
@@ -44,6 +47,9 @@ pub struct EndpointSpec {
 pub struct Desired {
     pub endpoints: BTreeMap<u32, EndpointSpec>,
     pub identities: BTreeMap<IpKey, IdentityInfo>,
+    /// CIDR peers: (network address, prefix length) -> identity. Exact
+    /// addresses in `identities` win over these.
+    pub cidrs: BTreeMap<(IpAddr, u8), IdentityInfo>,
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
 }
 
@@ -134,6 +140,22 @@ impl Datapath {
         self.write_settings()
     }
 
+    /// Events per second per CPU sent to user space (0 turns them off).
+    pub fn set_event_rate(&mut self, per_second: u32) -> Result<()> {
+        self.settings.event_rate = per_second;
+        self.write_settings()
+    }
+
+    /// Kernel debug logging (aya-log) of every drop.
+    pub fn set_debug_log(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.settings.flags |= settings_flags::DEBUG_LOG;
+        } else {
+            self.settings.flags &= !settings_flags::DEBUG_LOG;
+        }
+        self.write_settings()
+    }
+
     /// Interfaces with programs attached by this process.
     pub fn attached(&self) -> &BTreeMap<u32, String> {
         &self.attached
@@ -181,6 +203,14 @@ impl Datapath {
             }
         }
         {
+            let mut cidrs = self.cidrs_map()?;
+            for ((addr, len), v) in &desired.cidrs {
+                cidrs
+                    .insert(&cidr_key(*addr, *len, next), *v, 0)
+                    .with_context(|| format!("writing CIDR {addr}/{len} (trie full?)"))?;
+            }
+        }
+        {
             let mut pol = self.policy_map()?;
             for (k, v) in &desired.policy {
                 pol.insert(PolicyKey { slot: next, ..*k }, *v, 0)
@@ -198,12 +228,29 @@ impl Datapath {
                 ep.identity[next as usize] = spec.identity;
                 ep.flags[next as usize] = spec.flags;
                 ep.ipv4 = spec.ipv4.map(|a| a.octets()).unwrap_or_default();
+                ep.ipv6 = spec.ipv6.map(|a| a.octets()).unwrap_or_default();
                 ep.mac = spec.mac.unwrap_or_default();
                 eps.insert(ifindex, ep, 0)
                     .context("writing the endpoints map (full?)")?;
             }
         }
         // The switch: one write, after which every packet uses `next`.
+        let cidr_flag = |slot: u8| {
+            if slot == 0 {
+                settings_flags::CIDRS_SLOT0
+            } else {
+                settings_flags::CIDRS_SLOT1
+            }
+        };
+        if desired.cidrs.is_empty() {
+            self.settings.flags &= !cidr_flag(next);
+        } else {
+            self.settings.flags |= cidr_flag(next);
+        }
+        if self.settings.layout_version != LAYOUT_VERSION {
+            // Fresh maps: start with events on.
+            self.settings.event_rate = limits::DEFAULT_EVENT_RATE;
+        }
         self.settings.active_slot = next as u32;
         self.settings.generation = self.settings.generation.wrapping_add(1);
         self.settings.layout_version = LAYOUT_VERSION;
@@ -402,9 +449,20 @@ impl Datapath {
         }
     }
 
-    /// Deletes identities and policy entries of the slot not in use.
+    /// Deletes identities, CIDR peers and policy entries of the slot not in use.
     fn clear_inactive_slot(&mut self) -> Result<()> {
         let inactive = (self.settings.active_slot as u8 & 1) ^ 1;
+        {
+            let mut cidrs = self.cidrs_map()?;
+            let stale: Vec<LpmKey<CidrKey>> = cidrs
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.data().slot == inactive)
+                .collect();
+            for k in stale {
+                remove_ok(cidrs.remove(&k))?;
+            }
+        }
         {
             let mut ids = self.identities_map()?;
             let stale: Vec<IpKey> = ids
@@ -454,6 +512,12 @@ impl Datapath {
         )?)
     }
 
+    fn cidrs_map(&mut self) -> Result<LpmTrie<&mut MapData, CidrKey, IdentityInfo>> {
+        Ok(LpmTrie::try_from(
+            self.ebpf.map_mut(maps::CIDRS).context("CIDR map missing")?,
+        )?)
+    }
+
     fn policy_map(&mut self) -> Result<BpfHashMap<&mut MapData, PolicyKey, PolicyValue>> {
         Ok(BpfHashMap::try_from(
             self.ebpf
@@ -476,14 +540,37 @@ fn endpoint_value(spec: &EndpointSpec, identity: u32, flags: u32) -> Endpoint {
         ipv4: spec.ipv4.map(|a| a.octets()).unwrap_or_default(),
         mac: spec.mac.unwrap_or_default(),
         _pad: [0; 2],
+        ipv6: spec.ipv6.map(|a| a.octets()).unwrap_or_default(),
     }
+}
+
+/// The trie key of a CIDR in one slot (the prefix covers slot, family and
+/// padding, then the CIDR's own bits).
+fn cidr_key(addr: IpAddr, len: u8, slot: u8) -> LpmKey<CidrKey> {
+    let (family, bytes) = match addr {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (netiso_common::family::V4, b)
+        }
+        IpAddr::V6(a) => (netiso_common::family::V6, a.octets()),
+    };
+    LpmKey::new(
+        CIDR_KEY_PREFIX_BITS + len as u32,
+        CidrKey {
+            slot,
+            family,
+            _pad: [0; 2],
+            addr: bytes,
+        },
+    )
 }
 
 /// True when going from `cur` to `desired` only adds or removes entries
 /// without changing what any existing one says: then no packet can see a
 /// mixture of two policies, and no slot switch is needed.
 fn only_additions_and_removals(cur: &Desired, desired: &Desired) -> bool {
-    if cur.policy != desired.policy {
+    if cur.policy != desired.policy || cur.cidrs != desired.cidrs {
         return false;
     }
     let same_where_both = |a: &BTreeMap<IpKey, IdentityInfo>, b: &BTreeMap<IpKey, IdentityInfo>| {

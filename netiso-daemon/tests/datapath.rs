@@ -45,6 +45,7 @@ fn desired(a_flags: u32) -> Desired {
             identity: ID_A,
             flags: a_flags,
             ipv4: Some(A),
+            ipv6: Some(A6),
             mac: Some(MAC_A),
         },
     );

@@ -16,21 +16,26 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use netiso_common::{
-    ct_flags, defaults, endpoint_flags, identity, limits, proto, settings_flags, tc, Action,
-    Counter, CtKey, CtValue, Direction, DropReason, Endpoint, FlowKey, FlowValue, FragKey,
-    IdentityInfo, IpKey, PolicyKey, PolicyValue, Settings, DROP_REASONS, LAYOUT_VERSION,
+    ct_flags, ct_timeouts, defaults, endpoint_flags, errors, family, identity, limits, proto,
+    settings_flags, tc, Action, CidrKey, Counter, CtKey, CtValue, Direction, DropReason, Endpoint,
+    Event, FlowKey, FlowValue, FragKey, IdentityInfo, IpKey, PolicyKey, PolicyValue, RateState,
+    Settings, CIDR_KEY_PREFIX_BITS, DROP_REASONS, LAYOUT_VERSION,
 };
-use parse::{Packet, Parsed};
+use parse::{Packet, Parsed, TCP_FIN, TCP_RST};
 
 #[map(name = "NETISO_ENDPOINTS")]
 static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(limits::ENDPOINTS, 0);
 
 #[map(name = "NETISO_IDENTITIES")]
 static IDENTITIES: HashMap<IpKey, IdentityInfo> = HashMap::pinned(limits::IDENTITIES, 0);
+
+#[map(name = "NETISO_CIDRS")]
+static CIDRS: LpmTrie<CidrKey, IdentityInfo> = LpmTrie::pinned(limits::CIDRS, 0);
 
 #[map(name = "NETISO_POLICY")]
 static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(limits::POLICY, 0);
@@ -50,8 +55,22 @@ static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(limits::RULES, 0);
 #[map(name = "NETISO_REASON_STATS")]
 static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(DROP_REASONS, 0);
 
+#[map(name = "NETISO_ERRORS")]
+static ERRORS: PerCpuArray<Counter> = PerCpuArray::pinned(errors::COUNT, 0);
+
 #[map(name = "NETISO_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+#[map(name = "NETISO_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(limits::EVENTS_BYTES, 0);
+
+#[map(name = "NETISO_EVENT_RATE")]
+static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+
+/// Per-CPU scratch space: the parsed packet is too big for the 512-byte
+/// BPF stack next to everything else (no two TC programs nest on one CPU).
+#[map(name = "NETISO_SCRATCH")]
+static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn netiso_from_container(ctx: TcContext) -> i32 {
@@ -63,9 +82,15 @@ pub fn netiso_to_container(ctx: TcContext) -> i32 {
     judge(&ctx, Direction::Ingress)
 }
 
+/// The baseline for benchmarks: what a TC program costs at all.
+#[classifier]
+pub fn netiso_bench_empty(_ctx: TcContext) -> i32 {
+    tc::ACT_OK
+}
+
 /// The identities and verdict of one policy evaluation.
 struct Decision {
-    allow: bool,
+    action: u8,
     reason: DropReason,
     rule_id: u32,
     src: u32,
@@ -101,42 +126,43 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     }
 
     if ep_flags & endpoint_flags::FAIL_CLOSED != 0 {
-        return drop(ctx, &mut flow, DropReason::FailClosed, 0);
+        return drop(ctx, settings, &mut flow, DropReason::FailClosed, 0);
     }
 
     if dir == Direction::Egress {
         match parse::src_mac(ctx) {
             Some(mac) if ep.mac != [0; 6] && mac != ep.mac => {
-                return drop(ctx, &mut flow, DropReason::SpoofedMac, 0);
+                return drop(ctx, settings, &mut flow, DropReason::SpoofedMac, 0);
             }
             Some(_) => {}
-            None => return drop(ctx, &mut flow, DropReason::MalformedL3, 0),
+            None => return drop(ctx, settings, &mut flow, DropReason::MalformedL3, 0),
         }
     }
 
-    let pkt = match parse::parse(ctx) {
-        Ok(Parsed::Ip(p)) => p,
+    let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
+        return tc::ACT_OK;
+    };
+    let pkt = unsafe { &mut *pkt };
+    match parse::parse(ctx, pkt) {
+        Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => return tc::ACT_OK,
         Ok(Parsed::Other) => {
             if settings.flags & settings_flags::DROP_NON_IP != 0 {
-                return drop(ctx, &mut flow, DropReason::NonIp, 0);
+                return drop(ctx, settings, &mut flow, DropReason::NonIp, 0);
             }
             return tc::ACT_OK;
         }
-        Err(reason) => return drop(ctx, &mut flow, reason, 0),
-    };
+        Err(reason) => return drop(ctx, settings, &mut flow, reason, 0),
+    }
+    let pkt: &Packet = pkt;
     flow.family = pkt.family;
     flow.saddr = pkt.saddr;
     flow.daddr = pkt.daddr;
     flow.proto = pkt.proto;
     flow.dport = pkt.policy_port;
 
-    if dir == Direction::Egress
-        && pkt.family == netiso_common::family::V4
-        && ep.ipv4 != [0; 4]
-        && pkt.saddr[..4] != ep.ipv4
-    {
-        return drop(ctx, &mut flow, DropReason::SpoofedIp, 0);
+    if dir == Direction::Egress && spoofed_source(ep, pkt) {
+        return drop(ctx, settings, &mut flow, DropReason::SpoofedIp, 0);
     }
     if pkt.control {
         return tc::ACT_OK;
@@ -154,16 +180,43 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         slot: slot as u8,
         family: pkt.family,
         proto: pkt.proto,
+        cidrs: settings.flags
+            & if slot == 0 {
+                settings_flags::CIDRS_SLOT0
+            } else {
+                settings_flags::CIDRS_SLOT1
+            }
+            != 0,
     };
 
     if pkt.later_fragment {
         // Later fragments carry no ports: they follow the verdict the first
         // fragment got, and are dropped when no first fragment passed.
-        let fk = frag_key(&pkt);
+        let fk = frag_key(pkt);
         if unsafe { FRAGS.get(&fk) }.is_some() {
             return tc::ACT_OK;
         }
-        return drop(ctx, &mut flow, DropReason::Fragment, 0);
+        return drop(ctx, settings, &mut flow, DropReason::Fragment, 0);
+    }
+
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // An ICMP error about a flow we let through passes with it.
+    if let Some(r) = &pkt.related {
+        let key = CtKey {
+            saddr: r.saddr,
+            daddr: r.daddr,
+            sport: r.sport,
+            dport: r.dport,
+            proto: r.proto,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+        if let Some(ct) = unsafe { CONNTRACK.get(&key) } {
+            if ct.generation == settings.generation {
+                return tc::ACT_OK;
+            }
+        }
     }
 
     let key = CtKey {
@@ -176,60 +229,145 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         _pad: [0; 2],
     };
 
-    // Fast path: a known connection admitted under the current policy.
+    // Fast path: a live connection admitted under the current policy.
     if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
         let ct = unsafe { &mut *ct };
-        if ct.generation == settings.generation {
-            return tc::ACT_OK;
-        }
-        // The policy changed since the flow was admitted: judge it again in
-        // its original direction, and cut it if it is no longer allowed. On a
-        // reply, the original destination port is this packet's source port.
-        let d = if ct.flags & ct_flags::REPLY != 0 {
-            let port = if pkt.proto == proto::TCP || pkt.proto == proto::UDP {
-                pkt.sport
+        if !expired(ct, &key, pkt.proto, now) {
+            if ct.generation == settings.generation {
+                track(ct, &key, pkt, now);
+                return tc::ACT_OK;
+            }
+            // The policy changed since the flow was admitted: judge it again
+            // in its original direction, and cut it if it is no longer
+            // allowed. On a reply, the original destination port is this
+            // packet's source port.
+            let d = if ct.flags & ct_flags::REPLY != 0 {
+                let port = if pkt.proto == proto::TCP || pkt.proto == proto::UDP {
+                    pkt.sport
+                } else {
+                    0
+                };
+                eval.run(flip(dir), peer, port)
             } else {
-                0
+                eval.run(dir, peer, pkt.policy_port)
             };
-            eval.run(flip(dir), peer, port)
-        } else {
-            eval.run(dir, peer, pkt.policy_port)
-        };
-        if d.allow {
-            ct.generation = settings.generation;
-            return tc::ACT_OK;
+            if d.action != Action::Deny as u8 {
+                ct.generation = settings.generation;
+                track(ct, &key, pkt, now);
+                return tc::ACT_OK;
+            }
+            let _ = CONNTRACK.remove(&key);
+            let _ = CONNTRACK.remove(&reverse(&key));
+            flow.src_identity = d.src;
+            flow.dst_identity = d.dst;
+            return drop(ctx, settings, &mut flow, DropReason::Revoked, d.rule_id);
         }
+        // Idle past its lifetime: forget it and judge the packet afresh.
         let _ = CONNTRACK.remove(&key);
         let _ = CONNTRACK.remove(&reverse(&key));
-        flow.src_identity = d.src;
-        flow.dst_identity = d.dst;
-        return drop(ctx, &mut flow, DropReason::Revoked, d.rule_id);
+        count(&ERRORS, errors::CT_EXPIRED, 0);
     }
 
     let d = eval.run(dir, peer, pkt.policy_port);
     flow.src_identity = d.src;
     flow.dst_identity = d.dst;
     count(&RULE_STATS, d.rule_id, ctx.len());
-    if !d.allow {
-        return drop(ctx, &mut flow, d.reason, d.rule_id);
+    if d.action == Action::Deny as u8 {
+        return drop(ctx, settings, &mut flow, d.reason, d.rule_id);
+    }
+    let audit = d.action == Action::Audit as u8;
+    if audit {
+        // Passes, but is recorded exactly like a drop would be.
+        record(ctx, settings, &mut flow, DropReason::Audit, d.rule_id);
     }
     if pkt.stateful {
-        let now = unsafe { bpf_ktime_get_ns() };
         let mut v = CtValue {
             last_seen_ns: now,
             generation: settings.generation,
-            flags: 0,
+            flags: if audit { ct_flags::AUDIT } else { 0 },
             rule_id: d.rule_id,
             _pad: 0,
         };
-        let _ = CONNTRACK.insert(&key, &v, 0);
-        v.flags = ct_flags::REPLY;
-        let _ = CONNTRACK.insert(&reverse(&key), &v, 0);
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            v.flags |= ct_flags::CLOSING;
+        }
+        let ok = CONNTRACK.insert(&key, &v, 0).is_ok();
+        v.flags |= ct_flags::REPLY;
+        if !ok || CONNTRACK.insert(&reverse(&key), &v, 0).is_err() {
+            count(&ERRORS, errors::CT_INSERT, ctx.len());
+        }
     }
-    if pkt.first_fragment {
-        let _ = FRAGS.insert(&frag_key(&pkt), &settings.generation, 0);
+    if pkt.first_fragment
+        && FRAGS
+            .insert(&frag_key(pkt), &settings.generation, 0)
+            .is_err()
+    {
+        count(&ERRORS, errors::FRAG_INSERT, ctx.len());
     }
     tc::ACT_OK
+}
+
+/// A packet leaving a container must carry the container's own address.
+/// IPv6 link-local and unspecified sources (neighbour discovery, DAD) are
+/// the container's business on its own link.
+#[inline(always)]
+fn spoofed_source(ep: &Endpoint, pkt: &Packet) -> bool {
+    if pkt.family == family::V4 {
+        return ep.ipv4 != [0; 4] && pkt.saddr[..4] != ep.ipv4;
+    }
+    let link_local = pkt.saddr[0] == 0xfe && pkt.saddr[1] & 0xc0 == 0x80;
+    let unspecified = pkt.saddr == [0; 16];
+    !(link_local || unspecified || pkt.saddr == ep.ipv6)
+}
+
+/// Whether a conntrack entry has been idle past its lifetime. An entry
+/// whose own direction is quiet is still alive while its twin is not.
+#[inline(always)]
+fn expired(ct: &CtValue, key: &CtKey, l4: u8, now: u64) -> bool {
+    let limit = lifetime(ct.flags, l4);
+    if now.saturating_sub(ct.last_seen_ns) <= limit {
+        return false;
+    }
+    match unsafe { CONNTRACK.get(&reverse(key)) } {
+        Some(twin) => now.saturating_sub(twin.last_seen_ns) > limit,
+        None => true,
+    }
+}
+
+#[inline(always)]
+fn lifetime(flags: u32, l4: u8) -> u64 {
+    match l4 {
+        proto::TCP if flags & ct_flags::CLOSING != 0 => ct_timeouts::TCP_CLOSING_NS,
+        proto::TCP if flags & ct_flags::SEEN_REPLY == 0 => ct_timeouts::TCP_OPENING_NS,
+        proto::TCP => ct_timeouts::TCP_ESTABLISHED_NS,
+        proto::UDP => ct_timeouts::UDP_NS,
+        _ => ct_timeouts::ICMP_NS,
+    }
+}
+
+/// Keeps a live entry's idle time and TCP state current. Writes are rare:
+/// the timestamp at most once a second, the state on state changes.
+#[inline(always)]
+fn track(ct: &mut CtValue, key: &CtKey, pkt: &Packet, now: u64) {
+    let mut flags = ct.flags;
+    if flags & ct_flags::REPLY != 0 {
+        flags |= ct_flags::SEEN_REPLY;
+    }
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        flags |= ct_flags::CLOSING;
+    }
+    if flags != ct.flags {
+        ct.flags = flags;
+        // Both directions share the connection's state.
+        if let Some(twin) = CONNTRACK.get_ptr_mut(&reverse(key)) {
+            let twin = unsafe { &mut *twin };
+            twin.flags |= flags & (ct_flags::SEEN_REPLY | ct_flags::CLOSING);
+            twin.last_seen_ns = now;
+        }
+    }
+    if now.saturating_sub(ct.last_seen_ns) > ct_timeouts::REFRESH_NS {
+        ct.last_seen_ns = now;
+    }
 }
 
 #[inline(always)]
@@ -272,23 +410,47 @@ struct Eval {
     slot: u8,
     family: u8,
     proto: u8,
+    /// The active slot has CIDR peers (otherwise skip the LPM lookup).
+    cidrs: bool,
 }
 
 impl Eval {
-    /// Judges a flow between the local endpoint and `peer`; `dir` says who
-    /// sends: `Egress` means the endpoint sends to the peer.
+    /// The identity of a peer address: exact addresses first, then CIDR
+    /// peers, else the world.
     #[inline(always)]
-    fn run(&self, dir: Direction, peer: &[u8; 16], port: u16) -> Decision {
+    fn peer_identity(&self, peer: &[u8; 16]) -> (u32, u32) {
         let ip_key = IpKey {
             addr: *peer,
             family: self.family,
             slot: self.slot,
             _pad: [0; 2],
         };
-        let (peer_id, peer_flags) = match unsafe { IDENTITIES.get(&ip_key) } {
-            Some(info) => (info.identity, info.flags),
-            None => (identity::WORLD, 0),
-        };
+        if let Some(info) = unsafe { IDENTITIES.get(&ip_key) } {
+            return (info.identity, info.flags);
+        }
+        if self.cidrs {
+            let bits = if self.family == family::V4 { 32 } else { 128 };
+            let key = Key::new(
+                CIDR_KEY_PREFIX_BITS + bits,
+                CidrKey {
+                    slot: self.slot,
+                    family: self.family,
+                    _pad: [0; 2],
+                    addr: *peer,
+                },
+            );
+            if let Some(info) = CIDRS.get(&key) {
+                return (info.identity, info.flags);
+            }
+        }
+        (identity::WORLD, 0)
+    }
+
+    /// Judges a flow between the local endpoint and `peer`; `dir` says who
+    /// sends: `Egress` means the endpoint sends to the peer.
+    #[inline(always)]
+    fn run(&self, dir: Direction, peer: &[u8; 16], port: u16) -> Decision {
+        let (peer_id, peer_flags) = self.peer_identity(peer);
         let (src, src_flags, dst, dst_flags) = if dir == Direction::Egress {
             (self.ep_id, self.ep_flags, peer_id, peer_flags)
         } else {
@@ -317,7 +479,11 @@ impl Eval {
         }
         if let Some(v) = hit {
             return Decision {
-                allow: v.action == Action::Allow as u8,
+                // Unknown action bytes deny: never an accidental allow.
+                action: match v.action {
+                    1 | 3 => v.action,
+                    _ => Action::Deny as u8,
+                },
                 reason: DropReason::PolicyDeny,
                 rule_id: v.rule_id,
                 src,
@@ -327,7 +493,11 @@ impl Eval {
         let denied =
             src_flags & defaults::DENY_EGRESS != 0 || dst_flags & defaults::DENY_INGRESS != 0;
         Decision {
-            allow: !denied,
+            action: if denied {
+                Action::Deny as u8
+            } else {
+                Action::Allow as u8
+            },
             reason: DropReason::DefaultDeny,
             rule_id: 0,
             src,
@@ -346,10 +516,31 @@ fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
     }
 }
 
-/// Records a drop once: in the flow table (one row per flow and reason)
-/// and in the per-reason counters.
+/// Drops the packet, recording it once.
 #[inline(always)]
-fn drop(ctx: &TcContext, flow: &mut FlowKey, reason: DropReason, rule_id: u32) -> i32 {
+fn drop(
+    ctx: &TcContext,
+    settings: &Settings,
+    flow: &mut FlowKey,
+    reason: DropReason,
+    rule_id: u32,
+) -> i32 {
+    record(ctx, settings, flow, reason, rule_id);
+    tc::ACT_SHOT
+}
+
+/// Records a drop (or an audited pass): one row in the flow table per flow
+/// and reason, the per-reason counter, and a rate-limited event. Not
+/// inlined: it only runs on drop and audit paths, and a frame of its own
+/// keeps the hot path's stack small.
+#[inline(never)]
+fn record(
+    ctx: &TcContext,
+    settings: &Settings,
+    flow: &mut FlowKey,
+    reason: DropReason,
+    rule_id: u32,
+) {
     flow.reason = reason as u8;
     let bytes = ctx.len() as u64;
     let now = unsafe { bpf_ktime_get_ns() };
@@ -371,14 +562,65 @@ fn drop(ctx: &TcContext, flow: &mut FlowKey, reason: DropReason, rule_id: u32) -
         };
         if FLOWS.insert(&*flow, &v, BPF_NOEXIST as u64).is_err() {
             // Another CPU created the row first: add to it.
-            if let Some(v) = FLOWS.get_ptr_mut(&*flow) {
-                let v = unsafe { &mut *v };
-                add(&mut v.packets, 1);
-                add(&mut v.bytes, bytes);
+            match FLOWS.get_ptr_mut(&*flow) {
+                Some(v) => {
+                    let v = unsafe { &mut *v };
+                    add(&mut v.packets, 1);
+                    add(&mut v.bytes, bytes);
+                }
+                None => count(&ERRORS, errors::FLOW_INSERT, ctx.len()),
             }
         }
     }
-    tc::ACT_SHOT
+    if settings.flags & settings_flags::DEBUG_LOG != 0 {
+        debug!(
+            ctx,
+            "netiso: {} ifindex {} proto {} port {} rule {}",
+            reason.as_str(),
+            flow.ifindex,
+            flow.proto,
+            flow.dport,
+            rule_id
+        );
+    }
+    emit(settings, flow, ctx.len(), rule_id, now);
+}
+
+/// Sends an event unless this CPU already sent `event_rate` in the
+/// current second; what is held back is counted, so a flood cannot swamp
+/// user space and nobody is misled about what was missed.
+#[inline(always)]
+fn emit(settings: &Settings, flow: &FlowKey, len: u32, rule_id: u32, now: u64) {
+    if settings.event_rate == 0 {
+        return;
+    }
+    let Some(rate) = EVENT_RATE.get_ptr_mut(0) else {
+        return;
+    };
+    let rate = unsafe { &mut *rate };
+    if now.saturating_sub(rate.window_start_ns) >= 1_000_000_000 {
+        rate.window_start_ns = now;
+        rate.sent = 0;
+    }
+    if rate.sent >= settings.event_rate {
+        rate.suppressed = rate.suppressed.wrapping_add(1);
+        return;
+    }
+    rate.sent += 1;
+    // Written in place in the ring buffer: no copy on the stack.
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                ts_ns: now,
+                flow: *flow,
+                len,
+                rule_id,
+                _pad: 0,
+            });
+            entry.submit(0);
+        }
+        None => count(&ERRORS, errors::EVENT_LOST, len),
+    }
 }
 
 #[inline(always)]

@@ -30,10 +30,28 @@ pub struct Packet {
     /// First fragment of a fragmented datagram (MF set, offset 0).
     pub first_fragment: bool,
     pub frag_id: u16,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    /// ICMP error (unreachable, time exceeded, parameter problem, packet
+    /// too big): the quoted packet's tuple, to find the flow it belongs to.
+    pub related: Option<Related>,
 }
 
+/// The tuple of the packet quoted inside an ICMP error.
+pub struct Related {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
 pub enum Parsed {
-    Ip(Packet),
+    /// IPv4 or IPv6: the packet was filled in.
+    Ip,
     Arp,
     /// Another ethertype.
     Other,
@@ -68,7 +86,7 @@ pub fn src_mac(ctx: &TcContext) -> Option<[u8; 6]> {
 const WANT_LINEAR: u32 = (ETH_HLEN + 60 + 20) as u32;
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
+pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, DropReason> {
     // Headers of non-linear skbs may sit outside the direct-access window;
     // pull them in (a no-op cost for the common, already linear, case).
     let linear = (ctx.data_end() - ctx.data()) as u32;
@@ -82,33 +100,33 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
     }
     let ethertype = u16_at(ctx, 12).ok_or(DropReason::MalformedL3)?;
     match ethertype {
-        ETH_P_IP => parse_ipv4(ctx).map(Parsed::Ip),
-        ETH_P_IPV6 => parse_ipv6(ctx).map(Parsed::Ip),
+        ETH_P_IP => parse_ipv4(ctx, p).map(|()| Parsed::Ip),
+        ETH_P_IPV6 => parse_ipv6(ctx, p).map(|()| Parsed::Ip),
         ETH_P_ARP => Ok(Parsed::Arp),
         _ => Ok(Parsed::Other),
     }
 }
 
+/// Clears the fields a parse may leave untouched (the packet lives in a
+/// per-CPU scratch map, not on the 512-byte stack).
 #[inline(always)]
-fn empty(family: u8, proto: u8) -> Packet {
-    Packet {
-        family,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        proto,
-        policy_port: 0,
-        stateful: false,
-        control: false,
-        later_fragment: false,
-        first_fragment: false,
-        frag_id: 0,
-    }
+fn reset(p: &mut Packet, family: u8, proto: u8) {
+    p.family = family;
+    p.proto = proto;
+    p.sport = 0;
+    p.dport = 0;
+    p.policy_port = 0;
+    p.stateful = false;
+    p.control = false;
+    p.later_fragment = false;
+    p.first_fragment = false;
+    p.frag_id = 0;
+    p.tcp_flags = 0;
+    p.related = None;
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
+fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let l3 = ETH_HLEN;
     let hdr = ptr_at::<[u8; 20]>(ctx, l3).ok_or(DropReason::MalformedL3)?;
     let hdr = unsafe { *hdr };
@@ -121,7 +139,9 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
     if ctx.data() + l3 + ihl > ctx.data_end() {
         return Err(DropReason::MalformedL3);
     }
-    let mut p = empty(family::V4, hdr[9]);
+    reset(p, family::V4, hdr[9]);
+    p.saddr = [0; 16];
+    p.daddr = [0; 16];
     p.saddr[..4].copy_from_slice(&hdr[12..16]);
     p.daddr[..4].copy_from_slice(&hdr[16..20]);
     let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
@@ -130,22 +150,21 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
     p.frag_id = u16::from_be_bytes([hdr[4], hdr[5]]);
     if offset != 0 {
         p.later_fragment = true;
-        return Ok(p);
+        return Ok(());
     }
     p.first_fragment = more;
-    parse_l4(ctx, l3 + ihl, &mut p)?;
-    Ok(p)
+    parse_l4(ctx, l3 + ihl, p)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
+fn parse_ipv6(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let l3 = ETH_HLEN;
     let hdr = ptr_at::<[u8; 40]>(ctx, l3).ok_or(DropReason::MalformedL3)?;
     let hdr = unsafe { &*hdr };
     if hdr[0] >> 4 != 6 {
         return Err(DropReason::MalformedL3);
     }
-    let mut p = empty(family::V6, hdr[6]);
+    reset(p, family::V6, hdr[6]);
     p.saddr.copy_from_slice(&hdr[8..24]);
     p.daddr.copy_from_slice(&hdr[24..40]);
     // Walk extension headers to find the real L4 protocol (MLD reports,
@@ -178,12 +197,12 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
                 p.frag_id = u16::from_be_bytes([h[6], h[7]]);
                 if frag >> 3 != 0 {
                     p.later_fragment = true;
-                    return Ok(p);
+                    return Ok(());
                 }
                 p.first_fragment = frag & 1 != 0;
                 8
             }
-            _ => return parse_l4(ctx, off, &mut p).map(|()| p),
+            _ => return parse_l4(ctx, off, p),
         };
         // The whole extension header must be there, not just its first bytes.
         if ctx.data() + off + len > ctx.data_end() {
@@ -215,6 +234,7 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
             p.dport = u16::from_be_bytes([h[2], h[3]]);
             p.policy_port = p.dport;
             p.stateful = true;
+            p.tcp_flags = h[13];
         }
         proto::UDP => {
             let h = ptr_at::<[u8; 8]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
@@ -242,6 +262,10 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
             } else if p.proto == proto::ICMPV6 && matches!(ty, 130..=137 | 143) {
                 // Neighbour discovery and MLD keep the link working.
                 p.control = true;
+            } else if (p.proto == proto::ICMP && matches!(ty, 3 | 11 | 12))
+                || (p.proto == proto::ICMPV6 && matches!(ty, 1..=4))
+            {
+                parse_quoted(ctx, l4 + 8, p);
             }
         }
         // IGMP is link-local multicast control, like ARP and ND.
@@ -250,4 +274,49 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
         _ => {}
     }
     Ok(())
+}
+
+/// The tuple of the packet an ICMP error quotes (its IP header and the
+/// first 8 bytes of its L4 header), into `p.related`; left None when it is
+/// cut short: the error is then judged like any other ICMP packet.
+#[inline(always)]
+fn parse_quoted(ctx: &TcContext, off: usize, p: &mut Packet) {
+    let fam = p.family;
+    let r = p.related.insert(Related {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+    });
+    if quoted(ctx, off, fam, r).is_none() {
+        p.related = None;
+    }
+}
+
+#[inline(always)]
+fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
+    let l4 = if fam == family::V4 {
+        let h = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
+        r.proto = h[9];
+        r.saddr[..4].copy_from_slice(&h[12..16]);
+        r.daddr[..4].copy_from_slice(&h[16..20]);
+        off + (h[0] & 0x0f) as usize * 4
+    } else {
+        let h = unsafe { &*ptr_at::<[u8; 40]>(ctx, off)? };
+        r.proto = h[6];
+        r.saddr.copy_from_slice(&h[8..24]);
+        r.daddr.copy_from_slice(&h[24..40]);
+        off + 40
+    };
+    if r.proto == proto::TCP || r.proto == proto::UDP {
+        let h = unsafe { *ptr_at::<[u8; 4]>(ctx, l4)? };
+        r.sport = u16::from_be_bytes([h[0], h[1]]);
+        r.dport = u16::from_be_bytes([h[2], h[3]]);
+    } else if r.proto == proto::ICMP || r.proto == proto::ICMPV6 {
+        // A quoted echo request: its identifier is the flow's "source port".
+        let h = unsafe { *ptr_at::<[u8; 8]>(ctx, l4)? };
+        r.sport = u16::from_be_bytes([h[4], h[5]]);
+    }
+    Some(())
 }
