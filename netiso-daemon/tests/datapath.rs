@@ -110,11 +110,15 @@ struct Fixture {
 
 impl Fixture {
     fn new(a_flags: u32) -> Self {
+        Self::with(desired(a_flags))
+    }
+
+    fn with(d: Desired) -> Self {
         let pins = PinDir::new();
         let ns = NetNs::new("dp");
         let dp = ns.run(|| {
             let mut dp = Datapath::load(&pins.path).expect("load datapath");
-            dp.apply(&desired(a_flags)).expect("apply");
+            dp.apply(&d).expect("apply");
             dp
         });
         Self {
@@ -170,6 +174,29 @@ impl Fixture {
         counters::reasons(map)
             .unwrap()
             .get(&reason)
+            .map_or(0, |c| c.packets)
+    }
+
+    fn apply(&mut self, d: Desired) {
+        let dp = self.dp.take().unwrap();
+        let dp = self.ns.run(move || {
+            let mut dp = dp;
+            dp.apply(&d).expect("apply");
+            dp
+        });
+        self.dp = Some(dp);
+    }
+
+    fn ct(&self) -> aya::maps::HashMap<&aya::maps::MapData, CtKey, netiso_common::CtValue> {
+        let map = self.dp.as_ref().unwrap().ebpf().map(maps::CONNTRACK).unwrap();
+        aya::maps::HashMap::try_from(map).unwrap()
+    }
+
+    fn error_counter(&self, index: u32) -> u64 {
+        let map = self.dp.as_ref().unwrap().ebpf().map(maps::ERRORS).unwrap();
+        counters::per_cpu_totals(map)
+            .unwrap()
+            .get(&index)
             .map_or(0, |c| c.packets)
     }
 
@@ -529,4 +556,172 @@ fn ipv6_control_passes_and_l4_is_found_behind_extension_headers() {
         &ipv4(A, Ipv4Addr::new(224, 0, 0, 22), 2, 1, 0, &[0x22; 8]),
     );
     assert_eq!(f.run(OUT, &igmp), tc::ACT_OK);
+}
+
+fn rule(src: u32, dst: u32, proto: u8, dport: u16, action: Action, rule_id: u32) -> (PolicyKey, PolicyValue) {
+    (
+        PolicyKey {
+            src,
+            dst,
+            dport,
+            proto,
+            slot: 0,
+        },
+        PolicyValue {
+            action: action as u8,
+            _pad: [0; 3],
+            rule_id,
+        },
+    )
+}
+
+#[test]
+fn audit_rules_pass_and_are_recorded_like_drops() {
+    let mut d = desired(DENY_BOTH);
+    d.policy.extend([rule(ID_A, ID_B, proto::TCP, 8443, Action::Audit, 9)]);
+    let mut f = Fixture::with(d);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 41000, 8443, SYN)), tc::ACT_OK);
+    // Later packets of the audited flow ride conntrack and are not recounted.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 41000, 8443, ACK)), tc::ACT_OK);
+    assert_eq!(f.run(IN, &tcp4(frames::MAC_B, B, A, 8443, 41000, ACK)), tc::ACT_OK);
+    let rows = f.flows();
+    let (k, v) = rows
+        .iter()
+        .find(|(k, _)| k.reason == DropReason::Audit as u8)
+        .expect("an audit row");
+    assert_eq!((k.dport, v.packets, v.rule_id), (8443, 1, 9));
+    assert_eq!(f.reason_counter(DropReason::Audit), 1);
+    let ct = f.ct().get(&ct_key(A, B, 41000, 8443, 6), 0).unwrap();
+    assert_ne!(ct.flags & netiso_common::ct_flags::AUDIT, 0);
+}
+
+#[test]
+fn cidr_peers_match_by_longest_prefix_after_exact_addresses() {
+    const ID_NET: u32 = 1 << 24;
+    let mut d = desired(DENY_BOTH);
+    let id = |identity| IdentityInfo { identity, flags: 0 };
+    // 198.18.0.0/15 is the peer; 198.18.5.0/24 is carved out (world).
+    d.cidrs.insert((Ipv4Addr::new(198, 18, 0, 0).into(), 15), id(ID_NET));
+    d.cidrs.insert((Ipv4Addr::new(198, 18, 5, 0).into(), 24), id(netiso_common::identity::WORLD));
+    d.cidrs.insert(("2001:db8::".parse::<Ipv6Addr>().unwrap().into(), 32), id(ID_NET));
+    d.policy.extend([rule(ID_A, ID_NET, proto::TCP, 443, Action::Allow, 5)]);
+    let mut f = Fixture::with(d);
+    let in_net = Ipv4Addr::new(198, 19, 1, 1);
+    let carved = Ipv4Addr::new(198, 18, 5, 7);
+    let outside = Ipv4Addr::new(198, 20, 0, 1);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, in_net, 1, 443, SYN)), tc::ACT_OK);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, carved, 1, 443, SYN)), tc::ACT_SHOT);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, outside, 1, 443, SYN)), tc::ACT_SHOT);
+    let v6 = eth(MAC_A, frames::MAC_B, 0x86dd, &ipv6(A6, "2001:db8::7".parse().unwrap(), 6, &tcp(1, 443, SYN)));
+    assert_eq!(f.run(OUT, &v6), tc::ACT_OK);
+    let rows = f.flows();
+    let ids: Vec<u32> = rows.iter().map(|(k, _)| k.dst_identity).collect();
+    assert_eq!(ids.len(), 2, "{rows:?}");
+    assert!(ids.iter().all(|i| *i == netiso_common::identity::WORLD));
+    // Removing the CIDR peers switches slots; the old slot's trie empties.
+    let mut f2 = f;
+    f2.apply(desired(DENY_BOTH));
+    assert_eq!(f2.run(OUT, &tcp4(MAC_A, A, in_net, 2, 443, SYN)), tc::ACT_SHOT);
+}
+
+/// Reads every pending event of the ring buffer.
+fn drain_events(f: &mut Fixture) -> Vec<netiso_common::Event> {
+    let map = f.dp().ebpf_mut().map_mut(maps::EVENTS).unwrap();
+    let mut rb = aya::maps::RingBuf::try_from(map).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        assert_eq!(item.len(), std::mem::size_of::<netiso_common::Event>());
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    out
+}
+
+#[test]
+fn drops_send_rate_limited_events() {
+    // One CPU, so one rate-limit window applies to every run.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(0, &mut set) };
+    assert_eq!(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) }, 0);
+    let mut f = Fixture::new(DENY_BOTH);
+    f.dp().set_event_rate(3).unwrap();
+    for i in 0..10 {
+        assert_eq!(f.run(OUT, &udp4(MAC_A, A, B, 7000 + i, 9999)), tc::ACT_SHOT);
+    }
+    let events = drain_events(&mut f);
+    assert_eq!(events.len(), 3, "the limit holds back all but 3");
+    let e = &events[0];
+    assert_eq!((e.flow.dport, e.flow.proto, e.flow.reason), (9999, 17, DropReason::DefaultDeny as u8));
+    assert_eq!(&e.flow.saddr[..4], &A.octets());
+    let map = f.dp().ebpf().map(maps::EVENT_RATE).unwrap();
+    let rate: aya::maps::PerCpuArray<_, netiso_common::RateState> =
+        aya::maps::PerCpuArray::try_from(map).unwrap();
+    let suppressed: u32 = rate.get(&0, 0).unwrap().iter().map(|r| r.suppressed).sum();
+    assert_eq!(suppressed, 7);
+    // Events off: drops are still counted, nothing is sent.
+    f.dp().set_event_rate(0).unwrap();
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, B, 7100, 9999)), tc::ACT_SHOT);
+    assert!(drain_events(&mut f).is_empty());
+}
+
+/// An ICMP error (type 3 = unreachable) from `src` to `dst` quoting `quoted`.
+fn icmp_unreachable(src: Ipv4Addr, dst: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut l4 = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    l4.extend_from_slice(quoted);
+    eth(frames::MAC_B, MAC_A, 0x0800, &ipv4(src, dst, 1, 9, 0, &l4))
+}
+
+#[test]
+fn icmp_errors_follow_the_flow_they_quote() {
+    let mut f = Fixture::new(DENY_BOTH);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, B, 5300, 53)), tc::ACT_OK);
+    // B answers A's datagram with "port unreachable": related, passes
+    // although A denies ingress.
+    let quoted = ipv4(A, B, 17, 1, 0, &udp(5300, 53, b""));
+    assert_eq!(f.run(IN, &icmp_unreachable(B, A, &quoted)), tc::ACT_OK);
+    // The same error about a flow that never was is judged as plain ICMP.
+    let unknown = ipv4(A, B, 17, 1, 0, &udp(5399, 53, b""));
+    assert_eq!(f.run(IN, &icmp_unreachable(B, A, &unknown)), tc::ACT_SHOT);
+    // A cut-short quote is judged as plain ICMP too.
+    assert_eq!(f.run(IN, &icmp_unreachable(B, A, &quoted[..10])), tc::ACT_SHOT);
+}
+
+#[test]
+fn conntrack_entries_expire_and_tcp_state_is_tracked() {
+    let mut f = Fixture::new(DENY_BOTH);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 42000, 80, SYN)), tc::ACT_OK);
+    assert_eq!(f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 42000, SYN | ACK)), tc::ACT_OK);
+    let fwd = ct_key(A, B, 42000, 80, 6);
+    let rev = ct_key(B, A, 80, 42000, 6);
+    let flags = f.ct().get(&fwd, 0).unwrap().flags;
+    assert_ne!(flags & netiso_common::ct_flags::SEEN_REPLY, 0, "the handshake was answered");
+    // FIN marks both directions closing.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 42000, 80, ACK | 0x01)), tc::ACT_OK);
+    for k in [fwd, rev] {
+        assert_ne!(f.ct().get(&k, 0).unwrap().flags & netiso_common::ct_flags::CLOSING, 0);
+    }
+    // Age both entries past any lifetime: the next reply is a new flow into
+    // A, which A's defaults deny.
+    {
+        let map = f.dp().ebpf_mut().map_mut(maps::CONNTRACK).unwrap();
+        let mut ct: aya::maps::HashMap<_, CtKey, netiso_common::CtValue> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        for k in [fwd, rev] {
+            let mut v = ct.get(&k, 0).unwrap();
+            v.last_seen_ns = 1;
+            ct.insert(k, v, 0).unwrap();
+        }
+    }
+    assert_eq!(f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 42000, ACK)), tc::ACT_SHOT);
+    assert_eq!(f.error_counter(netiso_common::errors::CT_EXPIRED), 1);
+    assert!(!f.ct_has(&fwd) && !f.ct_has(&rev));
+}
+
+#[test]
+fn ipv6_sources_must_be_the_endpoints_own() {
+    let mut f = Fixture::new(0);
+    let forged: Ipv6Addr = "fd00::99".parse().unwrap();
+    let v6 = |src| eth(MAC_A, frames::MAC_B, 0x86dd, &ipv6(src, B6, 6, &tcp(1, 80, SYN)));
+    assert_eq!(f.run(OUT, &v6(forged)), tc::ACT_SHOT);
+    assert_eq!(f.run(OUT, &v6(A6)), tc::ACT_OK);
+    assert_eq!(f.dropped(DropReason::SpoofedIp), 1);
 }
