@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
@@ -63,8 +63,66 @@ pub struct ApplyReport {
     pub detached: usize,
 }
 
+/// How programs are attached to veths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX where the kernel has it (6.6+), else clsact.
+    #[default]
+    Auto,
+    Tcx,
+    /// clsact qdisc + netlink filters (kernels before 6.6).
+    Netlink,
+}
+
+/// What the links directory remembers of a netlink (clsact) filter. bpffs
+/// holds no regular files and no names with dots, so the record is the
+/// name of an empty directory: `<ifindex>-<dir>_nl_<priority>_<handle>`.
+#[derive(Debug, PartialEq, Eq)]
+struct NlRecord {
+    priority: u16,
+    handle: u32,
+}
+
+impl NlRecord {
+    fn prefix(base: &Path) -> String {
+        format!(
+            "{}_nl_",
+            base.file_name().unwrap_or_default().to_string_lossy()
+        )
+    }
+
+    /// The record for the link whose TCX pin would be `base`, if any.
+    fn find(base: &Path) -> Option<(PathBuf, Self)> {
+        let prefix = Self::prefix(base);
+        let dir = base.parent()?;
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (priority, handle) = name.strip_prefix(&prefix)?.split_once('_')?;
+            let rec = Self {
+                priority: priority.parse().ok()?,
+                handle: handle.parse().ok()?,
+            };
+            Some((e.path(), rec))
+        })
+    }
+
+    fn save(&self, base: &Path) -> Result<()> {
+        if let Some((old, _)) = Self::find(base) {
+            let _ = std::fs::remove_dir(old);
+        }
+        let path = base.with_file_name(format!(
+            "{}{}_{}",
+            Self::prefix(base),
+            self.priority,
+            self.handle
+        ));
+        std::fs::create_dir(&path).with_context(|| format!("recording {}", path.display()))
+    }
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
+    mode: AttachMode,
     pin_dir: PathBuf,
     /// What the maps hold now, once known (None right after adopting pins
     /// left by an earlier run).
@@ -103,6 +161,7 @@ impl Datapath {
         let settings = read_settings(&ebpf)?;
         let mut dp = Self {
             ebpf,
+            mode: AttachMode::Auto,
             pin_dir: pin_dir.to_owned(),
             current: None,
             settings,
@@ -140,6 +199,11 @@ impl Datapath {
         self.write_settings()
     }
 
+    /// How later attachments are made (existing ones stay as they are).
+    pub fn set_attach_mode(&mut self, mode: AttachMode) {
+        self.mode = mode;
+    }
+
     /// Events per second per CPU sent to user space (0 turns them off).
     pub fn set_event_rate(&mut self, per_second: u32) -> Result<()> {
         self.settings.event_rate = per_second;
@@ -159,6 +223,17 @@ impl Datapath {
     /// Interfaces with programs attached by this process.
     pub fn attached(&self) -> &BTreeMap<u32, String> {
         &self.attached
+    }
+
+    // Added by `ops` (issue 5) for the daemon's periodic resync; lead: keep
+    // or replace with your own way to repair drift.
+    /// Forgets what this process believes the maps and attachments hold, so
+    /// that the next [`apply`](Self::apply) rewrites every entry (slot
+    /// switch) and re-attaches every endpoint (re-adopting pinned links in
+    /// place): repairs anything changed behind the daemon's back.
+    pub fn forget_applied(&mut self) {
+        self.current = None;
+        self.attached.clear();
     }
 
     /// Brings maps and attachments to `desired`. A change that alters the
@@ -345,6 +420,79 @@ impl Datapath {
     }
 
     fn attach(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+        let tcx = match self.mode {
+            AttachMode::Tcx => true,
+            AttachMode::Netlink => false,
+            AttachMode::Auto => {
+                use aya::util::KernelVersion;
+                KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+            }
+        };
+        if tcx {
+            self.attach_tcx(ifindex, ifname)
+        } else {
+            self.attach_netlink(ifindex, ifname)
+        }
+    }
+
+    /// Legacy attachment for kernels without TCX: a clsact qdisc and a
+    /// direct-action filter per direction. Netlink filters cannot be
+    /// pinned; they stay until removed, and a record of each (ifname,
+    /// priority, handle) in the links directory lets a later run replace
+    /// the program in place or remove it.
+    fn attach_netlink(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
+        match aya::programs::tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            // Already there (ours from an earlier run, or someone else's).
+            Err(aya::programs::tc::TcError::NetlinkError(e))
+                if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).context(format!("adding a clsact qdisc to {ifname}")),
+        }
+        for (prog_name, attach) in [
+            (programs::FROM_CONTAINER, TcAttachType::Ingress),
+            (programs::TO_CONTAINER, TcAttachType::Egress),
+        ] {
+            let base = self.link_pin(ifindex, attach);
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .context("program missing")?
+                .try_into()?;
+            let old = NlRecord::find(&base).map(|(_, r)| r);
+            let replaced = old.and_then(|r| {
+                let link = SchedClassifierLink::attached(
+                    ifname,
+                    attach,
+                    r.priority,
+                    r.handle.into(),
+                    None,
+                )
+                .ok()?;
+                prog.attach_to_link(link).ok()
+            });
+            let link_id = match replaced {
+                Some(id) => id,
+                None => prog.attach_with_options(
+                    ifname,
+                    attach,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )?,
+            };
+            let link = prog.take_link(link_id)?;
+            let rec = NlRecord {
+                priority: link.priority()?,
+                handle: link.handle()?.into(),
+            };
+            rec.save(&base)?;
+            // Dropping the link would detach the filter: enforcement must
+            // outlive this process, and the record above finds it again.
+            std::mem::forget(link);
+        }
+        debug!(ifindex, ifname, "attached (clsact)");
+        Ok(())
+    }
+
+    fn attach_tcx(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
         for (prog_name, attach) in [
             (programs::FROM_CONTAINER, TcAttachType::Ingress),
             (programs::TO_CONTAINER, TcAttachType::Egress),
@@ -400,7 +548,18 @@ impl Datapath {
 
     /// Removes the pinned links of `ifindex`, which detaches the programs.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
-        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+        for (prog_name, attach) in [
+            (programs::FROM_CONTAINER, TcAttachType::Ingress),
+            (programs::TO_CONTAINER, TcAttachType::Egress),
+        ] {
+            if let Some((path, _)) = NlRecord::find(&self.link_pin(ifindex, attach)) {
+                // The interface may be gone already (and the filter with it);
+                // only filters carrying our program's name are removed.
+                if let Ok(Some(name)) = crate::netlink::link_name(ifindex) {
+                    let _ = aya::programs::tc::qdisc_detach_program(&name, attach, prog_name);
+                }
+                let _ = std::fs::remove_dir(path);
+            }
             let pin = self.link_pin(ifindex, attach);
             match std::fs::remove_file(&pin) {
                 Ok(()) => {}

@@ -6,10 +6,15 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::topology::{pings, tcp_echo_server, tcp_talks, udp_echo_server, udp_echoes, Topology};
+use common::topology::{
+    pings, round_trip, tcp6_talks, tcp_echo_server, tcp_stream_echo_server, tcp_talks,
+    udp_big_echo, udp_echo_server, udp_echoes, Topology,
+};
 use common::PinDir;
 use netiso_common::{maps, DropReason};
 use netiso_daemon::datapath::Datapath;
+use netiso_daemon::datapath::{AttachMode, Desired};
+use netiso_daemon::policy::IdentityAllocator;
 use netiso_daemon::{counters, daemon, policy};
 
 const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
@@ -20,6 +25,16 @@ fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
 
 #[test]
 fn default_policy_is_enforced_between_namespaces() {
+    check_default_policy(AttachMode::Tcx);
+}
+
+/// Kernels before 6.6 have no TCX: the same checks with clsact filters.
+#[test]
+fn default_policy_is_enforced_with_clsact_attachment() {
+    check_default_policy(AttachMode::Netlink);
+}
+
+fn check_default_policy(mode: AttachMode) {
     let topo = Topology::new(&[
         ("front", "frontend"),
         ("back", "backend"),
@@ -38,9 +53,20 @@ fn default_policy_is_enforced_between_namespaces() {
     );
     let dp = topo.host.run(|| {
         let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.set_attach_mode(mode);
         dp.apply(&desired).expect("apply");
         dp
     });
+    let tc_filters = topo.host.sh(&format!(
+        "tc filter show dev {} ingress",
+        topo.guest("back").host_if
+    ));
+    let has_filter = String::from_utf8_lossy(&tc_filters.stdout).contains("netiso_from_container");
+    assert_eq!(
+        has_filter,
+        mode == AttachMode::Netlink,
+        "clsact filter present only in netlink mode"
+    );
 
     let (front, back, guest, other) = (
         topo.guest("front"),
@@ -127,4 +153,165 @@ fn default_policy_is_enforced_between_namespaces() {
         tcp_talks(&front.ns, addr(back.ip, 8080)),
         "still allowed without the daemon"
     );
+}
+
+fn desired_for(text: &str, topo: &Topology, ids: &mut IdentityAllocator) -> Desired {
+    let policy = policy::parse_str(text, "test-policy.toml").expect("policy");
+    let containers = topo.containers();
+    let compiled = policy::compile(&policy, &containers, ids).expect("compile");
+    daemon::build_desired(&compiled, &containers, &policy).0
+}
+
+fn rows(dp: &Datapath) -> Vec<(netiso_common::FlowKey, netiso_common::FlowValue)> {
+    counters::flows(dp.ebpf().map(maps::FLOWS).unwrap()).unwrap()
+}
+
+fn dropped(dp: &Datapath, reason: DropReason) -> u64 {
+    rows(dp)
+        .iter()
+        .filter(|(k, _)| k.reason == reason as u8)
+        .map(|(_, v)| v.packets)
+        .sum()
+}
+
+#[test]
+fn ipv6_spoofing_and_fragments_between_namespaces() {
+    let topo = Topology::new(&[
+        ("front", "frontend"),
+        ("back", "backend"),
+        ("guest", "untrusted"),
+        ("other", ""),
+    ]);
+    let pins = PinDir::new();
+    let desired = desired_for(DEFAULT_POLICY, &topo, &mut IdentityAllocator::default());
+    let dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&desired).expect("apply");
+        dp
+    });
+    let (front, back, guest, other) = (
+        topo.guest("front"),
+        topo.guest("back"),
+        topo.guest("guest"),
+        topo.guest("other"),
+    );
+    let life = Duration::from_secs(60);
+    let _s1 = tcp_echo_server(&back.ns, 8080, life);
+    let _s2 = tcp_echo_server(&back.ns, 9090, life);
+    let _s3 = udp_echo_server(&front.ns, 7000, life);
+    let _s4 = udp_echo_server(&other.ns, 7001, life);
+
+    // IPv6 is judged like IPv4.
+    assert!(
+        tcp6_talks(&front.ns, back.ip6, 8080),
+        "IPv6 frontend -> backend:8080; drops: {:?}",
+        rows(&dp)
+    );
+    assert!(
+        !tcp6_talks(&front.ns, back.ip6, 9090),
+        "IPv6 backend:9090 is denied"
+    );
+
+    // Large datagrams fragment; an allowed one is reassembled and echoed
+    // (fragments both ways), a denied one loses every fragment.
+    assert!(
+        udp_big_echo(&back.ns, addr(front.ip, 7000), 4000),
+        "fragmented echo; drops: {:?}",
+        rows(&dp)
+    );
+    assert!(
+        !udp_big_echo(&guest.ns, addr(front.ip, 7000), 4000),
+        "untrusted may not send"
+    );
+    assert!(
+        dropped(&dp, DropReason::Fragment) >= 2,
+        "later fragments: {:?}",
+        rows(&dp)
+    );
+
+    // A forged source address: a second IP on the frontend's eth0.
+    front.ns.sh("ip addr add 10.77.0.99/24 dev eth0");
+    let forged = front.ns.run(|| {
+        let s = std::net::UdpSocket::bind("10.77.0.99:0").unwrap();
+        for _ in 0..3 {
+            s.send_to(b"forged", addr(other.ip, 7001)).unwrap();
+        }
+    });
+    let _ = forged;
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(dropped(&dp, DropReason::SpoofedIp), 3);
+    assert_eq!(
+        udp_echoes(&front.ns, addr(other.ip, 7001), 1),
+        1,
+        "its own address still works"
+    );
+
+    // A forged MAC: nothing gets out any more.
+    front.ns.sh("ip link set eth0 address 02:77:00:00:00:99");
+    assert!(
+        !tcp_talks(&front.ns, addr(back.ip, 8080)),
+        "a changed MAC is cut off"
+    );
+    assert!(dropped(&dp, DropReason::SpoofedMac) >= 1);
+}
+
+const TWO_PORTS: &str = r#"
+[groups.client]
+labels = { "netiso.group" = "client" }
+
+[groups.server]
+labels = { "netiso.group" = "server" }
+ingress = "deny"
+
+[[rules]]
+from = "client"
+to = "server"
+ports = ["8080/tcp", "8081/tcp"]
+action = "allow"
+"#;
+
+#[test]
+fn reload_cuts_a_revoked_live_connection_and_keeps_the_other() {
+    let topo = Topology::new(&[("client", "client"), ("server", "server")]);
+    let (client, server) = (topo.guest("client"), topo.guest("server"));
+    let pins = PinDir::new();
+    let mut ids = IdentityAllocator::default();
+    let before = desired_for(TWO_PORTS, &topo, &mut ids);
+    let after = desired_for(&TWO_PORTS.replace(r#""8080/tcp", "#, ""), &topo, &mut ids);
+    assert_ne!(before.policy, after.policy);
+    let mut dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&before).expect("apply");
+        dp
+    });
+    let life = Duration::from_secs(60);
+    let _a = tcp_stream_echo_server(&server.ns, 8080, life);
+    let _b = tcp_stream_echo_server(&server.ns, 8081, life);
+    let connect = |port| {
+        let to = addr(server.ip, port);
+        client
+            .ns
+            .run(move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)))
+            .expect("connect")
+    };
+    let (mut c80, mut c81) = (connect(8080), connect(8081));
+    let wait = Duration::from_millis(800);
+    assert!(round_trip(&mut c80, b"one", wait) && round_trip(&mut c81, b"one", wait));
+
+    dp = topo.host.run(move || {
+        let report = dp.apply(&after).expect("reload");
+        assert!(report.switched);
+        dp
+    });
+    assert!(
+        !round_trip(&mut c80, b"two", wait),
+        "the revoked connection is cut"
+    );
+    assert!(
+        round_trip(&mut c81, b"two", wait),
+        "the still-allowed one lives on"
+    );
+    assert!(dropped(&dp, DropReason::Revoked) >= 1, "{:?}", rows(&dp));
+    // New connections on the revoked port are refused by the new policy.
+    assert!(!tcp_talks(&client.ns, addr(server.ip, 8080)));
 }

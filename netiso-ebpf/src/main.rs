@@ -235,7 +235,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         if !expired(ct, &key, pkt.proto, now) {
             if ct.generation == settings.generation {
                 track(ct, &key, pkt, now);
-                return tc::ACT_OK;
+                return pass(pkt, settings, ctx);
             }
             // The policy changed since the flow was admitted: judge it again
             // in its original direction, and cut it if it is no longer
@@ -254,7 +254,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             if d.action != Action::Deny as u8 {
                 ct.generation = settings.generation;
                 track(ct, &key, pkt, now);
-                return tc::ACT_OK;
+                return pass(pkt, settings, ctx);
             }
             let _ = CONNTRACK.remove(&key);
             let _ = CONNTRACK.remove(&reverse(&key));
@@ -297,6 +297,13 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             count(&ERRORS, errors::CT_INSERT, ctx.len());
         }
     }
+    pass(pkt, settings, ctx)
+}
+
+/// Lets a packet through. A first fragment leaves a note so that the
+/// datagram's later fragments (which carry no ports) follow it.
+#[inline(always)]
+fn pass(pkt: &Packet, settings: &Settings, ctx: &TcContext) -> i32 {
     if pkt.first_fragment
         && FRAGS
             .insert(&frag_key(pkt), &settings.generation, 0)

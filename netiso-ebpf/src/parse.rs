@@ -268,8 +268,10 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
                 parse_quoted(ctx, l4 + 8, p);
             }
         }
-        // IGMP is link-local multicast control, like ARP and ND.
-        IPPROTO_IGMP => p.control = true,
+        // IGMP is link-local multicast control, like ARP and ND. Only over
+        // IPv4: IPv6 has no IGMP (MLD is ICMPv6), so next header 2 there is
+        // just an unknown protocol, judged by policy.
+        IPPROTO_IGMP if p.family == family::V4 => p.control = true,
         // Other protocols carry no ports: judged by protocol alone.
         _ => {}
     }

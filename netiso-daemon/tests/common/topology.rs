@@ -2,7 +2,7 @@
 //! namespace with a bridge, and one namespace per "container" joined to it
 //! by a veth pair. No traffic leaves these namespaces.
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ pub struct Guest {
     pub ns: NetNs,
     pub name: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub mac: [u8; 6],
     pub host_if: String,
     pub host_ifindex: u32,
@@ -36,7 +37,7 @@ impl Guest {
                 network: NETWORK.into(),
                 network_id: "n1".into(),
                 ipv4: Some(self.ip),
-                ipv6: None,
+                ipv6: Some(self.ip6),
                 mac: Some(self.mac),
                 host_ifindex: Some(self.host_ifindex),
                 host_ifname: Some(self.host_if.clone()),
@@ -70,7 +71,7 @@ impl Topology {
             ));
             host.sh(&format!("ip link set {host_if} master br0 up"));
             ns.sh(&format!(
-                "ip link set eth0 address 02:77:00:00:00:{n:02x} && ip addr add 10.77.0.{n}/24 dev eth0 && ip link set eth0 up"
+                "ip link set eth0 address 02:77:00:00:00:{n:02x} && ip addr add 10.77.0.{n}/24 dev eth0 && ip -6 addr add fd77::{n:x}/64 dev eth0 nodad && ip link set eth0 up"
             ));
             let host_ifindex = netiso_daemon::netlink::links_in_netns(&host.path())
                 .unwrap()
@@ -86,6 +87,7 @@ impl Topology {
                 ns,
                 name: name.to_string(),
                 ip: Ipv4Addr::new(10, 77, 0, n),
+                ip6: Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, n as u16),
                 mac,
                 host_if,
                 host_ifindex,
@@ -122,7 +124,7 @@ pub fn spawn_in<T: Send + 'static>(
 pub fn tcp_echo_server(ns: &NetNs, port: u16, lifetime: Duration) -> JoinHandle<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = spawn_in(ns, move || {
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        let l = TcpListener::bind(("::", port)).expect("bind");
         l.set_nonblocking(true).unwrap();
         tx.send(()).unwrap();
         let end = Instant::now() + lifetime;
@@ -154,7 +156,7 @@ pub fn udp_echo_server(ns: &NetNs, port: u16, lifetime: Duration) -> JoinHandle<
         tx.send(()).unwrap();
         let end = Instant::now() + lifetime;
         let mut served = 0;
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         while Instant::now() < end {
             if let Ok((n, from)) = s.recv_from(&mut buf) {
                 let _ = s.send_to(&buf[..n], from);
@@ -204,4 +206,64 @@ pub fn udp_echoes(ns: &NetNs, to: SocketAddr, count: u32) -> u32 {
 /// Whether one ICMP echo from `ns` to `ip` is answered.
 pub fn pings(ns: &NetNs, ip: Ipv4Addr) -> bool {
     ns.sh_ok(&format!("ping -c 1 -W 1 {ip}"))
+}
+
+/// A TCP server in `ns` on `port` that echoes every message on every
+/// connection until the peer closes (for long-lived connections).
+pub fn tcp_stream_echo_server(ns: &NetNs, port: u16, lifetime: Duration) -> JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = spawn_in(ns, move || {
+        let l = TcpListener::bind(("::", port)).expect("bind");
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let end = Instant::now() + lifetime;
+        let mut workers = Vec::new();
+        while Instant::now() < end {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(lifetime)).unwrap();
+                    workers.push(std::thread::spawn(move || {
+                        let mut buf = [0u8; 256];
+                        while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+                            if n == 0 || std::io::Write::write_all(&mut s, &buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// Whether a round trip of `msg` on an open connection works within `wait`.
+pub fn round_trip(s: &mut TcpStream, msg: &[u8], wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    if std::io::Write::write_all(s, msg).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; msg.len()];
+    std::io::Read::read_exact(s, &mut buf).is_ok() && buf == msg
+}
+
+/// An IPv6 variant of [`tcp_talks`] (the address decides the family).
+pub fn tcp6_talks(ns: &NetNs, ip: Ipv6Addr, port: u16) -> bool {
+    tcp_talks(ns, SocketAddr::from((ip, port)))
+}
+
+/// Sends one UDP datagram of `size` bytes and waits for its echo.
+pub fn udp_big_echo(ns: &NetNs, to: SocketAddr, size: usize) -> bool {
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        let msg = vec![0x5a; size];
+        s.send_to(&msg, to).unwrap();
+        let mut buf = vec![0u8; size + 16];
+        matches!(s.recv_from(&mut buf), Ok((n, _)) if n == size)
+    })
 }
