@@ -137,6 +137,12 @@ impl Datapath {
     /// `pin_dir`. Enforcement already pinned there keeps running untouched
     /// until the first `apply`.
     pub fn load(pin_dir: &Path) -> Result<Self> {
+        Self::load_with_sizes(pin_dir, &[])
+    }
+
+    /// [`Datapath::load`] with some maps sized differently (tests shrink
+    /// tables to see them overflow). Only applies to maps not pinned yet.
+    pub fn load_with_sizes(pin_dir: &Path, sizes: &[(&str, u32)]) -> Result<Self> {
         ensure_bpffs(pin_dir)?;
         let map_dir = pin_dir.join(format!("maps-v{LAYOUT_VERSION}"));
         std::fs::create_dir_all(&map_dir).with_context(|| {
@@ -146,8 +152,12 @@ impl Datapath {
             )
         })?;
         std::fs::create_dir_all(pin_dir.join("links"))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&map_dir)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&map_dir);
+        for (name, size) in sizes {
+            loader.set_max_entries(name, *size);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the netiso eBPF object")?;
         for name in [programs::FROM_CONTAINER, programs::TO_CONTAINER] {

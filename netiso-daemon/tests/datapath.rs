@@ -188,7 +188,13 @@ impl Fixture {
     }
 
     fn ct(&self) -> aya::maps::HashMap<&aya::maps::MapData, CtKey, netiso_common::CtValue> {
-        let map = self.dp.as_ref().unwrap().ebpf().map(maps::CONNTRACK).unwrap();
+        let map = self
+            .dp
+            .as_ref()
+            .unwrap()
+            .ebpf()
+            .map(maps::CONNTRACK)
+            .unwrap();
         aya::maps::HashMap::try_from(map).unwrap()
     }
 
@@ -558,7 +564,14 @@ fn ipv6_control_passes_and_l4_is_found_behind_extension_headers() {
     assert_eq!(f.run(OUT, &igmp), tc::ACT_OK);
 }
 
-fn rule(src: u32, dst: u32, proto: u8, dport: u16, action: Action, rule_id: u32) -> (PolicyKey, PolicyValue) {
+fn rule(
+    src: u32,
+    dst: u32,
+    proto: u8,
+    dport: u16,
+    action: Action,
+    rule_id: u32,
+) -> (PolicyKey, PolicyValue) {
     (
         PolicyKey {
             src,
@@ -578,12 +591,16 @@ fn rule(src: u32, dst: u32, proto: u8, dport: u16, action: Action, rule_id: u32)
 #[test]
 fn audit_rules_pass_and_are_recorded_like_drops() {
     let mut d = desired(DENY_BOTH);
-    d.policy.extend([rule(ID_A, ID_B, proto::TCP, 8443, Action::Audit, 9)]);
+    d.policy
+        .extend([rule(ID_A, ID_B, proto::TCP, 8443, Action::Audit, 9)]);
     let mut f = Fixture::with(d);
     assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 41000, 8443, SYN)), tc::ACT_OK);
     // Later packets of the audited flow ride conntrack and are not recounted.
     assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 41000, 8443, ACK)), tc::ACT_OK);
-    assert_eq!(f.run(IN, &tcp4(frames::MAC_B, B, A, 8443, 41000, ACK)), tc::ACT_OK);
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, B, A, 8443, 41000, ACK)),
+        tc::ACT_OK
+    );
     let rows = f.flows();
     let (k, v) = rows
         .iter()
@@ -601,18 +618,37 @@ fn cidr_peers_match_by_longest_prefix_after_exact_addresses() {
     let mut d = desired(DENY_BOTH);
     let id = |identity| IdentityInfo { identity, flags: 0 };
     // 198.18.0.0/15 is the peer; 198.18.5.0/24 is carved out (world).
-    d.cidrs.insert((Ipv4Addr::new(198, 18, 0, 0).into(), 15), id(ID_NET));
-    d.cidrs.insert((Ipv4Addr::new(198, 18, 5, 0).into(), 24), id(netiso_common::identity::WORLD));
-    d.cidrs.insert(("2001:db8::".parse::<Ipv6Addr>().unwrap().into(), 32), id(ID_NET));
-    d.policy.extend([rule(ID_A, ID_NET, proto::TCP, 443, Action::Allow, 5)]);
+    d.cidrs
+        .insert((Ipv4Addr::new(198, 18, 0, 0).into(), 15), id(ID_NET));
+    d.cidrs.insert(
+        (Ipv4Addr::new(198, 18, 5, 0).into(), 24),
+        id(netiso_common::identity::WORLD),
+    );
+    d.cidrs.insert(
+        ("2001:db8::".parse::<Ipv6Addr>().unwrap().into(), 32),
+        id(ID_NET),
+    );
+    d.policy
+        .extend([rule(ID_A, ID_NET, proto::TCP, 443, Action::Allow, 5)]);
     let mut f = Fixture::with(d);
     let in_net = Ipv4Addr::new(198, 19, 1, 1);
     let carved = Ipv4Addr::new(198, 18, 5, 7);
     let outside = Ipv4Addr::new(198, 20, 0, 1);
     assert_eq!(f.run(OUT, &tcp4(MAC_A, A, in_net, 1, 443, SYN)), tc::ACT_OK);
-    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, carved, 1, 443, SYN)), tc::ACT_SHOT);
-    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, outside, 1, 443, SYN)), tc::ACT_SHOT);
-    let v6 = eth(MAC_A, frames::MAC_B, 0x86dd, &ipv6(A6, "2001:db8::7".parse().unwrap(), 6, &tcp(1, 443, SYN)));
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, carved, 1, 443, SYN)),
+        tc::ACT_SHOT
+    );
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, outside, 1, 443, SYN)),
+        tc::ACT_SHOT
+    );
+    let v6 = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x86dd,
+        &ipv6(A6, "2001:db8::7".parse().unwrap(), 6, &tcp(1, 443, SYN)),
+    );
     assert_eq!(f.run(OUT, &v6), tc::ACT_OK);
     let rows = f.flows();
     let ids: Vec<u32> = rows.iter().map(|(k, _)| k.dst_identity).collect();
@@ -621,7 +657,10 @@ fn cidr_peers_match_by_longest_prefix_after_exact_addresses() {
     // Removing the CIDR peers switches slots; the old slot's trie empties.
     let mut f2 = f;
     f2.apply(desired(DENY_BOTH));
-    assert_eq!(f2.run(OUT, &tcp4(MAC_A, A, in_net, 2, 443, SYN)), tc::ACT_SHOT);
+    assert_eq!(
+        f2.run(OUT, &tcp4(MAC_A, A, in_net, 2, 443, SYN)),
+        tc::ACT_SHOT
+    );
 }
 
 /// Reads every pending event of the ring buffer.
@@ -641,7 +680,10 @@ fn drops_send_rate_limited_events() {
     // One CPU, so one rate-limit window applies to every run.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe { libc::CPU_SET(0, &mut set) };
-    assert_eq!(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) }, 0);
+    assert_eq!(
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) },
+        0
+    );
     let mut f = Fixture::new(DENY_BOTH);
     f.dp().set_event_rate(3).unwrap();
     for i in 0..10 {
@@ -650,7 +692,10 @@ fn drops_send_rate_limited_events() {
     let events = drain_events(&mut f);
     assert_eq!(events.len(), 3, "the limit holds back all but 3");
     let e = &events[0];
-    assert_eq!((e.flow.dport, e.flow.proto, e.flow.reason), (9999, 17, DropReason::DefaultDeny as u8));
+    assert_eq!(
+        (e.flow.dport, e.flow.proto, e.flow.reason),
+        (9999, 17, DropReason::DefaultDeny as u8)
+    );
     assert_eq!(&e.flow.saddr[..4], &A.octets());
     let map = f.dp().ebpf().map(maps::EVENT_RATE).unwrap();
     let rate: aya::maps::PerCpuArray<_, netiso_common::RateState> =
@@ -682,22 +727,38 @@ fn icmp_errors_follow_the_flow_they_quote() {
     let unknown = ipv4(A, B, 17, 1, 0, &udp(5399, 53, b""));
     assert_eq!(f.run(IN, &icmp_unreachable(B, A, &unknown)), tc::ACT_SHOT);
     // A cut-short quote is judged as plain ICMP too.
-    assert_eq!(f.run(IN, &icmp_unreachable(B, A, &quoted[..10])), tc::ACT_SHOT);
+    assert_eq!(
+        f.run(IN, &icmp_unreachable(B, A, &quoted[..10])),
+        tc::ACT_SHOT
+    );
 }
 
 #[test]
 fn conntrack_entries_expire_and_tcp_state_is_tracked() {
     let mut f = Fixture::new(DENY_BOTH);
     assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 42000, 80, SYN)), tc::ACT_OK);
-    assert_eq!(f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 42000, SYN | ACK)), tc::ACT_OK);
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 42000, SYN | ACK)),
+        tc::ACT_OK
+    );
     let fwd = ct_key(A, B, 42000, 80, 6);
     let rev = ct_key(B, A, 80, 42000, 6);
     let flags = f.ct().get(&fwd, 0).unwrap().flags;
-    assert_ne!(flags & netiso_common::ct_flags::SEEN_REPLY, 0, "the handshake was answered");
+    assert_ne!(
+        flags & netiso_common::ct_flags::SEEN_REPLY,
+        0,
+        "the handshake was answered"
+    );
     // FIN marks both directions closing.
-    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 42000, 80, ACK | 0x01)), tc::ACT_OK);
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, B, 42000, 80, ACK | 0x01)),
+        tc::ACT_OK
+    );
     for k in [fwd, rev] {
-        assert_ne!(f.ct().get(&k, 0).unwrap().flags & netiso_common::ct_flags::CLOSING, 0);
+        assert_ne!(
+            f.ct().get(&k, 0).unwrap().flags & netiso_common::ct_flags::CLOSING,
+            0
+        );
     }
     // Age both entries past any lifetime: the next reply is a new flow into
     // A, which A's defaults deny.
@@ -711,7 +772,10 @@ fn conntrack_entries_expire_and_tcp_state_is_tracked() {
             ct.insert(k, v, 0).unwrap();
         }
     }
-    assert_eq!(f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 42000, ACK)), tc::ACT_SHOT);
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 42000, ACK)),
+        tc::ACT_SHOT
+    );
     assert_eq!(f.error_counter(netiso_common::errors::CT_EXPIRED), 1);
     assert!(!f.ct_has(&fwd) && !f.ct_has(&rev));
 }
@@ -720,8 +784,119 @@ fn conntrack_entries_expire_and_tcp_state_is_tracked() {
 fn ipv6_sources_must_be_the_endpoints_own() {
     let mut f = Fixture::new(0);
     let forged: Ipv6Addr = "fd00::99".parse().unwrap();
-    let v6 = |src| eth(MAC_A, frames::MAC_B, 0x86dd, &ipv6(src, B6, 6, &tcp(1, 80, SYN)));
+    let v6 = |src| {
+        eth(
+            MAC_A,
+            frames::MAC_B,
+            0x86dd,
+            &ipv6(src, B6, 6, &tcp(1, 80, SYN)),
+        )
+    };
     assert_eq!(f.run(OUT, &v6(forged)), tc::ACT_SHOT);
     assert_eq!(f.run(OUT, &v6(A6)), tc::ACT_OK);
     assert_eq!(f.dropped(DropReason::SpoofedIp), 1);
+}
+
+#[test]
+fn full_tables_evict_the_least_recent_and_totals_stay_exact() {
+    let pins = PinDir::new();
+    let ns = NetNs::new("full");
+    let mut dp = ns.run(|| {
+        let mut dp =
+            Datapath::load_with_sizes(&pins.path, &[(maps::CONNTRACK, 64), (maps::FLOWS, 16)])
+                .expect("load");
+        dp.apply(&desired(DENY_BOTH)).expect("apply");
+        dp
+    });
+    let mut run = |prog: &str, frame: &[u8]| -> i32 {
+        let p: &mut SchedClassifier = dp.ebpf_mut().program_mut(prog).unwrap().try_into().unwrap();
+        p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .unwrap()
+        .return_value as i32
+    };
+    // 200 allowed connections through a 64-entry conntrack: every one is
+    // admitted (the least recently used entries make room).
+    for port in 0..200u16 {
+        assert_eq!(
+            run(OUT, &tcp4(MAC_A, A, B, 10_000 + port, 80, SYN)),
+            tc::ACT_OK
+        );
+    }
+    // The newest connection's reply still finds its state; the oldest's is
+    // gone, so its reply is a new flow into A, which A's defaults deny.
+    assert_eq!(
+        run(IN, &tcp4(frames::MAC_B, B, A, 80, 10_199, ACK)),
+        tc::ACT_OK
+    );
+    assert_eq!(
+        run(IN, &tcp4(frames::MAC_B, B, A, 80, 10_000, ACK)),
+        tc::ACT_SHOT
+    );
+    // 100 distinct denied flows into a 16-row flow table: rows are
+    // recycled, the per-reason totals stay exact.
+    for port in 0..100u16 {
+        assert_eq!(run(OUT, &udp4(MAC_A, A, B, 20_000 + port, 9)), tc::ACT_SHOT);
+    }
+    let flows = counters::flows(dp.ebpf().map(maps::FLOWS).unwrap()).unwrap();
+    assert!(flows.len() <= 16, "{} rows", flows.len());
+    let reasons = counters::reasons(dp.ebpf().map(maps::REASON_STATS).unwrap()).unwrap();
+    assert_eq!(reasons[&DropReason::DefaultDeny].packets, 101);
+    drop(dp);
+}
+
+#[test]
+fn a_restarted_datapath_readopts_links_without_duplicates() {
+    let pins = PinDir::new();
+    let ns = NetNs::new("re");
+    ns.sh("ip link add d0 type veth peer name d1 && ip link set d0 up && ip link set d1 up");
+    let ifindex = ns.run(|| {
+        netiso_daemon::netlink::links()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ifname == "d0")
+            .unwrap()
+            .ifindex
+    });
+    let mut d = desired(DENY_BOTH);
+    let spec = d.endpoints.remove(&1).unwrap();
+    d.endpoints.insert(
+        ifindex,
+        EndpointSpec {
+            ifname: "d0".into(),
+            ..spec
+        },
+    );
+    let count = || {
+        ns.run(|| {
+            [
+                aya::programs::TcAttachType::Ingress,
+                aya::programs::TcAttachType::Egress,
+            ]
+            .map(|t| SchedClassifier::query_tcx("d0", t).unwrap().1.len())
+        })
+    };
+    let pin_path = pins.path.clone();
+    for round in 0..3 {
+        let dd = d.clone();
+        let path = pin_path.clone();
+        let dp = ns.run(move || {
+            let mut dp = Datapath::load(&path).expect("load");
+            dp.apply(&dd).expect("apply");
+            dp
+        });
+        drop(dp);
+        assert_eq!(
+            count(),
+            [1, 1],
+            "round {round}: one program per direction, still attached"
+        );
+    }
+    // An older layout's maps are cleared away on load.
+    std::fs::create_dir_all(pins.path.join("maps-v0")).unwrap();
+    let dp = ns.run(|| Datapath::load(&pins.path).expect("load"));
+    assert!(!pins.path.join("maps-v0").exists());
+    drop(dp);
 }
