@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{daemon, datapath, policy, stats};
+use crate::{daemon, datapath, policy};
 
 const DEFAULT_PIN_DIR: &str = netiso_common::PIN_DIR;
 const DEFAULT_STATE_DIR: &str = "/run/netiso";
@@ -45,17 +45,21 @@ enum Command {
         drop_non_ip: bool,
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
+        #[command(flatten)]
+        services: crate::services::ServiceOptions,
     },
-    /// Per-flow drop counters, with reasons (reads the pinned maps).
-    Stats {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-    },
+    /// Per-flow drop counters with names, groups and reasons; per-rule
+    /// counters (works from the pinned maps when the daemon is down).
+    Stats(crate::commands::StatsArgs),
+    /// Daemon health, engine connection, policy, and every endpoint with
+    /// its attach state. Exit status 1 when something is wrong.
+    Status(crate::commands::StatusArgs),
+    /// Live stream of drop and audit events.
+    Monitor(crate::commands::MonitorArgs),
+    /// Reload the daemon's policy file.
+    Reload(crate::commands::ReloadArgs),
+    /// Turn the kernel's debug log on or off.
+    DebugLog(crate::commands::DebugLogArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state_dir,
             drop_non_ip,
             log_format,
+            services,
         } => {
             init_logging(log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -122,22 +127,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pin_dir,
                 state_dir,
                 drop_non_ip,
+                services,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stats {
-            json,
-            pin_dir,
-            state_dir,
-        } => {
-            let s = stats::collect(&pin_dir, &state_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", stats::render(&s));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Stats(a) => crate::commands::run_stats(a),
+        Command::Status(a) => crate::commands::run_status(a),
+        Command::Monitor(a) => crate::commands::run_monitor(a),
+        Command::Reload(a) => crate::commands::run_reload(a),
+        Command::DebugLog(a) => crate::commands::run_debug_log(a),
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => {

@@ -26,6 +26,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Drop non-IP ethertypes (other than ARP) on policed endpoints.
     pub drop_non_ip: bool,
+    /// Control socket, metrics, events.
+    pub services: crate::services::ServiceOptions,
 }
 
 /// Requests to the running daemon from its other tasks (control socket,
@@ -38,6 +40,16 @@ pub enum Control {
     },
     /// List every container again and reconcile.
     Resync,
+    /// Kernel debug logging on or off.
+    DebugLog {
+        on: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Events per second per CPU sent to user space.
+    EventRate {
+        per_second: u32,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// What services running beside the daemon loop get: a way to ask it for
@@ -118,6 +130,7 @@ pub async fn run(opts: Options) -> Result<()> {
             let since = unix_now() - 1;
             let mut events = docker.events(Some(since));
             d.resync(&docker).await?;
+            crate::telemetry::global().engine_connected(docker.version().await.ok());
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
@@ -146,6 +159,12 @@ pub async fn run(opts: Options) -> Result<()> {
                             }
                         }
                         Control::Resync => d.resync(&docker).await?,
+                        Control::DebugLog { on, reply } => {
+                            let _ = reply.send(d.dp.set_debug_log(on).map_err(|e| format!("{e:#}")));
+                        }
+                        Control::EventRate { per_second, reply } => {
+                            let _ = reply.send(d.dp.set_event_rate(per_second).map_err(|e| format!("{e:#}")));
+                        }
                     },
                     _ = term.recv() => return Ok::<bool, anyhow::Error>(true),
                     _ = int.recv() => return Ok(true),
@@ -158,6 +177,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 return Ok(());
             }
             Err(e) => {
+                crate::telemetry::global().engine_lost(format!("{e:#}"));
                 warn!(error = format!("{e:#}"), retry_in = ?backoff, "lost Docker, will resync");
             }
         }
@@ -248,6 +268,13 @@ impl Daemon {
     /// Loads the policy file again and applies it; on any error the running
     /// policy stays and the error is returned (and logged).
     fn reload(&mut self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let r = self.reload_once();
+        crate::telemetry::global().reloaded(started.elapsed(), r.clone().err());
+        r
+    }
+
+    fn reload_once(&mut self) -> Result<(), String> {
         let _span = info_span!("reload").entered();
         match load_policy(&self.opts.policy) {
             Ok(p) => {
@@ -278,6 +305,14 @@ impl Daemon {
     }
 
     fn reconcile(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.reconcile_once();
+        let error = r.as_ref().err().map(|e| format!("{e:#}"));
+        crate::telemetry::global().reconciled(started.elapsed(), error);
+        r
+    }
+
+    fn reconcile_once(&mut self) -> Result<()> {
         let _span = info_span!("reconcile", containers = self.containers.len()).entered();
         let containers: Vec<Container> = self.containers.values().cloned().collect();
         let compiled = policy::compile(&self.policy, &containers, &mut self.ids)

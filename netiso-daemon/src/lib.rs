@@ -1,13 +1,21 @@
 //! netiso: network isolation between Docker containers, enforced by eBPF
 //! TC programs on each container's host-side veth.
+pub mod api;
 pub mod cli;
+pub mod commands;
 pub mod counters;
 pub mod daemon;
 pub mod datapath;
 pub mod docker;
+pub mod events;
+pub mod filter;
+pub mod kernel_log;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod policy;
 pub mod services;
 pub mod state;
 pub mod stats;
+pub mod status;
+pub mod telemetry;

@@ -7,14 +7,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use netiso_common::{family, proto, Direction, DropReason, FlowKey, FlowValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tabled::{settings::Style, Table, Tabled};
 
 use crate::counters::{self, PinnedCounters};
+use crate::filter::{Filter, Subject};
 use crate::state::State;
 
 /// One dropped flow, as shown to operators.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FlowRow {
     pub src: String,
     pub src_ip: Option<IpAddr>,
@@ -35,23 +36,30 @@ pub struct FlowRow {
     pub last_seen: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReasonRow {
     pub reason: String,
     pub packets: u64,
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RuleRow {
+    /// Rule id (1-based); 0 counts decisions made by group defaults.
     pub rule: u32,
+    /// `allow`, `deny`, `audit`, or `default`.
+    pub action: String,
     pub description: String,
     pub packets: u64,
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
+    /// `daemon` (asked over the control socket) or `pins` (read from the
+    /// pinned maps and the state file: the daemon was not reachable).
+    #[serde(default)]
+    pub source: String,
     pub flows: Vec<FlowRow>,
     pub reasons: Vec<ReasonRow>,
     pub rules: Vec<RuleRow>,
@@ -126,19 +134,21 @@ pub fn flow_row(state: &State, k: &FlowKey, v: &FlowValue) -> FlowRow {
     }
 }
 
-/// Collects everything `netiso stats` shows.
+/// Collects everything `netiso stats` shows, naming what it can from the
+/// state file.
 pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Stats> {
     let state = State::read(state_dir)?;
+    collect_with(pin_dir, &state)
+}
+
+/// Collects everything `netiso stats` shows, naming what it can from `state`.
+pub fn collect_with(pin_dir: &Path, state: &State) -> Result<Stats> {
     let pinned = PinnedCounters::open(pin_dir)?;
     let mut flows: Vec<FlowRow> = counters::flows(&pinned.flows)?
         .iter()
-        .map(|(k, v)| flow_row(&state, k, v))
+        .map(|(k, v)| flow_row(state, k, v))
         .collect();
-    flows.sort_by(|a, b| {
-        b.packets
-            .cmp(&a.packets)
-            .then(b.last_seen.cmp(&a.last_seen))
-    });
+    sort_flows(&mut flows, SortKey::Packets);
     let reasons = counters::reasons(&pinned.reasons)?
         .into_iter()
         .map(|(r, c)| ReasonRow {
@@ -149,31 +159,102 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Stats> {
         .collect();
     let rules = counters::per_cpu_totals(&pinned.rules)?
         .into_iter()
-        .map(|(id, c)| RuleRow {
-            rule: id,
-            description: if id == 0 {
-                "group defaults".into()
-            } else {
-                state
-                    .rules
-                    .iter()
-                    .find(|r| r.id == id)
-                    .map_or_else(String::new, |r| {
-                        let d = r.description.as_deref().unwrap_or("");
-                        format!("{} {} -> {} {} {}", r.action, r.from, r.to, r.ports, d)
-                            .trim()
-                            .to_string()
-                    })
-            },
-            packets: c.packets,
-            bytes: c.bytes,
-        })
+        .map(|(id, c)| rule_row(state, id, c.packets, c.bytes))
         .collect();
     Ok(Stats {
+        source: "pins".into(),
         flows,
         reasons,
         rules,
     })
+}
+
+fn rule_row(state: &State, id: u32, packets: u64, bytes: u64) -> RuleRow {
+    let rule = state.rules.iter().find(|r| r.id == id);
+    RuleRow {
+        rule: id,
+        action: if id == 0 {
+            "default".into()
+        } else {
+            rule.map_or_else(|| "?".into(), |r| r.action.clone())
+        },
+        description: if id == 0 {
+            "group defaults".into()
+        } else {
+            rule.map_or_else(String::new, |r| {
+                let d = r.description.as_deref().unwrap_or("");
+                format!("{} -> {} {} {}", r.from, r.to, r.ports, d)
+                    .trim()
+                    .to_string()
+            })
+        },
+        packets,
+        bytes,
+    }
+}
+
+/// How `--sort` orders the flow rows (largest or newest first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    #[default]
+    Packets,
+    Bytes,
+    LastSeen,
+}
+
+pub fn sort_flows(flows: &mut [FlowRow], key: SortKey) {
+    flows.sort_by(|a, b| {
+        let primary = match key {
+            SortKey::Packets => b.packets.cmp(&a.packets),
+            SortKey::Bytes => b.bytes.cmp(&a.bytes),
+            SortKey::LastSeen => b.last_seen.cmp(&a.last_seen),
+        };
+        primary
+            .then(b.last_seen.cmp(&a.last_seen))
+            .then(b.packets.cmp(&a.packets))
+    });
+}
+
+/// What to keep and how to order it.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub filter: Filter,
+    /// Only flows with a drop within this long.
+    pub since: Option<Duration>,
+    pub sort: SortKey,
+    pub top: Option<usize>,
+}
+
+impl FlowRow {
+    pub fn subject(&self) -> Subject<'_> {
+        Subject {
+            names: [&self.src, &self.dst],
+            ips: [self.src_ip, self.dst_ip],
+            groups: [&self.src_group, &self.dst_group],
+            reason: &self.reason,
+        }
+    }
+}
+
+/// Applies filters, order and limit to the flow rows. Reason and rule
+/// totals stay whole (they are kernel-wide counters), except that a
+/// `--reason` filter keeps only that reason.
+pub fn apply_view(mut stats: Stats, view: &View) -> Stats {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let oldest = view.since.map(|d| now.saturating_sub(d.as_secs()));
+    stats
+        .flows
+        .retain(|f| view.filter.matches(&f.subject()) && oldest.is_none_or(|t| f.last_seen >= t));
+    sort_flows(&mut stats.flows, view.sort);
+    if let Some(n) = view.top {
+        stats.flows.truncate(n);
+    }
+    if let Some(r) = &view.filter.reason {
+        stats.reasons.retain(|x| &x.reason == r);
+    }
+    stats
 }
 
 #[derive(Tabled)]
@@ -251,5 +332,42 @@ pub fn render(stats: &Stats) -> String {
         }
         out.push('\n');
     }
+    out
+}
+
+#[derive(Tabled)]
+struct RuleLine {
+    #[tabled(rename = "RULE")]
+    rule: String,
+    #[tabled(rename = "ACTION")]
+    action: String,
+    #[tabled(rename = "RULE TEXT")]
+    description: String,
+    #[tabled(rename = "PACKETS")]
+    packets: u64,
+    #[tabled(rename = "BYTES")]
+    bytes: u64,
+}
+
+/// Renders the per-rule decision counters (`netiso stats --rules`). Each
+/// row counts the new flows the rule decided (the first packet of each
+/// flow; later packets take the conntrack fast path).
+pub fn render_rules(stats: &Stats) -> String {
+    if stats.rules.is_empty() {
+        return "No rule decisions recorded.\n".into();
+    }
+    let lines = stats.rules.iter().map(|r| RuleLine {
+        rule: if r.rule == 0 {
+            "default".into()
+        } else {
+            format!("#{}", r.rule)
+        },
+        action: r.action.clone(),
+        description: r.description.clone(),
+        packets: r.packets,
+        bytes: r.bytes,
+    });
+    let mut out = Table::new(lines).with(Style::blank()).to_string();
+    out.push('\n');
     out
 }
