@@ -367,6 +367,17 @@ pub fn build_desired(
 ) -> (Desired, State) {
     let mut d = Desired {
         policy: compiled.entries.clone(),
+        cidrs: compiled
+            .cidrs
+            .iter()
+            .map(|e| {
+                let info = IdentityInfo {
+                    identity: e.identity,
+                    flags: e.flags,
+                };
+                ((e.addr, e.prefix_len), info)
+            })
+            .collect(),
         ..Desired::default()
     };
     let mut state = State::default();
@@ -386,7 +397,9 @@ pub fn build_desired(
             .copied()
             .unwrap_or(identity::UNMANAGED);
         let flags = compiled.identities.get(&id).map_or(0, |def| def.flags);
-        let managed = id >= identity::FIRST_GROUP_IDENTITY;
+        // A container in no group is policed too when `[settings]
+        // unmanaged` denies a direction (its identity then has flags).
+        let managed = id >= identity::FIRST_GROUP_IDENTITY || flags != 0;
         let groups = policy.groups_of(c);
         if managed && c.networks.is_empty() {
             state.unenforceable.push(Unenforceable {

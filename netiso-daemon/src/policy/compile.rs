@@ -8,20 +8,29 @@
 //! and any-protocol rules), so that the first hit is always the answer
 //! [`evaluate`](super::evaluate) gives.
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use netiso_common::{defaults, identity, limits, proto, Action, PolicyKey, PolicyValue};
 
+use super::cidr::{self, CidrEntry};
 use super::diagnostic::{Diagnostic, Kind, PolicyError};
 use super::eval::Decision;
 use super::model::{Policy, Rule, HOST, WORLD};
-use super::ports::{PortSpec, Proto};
+use super::ports::{PortSpec, NAMED_NUMBERS};
 use crate::model::Container;
 
+/// Identities of address-block peers start here, far from group-set
+/// identities, so that the two ranges never meet.
+pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
+
 /// Keeps group-set → identity numbers stable across compiles, so that a
-/// reload does not renumber (and so re-judge) every container.
+/// reload does not renumber (and so re-judge) every container; likewise
+/// for the identities of address blocks.
 #[derive(Clone, Debug, Default)]
 pub struct IdentityAllocator {
     by_groups: BTreeMap<Vec<String>, u32>,
+    /// Sorted address-block peer names -> identity.
+    by_cidrs: BTreeMap<Vec<String>, u32>,
 }
 
 impl IdentityAllocator {
@@ -48,17 +57,41 @@ impl IdentityAllocator {
         id
     }
 
+    /// The identity of a sorted set of address-block peers (an address
+    /// that lands on a CIDR entry belongs to exactly these), allocating
+    /// one the first time.
+    pub fn cidr_identity_of(&mut self, peers: &[String]) -> u32 {
+        if let Some(&id) = self.by_cidrs.get(peers) {
+            return id;
+        }
+        let id = self
+            .by_cidrs
+            .values()
+            .max()
+            .map_or(FIRST_CIDR_IDENTITY, |m| m + 1);
+        self.by_cidrs.insert(peers.to_vec(), id);
+        id
+    }
+
     /// Takes back a number given out by an earlier run (from the daemon's
     /// state file), so identities in pinned maps keep their meaning.
     pub fn restore(&mut self, id: u32, groups: Vec<String>) {
-        if id >= identity::FIRST_GROUP_IDENTITY && !groups.is_empty() {
+        if groups.is_empty() {
+            return;
+        }
+        if id >= FIRST_CIDR_IDENTITY {
+            self.by_cidrs.insert(groups, id);
+        } else if id >= identity::FIRST_GROUP_IDENTITY {
             self.by_groups.insert(groups, id);
         }
     }
 
-    /// Every group set given a number so far.
+    /// Every group set and address-block set given a number so far.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &[String])> {
-        self.by_groups.iter().map(|(g, id)| (*id, g.as_slice()))
+        self.by_groups
+            .iter()
+            .chain(&self.by_cidrs)
+            .map(|(g, id)| (*id, g.as_slice()))
     }
 
     /// The identity already given to a group set, if any.
@@ -73,7 +106,8 @@ impl IdentityAllocator {
 /// What an identity stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityDef {
-    /// Sorted group names; empty for the reserved identities.
+    /// Sorted group names; for an address-block identity, the sorted names
+    /// of its address-block peers; empty for the reserved identities.
     pub groups: Vec<String>,
     /// `netiso_common::defaults` bits.
     pub flags: u32,
@@ -105,13 +139,18 @@ impl RuleInfo {
 /// Everything the datapath needs from a policy, for one set of containers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// identity -> its groups and default flags. Includes HOST, WORLD and
-    /// UNMANAGED (groups empty, flags 0).
+    /// identity -> its groups and default flags. Includes HOST and WORLD
+    /// (flags 0), UNMANAGED (flags from `[settings] unmanaged`) and one
+    /// identity per distinct set of address-block peers (flags 0).
     pub identities: BTreeMap<u32, IdentityDef>,
     /// container id -> identity (UNMANAGED for containers in no group).
     pub container_identity: BTreeMap<String, u32>,
     /// Policy map contents with slot = 0 (the datapath rewrites the slot).
     pub entries: BTreeMap<PolicyKey, PolicyValue>,
+    /// CIDR trie contents: addresses that are not containers resolve by
+    /// longest prefix here, then fall back to WORLD. Exceptions are longer
+    /// prefixes mapping to what encloses them (or WORLD).
+    pub cidrs: Vec<CidrEntry>,
     /// `rules[rule_id - 1]`; rule_id 0 means "a default decided".
     pub rules: Vec<RuleInfo>,
 }
@@ -121,8 +160,8 @@ impl Compiled {
         self.rules.get((id as usize).checked_sub(1)?)
     }
 
-    /// A name for an identity in messages: `world`, `host`, `unmanaged` or
-    /// `256 (backend, web)`.
+    /// A name for an identity in messages: `world`, `host`, `unmanaged`,
+    /// `256 (backend, web)` or `16777216 (198.18.0.0/15)`.
     pub fn describe_identity(&self, id: u32) -> String {
         match id {
             identity::HOST => HOST.to_string(),
@@ -132,6 +171,35 @@ impl Compiled {
                 Some(def) => format!("{id} ({})", def.groups.join(", ")),
                 None => format!("{id} (unknown)"),
             },
+        }
+    }
+
+    /// The identity the kernel gives an address that is not a container:
+    /// the CIDR trie's longest match, else WORLD.
+    pub fn address_identity(&self, ip: IpAddr) -> u32 {
+        cidr::longest_match(&self.cidrs, ip).map_or(identity::WORLD, |e| e.identity)
+    }
+
+    /// The peer names (see [`super::evaluate`]) of an identity: its groups,
+    /// `host`, `world`, or `world` and its address-block peers.
+    pub fn names_of_identity(&self, id: u32) -> Vec<String> {
+        match id {
+            identity::HOST => vec![HOST.to_string()],
+            identity::WORLD => vec![WORLD.to_string()],
+            identity::UNMANAGED => Vec::new(),
+            id if id >= FIRST_CIDR_IDENTITY => std::iter::once(WORLD.to_string())
+                .chain(
+                    self.identities
+                        .get(&id)
+                        .into_iter()
+                        .flat_map(|d| d.groups.clone()),
+                )
+                .collect(),
+            id => self
+                .identities
+                .get(&id)
+                .map(|d| d.groups.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -155,7 +223,7 @@ impl Compiled {
             let verb = match action {
                 Action::Allow => "allowed",
                 Action::Deny => "denied",
-                Action::Audit => "allowed and audited",
+                Action::Audit => "audited (passes, reported as audit)",
             };
             let why = match self.rule(value.rule_id) {
                 Some(r) => {
@@ -207,6 +275,22 @@ pub fn compile(
     containers: &[Container],
     ids: &mut IdentityAllocator,
 ) -> Result<Compiled, PolicyError> {
+    let members: Vec<(String, Vec<String>)> = containers
+        .iter()
+        .map(|c| (c.id.clone(), policy.groups_of(c)))
+        .collect();
+    compile_members(policy, &members, ids)
+}
+
+/// Like [`compile`], for members already sorted into groups: `(key, sorted
+/// group names)`, the key standing where a container id would. `explain`
+/// uses it for containers known only from the daemon's state file and for
+/// a hypothetical member of one group.
+pub fn compile_members(
+    policy: &Policy,
+    members: &[(String, Vec<String>)],
+    ids: &mut IdentityAllocator,
+) -> Result<Compiled, PolicyError> {
     if policy.rules.len() >= limits::RULES as usize {
         let first_too_many = &policy.rules[limits::RULES as usize - 1];
         return Err(Diagnostic::error(
@@ -224,7 +308,7 @@ pub fn compile(
     }
 
     let mut compiled = Compiled::default();
-    for reserved in [identity::HOST, identity::WORLD, identity::UNMANAGED] {
+    for reserved in [identity::HOST, identity::WORLD] {
         compiled.identities.insert(
             reserved,
             IdentityDef {
@@ -233,9 +317,15 @@ pub fn compile(
             },
         );
     }
-    for c in containers {
-        let groups = policy.groups_of(c);
-        let id = ids.identity_of(&groups);
+    compiled.identities.insert(
+        identity::UNMANAGED,
+        IdentityDef {
+            groups: Vec::new(),
+            flags: policy.settings.unmanaged.flags(),
+        },
+    );
+    for (key, groups) in members {
+        let id = ids.identity_of(groups);
         compiled
             .identities
             .entry(id)
@@ -244,28 +334,22 @@ pub fn compile(
                     .iter()
                     .filter_map(|g| policy.group(g))
                     .fold(0, |f, g| f | g.flags()),
-                groups,
+                groups: groups.clone(),
             });
-        compiled.container_identity.insert(c.id.clone(), id);
+        compiled.container_identity.insert(key.clone(), id);
     }
+    compile_cidrs(policy, ids, &mut compiled)?;
 
     // The names a rule can use to mean each identity.
-    let peers: Vec<(u32, Vec<&str>)> = compiled
+    let peers: Vec<(u32, Vec<String>)> = compiled
         .identities
-        .iter()
-        .map(|(&id, def)| {
-            let names = match id {
-                identity::HOST => vec![HOST],
-                identity::WORLD => vec![WORLD],
-                _ => def.groups.iter().map(String::as_str).collect(),
-            };
-            (id, names)
-        })
+        .keys()
+        .map(|&id| (id, compiled.names_of_identity(id)))
         .collect();
     let with_name = |name: &str| -> Vec<u32> {
         peers
             .iter()
-            .filter(|(_, names)| names.contains(&name))
+            .filter(|(_, names)| names.iter().any(|n| n == name))
             .map(|(id, _)| *id)
             .collect()
     };
@@ -273,7 +357,7 @@ pub fn compile(
     let mut pairs: BTreeMap<(u32, u32), Vec<&Rule>> = BTreeMap::new();
     let mut pairs_of_rule = vec![0usize; policy.rules.len()];
     for (i, rule) in policy.rules.iter().enumerate() {
-        let (srcs, dsts) = (with_name(&rule.from), with_name(&rule.to));
+        let (srcs, dsts) = (with_name(rule.from.name()), with_name(rule.to.name()));
         pairs_of_rule[i] = srcs.len() * dsts.len();
         for &s in &srcs {
             for &d in &dsts {
@@ -292,8 +376,8 @@ pub fn compile(
         .iter()
         .map(|r| RuleInfo {
             id: r.id,
-            from: r.from.clone(),
-            to: r.to.clone(),
+            from: r.from.name().to_string(),
+            to: r.to.name().to_string(),
             ports: r.ports_text.clone(),
             action: r.action,
             description: r.description.clone(),
@@ -301,6 +385,60 @@ pub fn compile(
         })
         .collect();
     Ok(compiled)
+}
+
+/// One identity per distinct set of address-block peers an entry's
+/// addresses belong to, and the CIDR trie entries.
+fn compile_cidrs(
+    policy: &Policy,
+    ids: &mut IdentityAllocator,
+    compiled: &mut Compiled,
+) -> Result<(), PolicyError> {
+    let peers = policy.cidr_peers();
+    let memberships = cidr::memberships(&peers);
+    let limit = (limits::CIDRS / 2) as usize;
+    if memberships.len() > limit {
+        let rule = policy
+            .rules
+            .iter()
+            .rev()
+            .find(|r| {
+                matches!(r.from, super::model::Peer::Cidr(_))
+                    || matches!(r.to, super::model::Peer::Cidr(_))
+            })
+            .expect("address blocks come from rules");
+        return Err(Diagnostic::error(
+            Kind::TooLarge,
+            format!(
+                "the policy names {} distinct address blocks; at most {limit} fit",
+                memberships.len()
+            ),
+        )
+        .at(rule.location.clone())
+        .label("the last rule naming address blocks")
+        .help("merge neighbouring blocks into wider ones")
+        .into());
+    }
+    for (block, members) in memberships {
+        let members: Vec<String> = members.into_iter().collect();
+        let id = if members.is_empty() {
+            identity::WORLD
+        } else {
+            let id = ids.cidr_identity_of(&members);
+            compiled.identities.entry(id).or_insert(IdentityDef {
+                groups: members,
+                flags: 0,
+            });
+            id
+        };
+        compiled.cidrs.push(CidrEntry {
+            addr: block.addr,
+            prefix_len: block.prefix_len,
+            identity: id,
+            flags: 0,
+        });
+    }
+    Ok(())
 }
 
 /// The deciding rule among `rules`: the first deny, else the first audit,
@@ -328,19 +466,22 @@ fn resolve<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Option<PolicyValue>
     })
 }
 
-fn has_whole(rule: &Rule, p: Proto) -> bool {
-    rule.ports
-        .as_ref()
-        .is_some_and(|specs| specs.contains(&PortSpec::Proto(p)))
+/// Whether the rule names protocol number `n` as a whole (`tcp`, `icmp`, …).
+fn has_whole(rule: &Rule, n: u8) -> bool {
+    rule.ports.as_ref().is_some_and(|specs| {
+        specs
+            .iter()
+            .any(|s| matches!(s, PortSpec::Proto(p) if p.numbers().contains(&n)))
+    })
 }
 
-/// The port ranges of protocol `p` a rule names, with the rule.
-fn ranges<'a>(rules: &[&'a Rule], p: Proto) -> Vec<(u16, u16, &'a Rule)> {
+/// The port ranges of protocol number `n` a rule names, with the rule.
+fn ranges<'a>(rules: &[&'a Rule], n: u8) -> Vec<(u16, u16, &'a Rule)> {
     let mut out = Vec::new();
     for &rule in rules {
         for spec in rule.ports.iter().flatten() {
             if let PortSpec::Range { proto, lo, hi } = *spec {
-                if proto == p {
+                if proto.numbers().contains(&n) {
                     out.push((lo, hi, rule));
                 }
             }
@@ -384,21 +525,16 @@ fn emit_pair(src: u32, dst: u32, rules: &[&Rule], out: &mut BTreeMap<PolicyKey, 
     if let Some(v) = resolve(any.iter().copied()) {
         out.insert(key(proto::ANY, 0), v);
     }
-    for p in Proto::ALL {
-        let whole: Vec<&Rule> = rules.iter().copied().filter(|r| has_whole(r, p)).collect();
+    for n in NAMED_NUMBERS {
+        let whole: Vec<&Rule> = rules.iter().copied().filter(|r| has_whole(r, n)).collect();
         // Protocol-level keys only where a protocol-wide rule exists; other
         // packets of the protocol fall through to the (ANY, 0) key, which
         // already gives the right answer for them.
         if !whole.is_empty() {
             let v = resolve(whole.iter().chain(&any).copied()).expect("non-empty");
-            for &n in p.numbers() {
-                out.insert(key(n, 0), v);
-            }
+            out.insert(key(n, 0), v);
         }
-        if !p.has_ports() {
-            continue;
-        }
-        let ranges = ranges(rules, p);
+        let ranges = ranges(rules, n);
         for (a, b) in elementary(&ranges) {
             let covering = ranges
                 .iter()
@@ -411,9 +547,7 @@ fn emit_pair(src: u32, dst: u32, rules: &[&Rule], out: &mut BTreeMap<PolicyKey, 
             )
             .expect("at least one range covers the interval");
             for port in a..b {
-                for &n in p.numbers() {
-                    out.insert(key(n, port as u16), v);
-                }
+                out.insert(key(n, port as u16), v);
             }
         }
     }
@@ -430,16 +564,13 @@ fn check_size(
     let mut total = 0usize;
     for rules in pairs.values() {
         total += usize::from(rules.iter().any(|r| r.ports.is_none()));
-        for p in Proto::ALL {
-            if rules.iter().any(|r| has_whole(r, p)) {
-                total += p.numbers().len();
-            }
-            let ranges = ranges(rules, p);
+        for n in NAMED_NUMBERS {
+            total += usize::from(rules.iter().any(|r| has_whole(r, n)));
+            let ranges = ranges(rules, n);
             total += elementary(&ranges)
                 .iter()
                 .map(|(a, b)| (b - a) as usize)
-                .sum::<usize>()
-                * p.numbers().len();
+                .sum::<usize>();
         }
     }
     if total <= limit {
@@ -677,12 +808,293 @@ action = "allow"
         assert!(text.contains("write \"tcp\" or \"udp\""), "{text}");
     }
 
-    /// A random policy: groups g0..gN selected by label `gI=1`, random
-    /// defaults, random rules; and containers with random memberships.
+    /// A container as the random cases describe it (index-based, so that
+    /// the reference matcher below shares no code with `Selector`).
+    #[derive(Clone, Debug)]
+    struct Box {
+        /// label key index (k0..k2) -> value index (v0..v2); absent = missing.
+        labels: Vec<Option<usize>>,
+        /// compose project p0/p1, or none.
+        project: Option<usize>,
+        name: usize,
+        image: usize,
+        networks: Vec<usize>,
+    }
+
+    const NAMES: [&str; 4] = ["a-1", "a-2", "b-1", "web"];
+    const NAME_PATTERNS: [&str; 5] = ["a-1", "a-*", "*-1", "web", "zzz"];
+    const IMAGES: [&str; 3] = ["img:1", "img:2", "other"];
+    const IMAGE_PATTERNS: [&str; 4] = ["img:1", "img:*", "other", "*"];
+
+    #[derive(Clone, Debug)]
+    enum LabelSpec {
+        Eq(usize),
+        In(Vec<usize>),
+        Exists,
+    }
+
+    #[derive(Clone, Debug, Default)]
+    struct Sel {
+        networks: Option<Vec<usize>>,
+        labels: BTreeMap<usize, LabelSpec>,
+        project: Option<usize>,
+        names: Option<Vec<usize>>,
+        images: Option<Vec<usize>>,
+        all: Vec<Sel>,
+        any: Vec<Sel>,
+    }
+
+    fn plain_glob(p: &str, t: &str) -> bool {
+        // Enough for the patterns above: a prefix or suffix star, or none.
+        match (p.strip_suffix('*'), p.strip_prefix('*')) {
+            _ if p == "*" => true,
+            (Some(prefix), _) => t.starts_with(prefix),
+            (_, Some(suffix)) => t.ends_with(suffix),
+            _ => p == t,
+        }
+    }
+
+    impl Sel {
+        fn matches(&self, b: &Box) -> bool {
+            let net = self
+                .networks
+                .as_ref()
+                .is_none_or(|ns| ns.iter().any(|n| b.networks.contains(n)));
+            let labels = self
+                .labels
+                .iter()
+                .all(|(&k, spec)| match (spec, b.labels[k]) {
+                    (_, None) => false,
+                    (LabelSpec::Exists, Some(_)) => true,
+                    (LabelSpec::Eq(v), Some(x)) => *v == x,
+                    (LabelSpec::In(vs), Some(x)) => vs.contains(&x),
+                });
+            let project = self.project.is_none_or(|p| b.project == Some(p));
+            let names = self.names.as_ref().is_none_or(|ps| {
+                ps.iter()
+                    .any(|&p| plain_glob(NAME_PATTERNS[p], NAMES[b.name]))
+            });
+            let images = self.images.as_ref().is_none_or(|ps| {
+                ps.iter()
+                    .any(|&p| plain_glob(IMAGE_PATTERNS[p], IMAGES[b.image]))
+            });
+            net && labels
+                && project
+                && names
+                && images
+                && self.all.iter().all(|s| s.matches(b))
+                && (self.any.is_empty() || self.any.iter().any(|s| s.matches(b)))
+        }
+
+        /// The selector's keys, as `key = value` items (TOML).
+        fn items(&self) -> Vec<String> {
+            let list = |xs: &[usize], f: &dyn Fn(usize) -> String| {
+                let v: Vec<String> = xs.iter().map(|&x| format!("\"{}\"", f(x))).collect();
+                format!("[{}]", v.join(", "))
+            };
+            let mut out = Vec::new();
+            if let Some(ns) = &self.networks {
+                out.push(format!("network = {}", list(ns, &|n| format!("n{n}"))));
+            }
+            if !self.labels.is_empty() {
+                let ls: Vec<String> = self
+                    .labels
+                    .iter()
+                    .map(|(k, spec)| match spec {
+                        LabelSpec::Eq(v) => format!("k{k} = \"v{v}\""),
+                        LabelSpec::In(vs) => format!("k{k} = {}", list(vs, &|v| format!("v{v}"))),
+                        LabelSpec::Exists => format!("k{k} = true"),
+                    })
+                    .collect();
+                out.push(format!("labels = {{ {} }}", ls.join(", ")));
+            }
+            if let Some(p) = self.project {
+                out.push(format!("compose = {{ project = \"p{p}\" }}"));
+            }
+            if let Some(ps) = &self.names {
+                out.push(format!(
+                    "names = {}",
+                    list(ps, &|p| NAME_PATTERNS[p].into())
+                ));
+            }
+            if let Some(ps) = &self.images {
+                out.push(format!(
+                    "image = {}",
+                    list(ps, &|p| IMAGE_PATTERNS[p].into())
+                ));
+            }
+            for (key, sels) in [("all", &self.all), ("any", &self.any)] {
+                if !sels.is_empty() {
+                    let inner: Vec<String> = sels
+                        .iter()
+                        .map(|s| format!("{{ {} }}", s.items().join(", ")))
+                        .collect();
+                    out.push(format!("{key} = [{}]", inner.join(", ")));
+                }
+            }
+            out
+        }
+    }
+
+    fn small_list(n: usize) -> impl Strategy<Value = Vec<usize>> {
+        proptest::collection::vec(0..n, 1..=2)
+    }
+
+    fn label_spec() -> impl Strategy<Value = LabelSpec> {
+        prop_oneof![
+            (0usize..3).prop_map(LabelSpec::Eq),
+            small_list(3).prop_map(LabelSpec::In),
+            Just(LabelSpec::Exists),
+        ]
+    }
+
+    fn sel_leaf() -> impl Strategy<Value = Sel> {
+        (
+            proptest::option::weighted(0.3, small_list(2)),
+            proptest::collection::btree_map(0usize..3, label_spec(), 0..=2),
+            proptest::option::weighted(0.2, 0usize..2),
+            proptest::option::weighted(0.2, small_list(NAME_PATTERNS.len())),
+            proptest::option::weighted(0.2, small_list(IMAGE_PATTERNS.len())),
+        )
+            .prop_map(|(networks, labels, project, names, images)| {
+                let mut s = Sel {
+                    networks,
+                    labels,
+                    project,
+                    names,
+                    images,
+                    ..Sel::default()
+                };
+                if s.items().is_empty() {
+                    s.labels.insert(0, LabelSpec::Exists);
+                }
+                s
+            })
+    }
+
+    fn sel() -> impl Strategy<Value = Sel> {
+        sel_leaf().prop_recursive(2, 8, 2, |inner| {
+            (
+                sel_leaf(),
+                proptest::collection::vec(inner.clone(), 0..=2),
+                proptest::collection::vec(inner, 0..=2),
+            )
+                .prop_map(|(mut s, all, any)| {
+                    s.all = all;
+                    s.any = any;
+                    s
+                })
+        })
+    }
+
+    fn a_box() -> impl Strategy<Value = Box> {
+        (
+            proptest::collection::vec(proptest::option::of(0usize..3), 3),
+            proptest::option::of(0usize..2),
+            0..NAMES.len(),
+            0..IMAGES.len(),
+            proptest::collection::vec(0usize..2, 0..=2),
+        )
+            .prop_map(|(labels, project, name, image, networks)| Box {
+                labels,
+                project,
+                name,
+                image,
+                networks,
+            })
+    }
+
+    impl Box {
+        fn container(&self, i: usize) -> Container {
+            let mut labels: BTreeMap<String, String> = self
+                .labels
+                .iter()
+                .enumerate()
+                .filter_map(|(k, v)| v.map(|v| (format!("k{k}"), format!("v{v}"))))
+                .collect();
+            if let Some(p) = self.project {
+                labels.insert("com.docker.compose.project".to_string(), format!("p{p}"));
+            }
+            Container {
+                id: format!("c{i}"),
+                name: NAMES[self.name].to_string(),
+                image: IMAGES[self.image].to_string(),
+                labels,
+                networks: self
+                    .networks
+                    .iter()
+                    .map(|n| Attachment {
+                        network: format!("n{n}"),
+                        ..Attachment::default()
+                    })
+                    .collect(),
+                ..Container::default()
+            }
+        }
+    }
+
+    /// Address blocks rules may name, and addresses to probe them with.
+    const BLOCKS: [&str; 8] = [
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "10.1.2.3/32",
+        "10.2.0.0/16",
+        "fd00::/8",
+        "fd00:1::/32",
+        "fd00:1:2::/48",
+    ];
+    const PROBE_ADDRS: [&str; 9] = [
+        "10.1.2.3",
+        "10.1.2.4",
+        "10.1.3.1",
+        "10.2.0.1",
+        "10.9.9.9",
+        "11.0.0.1",
+        "fd00:1:2::5",
+        "fd00:2::1",
+        "2001:db8::1",
+    ];
+
+    fn cidr_peer() -> impl Strategy<Value = String> {
+        (
+            small_list(BLOCKS.len()),
+            proptest::collection::vec(0..BLOCKS.len(), 0..=2),
+        )
+            .prop_map(|(cidrs, except)| {
+                let parsed = |i: usize| super::cidr::Cidr::parse(BLOCKS[i]).unwrap();
+                // Keep only exceptions strictly inside a chosen block.
+                let except: Vec<usize> = except
+                    .into_iter()
+                    .filter(|&e| {
+                        cidrs.iter().any(|&c| {
+                            parsed(c).covers(&parsed(e))
+                                && parsed(c).prefix_len < parsed(e).prefix_len
+                        })
+                    })
+                    .collect();
+                let q = |v: &[usize]| {
+                    v.iter()
+                        .map(|&i| format!("\"{}\"", BLOCKS[i]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                if except.is_empty() && cidrs.len() == 1 {
+                    format!("\"{}\"", BLOCKS[cidrs[0]])
+                } else {
+                    format!("{{ cidr = [{}], except = [{}] }}", q(&cidrs), q(&except))
+                }
+            })
+    }
+
+    /// A random policy: groups g0..gN with random selectors and defaults,
+    /// random rules (allow, deny, audit; groups, host, world, address
+    /// blocks with exceptions), random unmanaged defaults; and containers.
     #[derive(Clone, Debug)]
     struct Case {
         text: String,
-        memberships: Vec<Vec<usize>>,
+        selectors: Vec<Sel>,
+        boxes: Vec<Box>,
         probes: Vec<(u8, u16)>,
     }
 
@@ -695,29 +1107,41 @@ action = "allow"
             Just("tcp".to_string()),
             Just("udp".to_string()),
             Just("icmp".to_string()),
+            Just("icmpv4".to_string()),
+            Just("icmpv6".to_string()),
             Just("65530-65535/tcp".to_string()),
         ]
     }
 
+    fn action() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just("allow"), Just("deny"), Just("audit")]
+    }
+
     fn case() -> impl Strategy<Value = Case> {
-        (2usize..=5).prop_flat_map(|n| {
+        (2usize..=4).prop_flat_map(|n| {
             let peer = prop_oneof![
-                6 => (0..n).prop_map(|i| format!("g{i}")),
-                1 => Just("world".to_string()),
-                1 => Just("host".to_string()),
+                6 => (0..n).prop_map(|i| format!("\"g{i}\"")),
+                1 => Just("\"world\"".to_string()),
+                1 => Just("\"host\"".to_string()),
+                2 => cidr_peer(),
             ];
             let rule = (
                 peer.clone(),
                 peer,
-                proptest::option::weighted(0.8, proptest::collection::vec(port_spec(), 1..4)),
-                any::<bool>(),
+                proptest::option::weighted(
+                    0.8,
+                    prop_oneof![
+                        9 => proptest::collection::vec(port_spec(), 1..4),
+                        1 => Just(vec!["any".to_string()]),
+                    ],
+                ),
+                action(),
             );
             let defaults = proptest::collection::vec((any::<bool>(), any::<bool>()), n);
+            let selectors = proptest::collection::vec(sel(), n);
             let rules = proptest::collection::vec(rule, 0..8);
-            let memberships = proptest::collection::vec(
-                proptest::collection::vec(0..n, 0..=n.min(3)),
-                1..6,
-            );
+            let boxes = proptest::collection::vec(a_box(), 1..6);
+            let unmanaged = proptest::option::of((any::<bool>(), any::<bool>()));
             let probe = prop_oneof![
                 (Just(proto::TCP), 0u16..20),
                 (Just(proto::UDP), 0u16..20),
@@ -726,73 +1150,104 @@ action = "allow"
                 (Just(proto::ICMPV6), Just(0u16)),
                 (Just(132u8), 0u16..20),
             ];
-            let probes = proptest::collection::vec(probe, 1..12);
-            (defaults, rules, memberships, probes).prop_map(move |(defs, rules, members, probes)| {
-                let mut text = String::new();
-                for (i, (ing, eg)) in defs.iter().enumerate() {
+            let probes = proptest::collection::vec(probe, 1..10);
+            (defaults, selectors, rules, boxes, unmanaged, probes).prop_map(
+                move |(defs, selectors, rules, boxes, unmanaged, probes)| {
                     let word = |deny: bool| if deny { "deny" } else { "allow" };
-                    text.push_str(&format!(
-                        "[groups.g{i}]\nlabels = {{ g{i} = \"1\" }}\ningress = \"{}\"\negress = \"{}\"\n\n",
-                        word(*ing),
-                        word(*eg)
-                    ));
-                }
-                for (from, to, ports, deny) in rules {
-                    text.push_str(&format!("[[rules]]\nfrom = \"{from}\"\nto = \"{to}\"\n"));
-                    if let Some(ports) = ports {
-                        let list: Vec<String> = ports.iter().map(|p| format!("\"{p}\"")).collect();
-                        text.push_str(&format!("ports = [{}]\n", list.join(", ")));
+                    let mut text = String::new();
+                    if let Some((ing, eg)) = unmanaged {
+                        text.push_str(&format!(
+                            "[settings]\nunmanaged = {{ ingress = \"{}\", egress = \"{}\" }}\n\n",
+                            word(ing),
+                            word(eg)
+                        ));
                     }
-                    let action = if deny { "deny" } else { "allow" };
-                    text.push_str(&format!("action = \"{action}\"\n\n"));
-                }
-                Case {
-                    text,
-                    memberships: members,
-                    probes,
-                }
-            })
+                    for (i, ((ing, eg), sel)) in defs.iter().zip(&selectors).enumerate() {
+                        text.push_str(&format!("[groups.g{i}]\n"));
+                        for item in sel.items() {
+                            text.push_str(&item);
+                            text.push('\n');
+                        }
+                        text.push_str(&format!(
+                            "ingress = \"{}\"\negress = \"{}\"\n\n",
+                            word(*ing),
+                            word(*eg)
+                        ));
+                    }
+                    for (from, to, ports, action) in rules {
+                        text.push_str(&format!("[[rules]]\nfrom = {from}\nto = {to}\n"));
+                        if let Some(ports) = ports {
+                            let list: Vec<String> =
+                                ports.iter().map(|p| format!("\"{p}\"")).collect();
+                            text.push_str(&format!("ports = [{}]\n", list.join(", ")));
+                        }
+                        text.push_str(&format!("action = \"{action}\"\n\n"));
+                    }
+                    Case {
+                        text,
+                        selectors,
+                        boxes,
+                        probes,
+                    }
+                },
+            )
         })
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
         #[test]
         fn compiled_lookup_matches_evaluate(case in case()) {
             let policy = parse_str(&case.text, "random.toml")
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{}", case.text)))?;
-            let containers: Vec<Container> = case
-                .memberships
-                .iter()
-                .enumerate()
-                .map(|(i, groups)| {
-                    let labels: Vec<(String, String)> =
-                        groups.iter().map(|g| (format!("g{g}"), "1".to_string())).collect();
-                    let refs: Vec<(&str, &str)> =
-                        labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    container(&format!("c{i}"), &refs, "net")
-                })
-                .collect();
+            let containers: Vec<Container> =
+                case.boxes.iter().enumerate().map(|(i, b)| b.container(i)).collect();
+
+            // Selection agrees with a matcher written independently.
+            for (b, c) in case.boxes.iter().zip(&containers) {
+                let want: Vec<String> = case
+                    .selectors
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.matches(b))
+                    .map(|(i, _)| format!("g{i}"))
+                    .collect();
+                prop_assert_eq!(policy.groups_of(c), want, "{:?}\n{}", b, case.text);
+            }
+
             let compiled = compile(&policy, &containers, &mut IdentityAllocator::new()).unwrap();
 
-            // Every peer: each container, plus the world and the host.
-            let mut peers: Vec<(u32, Vec<String>)> = containers
+            // Every peer: each container, the host, and addresses that are
+            // not containers (the world, address blocks, exceptions).
+            let mut peers: Vec<(String, u32, Vec<String>)> = containers
                 .iter()
-                .map(|c| (compiled.container_identity[&c.id], policy.groups_of(c)))
+                .map(|c| (c.name.clone(), compiled.container_identity[&c.id], policy.groups_of(c)))
                 .collect();
-            peers.push((identity::WORLD, vec![WORLD.to_string()]));
-            peers.push((identity::HOST, vec![HOST.to_string()]));
-            for (src, src_groups) in &peers {
-                for (dst, dst_groups) in &peers {
+            peers.push(("host".into(), identity::HOST, vec![HOST.to_string()]));
+            for addr in PROBE_ADDRS {
+                let ip: IpAddr = addr.parse().unwrap();
+                let id = compiled.address_identity(ip);
+                let names = policy.names_of_address(ip);
+                // The trie's identity stands for exactly these peers.
+                let mut got = compiled.names_of_identity(id);
+                got.sort();
+                let mut want = names.clone();
+                want.sort();
+                prop_assert_eq!(&got, &want, "address {} -> identity {}\n{}", addr, id, case.text);
+                peers.push((addr.to_string(), id, names));
+            }
+            for (src_name, src, src_groups) in &peers {
+                for (dst_name, dst, dst_groups) in &peers {
                     for &(proto, port) in &case.probes {
                         let want = evaluate(&policy, src_groups, dst_groups, proto, port);
                         let got = compiled.lookup(*src, *dst, proto, port);
                         prop_assert_eq!(
                             (got.action, got.rule_id),
                             (want.action, want.rule_id),
-                            "{:?} -> {:?} proto {} port {}\nkernel: {}\nreference: {}\n{}",
-                            src_groups, dst_groups, proto, port, got.why, want.why, case.text
+                            "{} {:?} -> {} {:?} proto {} port {}\nkernel: {}\nreference: {}\n{}",
+                            src_name, src_groups, dst_name, dst_groups, proto, port,
+                            got.why, want.why, case.text
                         );
                     }
                 }

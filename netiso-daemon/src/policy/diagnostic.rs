@@ -37,12 +37,22 @@ pub enum Kind {
     PortRange,
     ReservedName,
     DuplicateGroup,
+    /// The same setting given in two files.
+    DuplicateSetting,
+    /// An address block that does not parse, or an exception outside its block.
+    BadCidr,
+    /// A `fail_closed` group without a `network` criterion.
+    FailClosedNetwork,
     /// The compiled policy does not fit in the kernel maps.
     TooLarge,
     /// Warning: a rule that can never decide a packet.
     ShadowedRule,
     /// Warning: a group that changes nothing.
     UnusedGroup,
+    /// Warning: a group or rule that can never match anything.
+    NeverMatches,
+    /// Warning: port entries that add nothing.
+    RedundantPort,
 }
 
 impl Kind {
@@ -59,9 +69,14 @@ impl Kind {
             Self::PortRange => "port-range",
             Self::ReservedName => "reserved-name",
             Self::DuplicateGroup => "duplicate-group",
+            Self::DuplicateSetting => "duplicate-setting",
+            Self::BadCidr => "bad-cidr",
+            Self::FailClosedNetwork => "fail-closed-network",
             Self::TooLarge => "too-large",
             Self::ShadowedRule => "shadowed-rule",
             Self::UnusedGroup => "unused-group",
+            Self::NeverMatches => "never-matches",
+            Self::RedundantPort => "redundant-port",
         }
     }
 }
@@ -345,7 +360,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 
 /// The candidate closest to `word`, if it is close enough to be a likely typo
 /// (the same threshold rustc uses: a third of the length).
-pub(crate) fn did_you_mean<'a>(
+pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {

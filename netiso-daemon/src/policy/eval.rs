@@ -14,60 +14,65 @@ pub struct Decision {
     pub why: String,
 }
 
-/// The verdict for a packet from a peer in `src_groups` to a peer in
-/// `dst_groups`. Reserved peers are passed as their names: `&["world".into()]`
-/// is the world, `&["host".into()]` the host, `&[]` an unmanaged container.
+/// The verdict for a packet from a peer known by the names `src` to a
+/// peer known by the names `dst`:
 ///
-/// Deny beats allow; among rules of the same action the lowest id decides;
-/// when no rule matches, any `egress = "deny"` of a source group or
-/// `ingress = "deny"` of a destination group denies.
-pub fn evaluate(
-    policy: &Policy,
-    src_groups: &[String],
-    dst_groups: &[String],
-    proto: u8,
-    port: u16,
-) -> Decision {
+/// - a container: the names of its groups (`&[]`: a container in no
+///   group, an *unmanaged* one);
+/// - the host: `["host"]`;
+/// - any other address: `["world"]` plus the address-block peers it is in
+///   ([`Policy::names_of_address`]).
+///
+/// Among the rules that match, a deny decides, else an audit, else an
+/// allow (the lowest id among rules of that action). When no rule
+/// matches, a source group with `egress = "deny"` or a destination group
+/// with `ingress = "deny"` denies, and so do the `[settings] unmanaged`
+/// defaults for a container in no group.
+pub fn evaluate(policy: &Policy, src: &[String], dst: &[String], proto: u8, port: u16) -> Decision {
     let matching = || {
-        policy.rules.iter().filter(|r| {
-            src_groups.contains(&r.from) && dst_groups.contains(&r.to) && r.covers(proto, port)
+        policy
+            .rules
+            .iter()
+            .filter(|r| r.matches(src, dst, proto, port))
+    };
+    for action in [Action::Deny, Action::Audit, Action::Allow] {
+        if let Some(rule) = matching().find(|r| r.action == action) {
+            return by_rule(rule);
+        }
+    }
+    let unmanaged = policy.settings.unmanaged;
+    let egress = if src.is_empty() {
+        (unmanaged.egress == Action::Deny)
+            .then(|| "source is in no group and [settings] unmanaged denies egress".to_string())
+    } else {
+        src.iter()
+            .filter_map(|g| policy.group(g))
+            .find(|g| g.egress == Action::Deny)
+            .map(|g| format!("source group \"{}\" has egress = \"deny\"", g.name))
+    };
+    let ingress = if dst.is_empty() {
+        (unmanaged.ingress == Action::Deny).then(|| {
+            "destination is in no group and [settings] unmanaged denies ingress".to_string()
         })
+    } else {
+        dst.iter()
+            .filter_map(|g| policy.group(g))
+            .find(|g| g.ingress == Action::Deny)
+            .map(|g| format!("destination group \"{}\" has ingress = \"deny\"", g.name))
     };
-    if let Some(rule) = matching().find(|r| r.action == Action::Deny) {
-        return by_rule(rule);
-    }
-    if let Some(rule) = matching().find(|r| r.action == Action::Allow) {
-        return by_rule(rule);
-    }
-    let egress = src_groups
-        .iter()
-        .filter_map(|g| policy.group(g))
-        .find(|g| g.egress == Action::Deny);
-    let ingress = dst_groups
-        .iter()
-        .filter_map(|g| policy.group(g))
-        .find(|g| g.ingress == Action::Deny);
-    let why = match (egress, ingress) {
-        (Some(g), _) => format!(
-            "no rule matches; denied by default: source group \"{}\" has egress = \"deny\"",
-            g.name
-        ),
-        (None, Some(g)) => format!(
-            "no rule matches; denied by default: destination group \"{}\" has ingress = \"deny\"",
-            g.name
-        ),
-        (None, None) => "no rule matches; allowed by default: no source group denies egress \
-                         and no destination group denies ingress"
-            .to_string(),
-    };
-    Decision {
-        action: if egress.is_some() || ingress.is_some() {
-            Action::Deny
-        } else {
-            Action::Allow
+    match egress.or(ingress) {
+        Some(reason) => Decision {
+            action: Action::Deny,
+            rule_id: 0,
+            why: format!("no rule matches; denied by default: {reason}"),
         },
-        rule_id: 0,
-        why,
+        None => Decision {
+            action: Action::Allow,
+            rule_id: 0,
+            why: "no rule matches; allowed by default: no source default denies egress \
+                  and no destination default denies ingress"
+                .to_string(),
+        },
     }
 }
 
@@ -75,7 +80,7 @@ fn by_rule(rule: &Rule) -> Decision {
     let verb = match rule.action {
         Action::Allow => "allowed",
         Action::Deny => "denied",
-        Action::Audit => "allowed and audited",
+        Action::Audit => "audited (passes, reported as audit)",
     };
     let mut why = format!("{verb} by {} at {}", rule.summary(), rule.location);
     if let Some(d) = &rule.description {

@@ -2,19 +2,31 @@
 use netiso_common::Action;
 
 use super::diagnostic::{Diagnostic, Kind};
-use super::model::{Policy, Rule};
-use super::ports::PortSet;
+use super::model::{Peer, Policy, Rule};
+use super::ports::{overlap, PortSet};
 
 pub(crate) fn warnings(policy: &Policy) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    never_matching_groups(policy, &mut out);
+    rules_between_non_containers(policy, &mut out);
     shadowed_rules(policy, &mut out);
     unused_groups(policy, &mut out);
     out
 }
 
+/// Whether `winner` decides before `rule` when both match: deny beats
+/// audit beats allow; among equal actions the lower id wins.
+fn beats(winner: &Rule, rule: &Rule) -> bool {
+    let rank = |a: Action| match a {
+        Action::Deny => 0,
+        Action::Audit => 1,
+        Action::Allow => 2,
+    };
+    rank(winner.action) < rank(rule.action) || (winner.action == rule.action && winner.id < rule.id)
+}
+
 /// A rule never decides anything when, for the same `from` and `to`, other
-/// rules that win over it cover all of its ports: denies win over allows
-/// (whatever their order), and among equal actions the first rule wins.
+/// rules that win over it cover all of its ports.
 ///
 /// Only rules with the very same peers are compared: whether two different
 /// groups overlap depends on the containers, which are not known here.
@@ -27,8 +39,7 @@ fn shadowed_rules(policy: &Policy, out: &mut Vec<Diagnostic>) {
                 other.id != rule.id
                     && other.from == rule.from
                     && other.to == rule.to
-                    && (other.action == Action::Deny && rule.action == Action::Allow
-                        || other.action == rule.action && other.id < rule.id)
+                    && beats(other, rule)
             })
             .collect();
         let mut covered = PortSet::default();
@@ -39,36 +50,47 @@ fn shadowed_rules(policy: &Policy, out: &mut Vec<Diagnostic>) {
             continue;
         }
         // Name only the rules that matter: those whose ports overlap.
-        let relevant: Vec<&Rule> = winners.into_iter().filter(|w| overlaps(w, rule)).collect();
+        let relevant: Vec<&Rule> = winners
+            .into_iter()
+            .filter(|w| overlap(w.ports.as_deref(), rule.ports.as_deref()))
+            .collect();
         let ids = relevant
             .iter()
             .map(|w| w.id.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let (why, help) =
-            if relevant.iter().all(|w| w.action == Action::Deny) && rule.action == Action::Allow {
-                (
-                    format!(
-                        "rule{} {ids} already {} everything it allows, and deny beats allow",
-                        plural(relevant.len()),
-                        if relevant.len() == 1 {
-                            "denies"
-                        } else {
-                            "deny"
-                        }
-                    ),
-                    "remove this rule, or narrow the deny so that it leaves these ports out",
-                )
+        let stronger = relevant.iter().all(|w| w.action != rule.action);
+        let (why, help) = if stronger {
+            let what = if relevant.iter().all(|w| w.action == Action::Deny) {
+                "denies"
             } else {
-                (
-                    format!(
-                        "earlier rule{} {ids} already decide{} every packet it matches",
-                        plural(relevant.len()),
-                        if relevant.len() == 1 { "s" } else { "" }
-                    ),
-                    "remove this rule, or narrow the rules that hide it",
-                )
+                "decides"
             };
+            (
+                format!(
+                    "rule{} {ids} already {what} everything it {}s, and {} beats {}",
+                    plural(relevant.len()),
+                    rule.action.as_str(),
+                    relevant[0].action.as_str(),
+                    rule.action.as_str()
+                ),
+                "remove this rule, or narrow the other rule so that it leaves these ports out",
+            )
+        } else {
+            let which = if relevant.iter().all(|w| w.action == rule.action) {
+                "earlier"
+            } else {
+                "earlier or stronger"
+            };
+            (
+                format!(
+                    "{which} rule{} {ids} already decide{} every packet it matches",
+                    plural(relevant.len()),
+                    if relevant.len() == 1 { "s" } else { "" }
+                ),
+                "remove this rule, or narrow the rules that hide it",
+            )
+        };
         let mut d = Diagnostic::warning(
             Kind::ShadowedRule,
             format!("{} never decides anything", rule.summary()),
@@ -94,23 +116,71 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn overlaps(a: &Rule, b: &Rule) -> bool {
-    match (&a.ports, &b.ports) {
-        (None, _) | (_, None) => true,
-        (Some(x), Some(y)) => x.iter().any(|s| {
-            y.iter().any(|t| {
-                s.proto() == t.proto()
-                    && match (*s, *t) {
-                        (
-                            super::ports::PortSpec::Range { lo, hi, .. },
-                            super::ports::PortSpec::Range {
-                                lo: lo2, hi: hi2, ..
-                            },
-                        ) => lo <= hi2 && lo2 <= hi,
-                        _ => true,
-                    }
-            })
-        }),
+/// A group whose criteria contradict each other selects no container:
+/// neither its defaults nor the rules naming it ever apply.
+fn never_matching_groups(policy: &Policy, out: &mut Vec<Diagnostic>) {
+    for group in &policy.groups {
+        let Some(c) = group.selector.contradiction() else {
+            continue;
+        };
+        let naming: Vec<String> = policy
+            .rules
+            .iter()
+            .filter(|r| r.from.name() == group.name || r.to.name() == group.name)
+            .map(|r| r.id.to_string())
+            .collect();
+        let mut d = Diagnostic::warning(
+            Kind::NeverMatches,
+            format!("group \"{}\" can never select a container", group.name),
+        )
+        .at(group.location.clone())
+        .label(c.reason)
+        .help("fix the criteria that clash, or split the group in two");
+        for loc in c.locations {
+            d = d.note("this criterion is part of the clash", Some(loc));
+        }
+        if !naming.is_empty() {
+            d = d.note(
+                format!(
+                    "so rule{} {} can never match",
+                    plural(naming.len()),
+                    naming.join(", ")
+                ),
+                None,
+            );
+        }
+        out.push(d);
+    }
+}
+
+/// netiso judges packets on container veths: traffic between the host,
+/// the world and address blocks never passes one.
+fn rules_between_non_containers(policy: &Policy, out: &mut Vec<Diagnostic>) {
+    for rule in &policy.rules {
+        if rule.from.is_container() || rule.to.is_container() {
+            continue;
+        }
+        let what = |p: &Peer| match p {
+            Peer::Cidr(_) => "an address block",
+            Peer::Host => "the host",
+            _ => "the world",
+        };
+        out.push(
+            Diagnostic::warning(
+                Kind::NeverMatches,
+                format!("{} can never match", rule.summary()),
+            )
+            .at(rule.location.clone())
+            .label(format!(
+                "from {} to {}: neither side is a container",
+                what(&rule.from),
+                what(&rule.to)
+            ))
+            .help(
+                "netiso only sees traffic that enters or leaves a container; \
+                 name a group on one side",
+            ),
+        );
     }
 }
 
@@ -121,8 +191,12 @@ fn unused_groups(policy: &Policy, out: &mut Vec<Diagnostic>) {
         let mentioned = policy
             .rules
             .iter()
-            .any(|r| r.from == group.name || r.to == group.name);
-        if mentioned || group.ingress == Action::Deny || group.egress == Action::Deny {
+            .any(|r| r.from.name() == group.name || r.to.name() == group.name);
+        if mentioned
+            || group.ingress == Action::Deny
+            || group.egress == Action::Deny
+            || group.fail_closed
+        {
             continue;
         }
         out.push(

@@ -10,6 +10,7 @@
 //! - [`compile`] produces the identity and policy map contents; its
 //!   [`Compiled::lookup`] mimics the kernel and agrees with [`evaluate`]
 //!   (checked by a property test).
+mod cidr;
 mod compile;
 mod diagnostic;
 mod eval;
@@ -17,14 +18,22 @@ mod lint;
 mod model;
 mod parse;
 mod ports;
+mod selector;
 
 use std::path::{Path, PathBuf};
 
-pub use compile::{compile, Compiled, IdentityAllocator, IdentityDef, RuleInfo};
-pub use diagnostic::{render, Diagnostic, Kind, Location, Note, PolicyError, Severity};
+pub use cidr::{Cidr, CidrEntry, CidrPeer};
+pub use compile::{
+    compile, compile_members, Compiled, IdentityAllocator, IdentityDef, RuleInfo,
+    FIRST_CIDR_IDENTITY,
+};
+pub use diagnostic::{
+    did_you_mean, render, Diagnostic, Kind, Location, Note, PolicyError, Severity,
+};
 pub use eval::{evaluate, Decision};
-pub use model::{glob_match, Group, Policy, Rule, Settings, HOST, RESERVED, WORLD};
+pub use model::{glob_match, Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
 pub use ports::{PortSpec, Proto};
+pub use selector::{LabelMatch, LabelTest, Selector, COMPOSE_PROJECT, COMPOSE_SERVICE};
 
 use diagnostic::SourceFile;
 

@@ -1,11 +1,14 @@
 //! The validated policy: groups, rules and settings, each with the place it
 //! was written so that later messages (warnings, `explain`) can point at it.
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use netiso_common::{defaults, Action};
 
+use super::cidr::CidrPeer;
 use super::diagnostic::{Diagnostic, Location};
 use super::ports::PortSpec;
+use super::selector::Selector;
 use crate::model::Container;
 
 /// Peers rules may name that are not groups.
@@ -13,47 +16,20 @@ pub const WORLD: &str = "world";
 pub const HOST: &str = "host";
 pub const RESERVED: [&str; 2] = [WORLD, HOST];
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    /// What happens to containers in no group; only `Allow` exists for now.
-    pub unmanaged: Action,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            unmanaged: Action::Allow,
-        }
-    }
-}
-
-/// A named set of containers, and its defaults for traffic no rule matches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Group {
-    pub name: String,
-    /// Docker network the container must be attached to.
-    pub network: Option<String>,
-    /// Labels the container must carry, every one with this exact value.
-    pub labels: BTreeMap<String, String>,
-    /// Container name patterns (exact, or with `*` wildcards); one must match.
-    pub names: Vec<String>,
+/// Defaults for one side of traffic no rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Defaults {
     pub ingress: Action,
     pub egress: Action,
-    /// Where the group's name is written (`[groups.NAME]`).
-    pub location: Location,
 }
 
-impl Group {
-    /// Whether every criterion the group gives matches the container.
-    pub fn selects(&self, c: &Container) -> bool {
-        self.network
-            .as_ref()
-            .is_none_or(|n| c.networks.iter().any(|a| &a.network == n))
-            && self.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v))
-            && (self.names.is_empty() || self.names.iter().any(|p| glob_match(p, &c.name)))
-    }
+impl Defaults {
+    pub const ALLOW: Self = Self {
+        ingress: Action::Allow,
+        egress: Action::Allow,
+    };
 
-    /// `netiso_common::defaults` bits of this group alone.
+    /// `netiso_common::defaults` bits.
     pub fn flags(&self) -> u32 {
         let mut flags = 0;
         if self.egress == Action::Deny {
@@ -67,12 +43,98 @@ impl Group {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Defaults of containers in no group. Docker's own behaviour (allow
+    /// both ways) unless set.
+    pub unmanaged: Defaults,
+    /// Where `unmanaged` is written, if it is.
+    pub unmanaged_location: Option<Location>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            unmanaged: Defaults::ALLOW,
+            unmanaged_location: None,
+        }
+    }
+}
+
+/// A named set of containers, and its defaults for traffic no rule matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    /// Which containers are in the group.
+    pub selector: Selector,
+    pub ingress: Action,
+    pub egress: Action,
+    /// A new container of the group is held with no connectivity until the
+    /// daemon has classified it.
+    pub fail_closed: bool,
+    /// Where the group's name is written (`[groups.NAME]`).
+    pub location: Location,
+}
+
+impl Group {
+    /// Whether the group's selector matches the container.
+    pub fn selects(&self, c: &Container) -> bool {
+        self.selector.selects(c)
+    }
+
+    pub fn defaults(&self) -> Defaults {
+        Defaults {
+            ingress: self.ingress,
+            egress: self.egress,
+        }
+    }
+
+    /// `netiso_common::defaults` bits of this group alone.
+    pub fn flags(&self) -> u32 {
+        self.defaults().flags()
+    }
+}
+
+/// One side of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Group(String),
+    World,
+    Host,
+    /// Address blocks; part of the world (a rule naming `world` applies to
+    /// them too).
+    Cidr(CidrPeer),
+}
+
+impl Peer {
+    /// The name peers are matched by (see [`super::evaluate`]).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Group(g) => g,
+            Self::World => WORLD,
+            Self::Host => HOST,
+            Self::Cidr(c) => &c.name,
+        }
+    }
+
+    /// Whether the peer can be a container (a group), as opposed to an
+    /// address outside every container.
+    pub fn is_container(&self) -> bool {
+        matches!(self, Self::Group(_))
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// 1-based, in file order (files sorted by name).
     pub id: u32,
-    /// A group name or a reserved peer (`world`, `host`).
-    pub from: String,
-    pub to: String,
+    pub from: Peer,
+    pub to: Peer,
     /// `None`: every protocol and port.
     pub ports: Option<Vec<PortSpec>>,
     /// The ports as written, joined with ", " (or "any" when omitted).
@@ -89,6 +151,13 @@ impl Rule {
         self.ports
             .as_ref()
             .is_none_or(|specs| specs.iter().any(|s| s.covers(proto, port)))
+    }
+
+    /// Whether the rule applies to a packet between peers known by these
+    /// names (see [`super::evaluate`]).
+    pub fn matches(&self, src: &[String], dst: &[String], proto: u8, port: u16) -> bool {
+        let has = |names: &[String], peer: &Peer| names.iter().any(|n| n == peer.name());
+        has(src, &self.from) && has(dst, &self.to) && self.covers(proto, port)
     }
 
     /// A one-line summary, e.g. `rule 3 (web -> db, 5432/tcp)`.
@@ -134,6 +203,45 @@ impl Policy {
 
     pub fn rule(&self, id: u32) -> Option<&Rule> {
         self.rules.get((id as usize).checked_sub(1)?)
+    }
+
+    /// Every distinct address-block peer the rules name, in rule order.
+    pub fn cidr_peers(&self) -> Vec<&CidrPeer> {
+        let mut seen = BTreeSet::new();
+        self.rules
+            .iter()
+            .flat_map(|r| [&r.from, &r.to])
+            .filter_map(|p| match p {
+                Peer::Cidr(c) => seen.insert(c.name.as_str()).then_some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The peer names of an address that is not a container (nor the
+    /// host): `world`, plus every address-block peer it belongs to. This
+    /// is the reference the kernel's CIDR trie must agree with.
+    pub fn names_of_address(&self, ip: IpAddr) -> Vec<String> {
+        let mut names = vec![WORLD.to_string()];
+        names.extend(
+            self.cidr_peers()
+                .into_iter()
+                .filter(|p| p.contains(ip))
+                .map(|p| p.name.clone()),
+        );
+        names
+    }
+
+    /// Docker networks whose new containers the daemon must hold closed
+    /// until classified: the networks of every `fail_closed` group (each
+    /// such group is required to name at least one).
+    pub fn fail_closed_networks(&self) -> BTreeSet<String> {
+        self.groups
+            .iter()
+            .filter(|g| g.fail_closed)
+            .filter_map(|g| g.selector.required_networks())
+            .flatten()
+            .collect()
     }
 }
 

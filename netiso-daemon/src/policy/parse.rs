@@ -10,15 +10,35 @@ use std::ops::Range;
 use netiso_common::Action;
 use toml_edit::{ImDocument, Item, Key, Value};
 
+use super::cidr::{Cidr, CidrPeer};
 use super::diagnostic::{did_you_mean, Diagnostic, Kind, Location, PolicyError, SourceFile};
 use super::lint;
-use super::model::{Group, Policy, Rule, Settings, RESERVED};
+use super::model::{Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
 use super::ports::{parse_port, PortSpec};
+use super::selector::{LabelMatch, LabelTest, Selector, COMPOSE_PROJECT, COMPOSE_SERVICE};
 
 const ROOT_KEYS: &[&str] = &["settings", "groups", "rules"];
 const SETTINGS_KEYS: &[&str] = &["unmanaged"];
-const GROUP_KEYS: &[&str] = &["network", "labels", "names", "ingress", "egress"];
+const UNMANAGED_KEYS: &[&str] = &["ingress", "egress"];
+/// Criteria a selector (a group, or an entry of `all` / `any`) may give.
+const SELECTOR_KEYS: &[&str] = &[
+    "network", "labels", "compose", "names", "image", "all", "any",
+];
+const GROUP_KEYS: &[&str] = &[
+    "network",
+    "labels",
+    "compose",
+    "names",
+    "image",
+    "all",
+    "any",
+    "ingress",
+    "egress",
+    "fail_closed",
+];
+const COMPOSE_KEYS: &[&str] = &["project", "service"];
 const RULE_KEYS: &[&str] = &["from", "to", "ports", "action", "description"];
+const CIDR_PEER_KEYS: &[&str] = &["cidr", "except"];
 
 /// A value and where it was written.
 struct Sp<T> {
@@ -26,11 +46,18 @@ struct Sp<T> {
     loc: Location,
 }
 
+/// A rule peer as written, before group names are checked.
+enum RawPeer {
+    /// A group name, `world` or `host`.
+    Named(String),
+    Cidr(CidrPeer),
+}
+
 /// A rule as read from one file, before group names are checked.
 struct RawRule {
     id: u32,
-    from: Option<Sp<String>>,
-    to: Option<Sp<String>>,
+    from: Option<Sp<RawPeer>>,
+    to: Option<Sp<RawPeer>>,
     ports: Option<Vec<PortSpec>>,
     ports_text: String,
     action: Option<Action>,
@@ -85,7 +112,20 @@ pub(crate) fn parse_sources(
     let mut seen: BTreeMap<String, Location> = BTreeMap::new();
     for file in files {
         if let Some(settings) = file.settings {
-            policy.settings = settings;
+            match (
+                &policy.settings.unmanaged_location,
+                &settings.unmanaged_location,
+            ) {
+                (Some(first), Some(again)) => diags.push(
+                    Diagnostic::error(Kind::DuplicateSetting, "\"unmanaged\" is set in two places")
+                        .at(again.clone())
+                        .label("set again here")
+                        .note("first set here", Some(first.clone()))
+                        .help("settings are shared by all policy files: keep one of them"),
+                ),
+                (_, Some(_)) => policy.settings = settings,
+                _ => {}
+            }
         }
         for group in file.groups {
             if let Some(first) = seen.get(&group.name) {
@@ -111,9 +151,11 @@ pub(crate) fn parse_sources(
     }
 
     let group_names: Vec<&str> = policy.groups.iter().map(|g| g.name.as_str()).collect();
+    let mut rules = Vec::new();
     for raw in raw_rules {
         let mut complete = !raw.broken;
-        for (peer, key) in [(&raw.from, "from"), (&raw.to, "to")] {
+        let mut peers = Vec::new();
+        for (peer, key) in [(raw.from, "from"), (raw.to, "to")] {
             let Some(peer) = peer else {
                 complete = false;
                 if raw.present.contains(&key) {
@@ -127,39 +169,30 @@ pub(crate) fn parse_sources(
                     .at(raw.location.clone())
                     .label(format!("\"{key}\" is missing"))
                     .help(format!(
-                        "add `{key} = \"GROUP\"`, naming a group or one of \"world\", \"host\""
+                        "add `{key} = \"GROUP\"`, naming a group, \"world\", \"host\" or an address block"
                     )),
                 );
                 continue;
             };
-            let name = peer.value.as_str();
-            // After a syntax error some groups are unknown to us: reporting
-            // their names as unknown would only add noise.
-            if syntax_failed || group_names.contains(&name) || RESERVED.contains(&name) {
-                continue;
-            }
-            complete = false;
-            let candidates = group_names.iter().copied().chain(RESERVED);
-            let help = match did_you_mean(name, candidates) {
-                Some(s) => format!("did you mean \"{s}\"?"),
-                None if group_names.is_empty() => {
-                    "no group is defined; add a [groups.NAME] table, or use \"world\" or \"host\""
-                        .to_string()
+            let name = match peer.value {
+                RawPeer::Cidr(c) => {
+                    peers.push(Peer::Cidr(c));
+                    continue;
                 }
-                None => format!(
-                    "defined groups: {}; reserved peers: \"world\", \"host\"",
-                    quoted_list(&group_names)
-                ),
+                RawPeer::Named(name) => name,
             };
-            diags.push(
-                Diagnostic::error(
-                    Kind::UnknownGroup,
-                    format!("unknown group \"{name}\" in rule {} \"{key}\"", raw.id),
-                )
-                .at(peer.loc.clone())
-                .label("no group has this name")
-                .help(help),
-            );
+            match name.as_str() {
+                WORLD => peers.push(Peer::World),
+                HOST => peers.push(Peer::Host),
+                n if group_names.contains(&n) => peers.push(Peer::Group(name)),
+                // After a syntax error some groups are unknown to us:
+                // reporting their names as unknown would only add noise.
+                _ if syntax_failed => complete = false,
+                _ => {
+                    complete = false;
+                    diags.push(unknown_group(&name, &group_names, raw.id, key, peer.loc));
+                }
+            }
         }
         if raw.action.is_none() && !raw.present.contains(&"action") {
             complete = false;
@@ -170,16 +203,15 @@ pub(crate) fn parse_sources(
                 )
                 .at(raw.location.clone())
                 .label("\"action\" is missing")
-                .help("add `action = \"allow\"` or `action = \"deny\"`"),
+                .help("add `action = \"allow\"`, `action = \"deny\"` or `action = \"audit\"`"),
             );
         }
-        if let (true, Some(from), Some(to), Some(action)) = (complete, raw.from, raw.to, raw.action)
-        {
+        if let (true, [from, to], Some(action)) = (complete, &peers[..], raw.action) {
             debug_assert!(!raw.broken);
-            policy.rules.push(Rule {
+            rules.push(Rule {
                 id: raw.id,
-                from: from.value,
-                to: to.value,
+                from: from.clone(),
+                to: to.clone(),
                 ports: raw.ports,
                 ports_text: raw.ports_text,
                 action,
@@ -188,6 +220,7 @@ pub(crate) fn parse_sources(
             });
         }
     }
+    policy.rules = rules;
 
     if diags.iter().any(Diagnostic::is_error) {
         // Report in reading order, whichever check found the problem.
@@ -220,6 +253,37 @@ fn syntax_error(src: &SourceFile, e: &toml_edit::TomlError) -> Diagnostic {
         d = d.help("each table and key may appear only once in a file");
     }
     d
+}
+
+fn unknown_group(name: &str, groups: &[&str], rule: u32, key: &str, at: Location) -> Diagnostic {
+    let candidates = groups.iter().copied().chain(RESERVED);
+    let help = match did_you_mean(name, candidates) {
+        Some(s) => format!("did you mean \"{s}\"?"),
+        None if groups.is_empty() => "no group is defined; add a [groups.NAME] table, \
+                                      or use \"world\", \"host\" or an address block"
+            .to_string(),
+        None => format!(
+            "defined groups: {}; reserved peers: \"world\", \"host\"",
+            quoted_list(groups)
+        ),
+    };
+    Diagnostic::error(
+        Kind::UnknownGroup,
+        format!("unknown group \"{name}\" in rule {rule} \"{key}\""),
+    )
+    .at(at)
+    .label("no group has this name")
+    .help(help)
+}
+
+/// Whether a peer written as a string means an address block: it parses
+/// as one, or it is digits, dots and a slash (a block with a typo).
+fn looks_like_cidr(s: &str) -> bool {
+    Cidr::parse(s).is_ok()
+        || (s.contains('/') && s.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        || (s.contains(':')
+            && s.chars()
+                .all(|c| c.is_ascii_hexdigit() || ":./".contains(c)))
 }
 
 fn quoted_list(names: &[&str]) -> String {
@@ -321,24 +385,61 @@ impl Walker<'_> {
         }
     }
 
-    fn action(&mut self, key: &Key, item: &Item) -> Option<Action> {
+    /// `allow` / `deny`, or also `audit` where `audit_ok`.
+    fn action(&mut self, key: &Key, item: &Item, audit_ok: bool) -> Option<Action> {
         let s = self.string(key, item)?;
         match s.value.as_str() {
             "allow" => Some(Action::Allow),
             "deny" => Some(Action::Deny),
+            "audit" if audit_ok => Some(Action::Audit),
+            "audit" => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Kind::BadValue,
+                        format!("\"{}\" cannot be \"audit\"", key.get()),
+                    )
+                    .at(s.loc)
+                    .label("defaults are \"allow\" or \"deny\"")
+                    .help(
+                        "audit is a rule action: keep this default at \"allow\" and add a rule \
+                         with action = \"audit\" for the traffic to watch",
+                    ),
+                );
+                None
+            }
             other => {
-                let help = match did_you_mean(other, ["allow", "deny"]) {
+                let words: &[&str] = if audit_ok {
+                    &["allow", "deny", "audit"]
+                } else {
+                    &["allow", "deny"]
+                };
+                let help = match did_you_mean(other, words.iter().copied()) {
                     Some(g) => format!("did you mean \"{g}\"?"),
-                    None => "write \"allow\" or \"deny\"".to_string(),
+                    None => format!("write {}", quoted_or(words)),
                 };
                 self.diags.push(
                     Diagnostic::error(
                         Kind::BadValue,
-                        format!("\"{}\" must be \"allow\" or \"deny\"", key.get()),
+                        format!("\"{}\" must be {}", key.get(), quoted_or(words)),
                     )
                     .at(s.loc)
                     .label(format!("found \"{other}\""))
                     .help(help),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &Key, item: &Item) -> Option<bool> {
+        match item {
+            Item::Value(Value::Boolean(b)) => Some(*b.value()),
+            _ => {
+                self.wrong_type(
+                    key,
+                    item,
+                    "true or false",
+                    Some(format!("write it as {} = true", key.get())),
                 );
                 None
             }
@@ -382,6 +483,52 @@ impl Walker<'_> {
         ok.then_some(out)
     }
 
+    /// A string, or a non-empty array of strings (one of which must match).
+    fn one_or_more(&mut self, key: &Key, item: &Item, example: &str) -> Option<Vec<Sp<String>>> {
+        let list = match item {
+            Item::Value(Value::String(_)) => vec![self.string(key, item)?],
+            Item::Value(Value::Array(_)) => self.strings(key, item, example)?,
+            _ => {
+                self.wrong_type(
+                    key,
+                    item,
+                    "a string or an array of strings",
+                    Some(format!("write it as {} = {example}", key.get())),
+                );
+                return None;
+            }
+        };
+        if list.is_empty() {
+            self.diags.push(
+                Diagnostic::error(Kind::BadValue, format!("\"{}\" is empty", key.get()))
+                    .at(self.item_loc(key, item))
+                    .label("this would select no container")
+                    .help(format!(
+                        "list at least one, as in {} = {example}, or remove `{}`",
+                        key.get(),
+                        key.get()
+                    )),
+            );
+            return None;
+        }
+        let mut ok = true;
+        for s in &list {
+            if s.value.is_empty() {
+                ok = false;
+                self.diags.push(
+                    Diagnostic::error(
+                        Kind::BadValue,
+                        format!("an empty string in \"{}\"", key.get()),
+                    )
+                    .at(s.loc.clone())
+                    .label("matches nothing")
+                    .help(format!("write it as {} = {example}", key.get())),
+                );
+            }
+        }
+        ok.then_some(list)
+    }
+
     fn file(&mut self, root: &Item) -> FileModel {
         let mut model = FileModel::default();
         for (key, item) in entries(root).unwrap_or_default() {
@@ -404,29 +551,55 @@ impl Walker<'_> {
         for (k, v) in body {
             match k.get() {
                 "unmanaged" => {
-                    let Some(s) = self.string(k, v) else {
-                        continue;
-                    };
-                    if s.value != "allow" {
-                        self.diags.push(
-                            Diagnostic::error(
-                                Kind::BadValue,
-                                "\"unmanaged\" only accepts \"allow\" for now",
-                            )
-                            .at(s.loc)
-                            .label(format!("found \"{}\"", s.value))
-                            .help(
-                                "containers in no group keep Docker's behaviour; to police \
-                                 a container, put it in a group with ingress/egress = \"deny\"",
-                            ),
-                        );
+                    if let Some(d) = self.unmanaged(k, v) {
+                        settings.unmanaged = d;
+                        settings.unmanaged_location = Some(self.key_loc(k));
                     }
-                    settings.unmanaged = Action::Allow;
                 }
                 _ => self.unknown_key(k, SETTINGS_KEYS, "in [settings]"),
             }
         }
         Some(settings)
+    }
+
+    /// `unmanaged = "allow" | "deny"` (both directions), or
+    /// `unmanaged = { ingress = "...", egress = "..." }`.
+    fn unmanaged(&mut self, key: &Key, item: &Item) -> Option<Defaults> {
+        if let Item::Value(Value::String(_)) = item {
+            let a = self.action(key, item, false)?;
+            return Some(Defaults {
+                ingress: a,
+                egress: a,
+            });
+        }
+        let Some(body) = entries(item) else {
+            self.wrong_type(
+                key,
+                item,
+                "\"allow\", \"deny\" or a table",
+                Some("write it as unmanaged = { ingress = \"deny\", egress = \"allow\" }".into()),
+            );
+            return None;
+        };
+        let mut d = Defaults::ALLOW;
+        let mut ok = true;
+        for (k, v) in body {
+            match k.get() {
+                "ingress" => match self.action(k, v, false) {
+                    Some(a) => d.ingress = a,
+                    None => ok = false,
+                },
+                "egress" => match self.action(k, v, false) {
+                    Some(a) => d.egress = a,
+                    None => ok = false,
+                },
+                _ => {
+                    ok = false;
+                    self.unknown_key(k, UNMANAGED_KEYS, "in \"unmanaged\"");
+                }
+            }
+        }
+        ok.then_some(d)
     }
 
     fn groups(&mut self, key: &Key, item: &Item, out: &mut Vec<Group>) {
@@ -470,6 +643,17 @@ impl Walker<'_> {
                     .at(location.clone())
                     .label("empty name"),
             );
+        } else if looks_like_cidr(&name) {
+            ok = false;
+            self.diags.push(
+                Diagnostic::error(
+                    Kind::ReservedName,
+                    format!("group name \"{name}\" looks like an address block"),
+                )
+                .at(location.clone())
+                .label("rules would read this as addresses")
+                .help("give the group a name that is not an address, like \"office-net\""),
+            );
         }
         let Some(body) = entries(item) else {
             self.wrong_type(
@@ -483,100 +667,341 @@ impl Walker<'_> {
         let context = format!("in group \"{name}\"");
         let mut group = Group {
             name: name.clone(),
-            network: None,
-            labels: BTreeMap::new(),
-            names: Vec::new(),
+            selector: Selector::new(location.clone()),
             ingress: Action::Allow,
             egress: Action::Allow,
+            fail_closed: false,
             location: location.clone(),
         };
+        let mut selector_body = Vec::new();
+        let mut fail_closed_at = None;
         for (k, v) in body {
             match k.get() {
-                "network" => match self.string(k, v) {
-                    Some(s) => group.network = Some(s.value),
-                    None => ok = false,
-                },
-                "labels" => match self.labels(k, v) {
-                    Some(labels) => group.labels = labels,
-                    None => ok = false,
-                },
-                "names" => match self.strings(k, v, "[\"web\", \"web-*\"]") {
-                    Some(names) if names.is_empty() => {
-                        ok = false;
-                        self.diags.push(
-                            Diagnostic::error(Kind::BadValue, "\"names\" is empty")
-                                .at(self.item_loc(k, v))
-                                .label("this would select no container")
-                                .help("list at least one container name, or remove `names`"),
-                        );
-                    }
-                    Some(names) => group.names = names.into_iter().map(|s| s.value).collect(),
-                    None => ok = false,
-                },
-                "ingress" => match self.action(k, v) {
+                "ingress" => match self.action(k, v, false) {
                     Some(a) => group.ingress = a,
                     None => ok = false,
                 },
-                "egress" => match self.action(k, v) {
+                "egress" => match self.action(k, v, false) {
                     Some(a) => group.egress = a,
                     None => ok = false,
                 },
-                _ => {
-                    ok = false;
-                    self.unknown_key(k, GROUP_KEYS, &context);
-                }
+                "fail_closed" => match self.boolean(k, v) {
+                    Some(b) => {
+                        group.fail_closed = b;
+                        fail_closed_at = Some(self.item_loc(k, v));
+                    }
+                    None => ok = false,
+                },
+                _ => selector_body.push((k, v)),
             }
         }
+        ok &= self.selector_into(&mut group.selector, selector_body, GROUP_KEYS, &context);
         // Only when the body read cleanly: a misspelt `network` should not
         // also produce "empty selector".
-        if ok && group.network.is_none() && group.labels.is_empty() && group.names.is_empty() {
+        if ok && group.selector.is_empty() {
             self.diags.push(
                 Diagnostic::error(
                     Kind::EmptySelector,
                     format!("group \"{name}\" selects nothing"),
                 )
-                .at(location)
-                .label("no network, labels or names")
+                .at(location.clone())
+                .label("no network, labels, compose, names, image, all or any")
                 .help(
                     "add at least one of `network = \"NET\"`, `labels = { KEY = \"VALUE\" }`, \
-                         `names = [\"NAME\"]`",
+                     `compose = { project = \"P\" }`, `names = [\"NAME\"]`, `image = \"IMAGE\"`",
                 ),
             );
+        }
+        if let (true, Some(at)) = (group.fail_closed, fail_closed_at) {
+            if group.selector.required_networks().is_none() {
+                self.diags.push(
+                    Diagnostic::error(
+                        Kind::FailClosedNetwork,
+                        format!("fail-closed group \"{name}\" names no network"),
+                    )
+                    .at(at)
+                    .label("needs `network` in the group")
+                    .help(
+                        "when a container starts, netiso sees its veth and the veth's network \
+                         before it knows the container's labels or name; add \
+                         `network = \"NET\"` so that new containers on that network can be held \
+                         closed until they are classified",
+                    ),
+                );
+            }
         }
         // A group with errors is still returned so that rules naming it do
         // not also report "unknown group"; the errors stop the load anyway.
         Some(group)
     }
 
-    fn labels(&mut self, key: &Key, item: &Item) -> Option<BTreeMap<String, String>> {
+    /// Reads selector criteria into `sel`. Returns false if any had an error.
+    fn selector_into(
+        &mut self,
+        sel: &mut Selector,
+        body: Vec<(&Key, &Item)>,
+        allowed: &[&str],
+        context: &str,
+    ) -> bool {
+        let mut ok = true;
+        for (k, v) in body {
+            match k.get() {
+                "network" => match self.one_or_more(k, v, "\"shop\"") {
+                    Some(list) => sel.networks = list.into_iter().map(|s| s.value).collect(),
+                    None => ok = false,
+                },
+                "labels" => match self.labels(k, v) {
+                    Some(labels) => sel.labels.extend(labels),
+                    None => ok = false,
+                },
+                "compose" => match self.compose(k, v) {
+                    Some(labels) => sel.labels.extend(labels),
+                    None => ok = false,
+                },
+                "names" => match self.one_or_more(k, v, "[\"web\", \"web-*\"]") {
+                    Some(list) => {
+                        sel.names = list.into_iter().map(|s| s.value).collect();
+                        sel.names_location = Some(self.key_loc(k));
+                    }
+                    None => ok = false,
+                },
+                "image" => match self.one_or_more(k, v, "\"postgres:*\"") {
+                    Some(list) => {
+                        sel.images = list.into_iter().map(|s| s.value).collect();
+                        sel.images_location = Some(self.key_loc(k));
+                    }
+                    None => ok = false,
+                },
+                "all" => match self.selector_list(k, v) {
+                    Some(list) => sel.all = list,
+                    None => ok = false,
+                },
+                "any" => match self.selector_list(k, v) {
+                    Some(list) => sel.any = list,
+                    None => ok = false,
+                },
+                _ => {
+                    ok = false;
+                    self.unknown_key(k, allowed, context);
+                }
+            }
+        }
+        ok
+    }
+
+    /// `all = [ { ... }, { ... } ]` or `[[groups.NAME.any]]` tables.
+    fn selector_list(&mut self, key: &Key, item: &Item) -> Option<Vec<Selector>> {
+        let mut tables: Vec<(Vec<(&Key, &Item)>, Location)> = Vec::new();
+        let mut ok = true;
+        match item {
+            Item::ArrayOfTables(arr) => {
+                for t in arr.iter() {
+                    let body = t.iter().filter_map(|(k, _)| t.get_key_value(k)).collect();
+                    tables.push((body, self.loc(t.span().or_else(|| key.span()))));
+                }
+            }
+            Item::Value(Value::Array(arr)) => {
+                for v in arr.iter() {
+                    let loc = self.loc(v.span());
+                    match v {
+                        Value::InlineTable(t) => {
+                            let body = t.iter().filter_map(|(k, _)| t.get_key_value(k)).collect();
+                            tables.push((body, loc));
+                        }
+                        other => {
+                            ok = false;
+                            let found = other.type_name();
+                            self.diags.push(
+                                Diagnostic::error(
+                                    Kind::BadValue,
+                                    format!("every entry of \"{}\" must be a table", key.get()),
+                                )
+                                .at(loc)
+                                .label(format!("found {} {found}", a_or_an(found)))
+                                .help(format!(
+                                    "write it as {} = [{{ network = \"a\" }}, {{ labels = {{ app = \"b\" }} }}]",
+                                    key.get()
+                                )),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {
+                self.wrong_type(
+                    key,
+                    item,
+                    "an array of selector tables",
+                    Some(format!(
+                        "write it as {} = [{{ network = \"a\" }}, {{ labels = {{ app = \"b\" }} }}]",
+                        key.get()
+                    )),
+                );
+                return None;
+            }
+        }
+        if ok && tables.is_empty() {
+            self.diags.push(
+                Diagnostic::error(Kind::BadValue, format!("\"{}\" is empty", key.get()))
+                    .at(self.item_loc(key, item))
+                    .label("needs at least one selector table")
+                    .help(format!(
+                        "list at least one selector, or remove `{}`",
+                        key.get()
+                    )),
+            );
+            return None;
+        }
+        let context = format!("in an entry of \"{}\"", key.get());
+        let mut out = Vec::new();
+        for (body, loc) in tables {
+            let mut sel = Selector::new(loc.clone());
+            let clean = self.selector_into(&mut sel, body, SELECTOR_KEYS, &context);
+            ok &= clean;
+            if clean && sel.is_empty() {
+                ok = false;
+                self.diags.push(
+                    Diagnostic::error(
+                        Kind::EmptySelector,
+                        format!("an entry of \"{}\" selects nothing", key.get()),
+                    )
+                    .at(loc)
+                    .label("empty selector")
+                    .help(format!("give it a criterion: {}", SELECTOR_KEYS.join(", "))),
+                );
+            }
+            out.push(sel);
+        }
+        ok.then_some(out)
+    }
+
+    /// `labels = { app = "web", tier = ["a", "b"], monitored = true }`.
+    fn labels(&mut self, key: &Key, item: &Item) -> Option<Vec<LabelMatch>> {
         let Some(body) = entries(item) else {
             self.wrong_type(
                 key,
                 item,
-                "a table of strings",
+                "a table",
                 Some("write it as labels = { app = \"web\" }".into()),
             );
             return None;
         };
-        let mut labels = BTreeMap::new();
+        let mut labels = Vec::new();
         let mut ok = true;
         for (k, v) in body {
-            match v {
-                Item::Value(Value::String(s)) => {
-                    labels.insert(k.get().to_string(), s.value().clone());
-                }
-                _ => {
-                    ok = false;
-                    self.wrong_type(
-                        k,
-                        v,
-                        "a string (label values are compared as text)",
-                        Some(format!("write it as \"{}\" = \"VALUE\"", k.get())),
+            let help = format!(
+                "write \"{0}\" = \"VALUE\" (equal), \"{0}\" = [\"A\", \"B\"] (one of) \
+                 or \"{0}\" = true (present)",
+                k.get()
+            );
+            let test = match v {
+                Item::Value(Value::String(s)) => Some(LabelTest::Equals(s.value().clone())),
+                Item::Value(Value::Boolean(b)) if *b.value() => Some(LabelTest::Exists),
+                Item::Value(Value::Boolean(_)) => {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Kind::BadValue,
+                            format!("label \"{}\" cannot be false", k.get()),
+                        )
+                        .at(self.item_loc(k, v))
+                        .label("selecting by a missing label is not supported")
+                        .help(
+                            "select the containers you mean by what they have: another label, \
+                             a name, an image or a network",
+                        ),
                     );
+                    None
                 }
+                Item::Value(Value::Array(_)) => match self.strings(k, v, "[\"a\", \"b\"]") {
+                    Some(list) if list.is_empty() => {
+                        self.diags.push(
+                            Diagnostic::error(
+                                Kind::BadValue,
+                                format!("label \"{}\" has an empty list of values", k.get()),
+                            )
+                            .at(self.item_loc(k, v))
+                            .label("no value can match")
+                            .help(help.clone()),
+                        );
+                        None
+                    }
+                    Some(list) => Some(LabelTest::OneOf(
+                        list.into_iter().map(|s| s.value).collect(),
+                    )),
+                    None => None,
+                },
+                _ => {
+                    self.wrong_type(k, v, "a string, an array of strings or true", Some(help));
+                    None
+                }
+            };
+            match test {
+                Some(test) => labels.push(LabelMatch {
+                    key: k.get().to_string(),
+                    test,
+                    location: self.key_loc(k),
+                }),
+                None => ok = false,
             }
         }
+        if ok && labels.is_empty() {
+            // An empty `labels = {}` adds no criterion; if nothing else
+            // does, the group reports "selects nothing".
+        }
         ok.then_some(labels)
+    }
+
+    /// `compose = { project = "shop", service = ["db", "cache"] }`: the
+    /// labels Docker Compose puts on its containers.
+    fn compose(&mut self, key: &Key, item: &Item) -> Option<Vec<LabelMatch>> {
+        let Some(body) = entries(item) else {
+            self.wrong_type(
+                key,
+                item,
+                "a table",
+                Some("write it as compose = { project = \"shop\", service = \"db\" }".into()),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (k, v) in body {
+            let label = match k.get() {
+                "project" => COMPOSE_PROJECT,
+                "service" => COMPOSE_SERVICE,
+                _ => {
+                    ok = false;
+                    self.unknown_key(k, COMPOSE_KEYS, "in \"compose\"");
+                    continue;
+                }
+            };
+            match self.one_or_more(k, v, "\"shop\"") {
+                Some(list) => {
+                    let mut values: Vec<String> = list.into_iter().map(|s| s.value).collect();
+                    let test = if values.len() == 1 {
+                        LabelTest::Equals(values.remove(0))
+                    } else {
+                        LabelTest::OneOf(values)
+                    };
+                    out.push(LabelMatch {
+                        key: label.to_string(),
+                        test,
+                        location: self.key_loc(k),
+                    });
+                }
+                None => ok = false,
+            }
+        }
+        if ok && out.is_empty() {
+            self.diags.push(
+                Diagnostic::error(Kind::EmptySelector, "\"compose\" is empty")
+                    .at(self.item_loc(key, item))
+                    .label("no project or service")
+                    .help("write compose = { project = \"shop\" } and/or service = \"db\""),
+            );
+            return None;
+        }
+        ok.then_some(out)
     }
 
     fn rules(&mut self, key: &Key, item: &Item, out: &mut Vec<RawRule>) {
@@ -638,22 +1063,22 @@ impl Walker<'_> {
             }
             match k.get() {
                 "from" => {
-                    rule.from = self.string(k, v);
+                    rule.from = self.peer(k, v);
                     rule.broken |= rule.from.is_none();
                 }
                 "to" => {
-                    rule.to = self.string(k, v);
+                    rule.to = self.peer(k, v);
                     rule.broken |= rule.to.is_none();
                 }
                 "ports" => match self.ports(k, v) {
                     Some((specs, text)) => {
-                        rule.ports = Some(specs);
+                        rule.ports = specs;
                         rule.ports_text = text;
                     }
                     None => rule.broken = true,
                 },
                 "action" => {
-                    rule.action = self.action(k, v);
+                    rule.action = self.action(k, v, true);
                     rule.broken |= rule.action.is_none();
                 }
                 "description" => {
@@ -669,7 +1094,145 @@ impl Walker<'_> {
         rule
     }
 
-    fn ports(&mut self, key: &Key, item: &Item) -> Option<(Vec<PortSpec>, String)> {
+    /// A group name, `world`, `host`, an address block as a string, or
+    /// `{ cidr = "...", except = [...] }`.
+    fn peer(&mut self, key: &Key, item: &Item) -> Option<Sp<RawPeer>> {
+        if let Item::Value(Value::String(_)) = item {
+            let s = self.string(key, item)?;
+            if !looks_like_cidr(&s.value) {
+                return Some(Sp {
+                    value: RawPeer::Named(s.value),
+                    loc: s.loc,
+                });
+            }
+            let cidr = self.cidr(&s)?;
+            return Some(Sp {
+                value: RawPeer::Cidr(CidrPeer::new(vec![cidr], Vec::new())),
+                loc: s.loc,
+            });
+        }
+        let Some(body) = entries(item) else {
+            self.wrong_type(
+                key,
+                item,
+                "a string or a table",
+                Some(format!(
+                    "write it as {0} = \"GROUP\", {0} = \"198.18.0.0/15\" or \
+                     {0} = {{ cidr = \"198.18.0.0/15\", except = [\"198.18.5.0/24\"] }}",
+                    key.get()
+                )),
+            );
+            return None;
+        };
+        let loc = self.item_loc(key, item);
+        let (mut cidrs, mut except) = (Vec::new(), Vec::new());
+        let mut ok = true;
+        let mut except_at = Vec::new();
+        for (k, v) in body {
+            let out = match k.get() {
+                "cidr" => &mut cidrs,
+                "except" => &mut except,
+                _ => {
+                    ok = false;
+                    self.unknown_key(k, CIDR_PEER_KEYS, &format!("in \"{}\"", key.get()));
+                    continue;
+                }
+            };
+            let is_except = k.get() == "except";
+            let list = match (v, is_except) {
+                // An empty `except = []` excludes nothing: fine.
+                (Item::Value(Value::Array(a)), true) if a.is_empty() => Some(Vec::new()),
+                _ => self.one_or_more(k, v, "\"198.18.0.0/15\""),
+            };
+            let Some(list) = list else {
+                ok = false;
+                continue;
+            };
+            for s in list {
+                match self.cidr(&s) {
+                    Some(c) => {
+                        out.push(c);
+                        if is_except {
+                            except_at.push((c, s.loc));
+                        }
+                    }
+                    None => ok = false,
+                }
+            }
+        }
+        if ok && cidrs.is_empty() {
+            self.diags.push(
+                Diagnostic::error(
+                    Kind::MissingKey,
+                    format!("\"{}\" has no \"cidr\"", key.get()),
+                )
+                .at(loc.clone())
+                .label("\"cidr\" is missing")
+                .help("add cidr = \"198.18.0.0/15\" (or a list of blocks)"),
+            );
+            return None;
+        }
+        for (e, at) in &except_at {
+            if cidrs
+                .iter()
+                .any(|c| c.covers(e) && c.prefix_len < e.prefix_len)
+            {
+                continue;
+            }
+            ok = false;
+            let (label, help) = if cidrs.contains(e) {
+                (
+                    "this removes the whole block".to_string(),
+                    format!("remove {e} from `cidr`, or except a smaller block inside it"),
+                )
+            } else {
+                (
+                    format!(
+                        "not inside {}",
+                        cidrs
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ),
+                    "an exception must be a smaller block inside one of the `cidr` blocks"
+                        .to_string(),
+                )
+            };
+            self.diags.push(
+                Diagnostic::error(
+                    Kind::BadCidr,
+                    format!("exception {e} is not a part of the block"),
+                )
+                .at(at.clone())
+                .label(label)
+                .help(help),
+            );
+        }
+        ok.then(|| Sp {
+            value: RawPeer::Cidr(CidrPeer::new(cidrs, except)),
+            loc,
+        })
+    }
+
+    fn cidr(&mut self, s: &Sp<String>) -> Option<Cidr> {
+        match Cidr::parse(&s.value) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.diags.push(
+                    Diagnostic::error(Kind::BadCidr, e.message)
+                        .at(s.loc.clone())
+                        .label(e.label)
+                        .help(e.help),
+                );
+                None
+            }
+        }
+    }
+
+    /// The rule's ports: `None` for every protocol and port (`"any"`).
+    #[allow(clippy::type_complexity)]
+    fn ports(&mut self, key: &Key, item: &Item) -> Option<(Option<Vec<PortSpec>>, String)> {
         let entries = self.strings(key, item, "[\"443/tcp\", \"53/udp\"]")?;
         if entries.is_empty() {
             self.diags.push(
@@ -677,14 +1240,20 @@ impl Walker<'_> {
                     .at(self.item_loc(key, item))
                     .label("this would match no packet")
                     .help(
-                        "list at least one port, or omit `ports` to match every protocol and port",
+                        "list at least one port, or write [\"any\"] (or omit `ports`) to match \
+                         every protocol and port",
                     ),
             );
             return None;
         }
         let mut specs = Vec::new();
         let mut ok = true;
+        let mut any_at = None;
         for e in &entries {
+            if e.value.eq_ignore_ascii_case("any") {
+                any_at = Some(e.loc.clone());
+                continue;
+            }
             match parse_port(&e.value) {
                 Ok(spec) => specs.push(spec),
                 Err(err) => {
@@ -708,6 +1277,29 @@ impl Walker<'_> {
             .map(|e| e.value.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        ok.then_some((specs, text))
+        if let (Some(at), true) = (any_at.clone(), entries.len() > 1) {
+            self.diags.push(
+                Diagnostic::warning(
+                    Kind::RedundantPort,
+                    "\"any\" already covers every protocol and port",
+                )
+                .at(at)
+                .label("the other entries add nothing")
+                .help("keep only \"any\", or remove it to cover just the listed ports"),
+            );
+            return ok.then_some((None, text));
+        }
+        if any_at.is_some() {
+            return ok.then_some((None, text));
+        }
+        ok.then_some((Some(specs), text))
+    }
+}
+
+fn quoted_or(words: &[&str]) -> String {
+    let q: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+    match q.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => q.join(""),
     }
 }

@@ -11,10 +11,23 @@ pub enum Proto {
     Udp,
     /// ICMP for IPv4 and ICMPv6: people write "icmp" and mean ping on both.
     Icmp,
+    /// ICMP for IPv4 only.
+    Icmpv4,
+    /// ICMPv6 only.
+    Icmpv6,
 }
 
+/// Protocol numbers rules can name (every `Proto::numbers` is drawn from these).
+pub const NAMED_NUMBERS: [u8; 4] = [proto::ICMP, proto::TCP, proto::UDP, proto::ICMPV6];
+
 impl Proto {
-    pub const ALL: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+    pub const ALL: [Proto; 5] = [
+        Proto::Tcp,
+        Proto::Udp,
+        Proto::Icmp,
+        Proto::Icmpv4,
+        Proto::Icmpv6,
+    ];
 
     /// Protocol numbers as used in policy keys.
     pub const fn numbers(self) -> &'static [u8] {
@@ -22,11 +35,9 @@ impl Proto {
             Self::Tcp => &[proto::TCP],
             Self::Udp => &[proto::UDP],
             Self::Icmp => &[proto::ICMP, proto::ICMPV6],
+            Self::Icmpv4 => &[proto::ICMP],
+            Self::Icmpv6 => &[proto::ICMPV6],
         }
-    }
-
-    pub fn from_number(n: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.numbers().contains(&n))
     }
 
     /// Whether the protocol has ports a rule can name.
@@ -39,10 +50,12 @@ impl Proto {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::Icmp => "icmp",
+            Self::Icmpv4 => "icmpv4",
+            Self::Icmpv6 => "icmpv6",
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(s))
@@ -105,8 +118,8 @@ pub struct PortError {
     pub help: String,
 }
 
-const EXPECTED: &str =
-    "expected N/tcp, N/udp, A-B/tcp, A-B/udp, tcp, udp or icmp (for example \"443/tcp\")";
+const EXPECTED: &str = "expected N/tcp, N/udp, A-B/tcp, A-B/udp, tcp, udp, icmp, icmpv4, icmpv6 \
+     or any (for example \"443/tcp\")";
 
 fn bad(message: String, label: &str, help: String) -> PortError {
     PortError {
@@ -125,8 +138,8 @@ pub fn parse_port(text: &str) -> Result<PortSpec, PortError> {
     let Some((ports, proto_text)) = text.split_once('/') else {
         let help = if parse_number(text).is_some() || text.contains('-') {
             format!("add the protocol, for example \"{text}/tcp\"; {EXPECTED}")
-        } else if text.eq_ignore_ascii_case("any") || text == "*" {
-            "omit `ports` to match every protocol and port".to_string()
+        } else if text == "*" {
+            "write \"any\" (or omit `ports`) to match every protocol and port".to_string()
         } else {
             EXPECTED.to_string()
         };
@@ -194,13 +207,14 @@ fn parse_number(s: &str) -> Option<u32> {
 }
 
 /// A set of (protocol, port) a rule covers, for deciding whether one rule
-/// hides another.
+/// hides another. Protocols are kept as numbers, since `icmp` covers both
+/// `icmpv4` and `icmpv6`.
 #[derive(Clone, Debug, Default)]
 pub struct PortSet {
     /// Every protocol and port (a rule without `ports`).
     pub any: bool,
-    whole: Vec<Proto>,
-    ranges: Vec<(Proto, u16, u16)>,
+    whole: Vec<u8>,
+    ranges: Vec<(u8, u16, u16)>,
 }
 
 impl PortSet {
@@ -210,8 +224,12 @@ impl PortSet {
             Some(specs) => {
                 for spec in specs {
                     match *spec {
-                        PortSpec::Proto(p) => self.whole.push(p),
-                        PortSpec::Range { proto, lo, hi } => self.ranges.push((proto, lo, hi)),
+                        PortSpec::Proto(p) => self.whole.extend_from_slice(p.numbers()),
+                        PortSpec::Range { proto, lo, hi } => {
+                            for &n in proto.numbers() {
+                                self.ranges.push((n, lo, hi));
+                            }
+                        }
                     }
                 }
             }
@@ -227,14 +245,15 @@ impl PortSet {
             return false;
         };
         specs.iter().all(|spec| match *spec {
-            PortSpec::Proto(p) => self.whole.contains(&p),
-            PortSpec::Range { proto, lo, hi } => {
-                self.whole.contains(&proto) || self.ranges_cover(proto, lo, hi)
-            }
+            PortSpec::Proto(p) => p.numbers().iter().all(|n| self.whole.contains(n)),
+            PortSpec::Range { proto, lo, hi } => proto
+                .numbers()
+                .iter()
+                .all(|&n| self.whole.contains(&n) || self.ranges_cover(n, lo, hi)),
         })
     }
 
-    fn ranges_cover(&self, proto: Proto, lo: u16, hi: u16) -> bool {
+    fn ranges_cover(&self, proto: u8, lo: u16, hi: u16) -> bool {
         let mut ranges: Vec<(u16, u16)> = self
             .ranges
             .iter()
@@ -255,6 +274,30 @@ impl PortSet {
         }
         false
     }
+}
+
+/// Whether two port lists share some (protocol, port).
+pub fn overlap(a: Option<&[PortSpec]>, b: Option<&[PortSpec]>) -> bool {
+    let (Some(x), Some(y)) = (a, b) else {
+        return true;
+    };
+    x.iter().any(|s| {
+        y.iter().any(|t| {
+            s.proto()
+                .numbers()
+                .iter()
+                .any(|n| t.proto().numbers().contains(n))
+                && match (*s, *t) {
+                    (
+                        PortSpec::Range { lo, hi, .. },
+                        PortSpec::Range {
+                            lo: lo2, hi: hi2, ..
+                        },
+                    ) => lo <= hi2 && lo2 <= hi,
+                    _ => true,
+                }
+        })
+    })
 }
 
 #[cfg(test)]
@@ -301,7 +344,8 @@ mod tests {
             .unwrap_err()
             .label
             .contains("no ports"));
-        assert!(parse_port("any").unwrap_err().help.contains("omit"));
+        assert!(parse_port("*").unwrap_err().help.contains("\"any\""));
+        assert_eq!(parse_port("ICMPv6"), Ok(PortSpec::Proto(Proto::Icmpv6)));
         assert!(!parse_port("8o/tcp").unwrap_err().range);
         assert!(!parse_port("-5/tcp").unwrap_err().range);
         let e = parse_port("0/tcp").unwrap_err();
@@ -325,6 +369,10 @@ mod tests {
         assert!(!set.contains(Some(&[range(Proto::Tcp, 50, 201)])));
         assert!(!set.contains(Some(&[PortSpec::Proto(Proto::Tcp)])));
         assert!(!set.contains(None));
+        let icmp = PortSet::of(Some(&[PortSpec::Proto(Proto::Icmp)]));
+        assert!(icmp.contains(Some(&[PortSpec::Proto(Proto::Icmpv6)])));
+        let v4 = PortSet::of(Some(&[PortSpec::Proto(Proto::Icmpv4)]));
+        assert!(!v4.contains(Some(&[PortSpec::Proto(Proto::Icmp)])));
         let whole = PortSet::of(Some(&[PortSpec::Proto(Proto::Udp)]));
         assert!(whole.contains(Some(&[range(Proto::Udp, 1, 65535)])));
         assert!(PortSet::of(None).contains(None));

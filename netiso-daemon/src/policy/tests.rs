@@ -89,30 +89,37 @@ action = "deny"
 #[test]
 fn parses_every_construct() {
     let p = parse_str(FULL, "full.toml").unwrap();
-    assert_eq!(p.settings.unmanaged, Action::Allow);
+    assert_eq!(p.settings.unmanaged, Defaults::ALLOW);
     assert_eq!(p.sources, ["full.toml"]);
     assert_eq!(p.groups.len(), 3);
     let web = &p.groups[0];
     assert_eq!(web.name, "web");
-    assert_eq!(web.network.as_deref(), Some("shop"));
+    assert_eq!(web.selector.networks, ["shop"]);
+    let labels: BTreeMap<&str, &LabelTest> = web
+        .selector
+        .labels
+        .iter()
+        .map(|l| (l.key.as_str(), &l.test))
+        .collect();
     assert_eq!(
-        web.labels,
+        labels,
         BTreeMap::from([
-            ("app".to_string(), "web".to_string()),
-            ("tier".to_string(), "front".to_string())
+            ("app", &LabelTest::Equals("web".to_string())),
+            ("tier", &LabelTest::Equals("front".to_string()))
         ])
     );
-    assert_eq!(web.names, ["web", "web-*"]);
+    assert_eq!(web.selector.names, ["web", "web-*"]);
     assert_eq!((web.ingress, web.egress), (Action::Deny, Action::Allow));
     assert_eq!(web.location.to_string(), "full.toml:5:9");
     let db = p.group("db").unwrap();
-    assert_eq!(db.labels["app"], "db");
+    assert_eq!(db.selector.labels[0].key, "app");
+    assert_eq!(db.selector.labels[0].test, LabelTest::Equals("db".into()));
     assert_eq!((db.ingress, db.egress), (Action::Allow, Action::Allow));
     assert_eq!(p.group("db-admin").unwrap().egress, Action::Deny);
 
     assert_eq!(p.rules.len(), 3);
     let r = &p.rules[0];
-    assert_eq!((r.id, r.from.as_str(), r.to.as_str()), (1, "web", "db"));
+    assert_eq!((r.id, r.from.name(), r.to.name()), (1, "web", "db"));
     assert_eq!(
         r.ports.as_deref(),
         Some(
@@ -145,7 +152,7 @@ fn parses_every_construct() {
     assert_eq!(p.rules[1].ports_text, "any");
     assert_eq!((p.rules[2].id, p.rules[2].action), (3, Action::Deny));
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-    assert_eq!(p.rule(2).unwrap().from, "world");
+    assert_eq!(p.rule(2).unwrap().from, Peer::World);
     assert!(p.rule(0).is_none());
 }
 
@@ -324,10 +331,10 @@ fn empty_selectors_are_errors() {
          \x20--> p.toml:1:9\n\
          \x20 |\n\
          1 | [groups.web]\n\
-         \x20 |         ^^^ no network, labels or names\n\
+         \x20 |         ^^^ no network, labels, compose, names, image, all or any\n\
          \x20 |\n\
          \x20 = help: add at least one of `network = \"NET\"`, `labels = { KEY = \"VALUE\" }`, \
-         `names = [\"NAME\"]`\n\
+         `compose = { project = \"P\" }`, `names = [\"NAME\"]`, `image = \"IMAGE\"`\n\
          \n\
          error: the policy was rejected because of the error above"
     );
@@ -349,7 +356,7 @@ fn bad_ports_are_errors() {
          \x20 |                    ^^^^^^^^^ unknown protocol \"tcpp\"\n\
          \x20 |\n\
          \x20 = help: did you mean \"80/tcp\"? expected N/tcp, N/udp, A-B/tcp, A-B/udp, \
-         tcp, udp or icmp (for example \"443/tcp\")\n\
+         tcp, udp, icmp, icmpv4, icmpv6 or any (for example \"443/tcp\")\n\
          \n\
          error: the policy was rejected because of the error above"
     );
@@ -431,7 +438,7 @@ fn wrong_values_and_missing_keys() {
     );
     assert_eq!(kinds("[rules]\nfrom = \"world\"\n"), [Kind::BadValue]);
     assert_eq!(
-        kinds("[settings]\nunmanaged = \"deny\"\n"),
+        kinds("[settings]\nunmanaged = \"audit\"\n"),
         [Kind::BadValue]
     );
     assert_eq!(kinds("groups = 3\n"), [Kind::BadValue]);
@@ -562,8 +569,8 @@ fn files_in_a_directory_merge_in_name_order() {
     assert_eq!(p.sources.len(), 2);
     assert!(p.sources[0].ends_with("10-groups.toml"));
     // Rule ids follow file order: the first file's rule is rule 1.
-    assert_eq!((p.rules[0].id, p.rules[0].from.as_str()), (1, "world"));
-    assert_eq!((p.rules[1].id, p.rules[1].from.as_str()), (2, "web"));
+    assert_eq!((p.rules[0].id, p.rules[0].from.name()), (1, "world"));
+    assert_eq!((p.rules[1].id, p.rules[1].from.name()), (2, "web"));
     assert!(p.rules[1].location.file.ends_with("20-rules.toml"));
 
     // The same file also loads on its own.
@@ -713,4 +720,628 @@ fn restored_identities_keep_their_numbers_and_new_ones_follow() {
     assert_eq!(ids.identity_of(&["frontend".to_string()]), 301);
     assert_eq!(ids.get(&["ignored".to_string()]), None);
     assert_eq!(ids.iter().count(), 2);
+}
+
+const SELECTORS: &str = r#"
+[groups.db]
+labels = { app = ["postgres", "mysql"], backup = true }
+image = ["postgres:*", "mysql:8"]
+
+[groups.shop]
+compose = { project = "shop", service = ["web", "api"] }
+
+[groups.edge]
+network = ["front", "dmz"]
+names = "edge-*"
+
+[groups.mixed]
+all = [{ labels = { tier = "a" } }, { network = "front" }]
+any = [{ names = ["x-*"] }, { image = "busybox*" }, { compose = { project = "legacy" } }]
+
+[[groups.tables.any]]
+labels = { team = "red" }
+
+[[groups.tables.any]]
+labels = { team = "blue" }
+network = "front"
+
+[[rules]]
+from = "shop"
+to = "db"
+action = "allow"
+
+[[rules]]
+from = "edge"
+to = "mixed"
+action = "allow"
+
+[[rules]]
+from = "tables"
+to = "edge"
+action = "allow"
+"#;
+
+fn with_image(mut c: Container, image: &str) -> Container {
+    c.image = image.to_string();
+    c
+}
+
+#[test]
+fn selectors_of_every_kind() {
+    let p = parse_str(SELECTORS, "sel.toml").unwrap();
+    assert!(p.warnings.is_empty(), "{}", render(&p.warnings));
+    let db = p.group("db").unwrap();
+    assert_eq!(
+        db.selector.labels[0].test,
+        LabelTest::OneOf(vec!["postgres".into(), "mysql".into()])
+    );
+    assert_eq!(db.selector.labels[1].test, LabelTest::Exists);
+    assert_eq!(db.selector.labels[1].location.to_string(), "sel.toml:3:41");
+    let shop = p.group("shop").unwrap();
+    assert_eq!(shop.selector.labels[0].key, COMPOSE_PROJECT);
+    assert_eq!(shop.selector.labels[1].key, COMPOSE_SERVICE);
+    assert_eq!(p.group("edge").unwrap().selector.names, ["edge-*"]);
+    let tables = p.group("tables").unwrap();
+    assert_eq!(tables.selector.any.len(), 2);
+    assert_eq!(tables.selector.any[1].location.to_string(), "sel.toml:20:1");
+
+    // Labels: in-set and existence; image globs.
+    let pg = with_image(
+        container("pg", &[("app", "postgres"), ("backup", "")], &["n"]),
+        "postgres:16",
+    );
+    assert_eq!(p.groups_of(&pg), ["db"]);
+    let no_backup = with_image(
+        container("pg", &[("app", "postgres")], &["n"]),
+        "postgres:16",
+    );
+    assert!(p.groups_of(&no_backup).is_empty());
+    let other_app = with_image(
+        container("pg", &[("app", "redis"), ("backup", "y")], &["n"]),
+        "postgres:16",
+    );
+    assert!(p.groups_of(&other_app).is_empty());
+    let wrong_image = with_image(
+        container("m", &[("app", "mysql"), ("backup", "y")], &["n"]),
+        "mysql:5",
+    );
+    assert!(p.groups_of(&wrong_image).is_empty());
+    // Compose sugar.
+    let web = container(
+        "shop-web-1",
+        &[(COMPOSE_PROJECT, "shop"), (COMPOSE_SERVICE, "web")],
+        &["shop_default"],
+    );
+    assert_eq!(p.groups_of(&web), ["shop"]);
+    let worker = container(
+        "w",
+        &[(COMPOSE_PROJECT, "shop"), (COMPOSE_SERVICE, "worker")],
+        &[],
+    );
+    assert!(p.groups_of(&worker).is_empty());
+    // Network lists, name strings.
+    assert_eq!(p.groups_of(&container("edge-1", &[], &["dmz"])), ["edge"]);
+    assert!(p.groups_of(&container("edge-1", &[], &["back"])).is_empty());
+    // all + any.
+    let m = container("x-1", &[("tier", "a")], &["front"]);
+    assert_eq!(p.groups_of(&m), ["edge", "mixed"].map(String::from)[1..]);
+    let m = with_image(container("y", &[("tier", "a")], &["front"]), "busybox:1");
+    assert_eq!(p.groups_of(&m), ["mixed"]);
+    let m = container(
+        "y",
+        &[("tier", "a"), (COMPOSE_PROJECT, "legacy")],
+        &["front"],
+    );
+    assert_eq!(p.groups_of(&m), ["mixed"]);
+    assert!(p
+        .groups_of(&container("y", &[("tier", "a")], &["front"]))
+        .is_empty());
+    assert!(p
+        .groups_of(&container("x-1", &[("tier", "b")], &["front"]))
+        .is_empty());
+    // [[groups.NAME.any]] tables; several groups at once.
+    let red = container("edge-2", &[("team", "red")], &["dmz"]);
+    assert_eq!(p.groups_of(&red), ["edge", "tables"]);
+    assert!(p
+        .groups_of(&container("b", &[("team", "blue")], &["dmz"]))
+        .is_empty());
+}
+
+#[test]
+fn selector_errors_point_at_the_criterion() {
+    assert_contains(
+        &errors("[groups.a]\nlabels = { app = false }\n"),
+        &[
+            "error[bad-value]: label \"app\" cannot be false",
+            "--> p.toml:2:18",
+            "selecting by a missing label is not supported",
+        ],
+    );
+    assert_contains(
+        &errors("[groups.a]\nlabels = { app = [] }\n"),
+        &[
+            "label \"app\" has an empty list of values",
+            "--> p.toml:2:18",
+        ],
+    );
+    assert_contains(
+        &errors("[groups.a]\nlabels = { app = 3 }\n"),
+        &[
+            "\"app\" must be a string, an array of strings or true",
+            "found an integer",
+        ],
+    );
+    assert_contains(
+        &errors("[groups.a]\ncompose = { projet = \"shop\" }\n"),
+        &[
+            "unknown key \"projet\" in \"compose\"",
+            "--> p.toml:2:13",
+            "did you mean \"project\"?",
+        ],
+    );
+    assert_contains(
+        &errors("[groups.a]\ncompose = {}\n"),
+        &[
+            "error[empty-selector]: \"compose\" is empty",
+            "--> p.toml:2:11",
+        ],
+    );
+    assert_contains(
+        &errors("[groups.a]\nimage = []\n"),
+        &["error[bad-value]: \"image\" is empty", "--> p.toml:2:9"],
+    );
+    assert_contains(
+        &errors("[groups.a]\nnetwork = \"\"\n"),
+        &["an empty string in \"network\"", "--> p.toml:2:11"],
+    );
+    assert_contains(
+        &errors("[groups.a]\nany = [{ network = \"n\" }, {}]\n"),
+        &[
+            "error[empty-selector]: an entry of \"any\" selects nothing",
+            "--> p.toml:2:27",
+        ],
+    );
+    assert_contains(
+        &errors("[groups.a]\nall = [{ netwrk = \"n\" }]\n"),
+        &[
+            "unknown key \"netwrk\" in an entry of \"all\"",
+            "--> p.toml:2:10",
+            "did you mean \"network\"?",
+        ],
+    );
+    // `ingress` belongs to the group, not to a selector entry.
+    assert_contains(
+        &errors("[groups.a]\nany = [{ network = \"n\", ingress = \"deny\" }]\n"),
+        &[
+            "unknown key \"ingress\" in an entry of \"any\"",
+            "--> p.toml:2:25",
+        ],
+    );
+    assert_eq!(kinds("[groups.a]\nany = []\n"), [Kind::BadValue]);
+    assert_eq!(kinds("[groups.a]\nany = [\"n\"]\n"), [Kind::BadValue]);
+    assert_eq!(kinds("[groups.a]\nall = \"n\"\n"), [Kind::BadValue]);
+    assert_eq!(
+        kinds("[groups.\"10.0.0.0/8\"]\nnetwork = \"n\"\n"),
+        [Kind::ReservedName]
+    );
+}
+
+const CIDRS: &str = r#"
+[groups.app]
+labels = { app = "x" }
+egress = "deny"
+
+[[rules]]
+from = "app"
+to = { cidr = ["198.18.0.0/15", "2001:db8::/32"], except = ["198.18.5.0/24", "198.18.5.128/25"] }
+ports = ["443/tcp"]
+action = "allow"
+
+[[rules]]
+from = "app"
+to = "198.18.5.7"
+action = "audit"
+description = "watch the old proxy"
+
+[[rules]]
+from = "world"
+to = "app"
+ports = ["icmpv6"]
+action = "allow"
+"#;
+
+#[test]
+fn cidr_peers_with_exceptions() {
+    let p = parse_str(CIDRS, "c.toml").unwrap();
+    assert!(p.warnings.is_empty(), "{}", render(&p.warnings));
+    let Peer::Cidr(block) = &p.rules[0].to else {
+        panic!("{:?}", p.rules[0].to)
+    };
+    assert_eq!(
+        block.name,
+        "198.18.0.0/15, 2001:db8::/32 except 198.18.5.0/24, 198.18.5.128/25"
+    );
+    assert_eq!(p.rules[1].to.name(), "198.18.5.7/32");
+    assert_eq!(p.rules[1].action, Action::Audit);
+    let g = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let addr = |s: &str| p.names_of_address(s.parse().unwrap());
+    assert_eq!(addr("198.18.0.5"), g(&["world", &block.name]));
+    assert_eq!(addr("198.18.5.1"), g(&["world"]));
+    assert_eq!(addr("198.18.5.7"), g(&["world", "198.18.5.7/32"]));
+    assert_eq!(addr("2001:db8::1"), g(&["world", &block.name]));
+    assert_eq!(addr("192.0.2.1"), g(&["world"]));
+
+    let d = evaluate(&p, &g(&["app"]), &addr("198.19.0.1"), proto::TCP, 443);
+    assert_eq!((d.action, d.rule_id), (Action::Allow, 1));
+    let d = evaluate(&p, &g(&["app"]), &addr("198.18.5.7"), proto::TCP, 443);
+    assert_eq!((d.action, d.rule_id), (Action::Audit, 2));
+    assert!(d.why.contains("watch the old proxy"), "{}", d.why);
+    let d = evaluate(&p, &g(&["app"]), &addr("198.18.5.8"), proto::TCP, 443);
+    assert_eq!((d.action, d.rule_id), (Action::Deny, 0));
+
+    // The kernel's view: the trie, then the policy map.
+    let app = container("a", &[("app", "x")], &["n"]);
+    let mut ids = IdentityAllocator::new();
+    let compiled = compile(&p, std::slice::from_ref(&app), &mut ids).unwrap();
+    let a = compiled.container_identity[&app.id];
+    let id_of = |s: &str| compiled.address_identity(s.parse().unwrap());
+    assert_eq!(id_of("198.18.0.5"), FIRST_CIDR_IDENTITY);
+    assert_eq!(id_of("198.18.5.1"), netiso_common::identity::WORLD);
+    assert_eq!(id_of("198.18.5.7"), FIRST_CIDR_IDENTITY + 1);
+    assert_eq!(id_of("2001:db8::1"), FIRST_CIDR_IDENTITY);
+    assert_eq!(id_of("8.8.8.8"), netiso_common::identity::WORLD);
+    assert_eq!(compiled.cidrs.len(), 5);
+    assert!(compiled.cidrs.iter().all(|e| e.flags == 0));
+    let d = compiled.lookup(a, id_of("198.18.5.7"), proto::TCP, 443);
+    assert_eq!((d.action, d.rule_id), (Action::Audit, 2));
+    let d = compiled.lookup(id_of("198.19.0.1"), a, proto::ICMPV6, 0);
+    assert_eq!((d.action, d.rule_id), (Action::Allow, 3));
+    let d = compiled.lookup(id_of("198.19.0.1"), a, proto::ICMP, 0);
+    assert_eq!(d.rule_id, 0);
+    // Identities of address blocks survive a restart like group identities.
+    let mut again = IdentityAllocator::new();
+    for (id, names) in ids.iter() {
+        again.restore(id, names.to_vec());
+    }
+    let recompiled = compile(&p, &[app], &mut again).unwrap();
+    assert_eq!(recompiled.cidrs, compiled.cidrs);
+}
+
+#[test]
+fn cidr_errors_have_hints() {
+    let rule = |to: &str| {
+        format!(
+            "[groups.a]\nnames = [\"a\"]\n[[rules]]\nfrom = \"a\"\nto = {to}\naction = \"deny\"\n"
+        )
+    };
+    assert_contains(
+        &errors(&rule("\"198.18.0.5/15\"")),
+        &[
+            "error[bad-cidr]: address block \"198.18.0.5/15\" has host bits set",
+            "--> p.toml:5:6",
+            "did you mean \"198.18.0.0/15\"?",
+        ],
+    );
+    assert_contains(
+        &errors(&rule("\"10.0.0.0/40\"")),
+        &["bad prefix length", "0 to 32"],
+    );
+    assert_contains(
+        &errors(&rule("\"10.0.0/8\"")),
+        &["bad address block \"10.0.0/8\"", "--> p.toml:5:6"],
+    );
+    assert_contains(
+        &errors(&rule(
+            "{ cidr = \"10.1.0.0/16\", except = [\"10.2.0.0/24\"] }",
+        )),
+        &[
+            "exception 10.2.0.0/24 is not a part of the block",
+            "--> p.toml:5:40",
+            "not inside 10.1.0.0/16",
+        ],
+    );
+    assert_contains(
+        &errors(&rule(
+            "{ cidr = \"10.1.0.0/16\", except = \"10.1.0.0/16\" }",
+        )),
+        &["this removes the whole block"],
+    );
+    assert_contains(
+        &errors(&rule("{ except = [\"10.1.0.0/24\"] }")),
+        &[
+            "error[missing-key]: \"to\" has no \"cidr\"",
+            "--> p.toml:5:6",
+        ],
+    );
+    assert_contains(
+        &errors(&rule("{ cidr = \"10.0.0.0/8\", exept = [] }")),
+        &[
+            "unknown key \"exept\" in \"to\"",
+            "did you mean \"except\"?",
+        ],
+    );
+    assert_eq!(kinds(&rule("3")), [Kind::BadValue]);
+}
+
+#[test]
+fn audit_sits_between_deny_and_allow() {
+    let text = r#"
+[groups.a]
+names = ["a"]
+[groups.b]
+names = ["b"]
+[[rules]]
+from = "a"
+to = "b"
+ports = ["tcp"]
+action = "allow"
+[[rules]]
+from = "a"
+to = "b"
+ports = ["1-100/tcp"]
+action = "audit"
+[[rules]]
+from = "a"
+to = "b"
+ports = ["22/tcp"]
+action = "deny"
+"#;
+    let p = parse_str(text, "a.toml").unwrap();
+    let g = |n: &str| vec![n.to_string()];
+    let at = |port| {
+        let d = evaluate(&p, &g("a"), &g("b"), proto::TCP, port);
+        (d.action, d.rule_id)
+    };
+    assert_eq!(at(22), (Action::Deny, 3));
+    assert_eq!(at(80), (Action::Audit, 2));
+    assert_eq!(at(443), (Action::Allow, 1));
+    // An allow that an audit covers entirely never decides.
+    let p = parse_str(
+        "[groups.a]\nnames = [\"a\"]\n[[rules]]\nfrom = \"a\"\nto = \"world\"\nports = [\"tcp\"]\naction = \"audit\"\n\
+         [[rules]]\nfrom = \"a\"\nto = \"world\"\nports = [\"80/tcp\"]\naction = \"allow\"\n",
+        "s.toml",
+    )
+    .unwrap();
+    assert_eq!(p.warnings.len(), 1);
+    assert_contains(
+        &p.warnings[0].to_string(),
+        &[
+            "rule 2 (a -> world, 80/tcp) never decides anything",
+            "rule 1 already decides everything it allows, and audit beats allow",
+        ],
+    );
+    // Defaults cannot be audit: a hint says what to write instead.
+    assert_contains(
+        &errors("[groups.a]\nnames = [\"a\"]\ningress = \"audit\"\n"),
+        &[
+            "\"ingress\" cannot be \"audit\"",
+            "--> p.toml:3:11",
+            "add a rule with action = \"audit\"",
+        ],
+    );
+    assert_contains(
+        &errors("[[rules]]\nfrom = \"world\"\nto = \"host\"\naction = \"adit\"\n"),
+        &[
+            "\"action\" must be \"allow\", \"deny\" or \"audit\"",
+            "did you mean \"audit\"?",
+        ],
+    );
+}
+
+#[test]
+fn ports_any_and_icmp_families() {
+    let rule = |ports: &str| {
+        format!("[groups.a]\nnames = [\"a\"]\n[[rules]]\nfrom = \"a\"\nto = \"world\"\nports = {ports}\naction = \"deny\"\n")
+    };
+    let p = parse_str(&rule("[\"any\"]"), "p.toml").unwrap();
+    assert_eq!(p.rules[0].ports, None);
+    assert_eq!(p.rules[0].ports_text, "any");
+    assert!(p.rules[0].covers(132, 9));
+    let p = parse_str(&rule("[\"any\", \"80/tcp\"]"), "p.toml").unwrap();
+    assert_eq!(p.rules[0].ports, None);
+    assert_eq!(p.warnings[0].kind, Kind::RedundantPort);
+    assert_eq!(p.warnings[0].location.as_ref().unwrap().column, 10);
+    let p = parse_str(&rule("[\"icmpv4\", \"icmpv6\"]"), "p.toml").unwrap();
+    assert!(p.rules[0].covers(proto::ICMP, 0) && p.rules[0].covers(proto::ICMPV6, 0));
+    let p = parse_str(&rule("[\"icmpv6\"]"), "p.toml").unwrap();
+    assert!(!p.rules[0].covers(proto::ICMP, 0));
+}
+
+#[test]
+fn unmanaged_defaults() {
+    let text = r#"
+[settings]
+unmanaged = { ingress = "deny" }
+
+[groups.web]
+names = ["web"]
+"#;
+    let p = parse_str(
+        &format!("{text}[[rules]]\nfrom = \"world\"\nto = \"web\"\naction = \"allow\"\n"),
+        "u.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        p.settings.unmanaged,
+        Defaults {
+            ingress: Action::Deny,
+            egress: Action::Allow
+        }
+    );
+    let none: Vec<String> = Vec::new();
+    let d = evaluate(&p, &["web".to_string()], &none, proto::TCP, 80);
+    assert_eq!((d.action, d.rule_id), (Action::Deny, 0));
+    assert!(
+        d.why.contains("[settings] unmanaged denies ingress"),
+        "{}",
+        d.why
+    );
+    let d = evaluate(&p, &none, &["web".to_string()], proto::TCP, 80);
+    assert_eq!(d.action, Action::Allow);
+    let plain = container("plain", &[], &["n"]);
+    let compiled = compile(
+        &p,
+        std::slice::from_ref(&plain),
+        &mut IdentityAllocator::new(),
+    )
+    .unwrap();
+    let u = netiso_common::identity::UNMANAGED;
+    assert_eq!(compiled.container_identity[&plain.id], u);
+    assert_eq!(
+        compiled.identities[&u].flags,
+        netiso_common::defaults::DENY_INGRESS
+    );
+
+    let p = parse_str("[settings]\nunmanaged = \"deny\"\n", "u.toml").unwrap();
+    assert_eq!(p.settings.unmanaged.egress, Action::Deny);
+    assert_contains(
+        &errors("[settings]\nunmanaged = { ingres = \"deny\" }\n"),
+        &[
+            "unknown key \"ingres\" in \"unmanaged\"",
+            "did you mean \"ingress\"?",
+        ],
+    );
+
+    // Two files setting it is a conflict naming both places.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "[settings]\nunmanaged = \"allow\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "# b\n[settings]\nunmanaged = \"deny\"\n",
+    )
+    .unwrap();
+    let err = load_path(dir.path()).unwrap_err();
+    assert_eq!(err.diagnostics[0].kind, Kind::DuplicateSetting);
+    let text = err.to_string();
+    assert_contains(
+        &text,
+        &[
+            "\"unmanaged\" is set in two places",
+            "b.toml:3:1",
+            "note: first set here",
+            "a.toml:2:1",
+        ],
+    );
+}
+
+#[test]
+fn fail_closed_groups_need_a_network() {
+    let p = parse_str(
+        r#"
+[groups.vault]
+network = "secure"
+labels = { app = "vault" }
+fail_closed = true
+
+[groups.dual]
+any = [{ network = "a", names = ["x"] }, { network = ["b", "c"] }]
+fail_closed = true
+ingress = "deny"
+
+[groups.open]
+network = "other"
+egress = "deny"
+"#,
+        "f.toml",
+    )
+    .unwrap();
+    assert!(p.group("vault").unwrap().fail_closed);
+    assert!(!p.group("open").unwrap().fail_closed);
+    assert_eq!(
+        p.fail_closed_networks().into_iter().collect::<Vec<_>>(),
+        ["a", "b", "c", "secure"]
+    );
+    let text = errors("[groups.vault]\nlabels = { app = \"vault\" }\nfail_closed = true\n");
+    assert_contains(
+        &text,
+        &[
+            "error[fail-closed-network]: fail-closed group \"vault\" names no network",
+            "--> p.toml:3:15",
+            "add `network = \"NET\"`",
+        ],
+    );
+    // A network in only one branch of `any` is not enough.
+    assert_eq!(
+        kinds("[groups.v]\nany = [{ network = \"a\" }, { names = [\"v\"] }]\nfail_closed = true\n"),
+        [Kind::FailClosedNetwork]
+    );
+    assert_eq!(
+        kinds("[groups.v]\nnetwork = \"a\"\nfail_closed = \"yes\"\n"),
+        [Kind::BadValue]
+    );
+}
+
+#[test]
+fn contradictions_and_rules_that_never_match_warn() {
+    let p = parse_str(
+        r#"
+[groups.clash]
+labels = { app = "web" }
+all = [{ labels = { app = ["db", "cache"] } }]
+ingress = "deny"
+
+[groups.names]
+names = ["a", "b"]
+all = [{ names = ["c*"] }]
+egress = "deny"
+
+[groups.branches]
+labels = { env = "prod" }
+any = [{ labels = { env = "dev" } }, { labels = { env = "test" } }]
+egress = "deny"
+
+[groups.fine]
+labels = { app = true }
+all = [{ labels = { app = ["a", "b"] } }, { names = ["x-*"] }]
+any = [{ names = ["x-1"] }, { labels = { env = "z" } }]
+egress = "deny"
+
+[[rules]]
+from = "clash"
+to = "world"
+action = "allow"
+
+[[rules]]
+from = "world"
+to = "10.0.0.0/8"
+action = "deny"
+"#,
+        "w.toml",
+    )
+    .unwrap();
+    let rendered: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(rendered.len(), 4, "{rendered:#?}");
+    assert_contains(
+        &rendered[0],
+        &[
+            "warning[never-matches]: group \"clash\" can never select a container",
+            "--> w.toml:2:9",
+            "label \"app\" would have to be \"web\" and one of [\"db\", \"cache\"] at once",
+            "w.toml:3:12",
+            "w.toml:4:21",
+            "so rule 1 can never match",
+        ],
+    );
+    assert_contains(
+        &rendered[1],
+        &[
+            "group \"names\"",
+            "no name matches every one of the name lists",
+        ],
+    );
+    assert_contains(
+        &rendered[2],
+        &["group \"branches\"", "no branch of `any` can match"],
+    );
+    assert_contains(
+        &rendered[3],
+        &[
+            "rule 2 (world -> 10.0.0.0/8, any) can never match",
+            "from the world to an address block: neither side is a container",
+        ],
+    );
 }
