@@ -60,6 +60,9 @@ enum Command {
     Reload(crate::commands::ReloadArgs),
     /// Turn the kernel's debug log on or off.
     DebugLog(crate::commands::DebugLogArgs),
+    /// Would X reach Y, and which rule decides (containers, groups,
+    /// addresses; reads the same compiled tables the kernel gets).
+    Explain(crate::explain::ExplainArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -74,6 +77,8 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
+    /// Draw groups and rules as Mermaid or Graphviz DOT.
+    Graph(crate::graph::GraphArgs),
     /// Validate policy files or directories; no daemon needed.
     Check {
         #[arg(required = true)]
@@ -136,6 +141,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Monitor(a) => crate::commands::run_monitor(a),
         Command::Reload(a) => crate::commands::run_reload(a),
         Command::DebugLog(a) => crate::commands::run_debug_log(a),
+        Command::Explain(args) => crate::explain::command(&args),
+        Command::Policy {
+            command: PolicyCommand::Graph(args),
+        } => crate::graph::command(&args),
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => {
