@@ -60,6 +60,9 @@ enum Command {
     Reload(crate::commands::ReloadArgs),
     /// Turn the kernel's debug log on or off.
     DebugLog(crate::commands::DebugLogArgs),
+    /// Probe real connectivity between groups and compare it with the
+    /// policy; exit status 1 on any mismatch.
+    Verify(crate::verify::VerifyArgs),
     /// Would X reach Y, and which rule decides (containers, groups,
     /// addresses; reads the same compiled tables the kernel gets).
     Explain(crate::explain::ExplainArgs),
@@ -141,6 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Monitor(a) => crate::commands::run_monitor(a),
         Command::Reload(a) => crate::commands::run_reload(a),
         Command::DebugLog(a) => crate::commands::run_debug_log(a),
+        Command::Verify(a) => crate::verify::run(a),
         Command::Explain(args) => crate::explain::command(&args),
         Command::Policy {
             command: PolicyCommand::Graph(args),

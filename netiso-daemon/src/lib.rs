@@ -21,3 +21,4 @@ pub mod state;
 pub mod stats;
 pub mod status;
 pub mod telemetry;
+pub mod verify;

@@ -210,7 +210,9 @@ impl KernelSnapshot {
             });
             match r {
                 Ok(v) => {
-                    s.fill.insert(name.to_string(), v);
+                    // NETISO_CONNTRACK -> conntrack
+                    let short = name.trim_start_matches("NETISO_").to_lowercase();
+                    s.fill.insert(short, v);
                 }
                 Err(e) => note(name, e),
             }
@@ -255,6 +257,11 @@ fn counter(
         None,
         prometheus_client::metrics::MetricType::Counter,
     )?;
+    if let [(l, v)] = rows.as_slice() {
+        if l.is_empty() {
+            return ConstCounter::new(*v).encode(m);
+        }
+    }
     for (l, v) in rows {
         ConstCounter::new(v).encode(m.encode_family(&l)?)?;
     }
@@ -274,6 +281,11 @@ fn gauge(
         None,
         prometheus_client::metrics::MetricType::Gauge,
     )?;
+    if let [(l, v)] = rows.as_slice() {
+        if l.is_empty() {
+            return ConstGauge::new(*v).encode(m);
+        }
+    }
     for (l, v) in rows {
         ConstGauge::new(v).encode(m.encode_family(&l)?)?;
     }
