@@ -3,12 +3,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
+use crate::config::{Config, DaemonArgs, LogFormat};
 use crate::{daemon, datapath, policy};
 
 const DEFAULT_PIN_DIR: &str = netiso_common::PIN_DIR;
-const DEFAULT_STATE_DIR: &str = "/run/netiso";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,30 +21,13 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the daemon: follow Docker and enforce the policy.
+    /// Run the daemon: follow Docker and enforce the policy. Settings come
+    /// from /etc/netiso/netiso.toml (or --config), overridden by flags.
     Daemon {
-        /// Policy file, or directory of *.toml files.
-        #[arg(long, default_value = "/etc/netiso/policy.toml")]
-        policy: PathBuf,
-        /// Where programs, links and maps are pinned (bpffs).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// Where the daemon publishes its state for the CLI.
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// Drop non-IP ethertypes (other than ARP) on policed endpoints.
-        #[arg(long)]
-        drop_non_ip: bool,
-        #[arg(long, value_enum, default_value = "human")]
-        log_format: LogFormat,
+        #[command(flatten)]
+        args: DaemonArgs,
         #[command(flatten)]
         services: crate::services::ServiceOptions,
     },
@@ -105,8 +88,14 @@ fn init_logging(format: LogFormat) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The configuration file's metrics address counts unless the flag
+    // was given (the flag has a default, so its value alone cannot tell).
+    let metrics_flag = matches.subcommand_matches("daemon").is_some_and(|m| {
+        m.value_source("metrics_addr") == Some(clap::parser::ValueSource::CommandLine)
+    });
+    match run(cli, metrics_flag) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -115,27 +104,31 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
     match cli.command {
-        Command::Daemon {
-            policy,
-            pin_dir,
-            state_dir,
-            drop_non_ip,
-            log_format,
-            services,
-        } => {
-            init_logging(log_format);
+        Command::Daemon { args, mut services } => {
+            let cfg = Config::load(&args)?;
+            init_logging(cfg.log_format);
+            if let Some(source) = &cfg.source {
+                tracing::info!(config = %source.display(), "configuration read");
+            }
+            services.socket = services.socket.or(cfg.socket.clone());
+            services.socket_group = services.socket_group.or(cfg.socket_group.clone());
+            if let (false, Some(addr)) = (metrics_flag, &cfg.metrics_address) {
+                services.metrics_addr = addr.clone();
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(daemon::run(daemon::Options {
-                policy,
-                pin_dir,
-                state_dir,
-                drop_non_ip,
+                policy: cfg.policy,
+                pin_dir: cfg.pin_dir,
+                state_dir: cfg.state_dir,
+                drop_non_ip: cfg.drop_non_ip,
                 services,
+                resync_interval: cfg.resync_interval,
+                watch_policy: cfg.watch_policy,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

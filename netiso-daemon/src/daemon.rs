@@ -1,6 +1,6 @@
 //! `netiso daemon`: follow Docker, compile the policy against the running
 //! containers and keep the datapath in step.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use crate::datapath::{Datapath, Desired, EndpointSpec};
 use crate::docker::{DockerClient, DockerEvent};
 use crate::model::Container;
 use crate::policy::{self, Compiled, IdentityAllocator, Policy};
-use crate::state::{EndpointState, RuleState, State, Unenforceable};
+use crate::sd_notify::notify_logged;
+use crate::state::{EndpointState, ReloadStatus, RuleState, State, Unenforceable};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -28,6 +29,10 @@ pub struct Options {
     pub drop_non_ip: bool,
     /// Control socket, metrics, events.
     pub services: crate::services::ServiceOptions,
+    /// Full resync with Docker this often (repairs drift); `None`: never.
+    pub resync_interval: Option<Duration>,
+    /// Reload the policy when its file changes.
+    pub watch_policy: bool,
 }
 
 /// Requests to the running daemon from its other tasks (control socket,
@@ -40,6 +45,8 @@ pub enum Control {
     },
     /// List every container again and reconcile.
     Resync,
+    /// The policy file changed on disk (from `policy_watch`): reload.
+    PolicyFileChanged,
     /// Kernel debug logging on or off.
     DebugLog {
         on: bool,
@@ -70,7 +77,21 @@ struct Daemon {
     containers: BTreeMap<String, Container>,
     /// The host's own addresses (the `host` peer), read at each resync.
     host_addrs: Vec<IpAddr>,
+    /// Docker network name -> driver, to explain attachments without a veth.
+    drivers: BTreeMap<String, String>,
+    /// Containers whose veth should exist but was not found yet (Docker
+    /// reports some attachments a moment before the veth is in place), with
+    /// the number of lookups left.
+    pending: BTreeMap<String, u32>,
+    /// Unenforceable (container, network, reason) already logged.
+    reported: BTreeSet<(String, String, String)>,
+    last_reload: Option<ReloadStatus>,
+    last_resync: u64,
 }
+
+/// Lookups of a missing veth before leaving it to the periodic resync.
+const VETH_RETRIES: u32 = 20;
+const VETH_RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// Loads and renders a policy for logs and errors.
 fn load_policy(path: &std::path::Path) -> Result<Policy> {
@@ -100,6 +121,9 @@ pub async fn run(opts: Options) -> Result<()> {
         Err(e) => warn!(error = format!("{e:#}"), "ignoring the previous state file"),
     }
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
+    if opts.watch_policy {
+        crate::policy_watch::spawn(opts.policy.clone(), control_tx.clone());
+    }
     let (state_tx, state_rx) = watch::channel(Arc::new(State::default()));
     crate::services::spawn(
         &opts,
@@ -116,13 +140,28 @@ pub async fn run(opts: Options) -> Result<()> {
         dp,
         containers: BTreeMap::new(),
         host_addrs: Vec::new(),
+        drivers: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        reported: BTreeSet::new(),
+        last_reload: None,
+        last_resync: 0,
     };
+    d.last_reload = Some(ReloadStatus {
+        time: unix_now() as u64,
+        trigger: "start".into(),
+        ok: true,
+        error: None,
+        generation: d.dp.settings().generation,
+    });
+    let mut ready = false;
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut backoff = Duration::from_millis(500);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     loop {
+        let mut synced = false;
         let session = async {
             let docker = DockerClient::connect().await?;
             // Subscribe from just before the listing so that nothing that
@@ -130,7 +169,26 @@ pub async fn run(opts: Options) -> Result<()> {
             let since = unix_now() - 1;
             let mut events = docker.events(Some(since));
             d.resync(&docker).await?;
+            synced = true;
             crate::telemetry::global().engine_connected(docker.version().await.ok());
+            let status = format!("STATUS=enforcing; {} containers", d.containers.len());
+            if !ready {
+                ready = true;
+                notify_logged(&format!("READY=1\n{status}"));
+            } else {
+                notify_logged(&status);
+            }
+            // Periodic full resync: catches events the engine never sent and
+            // repairs maps or links changed behind our back.
+            let every = d
+                .opts
+                .resync_interval
+                .unwrap_or(Duration::from_secs(86_400));
+            let mut resync_tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut retry_tick = tokio::time::interval(VETH_RETRY_EVERY);
+            retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
@@ -149,11 +207,22 @@ pub async fn run(opts: Options) -> Result<()> {
                         None => return Err(anyhow!("Docker closed the event stream")),
                     },
                     _ = hup.recv() => {
-                        let _ = d.reload();
+                        let _ = d.reload("sighup");
+                    }
+                    _ = resync_tick.tick(), if d.opts.resync_interval.is_some() => {
+                        debug!("periodic resync");
+                        d.dp.forget_applied();
+                        d.resync(&docker).await?;
+                    }
+                    _ = retry_tick.tick(), if !d.pending.is_empty() => {
+                        d.retry_pending(&docker).await;
                     }
                     Some(cmd) = control_rx.recv() => match cmd {
+                        Control::PolicyFileChanged => {
+                            let _ = d.reload("file-change");
+                        }
                         Control::Reload { reply } => {
-                            let r = d.reload();
+                            let r = d.reload("control");
                             if let Some(reply) = reply {
                                 let _ = reply.send(r);
                             }
@@ -173,10 +242,16 @@ pub async fn run(opts: Options) -> Result<()> {
         };
         match session.await {
             Ok(_) => {
+                notify_logged("STOPPING=1");
                 info!("stopping; the pinned programs keep enforcing the last policy");
                 return Ok(());
             }
             Err(e) => {
+                if synced {
+                    // It worked for a while: try again soon.
+                    backoff = FIRST_BACKOFF;
+                }
+                notify_logged("STATUS=lost Docker; the last state stays enforced; reconnecting");
                 crate::telemetry::global().engine_lost(format!("{e:#}"));
                 warn!(error = format!("{e:#}"), retry_in = ?backoff, "lost Docker, will resync");
             }
@@ -218,14 +293,18 @@ impl Daemon {
     async fn resync(&mut self, docker: &DockerClient) -> Result<()> {
         let span = info_span!("resync");
         async {
+            self.drivers = docker.network_drivers().await?;
             let listed = docker.running_containers().await?;
             let mut containers = BTreeMap::new();
+            self.pending.clear();
             for c in listed {
                 let c = with_veths(c).await;
+                self.track_missing_veth(&c);
                 containers.insert(c.id.clone(), c);
             }
             info!(containers = containers.len(), "listed running containers");
             self.containers = containers;
+            self.last_resync = unix_now() as u64;
             match crate::netlink::host_addresses() {
                 Ok(addrs) => self.host_addrs = addrs,
                 Err(e) => warn!(error = format!("{e:#}"), "cannot read the host's addresses"),
@@ -249,29 +328,110 @@ impl Daemon {
             } => id.clone(),
             DockerEvent::ContainerStopped { id } | DockerEvent::ContainerRemoved { id } => {
                 self.containers.remove(id);
+                self.pending.remove(id);
                 return;
             }
-            DockerEvent::NetworkCreated { .. } | DockerEvent::NetworkRemoved { .. } => return,
+            DockerEvent::NetworkCreated { name } => {
+                match docker.network_drivers().await {
+                    Ok(d) => self.drivers = d,
+                    Err(e) => {
+                        warn!(network = %name, error = format!("{e:#}"), "listing networks failed")
+                    }
+                }
+                return;
+            }
+            DockerEvent::NetworkRemoved { name } => {
+                // Its containers were disconnected first (their own events).
+                self.drivers.remove(name);
+                return;
+            }
         };
-        match docker.inspect(&id).await {
+        self.refresh(docker, &id).await;
+    }
+
+    /// Inspects one container again and records what it looks like now.
+    async fn refresh(&mut self, docker: &DockerClient, id: &str) {
+        match docker.inspect(id).await {
             Ok(Some(c)) => {
                 let c = with_veths(c).await;
+                self.pending.remove(id);
+                self.track_missing_veth(&c);
                 self.containers.insert(c.id.clone(), c);
             }
             Ok(None) => {
-                self.containers.remove(&id);
+                self.containers.remove(id);
+                self.pending.remove(id);
             }
             Err(e) => warn!(container = %id, error = format!("{e:#}"), "inspect failed"),
         }
     }
 
+    /// Remembers `c` for another look shortly when one of its attachments
+    /// should have a veth (bridge-like driver, a MAC, own namespace) that
+    /// was not found.
+    fn track_missing_veth(&mut self, c: &Container) {
+        let missing = has_own_netns(&c.network_mode)
+            && c.networks.iter().any(|a| {
+                a.mac.is_some()
+                    && a.host_ifindex.is_none()
+                    && !no_veth_driver(self.drivers.get(&a.network).map(String::as_str))
+            });
+        if missing {
+            self.pending.entry(c.id.clone()).or_insert(VETH_RETRIES);
+        }
+    }
+
+    /// Looks again at containers whose veth was missing; reconciles if any
+    /// was found.
+    async fn retry_pending(&mut self, docker: &DockerClient) {
+        let ids: Vec<(String, u32)> = std::mem::take(&mut self.pending).into_iter().collect();
+        let mut changed = false;
+        for (id, left) in ids {
+            let before = self.containers.get(&id).cloned();
+            self.refresh(docker, &id).await;
+            changed |= self.containers.get(&id) != before.as_ref();
+            match self.pending.get_mut(&id) {
+                Some(n) if left > 1 => *n = left - 1,
+                Some(_) => {
+                    debug!(container = %id, "veth still missing; the periodic resync will look again");
+                    self.pending.remove(&id);
+                }
+                None => {}
+            }
+        }
+        if changed {
+            self.reconcile_logged();
+        }
+    }
+
     /// Loads the policy file again and applies it; on any error the running
-    /// policy stays and the error is returned (and logged).
-    fn reload(&mut self) -> Result<(), String> {
+    /// policy stays and the error is returned (and logged). The outcome is
+    /// published in the state (`last_reload`); `trigger` says what asked.
+    fn reload(&mut self, trigger: &str) -> Result<(), String> {
         let started = std::time::Instant::now();
         let r = self.reload_once();
         crate::telemetry::global().reloaded(started.elapsed(), r.clone().err());
+        let generation = self.dp.settings().generation;
+        info!(trigger, ok = r.is_ok(), generation, "reload finished");
+        self.last_reload = Some(ReloadStatus {
+            time: unix_now() as u64,
+            trigger: trigger.into(),
+            ok: r.is_ok(),
+            error: r.as_ref().err().cloned(),
+            generation,
+        });
+        self.publish_reload();
         r
+    }
+
+    /// Rewrites the published state with the current `last_reload`.
+    fn publish_reload(&mut self) {
+        let mut state = (**self.state_tx.borrow()).clone();
+        state.last_reload = self.last_reload.clone();
+        if let Err(e) = state.write(&self.opts.state_dir) {
+            error!(error = format!("{e:#}"), "cannot write the state file");
+        }
+        self.state_tx.send_replace(Arc::new(state));
     }
 
     fn reload_once(&mut self) -> Result<(), String> {
@@ -317,7 +477,9 @@ impl Daemon {
         let containers: Vec<Container> = self.containers.values().cloned().collect();
         let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
             .map_err(|e| anyhow!("{e}"))?;
-        let (mut desired, mut state) = build_desired(&compiled, &containers, &self.policy);
+        let (mut desired, mut state) =
+            build_desired(&compiled, &containers, &self.policy, &self.drivers);
+        self.report_unenforceable(&state.unenforceable);
         add_host_addresses(&mut desired, &self.host_addrs);
         // Name every identity ever given out, not only those in use, so
         // that older flow rows still read right.
@@ -339,9 +501,75 @@ impl Daemon {
         state.policy_path = self.opts.policy.clone();
         state.generation = report.generation;
         state.updated = unix_now() as u64;
+        state.pid = std::process::id();
+        // Start-up's "reload" is complete with the first apply.
+        if let Some(r) = self.last_reload.as_mut().filter(|r| r.trigger == "start") {
+            r.generation = report.generation;
+        }
+        state.last_resync = self.last_resync;
+        state.last_reload = self.last_reload.clone();
         state.write(&self.opts.state_dir)?;
         self.state_tx.send_replace(Arc::new(state));
         Ok(())
+    }
+
+    /// Logs each unenforceable container once (and again only after it went
+    /// away and came back); the state file lists them all the time.
+    fn report_unenforceable(&mut self, now: &[Unenforceable]) {
+        let keys: BTreeSet<(String, String, String)> = now
+            .iter()
+            .map(|u| (u.container.clone(), u.network.clone(), u.reason.clone()))
+            .collect();
+        for (container, network, reason) in keys.difference(&self.reported) {
+            warn!(%container, %network, %reason, "container cannot be enforced");
+        }
+        self.reported = keys;
+    }
+}
+
+/// Whether a Docker network mode gives the container a network namespace of
+/// its own (and so, on a bridge-like network, a veth).
+fn has_own_netns(network_mode: &str) -> bool {
+    !(network_mode == "host" || network_mode == "none" || network_mode.starts_with("container:"))
+}
+
+/// Drivers whose attachments never have a host-side veth.
+fn no_veth_driver(driver: Option<&str>) -> bool {
+    matches!(driver, Some("macvlan" | "ipvlan" | "host" | "null"))
+}
+
+/// Why an attachment of a container in some group has no veth to enforce
+/// at, in words an operator can act on.
+pub fn unenforceable_reason(c: &Container, network: &str, driver: Option<&str>) -> String {
+    let mode = c.network_mode.as_str();
+    if mode == "host" {
+        return "runs with --network host: it shares the host's network stack, there is no \
+                veth of its own; its traffic is judged as the host's"
+            .into();
+    }
+    if mode == "none" {
+        return "runs with --network none: no interface but loopback, nothing to enforce \
+                (and no way in or out)"
+            .into();
+    }
+    if let Some(other) = mode.strip_prefix("container:") {
+        return format!(
+            "runs with --network container:{other}: it shares that container's interfaces, \
+             which are enforced with that container's groups"
+        );
+    }
+    match driver {
+        Some(d @ ("macvlan" | "ipvlan")) => format!(
+            "network {network:?} uses the {d} driver: its traffic leaves through the parent \
+             interface without a veth, so netiso cannot attach to it"
+        ),
+        Some(d) if d != "bridge" => format!(
+            "network {network:?} uses the {d} driver, which gives the container no host-side veth"
+        ),
+        _ => format!(
+            "no host-side veth found on network {network:?} yet (container starting or \
+             stopping?); looked up again shortly and at every resync"
+        ),
     }
 }
 
@@ -364,6 +592,7 @@ pub fn build_desired(
     compiled: &Compiled,
     containers: &[Container],
     policy: &Policy,
+    drivers: &BTreeMap<String, String>,
 ) -> (Desired, State) {
     let mut d = Desired {
         policy: compiled.entries.clone(),
@@ -401,13 +630,14 @@ pub fn build_desired(
         // unmanaged` denies a direction (its identity then has flags).
         let managed = id >= identity::FIRST_GROUP_IDENTITY || flags != 0;
         let groups = policy.groups_of(c);
-        if managed && c.networks.is_empty() {
+        // Host, none and container: modes have no veth of their own: one
+        // entry for the container, not one per pseudo-network.
+        let own_netns = has_own_netns(&c.network_mode);
+        if managed && (!own_netns || c.networks.is_empty()) {
             state.unenforceable.push(Unenforceable {
                 container: c.name.clone(),
-                reason: format!(
-                    "network mode {:?} has no veth of its own to enforce at",
-                    c.network_mode
-                ),
+                network: c.network_mode.clone(),
+                reason: unenforceable_reason(c, &c.network_mode, None),
             });
         }
         for a in &c.networks {
@@ -442,11 +672,14 @@ pub fn build_desired(
                         );
                         enforced = true;
                     }
+                    _ if !own_netns => {}
                     _ => state.unenforceable.push(Unenforceable {
                         container: c.name.clone(),
-                        reason: format!(
-                            "no host-side veth found on network {:?} (macvlan, ipvlan or host networking?)",
-                            a.network
+                        network: a.network.clone(),
+                        reason: unenforceable_reason(
+                            c,
+                            &a.network,
+                            drivers.get(&a.network).map(String::as_str),
                         ),
                     }),
                 }

@@ -113,6 +113,21 @@ impl DockerClient {
         }
     }
 
+    /// Docker network name → driver (`bridge`, `macvlan`, `ipvlan`, `host`,
+    /// `null`, `overlay`, …): what decides whether an attachment can have a
+    /// host-side veth at all.
+    pub async fn network_drivers(&self) -> Result<BTreeMap<String, String>> {
+        let nets = self
+            .docker
+            .list_networks(None)
+            .await
+            .with_context(|| format!("listing networks at {}", self.host))?;
+        Ok(nets
+            .into_iter()
+            .filter_map(|n| Some((n.name?, n.driver.unwrap_or_default())))
+            .collect())
+    }
+
     /// Engine and API versions, e.g. `Docker Engine 20.10.24 (API 1.41, client uses 1.41)`.
     pub async fn version(&self) -> Result<String> {
         let v = self

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod datapath;
@@ -16,6 +17,8 @@ pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod policy;
+pub mod policy_watch;
+pub mod sd_notify;
 pub mod services;
 pub mod state;
 pub mod stats;

@@ -22,6 +22,31 @@ pub struct State {
     pub rules: Vec<RuleState>,
     /// Containers netiso sees but cannot enforce at a veth, and why.
     pub unenforceable: Vec<Unenforceable>,
+    /// Pid of the daemon that wrote this file.
+    #[serde(default)]
+    pub pid: u32,
+    /// Unix seconds of the last full resync (list every container again).
+    #[serde(default)]
+    pub last_resync: u64,
+    /// The outcome of the last policy load (start-up, SIGHUP, file change
+    /// or control request).
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
+}
+
+/// What the last attempt to (re)load the policy gave.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadStatus {
+    /// Unix seconds.
+    pub time: u64,
+    /// What asked for it: `start`, `sighup`, `file-change`, `control`.
+    pub trigger: String,
+    pub ok: bool,
+    /// Why the policy was rejected (the rendered diagnostics), when not ok.
+    pub error: Option<String>,
+    /// The datapath's policy generation in force after the attempt (an
+    /// unchanged generation after a rejected reload: the old policy stays).
+    pub generation: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -52,6 +77,9 @@ pub struct RuleState {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Unenforceable {
     pub container: String,
+    /// The Docker network (or network mode) concerned.
+    #[serde(default)]
+    pub network: String,
     pub reason: String,
 }
 

@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod frames;
+pub mod ops;
 pub mod topology;
 
 use std::fs::File;
