@@ -597,9 +597,15 @@ pub fn call(path: &Path, req: Request, timeout: Duration) -> Result<Value, Clien
     };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    send(&mut stream, req, path)?;
-    let resp = read_response(&mut BufReader::new(stream), path)?;
-    Ok(resp.result.unwrap_or(Value::Null))
+    let sent = send(&mut stream, req, path);
+    // A refused client may find the socket closed before its request is
+    // written: the refusal is still there to read.
+    let resp = read_response(&mut BufReader::new(stream), path);
+    match (sent, resp) {
+        (_, Err(e @ (ClientError::Denied(_) | ClientError::Daemon(_)))) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(()), r) => Ok(r?.result.unwrap_or(Value::Null)),
+    }
 }
 
 /// A live monitor subscription: iterate to get messages.
@@ -613,11 +619,13 @@ pub struct Subscription {
 
 pub fn subscribe(path: &Path, filter: Filter) -> Result<Subscription, ClientError> {
     let mut stream = connect(path)?;
-    send(&mut stream, Request::MonitorSubscribe { filter }, path)?;
+    let sent = send(&mut stream, Request::MonitorSubscribe { filter }, path);
     let mut reader = BufReader::new(stream);
-    let hello = read_response(&mut reader, path)?
-        .result
-        .unwrap_or(Value::Null);
+    let hello = match (sent, read_response(&mut reader, path)) {
+        (_, Err(e @ (ClientError::Denied(_) | ClientError::Daemon(_)))) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(()), r) => r?.result.unwrap_or(Value::Null),
+    };
     Ok(Subscription {
         reader,
         path: path.to_owned(),

@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod frames;
+pub mod obs;
 pub mod ops;
 pub mod topology;
 
@@ -152,9 +153,20 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub fn start(policy_path: PathBuf) -> Self {
+        Self::start_with(policy_path, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra `netiso daemon` flags. The
+    /// metrics endpoint gets a free port unless `extra` names one, so that
+    /// parallel daemons never compete for the default.
+    pub fn start_with(policy_path: PathBuf, extra: &[&str]) -> Self {
         let pins = PinDir::new();
         let state_dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(state_dir.path().join("daemon.log")).unwrap();
+        let mut extra: Vec<&str> = extra.to_vec();
+        if !extra.contains(&"--metrics-addr") {
+            extra.extend(["--metrics-addr", "127.0.0.1:0"]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_netiso"))
             .args(["daemon", "--policy"])
             .arg(&policy_path)
@@ -162,6 +174,7 @@ impl DaemonProc {
             .arg(&pins.path)
             .arg("--state-dir")
             .arg(state_dir.path())
+            .args(&extra)
             .env("NETISO_LOG", "netiso_daemon=debug,info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
