@@ -62,6 +62,11 @@ pub const PACKAGES: &[Package] = &[
         why: "`nc` for TCP/UDP connectivity checks",
     },
     Package {
+        name: "systemd",
+        required: true,
+        why: "`systemd-analyze verify` checks the unit file offline (systemd need not be PID 1)",
+    },
+    Package {
         name: "bpftool",
         required: false,
         why: "inspecting loaded programs, maps and links (nice to have)",

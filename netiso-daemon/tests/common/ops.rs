@@ -24,6 +24,9 @@ pub struct Netiso {
     pub state_dir: tempfile::TempDir,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A program and its arguments that exec the daemon (e.g. setpriv …
+    /// /path/to/netiso); empty: run netiso directly.
+    pub wrapper: Vec<String>,
     pub child: Option<Child>,
 }
 
@@ -35,6 +38,7 @@ impl Netiso {
             state_dir: tempfile::tempdir().unwrap(),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            wrapper: Vec::new(),
             child: None,
         }
     }
@@ -56,7 +60,14 @@ impl Netiso {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_netiso"));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_netiso")),
+        };
         cmd.arg("daemon")
             .arg("--pin-dir")
             .arg(&self.pins.path)
