@@ -642,22 +642,7 @@ fn workspace_root() -> &'static Path {
 /// Every ```toml block of docs/policy.md is a complete, valid policy.
 #[test]
 fn documentation_examples_parse() {
-    let path = workspace_root().join("docs/policy.md");
-    let doc = std::fs::read_to_string(&path).unwrap();
-    let mut blocks = Vec::new();
-    let mut current: Option<(usize, String)> = None;
-    for (i, line) in doc.lines().enumerate() {
-        match (&mut current, line.trim_end()) {
-            (None, "```toml") => current = Some((i + 1, String::new())),
-            (Some(_), "```") => blocks.push(current.take().unwrap()),
-            (Some((_, text)), _) => {
-                text.push_str(line);
-                text.push('\n');
-            }
-            (None, _) => {}
-        }
-    }
-    assert!(current.is_none(), "unterminated ```toml block");
+    let blocks = doc_examples();
     assert!(blocks.len() >= 5, "only {} examples found", blocks.len());
     for (line, text) in blocks {
         let origin = format!("docs/policy.md (block at line {line})");
@@ -1344,4 +1329,162 @@ action = "deny"
             "from the world to an address block: neither side is a container",
         ],
     );
+}
+
+/// The ```toml blocks of docs/policy.md: (first line of the block, text).
+fn doc_examples() -> Vec<(usize, String)> {
+    let path = workspace_root().join("docs/policy.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in doc.lines().enumerate() {
+        match (&mut current, line.trim_end()) {
+            (None, "```toml") => current = Some((i + 2, String::new())),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some((_, text)), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(current.is_none(), "unterminated ```toml block");
+    blocks
+}
+
+/// Every example policy: the blocks of docs/policy.md and the files of
+/// policies/, as (origin, text).
+fn all_examples() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = doc_examples()
+        .into_iter()
+        .map(|(line, text)| (format!("docs/policy.md (block at line {line})"), text))
+        .collect();
+    let dir = workspace_root().join("policies");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        out.push((
+            format!("policies/{}", path.file_name().unwrap().to_string_lossy()),
+            text,
+        ));
+    }
+    out
+}
+
+/// Deliberate breakages of one example: (what, broken text, 1-based line
+/// broken, the error expected there). The first line each applies to.
+fn breakages(text: &str) -> Vec<(&'static str, String, usize, Kind)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut breaker = |what: &'static str, kind: Kind, f: &dyn Fn(&str, &str) -> Option<String>| {
+        let mut header = "";
+        for (i, line) in lines.iter().enumerate() {
+            if line.starts_with('[') {
+                header = line.trim();
+            }
+            if let Some(new) = f(header, line) {
+                let mut broken: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                broken[i] = new;
+                out.push((what, broken.join("\n") + "\n", i + 1, kind));
+                return;
+            }
+        }
+    };
+    // Keys netiso reads in each kind of table (other tables, such as
+    // [groups.NAME.labels], hold free-form label names).
+    let key_of = |line: &str| -> Option<String> {
+        let (k, _) = line.split_once(" = ")?;
+        (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then(|| k.to_string())
+    };
+    let is_group =
+        |h: &str| h.starts_with("[groups.") && h.matches('.').count() == 1 && !h.starts_with("[[");
+    breaker("misspelt key", Kind::UnknownKey, &|h, l| {
+        let k = key_of(l)?;
+        let known = match h {
+            "[[rules]]" | "[settings]" => true,
+            _ => is_group(h) || (h.starts_with("[[groups.") && h.ends_with(".any]]")),
+        };
+        known.then(|| l.replacen(&k, &format!("{k}x"), 1))
+    });
+    breaker("unknown action", Kind::BadValue, &|_, l| {
+        l.starts_with("action = ")
+            .then(|| "action = \"permit\"".to_string())
+    });
+    breaker("misspelt default", Kind::BadValue, &|_, l| {
+        let at = l.find("ingress = \"").or_else(|| l.find("egress = \""))?;
+        let (head, tail) = l.split_at(at);
+        Some(format!(
+            "{head}{}",
+            tail.replacen("\"deny\"", "\"dney\"", 1)
+                .replacen("\"allow\"", "\"alow\"", 1)
+        ))
+    });
+    breaker("misspelt group", Kind::UnknownGroup, &|h, l| {
+        let rest = l
+            .strip_prefix("to = \"")
+            .or_else(|| l.strip_prefix("from = \""))?;
+        let name = rest.strip_suffix('"')?;
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let ok = h == "[[rules]]" && plain && !RESERVED.contains(&name);
+        ok.then(|| l.replacen(name, &format!("{name}z"), 1))
+    });
+    breaker("bad port", Kind::BadPort, &|_, l| {
+        (l.starts_with("ports = ") && l.contains("/tcp\""))
+            .then(|| l.replacen("/tcp\"", "/tcpp\"", 1))
+    });
+    breaker("bad address block", Kind::BadCidr, &|_, l| {
+        if !(l.starts_with("to = ") || l.starts_with("from = ")) {
+            return None;
+        }
+        let start = l.find(|c: char| c.is_ascii_digit())?;
+        let slash = start + l[start..].find('/')?;
+        let end = slash + 1 + l[slash + 1..].find(|c: char| !c.is_ascii_digit())?;
+        Some(format!("{}/33{}", &l[..slash], &l[end..]))
+    });
+    breaker("cut table header", Kind::Syntax, &|_, l| {
+        (l.starts_with("[groups.") || l == "[[rules]]" || l == "[settings]")
+            .then(|| l[..l.len() - 1].to_string())
+    });
+    out
+}
+
+/// For each example, deliberately broken copies yield an error of the
+/// expected kind at the line that was broken (what docs/policy.md promises
+/// in its closing note).
+#[test]
+fn broken_examples_point_at_the_broken_line() {
+    let examples = all_examples();
+    assert!(examples.len() >= 15, "only {} examples", examples.len());
+    for (origin, text) in examples {
+        parse_str(&text, &origin).unwrap_or_else(|e| panic!("{e}"));
+        let cases = breakages(&text);
+        let kinds: Vec<Kind> = cases.iter().map(|c| c.3).collect();
+        assert!(
+            kinds.contains(&Kind::UnknownKey) && kinds.contains(&Kind::Syntax) && cases.len() >= 3,
+            "{origin}: only {kinds:?} could be applied"
+        );
+        for (what, broken, line, kind) in cases {
+            let err = match parse_str(&broken, &origin) {
+                Ok(_) => panic!("{origin}, {what} at line {line}: no error\n{broken}"),
+                Err(e) => e,
+            };
+            let hit = err
+                .diagnostics
+                .iter()
+                .any(|d| d.kind == kind && d.location.as_ref().is_some_and(|l| l.line == line));
+            assert!(
+                hit,
+                "{origin}, {what} at line {line}: no {} error there:\n{err}",
+                kind.slug()
+            );
+        }
+    }
 }
