@@ -179,6 +179,11 @@ pub struct EventMetrics {
 
 impl EventMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        for verdict in ["drop", "audit"] {
+            let _ = self
+                .read
+                .get_or_create(&vec![("verdict".into(), verdict.into())]);
+        }
         registry.register(
             "events",
             "Drop and audit events read from the kernel, by verdict",

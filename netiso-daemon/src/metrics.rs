@@ -315,7 +315,7 @@ impl Collector for KernelCollector {
             &mut enc,
             "audit_packets",
             "Packets an audit rule let through (they would have been denied)",
-            s.reasons.get("audit").map(|(p, _)| (Labels::new(), *p)),
+            [(Labels::new(), s.reasons.get("audit").map_or(0, |(p, _)| *p))],
         )?;
         counter(
             &mut enc,

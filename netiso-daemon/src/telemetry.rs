@@ -71,6 +71,11 @@ pub fn unix_now() -> u64 {
 impl Telemetry {
     fn new() -> Self {
         let buckets = || Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        // Every result from the start at 0, so rates work before the first.
+        let reloads: Family<Vec<(String, String)>, Counter> = Family::default();
+        for result in ["applied", "rejected"] {
+            let _ = reloads.get_or_create(&vec![("result".into(), result.into())]);
+        }
         Self {
             health: Mutex::new(Health {
                 pid: std::process::id(),
@@ -81,7 +86,7 @@ impl Telemetry {
             reconcile_seconds: buckets(),
             reconcile_failures: Counter::default(),
             reload_seconds: buckets(),
-            reloads: Family::default(),
+            reloads,
             docker_reconnects: Counter::default(),
             docker_connected: Gauge::default(),
         }

@@ -218,6 +218,35 @@ fn stats_monitor_and_metrics_count_exactly_the_drops_caused() {
         sample(&m, r#"netiso_map_entries{map="endpoints"}"#) >= Some(2.0),
         "{m}"
     );
+    // Every metric the Grafana dashboard queries is really exported.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../grafana/netiso-dashboard.json"
+    ))
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices("netiso_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for n in names {
+        let base = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| n.strip_suffix(s))
+            .unwrap_or(n);
+        assert!(
+            m.contains(&format!("# TYPE {base} ")),
+            "the dashboard uses {n}, which is not exported:\n{m}"
+        );
+    }
 
     // With the daemon gone, stats reads the pins (names from the state file).
     p.daemon.child.kill().unwrap();
