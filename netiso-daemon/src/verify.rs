@@ -272,6 +272,23 @@ pub fn plan(
                 .push(Member { c, identity });
         }
     }
+    // Unmanaged containers that share a network with a managed one are the
+    // peers that matter: try them first.
+    let managed_nets: BTreeSet<&str> = classes
+        .iter()
+        .filter(|(c, _)| c.0 != UNMANAGED)
+        .flat_map(|(_, ms)| ms.iter())
+        .flat_map(|m| m.c.networks.iter().map(|a| a.network.as_str()))
+        .collect();
+    if let Some(ms) = classes.get_mut(&Class(UNMANAGED.into())) {
+        ms.sort_by_key(|m| {
+            let near =
+                m.c.networks
+                    .iter()
+                    .any(|a| managed_nets.contains(a.network.as_str()));
+            (!near, m.c.name.clone())
+        });
+    }
     let uses_host = policy
         .rules
         .iter()
