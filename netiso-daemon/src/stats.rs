@@ -371,3 +371,119 @@ pub fn render_rules(stats: &Stats) -> String {
     out.push('\n');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(src: &str, group: &str, reason: &str, packets: u64, bytes: u64, age: u64) -> FlowRow {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        FlowRow {
+            src: src.into(),
+            src_ip: None,
+            src_group: group.into(),
+            dst: "db".into(),
+            dst_ip: None,
+            dst_group: "database".into(),
+            proto: "tcp".into(),
+            port: 5432,
+            direction: "egress".into(),
+            reason: reason.into(),
+            rule: None,
+            packets,
+            bytes,
+            first_seen: now - age,
+            last_seen: now - age,
+        }
+    }
+
+    fn stats() -> Stats {
+        Stats {
+            source: "pins".into(),
+            flows: vec![
+                flow("a", "web", "default-deny", 10, 100, 5),
+                flow("b", "web", "policy-deny", 3, 900, 1),
+                flow("c", "batch", "default-deny", 7, 70, 7200),
+            ],
+            reasons: vec![
+                ReasonRow {
+                    reason: "default-deny".into(),
+                    packets: 17,
+                    bytes: 170,
+                },
+                ReasonRow {
+                    reason: "policy-deny".into(),
+                    packets: 3,
+                    bytes: 900,
+                },
+            ],
+            rules: vec![],
+        }
+    }
+
+    fn srcs(s: &Stats) -> Vec<&str> {
+        s.flows.iter().map(|f| f.src.as_str()).collect()
+    }
+
+    #[test]
+    fn views_filter_sort_and_cut() {
+        let all = apply_view(stats(), &View::default());
+        assert_eq!(srcs(&all), ["a", "c", "b"], "by packets");
+        let v = View {
+            sort: SortKey::Bytes,
+            top: Some(2),
+            ..View::default()
+        };
+        assert_eq!(srcs(&apply_view(stats(), &v)), ["b", "a"]);
+        let v = View {
+            sort: SortKey::LastSeen,
+            ..View::default()
+        };
+        assert_eq!(srcs(&apply_view(stats(), &v)), ["b", "a", "c"]);
+        let v = View {
+            since: Some(Duration::from_secs(600)),
+            ..View::default()
+        };
+        assert_eq!(srcs(&apply_view(stats(), &v)), ["a", "b"]);
+        let v = View {
+            filter: Filter {
+                group: Some("web".into()),
+                reason: Some("policy-deny".into()),
+                ..Filter::default()
+            },
+            ..View::default()
+        };
+        let s = apply_view(stats(), &v);
+        assert_eq!(srcs(&s), ["b"]);
+        assert_eq!(s.reasons.len(), 1, "a reason filter narrows the totals");
+    }
+
+    #[test]
+    fn rules_render_with_their_text() {
+        let mut state = State::default();
+        state.rules.push(crate::state::RuleState {
+            id: 1,
+            from: "web".into(),
+            to: "db".into(),
+            ports: "5432/tcp".into(),
+            action: "allow".into(),
+            description: Some("app to database".into()),
+            location: "p.toml:3:1".into(),
+        });
+        let s = Stats {
+            source: "pins".into(),
+            flows: vec![],
+            reasons: vec![],
+            rules: vec![rule_row(&state, 0, 4, 40), rule_row(&state, 1, 2, 20)],
+        };
+        let text = render_rules(&s);
+        assert!(text.contains("group defaults"), "{text}");
+        assert!(
+            text.contains("allow") && text.contains("web -> db 5432/tcp app to database"),
+            "{text}"
+        );
+    }
+}

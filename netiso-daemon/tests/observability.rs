@@ -308,6 +308,33 @@ fn a_flood_is_rate_limited_in_the_kernel_and_the_rest_is_counted() {
         .cloned()
         .unwrap_or_else(|| panic!("{stats:#}"));
     assert_eq!(row["packets"], N as u64);
+
+    // The kernel debug log, switched on and off through the socket.
+    let out = p.daemon.cli(&["debug-log", "on"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status_json(&p.daemon)["kernel"]["debug_log"], true);
+    udp_burst(
+        p.env.pid(&p.guest),
+        SocketAddr::from((p.env.ip(&p.back), 7779)),
+        1,
+        None,
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while !p.daemon.log().contains("netiso::kernel") || !p.daemon.log().contains("port 7779") {
+        assert!(
+            Instant::now() < end,
+            "no kernel log line for the drop:\n{}",
+            p.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = p.daemon.cli(&["debug-log", "off"]);
+    assert!(out.status.success());
+    assert_eq!(status_json(&p.daemon)["kernel"]["debug_log"], false);
 }
 
 #[test]
