@@ -155,7 +155,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&map_dir);
         for (name, size) in sizes {
-            loader.set_max_entries(name, *size);
+            loader.map_max_entries(name, *size);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)

@@ -291,6 +291,42 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, String> {
     Ok(link)
 }
 
+/// Every IP address configured in the calling thread's network namespace
+/// (for the daemon: the host's own addresses, bridge gateways included).
+/// They make up the `host` peer of the policy.
+pub fn host_addresses() -> Result<Vec<std::net::IpAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
+            }
+            libc::AF_INET6 => {
+                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)));
+            }
+            _ => {}
+        }
+    }
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,40 +526,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Every IP address configured in the calling thread's network namespace
-/// (for the daemon: the host's own addresses, bridge gateways included).
-/// They make up the `host` peer of the policy.
-pub fn host_addresses() -> Result<Vec<std::net::IpAddr>> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we walk read-only and free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getifaddrs");
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
-            libc::AF_INET => {
-                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
-            }
-            libc::AF_INET6 => {
-                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                out.push(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)));
-            }
-            _ => {}
-        }
-    }
-    unsafe { libc::freeifaddrs(head) };
-    out.sort();
-    out.dedup();
-    Ok(out)
 }

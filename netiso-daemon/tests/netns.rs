@@ -45,7 +45,7 @@ fn check_default_policy(mode: AttachMode) {
     let policy = policy::parse_str(DEFAULT_POLICY, "policies/default.toml").expect("policy");
     let containers = topo.containers();
     let compiled = policy::compile(&policy, &containers, &mut Default::default()).expect("compile");
-    let (desired, _) = daemon::build_desired(&compiled, &containers, &policy);
+    let (desired, _) = daemon::build_desired(&compiled, &containers, &policy, &Default::default());
     assert_eq!(
         desired.endpoints.len(),
         3,
@@ -159,7 +159,7 @@ fn desired_for(text: &str, topo: &Topology, ids: &mut IdentityAllocator) -> Desi
     let policy = policy::parse_str(text, "test-policy.toml").expect("policy");
     let containers = topo.containers();
     let compiled = policy::compile(&policy, &containers, ids).expect("compile");
-    daemon::build_desired(&compiled, &containers, &policy).0
+    daemon::build_desired(&compiled, &containers, &policy, &Default::default()).0
 }
 
 fn rows(dp: &Datapath) -> Vec<(netiso_common::FlowKey, netiso_common::FlowValue)> {
