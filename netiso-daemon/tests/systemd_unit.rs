@@ -24,7 +24,7 @@ fn systemd_analyze() -> PathBuf {
 /// The unit with `ExecStart` pointing at the binary under test (verify
 /// checks that the program exists), written as `netiso.service` in `dir`.
 fn unit_copy(dir: &Path, text: &str) -> PathBuf {
-    let text = text.replace("/usr/local/bin/netiso", env!("CARGO_BIN_EXE_netiso"));
+    let text = text.replace("/usr/bin/netiso", env!("CARGO_BIN_EXE_netiso"));
     assert!(
         text.contains(env!("CARGO_BIN_EXE_netiso")),
         "ExecStart moved?"

@@ -2,6 +2,8 @@
 //! (`bench` and `install` come later: add a variant to [`Cmd`].)
 mod cmd;
 mod docker;
+mod install;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -32,6 +34,11 @@ enum Cmd {
     Run(run::RunArgs),
     /// Setup, then rustfmt, clippy and the whole test suite (privileged tests included)
     Test(test::TestArgs),
+    /// Build the release binary and install netiso as a systemd service
+    /// (/usr/local/bin, /etc/systemd/system, /etc/netiso; existing config kept)
+    Install(install::InstallArgs),
+    /// Build the .deb with cargo-deb (installed when missing) and check its contents
+    Package(package::PackageArgs),
 }
 
 /// The workspace root (xtask lives in `<root>/xtask`).
@@ -74,6 +81,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Setup => setup::setup(setup::Options { verify_image: true }),
         Cmd::Run(args) => run::run(&root, &invoked_from, args),
         Cmd::Test(args) => test::test(args),
+        Cmd::Install(args) => install::install(&root, args),
+        Cmd::Package(args) => package::package(&root, args).map(|_| ()),
     }
 }
 

@@ -49,6 +49,10 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
     .args(extra)
     .env(docker::TEST_IMAGE_ENV, docker::TEST_IMAGE)
     .env("RUST_BACKTRACE", "1");
+    // The .deb from the binary the tests just built (a release build would
+    // cost minutes): the packaging is checked, not the optimiser.
+    let mut package = cargo();
+    package.args(["xtask", "package", "--dev"]);
     vec![
         (
             "rustfmt",
@@ -57,6 +61,11 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
         ),
         ("clippy", clippy, "fix the lints above"),
         ("tests", test, "see the failing tests above"),
+        (
+            "package",
+            package,
+            "see above; the .deb is described in netiso-daemon/Cargo.toml [package.metadata.deb]",
+        ),
     ]
 }
 
@@ -106,7 +115,7 @@ mod tests {
         let extra = vec!["policy".to_string(), "--".into(), "--nocapture".into()];
         let stages = stages(&extra);
         let names: Vec<_> = stages.iter().map(|s| s.0).collect();
-        assert_eq!(names, ["rustfmt", "clippy", "tests"]);
+        assert_eq!(names, ["rustfmt", "clippy", "tests", "package"]);
         let test = &stages[2].1;
         let shown = cmd::display(test);
         assert!(

@@ -1,0 +1,168 @@
+//! `cargo xtask package`: the .deb, built with cargo-deb from the metadata
+//! in `netiso-daemon/Cargo.toml`, then checked: binary, unit, configuration
+//! and policy inside, /etc files marked as conffiles, the unit enabled by
+//! the maintainer scripts, and the pins removed on package removal.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use crate::{cmd, run, setup};
+
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// Package the dev-profile binary (target/debug/netiso, built if needed):
+    /// a quick check of the packaging, as `cargo xtask test` does. The
+    /// default is a release build.
+    #[arg(long)]
+    pub dev: bool,
+}
+
+/// What the .deb must hold (paths as `dpkg-deb -c` prints them).
+pub const REQUIRED: &[&str] = &[
+    "./usr/bin/netiso",
+    "./etc/netiso/netiso.toml",
+    "./etc/netiso/policy.toml",
+];
+pub const UNIT_PATHS: &[&str] = &[
+    "./lib/systemd/system/netiso.service",
+    "./usr/lib/systemd/system/netiso.service",
+];
+pub const CONFFILES: &[&str] = &["/etc/netiso/netiso.toml", "/etc/netiso/policy.toml"];
+
+/// Installs cargo-deb from crates.io when it is missing.
+fn ensure_cargo_deb() -> Result<()> {
+    if let Some(p) = setup::find_program("cargo-deb") {
+        setup::report("cargo-deb", format!("ok ({})", p.display()));
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("cargo").args(["install", "cargo-deb", "--locked"]),
+        "cargo-deb comes from crates.io; check the network and the compiler output",
+    )?;
+    setup::report("cargo-deb", "installed");
+    Ok(())
+}
+
+/// Checks a package's file list, conffiles and maintainer scripts.
+pub fn check(listing: &str, conffiles: &str, postinst: &str, prerm: &str) -> Result<()> {
+    // `-rwxr-xr-x root/root 123 2024-01-01 00:00 ./usr/bin/netiso`
+    let paths: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
+    for want in REQUIRED {
+        if !paths.contains(want) {
+            bail!("the .deb lacks {want}; it holds:\n{listing}");
+        }
+    }
+    if !UNIT_PATHS.iter().any(|u| paths.contains(u)) {
+        bail!("the .deb lacks the systemd unit; it holds:\n{listing}");
+    }
+    if let Some(l) = listing.lines().find(|l| l.ends_with(" ./usr/bin/netiso")) {
+        if !l.starts_with("-rwxr-xr-x") {
+            bail!("/usr/bin/netiso is not executable: {l}");
+        }
+    }
+    for c in CONFFILES {
+        if !conffiles.lines().any(|l| l.trim() == *c) {
+            bail!(
+                "{c} is not a conffile (dpkg would overwrite the operator's edits):\n{conffiles}"
+            );
+        }
+    }
+    if !postinst.contains("netiso.service") {
+        bail!("postinst does not enable netiso.service:\n{postinst}");
+    }
+    if !prerm.contains("netiso cleanup") {
+        bail!("prerm does not remove the pins on removal:\n{prerm}");
+    }
+    Ok(())
+}
+
+pub fn package(root: &Path, args: PackageArgs) -> Result<PathBuf> {
+    ensure_cargo_deb()?;
+    let mut deb = Command::new("cargo");
+    deb.args(["deb", "-p", "netiso-daemon"]);
+    let target = run::target_dir(root, |k| std::env::var(k).ok());
+    if args.dev {
+        // After `cargo test` the binary is there; building it again with
+        // another feature set would only cost minutes.
+        if !target.join("debug/netiso").is_file() {
+            cmd::run(
+                Command::new("cargo").args(["build", "-p", "netiso-daemon"]),
+                "fix the build errors above",
+            )?;
+        }
+        deb.args(["--profile", "dev", "--no-build"]);
+    }
+    let out_dir = target.join("debian");
+    deb.arg("--output").arg(&out_dir);
+    cmd::echo(&deb);
+    let printed = cmd::output(&mut deb).context("cargo deb failed")?;
+    // cargo-deb prints the package's path last.
+    let path = printed
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.ends_with(".deb"))
+        .map(PathBuf::from)
+        .with_context(|| format!("cargo deb printed no .deb path:\n{printed}"))?;
+    let listing = cmd::output(Command::new("dpkg-deb").arg("-c").arg(&path))?;
+    let control = std::env::temp_dir().join(format!("netiso-deb-control-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&control);
+    cmd::output(Command::new("dpkg-deb").arg("-e").arg(&path).arg(&control))?;
+    let read = |f: &str| std::fs::read_to_string(control.join(f)).unwrap_or_default();
+    let checked = check(
+        &listing,
+        &read("conffiles"),
+        &read("postinst"),
+        &read("prerm"),
+    );
+    let _ = std::fs::remove_dir_all(&control);
+    checked.with_context(|| format!("checking {}", path.display()))?;
+    print!("{listing}");
+    setup::report(
+        "package",
+        format!("{} (binary, unit, config, policy; checked)", path.display()),
+    );
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "\
+drwxr-xr-x 0/0               0 2024-01-01 00:00 ./
+-rwxr-xr-x 0/0         1234567 2024-01-01 00:00 ./usr/bin/netiso
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./etc/netiso/netiso.toml
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./etc/netiso/policy.toml
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./lib/systemd/system/netiso.service
+";
+    const CONF: &str = "/etc/netiso/netiso.toml\n/etc/netiso/policy.toml\n";
+    const POSTINST: &str = "deb-systemd-helper enable 'netiso.service'";
+    const PRERM: &str = "/usr/bin/netiso cleanup || true";
+
+    #[test]
+    fn a_complete_package_passes() {
+        check(LISTING, CONF, POSTINST, PRERM).unwrap();
+    }
+
+    #[test]
+    fn anything_missing_fails() {
+        let no_unit = LISTING.replace("./lib/systemd/system/netiso.service", "./x");
+        assert!(check(&no_unit, CONF, POSTINST, PRERM).is_err());
+        let no_bin = LISTING.replace("./usr/bin/netiso", "./usr/bin/other");
+        assert!(check(&no_bin, CONF, POSTINST, PRERM).is_err());
+        let not_exec = LISTING.replace(
+            "-rwxr-xr-x 0/0         1234567",
+            "-rw-r--r-- 0/0         1234567",
+        );
+        assert!(check(&not_exec, CONF, POSTINST, PRERM).is_err());
+        assert!(check(LISTING, "/etc/netiso/netiso.toml\n", POSTINST, PRERM).is_err());
+        assert!(check(LISTING, CONF, "", PRERM).is_err());
+        assert!(check(LISTING, CONF, POSTINST, "").is_err());
+    }
+}
