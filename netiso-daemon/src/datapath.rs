@@ -168,7 +168,13 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("the kernel rejected program {name}"))?;
         }
-        let settings = read_settings(&ebpf)?;
+        let mut settings = read_settings(&ebpf)?;
+        let fresh = settings.layout_version != LAYOUT_VERSION;
+        if fresh {
+            // Fresh maps: events on from the start (a later
+            // `set_event_rate` overrides it).
+            settings.event_rate = limits::DEFAULT_EVENT_RATE;
+        }
         let mut dp = Self {
             ebpf,
             mode: AttachMode::Auto,
@@ -177,6 +183,9 @@ impl Datapath {
             settings,
             attached: BTreeMap::new(),
         };
+        if fresh {
+            dp.write_settings()?;
+        }
         dp.clear_inactive_slot()?;
         dp.remove_old_layouts();
         Ok(dp)
@@ -331,10 +340,6 @@ impl Datapath {
             self.settings.flags &= !cidr_flag(next);
         } else {
             self.settings.flags |= cidr_flag(next);
-        }
-        if self.settings.layout_version != LAYOUT_VERSION {
-            // Fresh maps: start with events on.
-            self.settings.event_rate = limits::DEFAULT_EVENT_RATE;
         }
         self.settings.active_slot = next as u32;
         self.settings.generation = self.settings.generation.wrapping_add(1);
