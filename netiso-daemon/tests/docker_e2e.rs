@@ -56,11 +56,15 @@ fn walkthrough_policy_blocks_denied_pairs_on_one_network_and_counts_drops() {
     let guest = env.run("guest", &label("untrusted"), &tcp_servers(&[8080]));
     let plain = env.run("plain", &[], &tcp_servers(&[8080]));
     let names = [back.clone(), front.clone(), guest.clone()];
-    daemon.wait_for("the three labelled containers to be enforced", |s| {
-        names
-            .iter()
-            .all(|n| s.endpoints.iter().any(|e| &e.container == n && e.enforced))
-    });
+    daemon.wait_for(
+        "the three labelled containers enforced, the plain one seen",
+        |s| {
+            names
+                .iter()
+                .all(|n| s.endpoints.iter().any(|e| &e.container == n && e.enforced))
+                && s.endpoints.iter().any(|e| e.container == plain)
+        },
+    );
     let state = daemon.state();
     assert!(
         state
