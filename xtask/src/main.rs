@@ -1,5 +1,6 @@
-//! netiso's developer and operator workflow: `cargo xtask setup | run | test`.
-//! (`bench` and `install` come later: add a variant to [`Cmd`].)
+//! netiso's developer and operator workflow:
+//! `cargo xtask setup | run | test | install | package | bench`.
+mod bench;
 mod cmd;
 mod docker;
 mod install;
@@ -39,6 +40,8 @@ enum Cmd {
     Install(install::InstallArgs),
     /// Build the .deb with cargo-deb (installed when missing) and check its contents
     Package(package::PackageArgs),
+    /// Setup, then the benchmarks: program cost, traffic, control plane (report in bench/results/)
+    Bench(bench::BenchArgs),
 }
 
 /// The workspace root (xtask lives in `<root>/xtask`).
@@ -83,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test(args) => test::test(args),
         Cmd::Install(args) => install::install(&root, args),
         Cmd::Package(args) => package::package(&root, args).map(|_| ()),
+        Cmd::Bench(args) => bench::bench(&root, args),
     }
 }
 

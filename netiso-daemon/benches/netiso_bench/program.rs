@@ -1,0 +1,726 @@
+//! Program cost through BPF_PROG_TEST_RUN, beside an empty TC program
+//! measured in the same run.
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use aya::maps::HashMap as BpfHashMap;
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use netiso_common::{family, maps, programs, tc, CtKey, Endpoint};
+use netiso_daemon::datapath::{Datapath, Desired};
+
+use super::report::{fmt_num, Figure, Section};
+use super::stats::{median, ratios, summary, Summary};
+use super::workload::{v4, v6, Workload, TCP, UDP};
+use super::{rawbpf, Options};
+use crate::common::frames::{self, eth, ipv4, ipv6, tcp, udp, ACK, MAC_A, SYN};
+use crate::common::{NetNs, PinDir};
+
+const OUT: &str = programs::FROM_CONTAINER;
+const IN: &str = programs::TO_CONTAINER;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flow {
+    name: &'static str,
+    v6: bool,
+    proto: u8,
+    /// Allowed destination port (rule 1).
+    port: u16,
+    /// A port no rule names: A's egress default denies it.
+    denied_port: u16,
+}
+
+const FLOWS: [Flow; 4] = [
+    Flow {
+        name: "tcp4",
+        v6: false,
+        proto: TCP,
+        port: 80,
+        denied_port: 8081,
+    },
+    Flow {
+        name: "udp4",
+        v6: false,
+        proto: UDP,
+        port: 53,
+        denied_port: 5353,
+    },
+    Flow {
+        name: "tcp6",
+        v6: true,
+        proto: TCP,
+        port: 80,
+        denied_port: 8081,
+    },
+    Flow {
+        name: "udp6",
+        v6: true,
+        proto: UDP,
+        port: 53,
+        denied_port: 5353,
+    },
+];
+
+/// Source ports: one flow for established packets, one re-created for
+/// every first-packet sample, one for denied packets.
+const SPORT_EST: u16 = 40_000;
+const SPORT_FIRST: u16 = 40_001;
+const SPORT_DENY: u16 = 40_002;
+
+fn a4() -> Ipv4Addr {
+    v4(Ipv4Addr::new(10, 128, 0, 1), 0)
+}
+fn b4() -> Ipv4Addr {
+    v4(Ipv4Addr::new(10, 128, 0, 1), 1)
+}
+fn a6() -> Ipv6Addr {
+    v6(1)
+}
+fn b6() -> Ipv6Addr {
+    v6(2)
+}
+
+/// A frame from A to B. `flags` only matter for TCP.
+fn frame(f: Flow, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let l4 = if f.proto == TCP {
+        tcp(sport, dport, flags)
+    } else {
+        udp(sport, dport, &[0u8; 18])
+    };
+    if f.v6 {
+        eth(
+            MAC_A,
+            frames::MAC_B,
+            0x86dd,
+            &ipv6(a6(), b6(), f.proto, &l4),
+        )
+    } else {
+        eth(
+            MAC_A,
+            frames::MAC_B,
+            0x0800,
+            &ipv4(a4(), b4(), f.proto, 1, 0, &l4),
+        )
+    }
+}
+
+fn ct_key(f: Flow, sport: u16, dport: u16, reverse: bool) -> CtKey {
+    let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+    if f.v6 {
+        s = a6().octets();
+        d = b6().octets();
+    } else {
+        s[..4].copy_from_slice(&a4().octets());
+        d[..4].copy_from_slice(&b4().octets());
+    }
+    let (saddr, daddr, sport, dport) = if reverse {
+        (d, s, dport, sport)
+    } else {
+        (s, d, sport, dport)
+    };
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: f.proto,
+        family: if f.v6 { family::V6 } else { family::V4 },
+        ..Default::default()
+    }
+}
+
+/// One loaded datapath with a policy of one size.
+struct Scenario {
+    rules: usize,
+    endpoints: usize,
+    entries: usize,
+    workload: Workload,
+    dp: Datapath,
+    _pins: PinDir,
+}
+
+impl Scenario {
+    fn prog(&self, name: &str) -> Result<&SchedClassifier> {
+        Ok(self
+            .dp
+            .ebpf()
+            .program(name)
+            .with_context(|| format!("program {name}"))?
+            .try_into()?)
+    }
+}
+
+fn load(ns: &NetNs, rules: usize, endpoints: usize) -> Result<Scenario> {
+    let mut workload = Workload::program(rules, endpoints);
+    // A (container 0) is the endpoint on the namespace's loopback, whose
+    // ifindex 1 is what BPF_PROG_TEST_RUN reports.
+    let a = &mut workload.containers[0].networks[0];
+    a.host_ifindex = Some(1);
+    a.host_ifname = Some("lo".into());
+    a.mac = Some(MAC_A);
+    let desired: Desired = workload.desired()?;
+    ensure!(
+        desired.endpoints.len() == 1,
+        "expected exactly the local endpoint in the compiled datapath"
+    );
+    let entries = desired.policy.len();
+    let pins = PinDir::new();
+    let path = pins.path.clone();
+    let mut dp = ns.run(move || -> Result<Datapath> {
+        let mut dp = Datapath::load(&path)?;
+        dp.apply(&desired)?;
+        Ok(dp)
+    })?;
+    // The other endpoints: entries in the endpoints map (their veths do not
+    // exist here; only the map's size matters to a lookup).
+    let ep_proto = {
+        let m: BpfHashMap<_, u32, Endpoint> =
+            BpfHashMap::try_from(dp.ebpf().map(maps::ENDPOINTS).context("endpoints map")?)?;
+        m.get(&1, 0).context("the local endpoint is in the map")?
+    };
+    {
+        let mut m: BpfHashMap<_, u32, Endpoint> = BpfHashMap::try_from(
+            dp.ebpf_mut()
+                .map_mut(maps::ENDPOINTS)
+                .context("endpoints map")?,
+        )?;
+        for (i, c) in workload.containers.iter().enumerate().skip(1) {
+            let mut ep = ep_proto;
+            ep.ipv4 = c.networks[0].ipv4.map(|a| a.octets()).unwrap_or_default();
+            ep.mac = c.networks[0].mac.unwrap_or_default();
+            m.insert(1000 + i as u32, ep, 0)
+                .context("adding an endpoint (map full?)")?;
+        }
+    }
+    Ok(Scenario {
+        rules,
+        endpoints,
+        entries,
+        workload,
+        dp,
+        _pins: pins,
+    })
+}
+
+fn run_once(p: &SchedClassifier, data: &[u8], repeat: u32) -> Result<(i32, f64)> {
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(data),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.return_value as i32, r.duration.as_nanos() as f64))
+}
+
+fn expect(ret: i32, want: i32, what: &str) -> Result<()> {
+    if ret != want {
+        bail!("{what}: the program returned {ret}, expected {want}: the bench's policy or frames no longer match the datapath");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Established,
+    Denied,
+}
+
+/// Per scenario: per-repetition results.
+#[derive(Default, Clone)]
+struct Samples {
+    empty: Vec<f64>,
+    /// [kind][flow] -> per rep
+    repeat: [[Vec<f64>; 4]; 2],
+    /// single-run: per rep, medians
+    single_empty: Vec<f64>,
+    single_first: [Vec<f64>; 4],
+    single_est_tcp4: Vec<f64>,
+}
+
+pub fn run(opts: &Options) -> Result<Section> {
+    let ns = NetNs::new("bp");
+    println!(
+        "bench: program cost: loading {} datapaths",
+        opts.sizes.len()
+    );
+    let mut scenarios = Vec::new();
+    for &(r, e) in &opts.sizes {
+        scenarios.push(load(&ns, r, e).with_context(|| format!("{r} rules, {e} endpoints"))?);
+    }
+    let empty_pins = PinDir::new();
+    let empty = rawbpf::load_empty_classifier(&empty_pins.path.join("empty"))?;
+
+    // Prime the established flows and check every verdict once.
+    for s in &scenarios {
+        let out = s.prog(OUT)?;
+        for f in FLOWS {
+            let syn = frame(f, SPORT_EST, f.port, SYN);
+            expect(
+                run_once(out, &syn, 1)?.0,
+                tc::ACT_OK,
+                "first packet of an allowed flow",
+            )?;
+            let est = frame(f, SPORT_EST, f.port, ACK);
+            expect(run_once(out, &est, 1)?.0, tc::ACT_OK, "established packet")?;
+            let deny = frame(f, SPORT_DENY, f.denied_port, SYN);
+            expect(run_once(out, &deny, 1)?.0, tc::ACT_SHOT, "denied packet")?;
+        }
+    }
+    expect(
+        run_once(&empty, &frame(FLOWS[0], 1, 2, SYN), 1)?.0,
+        tc::ACT_OK,
+        "empty program",
+    )?;
+
+    let mut samples = vec![Samples::default(); scenarios.len()];
+    // Repeat mode: every (scenario, case) once per rep, the order rotated
+    // from rep to rep so that no case always runs first or last.
+    let mut cases: Vec<(usize, Option<(Kind, usize)>)> = Vec::new();
+    for si in 0..scenarios.len() {
+        cases.push((si, None));
+        for k in [Kind::Established, Kind::Denied] {
+            for fi in 0..FLOWS.len() {
+                cases.push((si, Some((k, fi))));
+            }
+        }
+    }
+    println!(
+        "bench: program cost: {} cases x {} reps x repeat {}",
+        cases.len(),
+        opts.reps,
+        opts.repeat
+    );
+    for rep in 0..opts.reps {
+        let n = cases.len();
+        for j in 0..n {
+            let (si, case) = cases[(j + rep * 7) % n];
+            let s = &scenarios[si];
+            match case {
+                None => {
+                    let (ret, ns) =
+                        run_once(&empty, &frame(FLOWS[0], SPORT_EST, 80, ACK), opts.repeat)?;
+                    expect(ret, tc::ACT_OK, "empty program")?;
+                    samples[si].empty.push(ns);
+                }
+                Some((k, fi)) => {
+                    let f = FLOWS[fi];
+                    let (data, want) = match k {
+                        Kind::Established => (frame(f, SPORT_EST, f.port, ACK), tc::ACT_OK),
+                        Kind::Denied => (frame(f, SPORT_DENY, f.denied_port, SYN), tc::ACT_SHOT),
+                    };
+                    let (ret, ns) = run_once(s.prog(OUT)?, &data, opts.repeat)?;
+                    expect(ret, want, f.name)?;
+                    samples[si].repeat[k as usize][fi].push(ns);
+                }
+            }
+        }
+    }
+
+    // Single-run mode for first packets of allowed flows: each run creates
+    // conntrack state, which is deleted before the next, so every sample is
+    // a new flow.
+    let per_rep = (opts.first_samples / opts.reps).max(1);
+    println!(
+        "bench: program cost: first packets, {} single runs per flow and size",
+        per_rep * opts.reps
+    );
+    let empty_frame = frame(FLOWS[0], SPORT_EST, 80, ACK);
+    for _ in 0..opts.reps {
+        // Per scenario: (empty, first packet per flow, established tcp4).
+        type Raw = (Vec<f64>, [Vec<f64>; 4], Vec<f64>);
+        let mut raw: Vec<Raw> = vec![Raw::default(); scenarios.len()];
+        let firsts: Vec<Vec<u8>> = FLOWS
+            .iter()
+            .map(|&f| frame(f, SPORT_FIRST, f.port, SYN))
+            .collect();
+        let est_tcp4 = frame(FLOWS[0], SPORT_EST, 80, ACK);
+        for _ in 0..per_rep {
+            for (si, s) in scenarios.iter_mut().enumerate() {
+                let (ret, ns) = run_once(&empty, &empty_frame, 1)?;
+                expect(ret, tc::ACT_OK, "empty program")?;
+                raw[si].0.push(ns);
+                let (ret, ns) = run_once(s.prog(OUT)?, &est_tcp4, 1)?;
+                expect(ret, tc::ACT_OK, "established packet")?;
+                raw[si].2.push(ns);
+                for (fi, f) in FLOWS.iter().enumerate() {
+                    let (ret, ns) = run_once(s.prog(OUT)?, &firsts[fi], 1)?;
+                    expect(ret, tc::ACT_OK, "first packet of an allowed flow")?;
+                    raw[si].1[fi].push(ns);
+                    delete_ct(&mut s.dp, *f)?;
+                }
+            }
+        }
+        for (si, (e, firsts, est)) in raw.into_iter().enumerate() {
+            let sm = &mut samples[si];
+            sm.single_empty.push(median(&e));
+            for (fi, first) in firsts.iter().enumerate() {
+                sm.single_first[fi].push(median(first));
+            }
+            sm.single_est_tcp4.push(median(&est));
+        }
+    }
+
+    let mut section = section_for(opts, &scenarios, &samples)?;
+    instruction_counts(&scenarios[0], &mut section)?;
+    if let Some(big) = scenarios.iter_mut().max_by_key(|s| (s.rules, s.endpoints)) {
+        reload_in_process(opts, &ns, big, &mut section)?;
+    }
+    Ok(section)
+}
+
+/// Per repetition: a single-run first packet, less a single-run established
+/// TCP/IPv4 packet of the same repetition, plus that packet's repeat-mode
+/// cost. Both single runs pay the same timer overhead and the same colder
+/// caches after a syscall, so the difference is the first packet's extra
+/// work at the warm repeat-mode level.
+fn first_allowed_estimate(sm: &Samples, fi: usize) -> Vec<f64> {
+    (0..sm.single_first[fi].len())
+        .map(|r| sm.single_first[fi][r] - sm.single_est_tcp4[r] + sm.repeat[0][0][r])
+        .collect()
+}
+
+/// Runs one case in a loop for `secs` seconds (repeat 10^6 per call), for
+/// an outside profiler: `perf record -e cpu-clock -a -g -- <bench> --profile
+/// established`. Returns the mean ns per run.
+pub fn profile(case: &str, secs: f64) -> Result<f64> {
+    let ns = NetNs::new("bq");
+    let s = load(&ns, 10_000, 4_000)?;
+    let f = FLOWS[0];
+    let (data, want) = match case {
+        "established" => {
+            let syn = frame(f, SPORT_EST, f.port, SYN);
+            expect(
+                run_once(s.prog(OUT)?, &syn, 1)?.0,
+                tc::ACT_OK,
+                "first packet",
+            )?;
+            (frame(f, SPORT_EST, f.port, ACK), tc::ACT_OK)
+        }
+        "denied" => (frame(f, SPORT_DENY, f.denied_port, SYN), tc::ACT_SHOT),
+        "empty" => (frame(f, SPORT_EST, f.port, ACK), tc::ACT_OK),
+        _ => bail!("--profile takes established, denied or empty, not {case:?}"),
+    };
+    let pins = PinDir::new();
+    let empty = rawbpf::load_empty_classifier(&pins.path.join("empty"))?;
+    let prog = if case == "empty" {
+        &empty
+    } else {
+        s.prog(OUT)?
+    };
+    let t = Instant::now();
+    let mut runs = Vec::new();
+    while t.elapsed().as_secs_f64() < secs {
+        let (ret, ns) = run_once(prog, &data, 1_000_000)?;
+        expect(ret, want, case)?;
+        runs.push(ns);
+    }
+    Ok(median(&runs))
+}
+
+fn delete_ct(dp: &mut Datapath, f: Flow) -> Result<()> {
+    let mut ct: BpfHashMap<_, CtKey, netiso_common::CtValue> = BpfHashMap::try_from(
+        dp.ebpf_mut()
+            .map_mut(maps::CONNTRACK)
+            .context("conntrack map")?,
+    )?;
+    for reverse in [false, true] {
+        ct.remove(&ct_key(f, SPORT_FIRST, f.port, reverse))
+            .map_err(|e| {
+                anyhow!("deleting the conntrack entry of a first packet ({}, reverse {reverse}): {e}; did the conntrack key layout change?", f.name)
+            })?;
+    }
+    Ok(())
+}
+
+fn section_for(opts: &Options, scenarios: &[Scenario], samples: &[Samples]) -> Result<Section> {
+    let mut sec = Section::new(
+        "Program cost (BPF_PROG_TEST_RUN)",
+        format!(
+            "Each policy size is a freshly loaded datapath (`Datapath::load` + `apply`) in a private network namespace, filled through the real policy compiler: `R` rules over up to 50 groups and `E` containers (IPv4 and IPv6 identities; the local endpoint A is the namespace's loopback, the other `E-1` endpoints are extra entries in the endpoints map). A may open 80/tcp and 53/udp to B (rule 1); A's group denies egress by default. All datapaths stay loaded and every repetition runs every (size, case) once, in an order rotated between repetitions, with an empty TC program (`r0 = 0; exit`, loaded through the raw bpf() syscall) run in the same rotation. Figures are medians of {reps} repetitions (min – max over repetitions); ratios pair each repetition with the empty program of the same repetition and size.\n\n\
+- **established**: a TCP ACK / UDP datagram of a flow already in conntrack, `repeat` = {repeat} per repetition.\n\
+- **first, denied**: a TCP SYN / UDP datagram to a port no rule names, dropped by A's default (`default-deny`): a denied flow creates no state, so every run is a first packet (identity lookup, all three policy lookups miss, the drop is counted in the flow table); `repeat` = {repeat}.\n\
+- **first, allowed**: a first packet of an allowed flow creates conntrack state, so the same frame cannot be repeated in one call. Instead it runs with `repeat` = 1, {first} times per size and flow, and both conntrack entries are deleted from user space after each run, so that every sample is a new flow. A single run's duration includes the kernel's timer overhead and runs with colder caches than a repeat loop (the syscall ran in between), so an established TCP/IPv4 packet is measured the same single-run way, interleaved, and the figure is `median(single first packet) − median(single established packet) + established packet (repeat mode)`, per repetition: the extra work of a first packet, at the warm repeat-mode level. The JSON also has the estimate calibrated by the empty program instead (`median(single) − median(single empty) + empty (repeat mode)`), which keeps the cold-cache penalty; the notes compare both calibrations on the established packet.",
+            reps = opts.reps,
+            repeat = opts.repeat,
+            first = (opts.first_samples / opts.reps).max(1) * opts.reps,
+        ),
+    );
+    sec.cond("repeat (repeat mode)", opts.repeat);
+    sec.cond("repetitions", opts.reps);
+    sec.cond(
+        "single-run samples per first-packet figure",
+        (opts.first_samples / opts.reps).max(1) * opts.reps,
+    );
+    sec.cond(
+        "frame sizes",
+        "TCP/IPv4 54 B, UDP/IPv4 60 B, TCP/IPv6 74 B, UDP/IPv6 80 B",
+    );
+    sec.cond("program", format!("{OUT} (TC ingress on the host veth)"));
+
+    let all_empty: Vec<f64> = samples
+        .iter()
+        .flat_map(|s| s.empty.iter().copied())
+        .collect();
+    sec.figures.push(
+        Figure::new(
+            "program.empty",
+            "empty TC program",
+            "ns",
+            summary(&all_empty),
+        )
+        .cond("repeat", opts.repeat),
+    );
+    let mut worst: [(f64, String); 3] = Default::default();
+    let kinds = ["established", "first, denied", "first, allowed"];
+    let ids = ["established", "first_denied", "first_allowed"];
+    for (si, s) in scenarios.iter().enumerate() {
+        let sm = &samples[si];
+        for (fi, f) in FLOWS.iter().enumerate() {
+            for kind in 0..3 {
+                let (value, ratio): (Summary, Summary) = match kind {
+                    0 | 1 => {
+                        let k = if kind == 0 { 0 } else { 1 };
+                        let v = &sm.repeat[k][fi];
+                        (summary(v), summary(&ratios(v, &sm.empty)))
+                    }
+                    _ => {
+                        let est = first_allowed_estimate(sm, fi);
+                        (summary(&est), summary(&ratios(&est, &sm.empty)))
+                    }
+                };
+                let id = format!(
+                    "program.{}.{}.r{}.e{}",
+                    ids[kind], f.name, s.rules, s.endpoints
+                );
+                let label = format!(
+                    "{}, {}, {} rules, {} endpoints",
+                    kinds[kind], f.name, s.rules, s.endpoints
+                );
+                if ratio.median > worst[kind].0 {
+                    worst[kind] = (ratio.median, label.clone());
+                }
+                let mut fig = Figure::new(id, label, "ns", value)
+                    .ratio("empty", ratio)
+                    .cond("rules", s.rules)
+                    .cond("endpoints", s.endpoints)
+                    .cond("policy map entries", s.entries);
+                if kind == 2 {
+                    let by_empty: Vec<f64> = (0..sm.single_first[fi].len())
+                        .map(|r| sm.single_first[fi][r] - sm.single_empty[r] + sm.empty[r])
+                        .collect();
+                    fig = fig
+                        .extra("single_run_median_ns", median(&sm.single_first[fi]))
+                        .extra("single_run_empty_median_ns", median(&sm.single_empty))
+                        .extra(
+                            "single_run_established_tcp4_median_ns",
+                            median(&sm.single_est_tcp4),
+                        )
+                        .extra("estimate_calibrated_by_empty_ns", median(&by_empty));
+                }
+                sec.figures.push(fig);
+            }
+        }
+    }
+
+    // Targets: the worst case over sizes and flows, and growth with size.
+    let limits = [3.5, 7.0, 7.0];
+    for kind in 0..3 {
+        let (r, label) = &worst[kind];
+        let f = sec
+            .figures
+            .iter()
+            .find(|f| &f.label == label)
+            .cloned()
+            .context("worst figure")?;
+        let fig = Figure::new(
+            format!("program.{}.worst", ids[kind]),
+            format!("{} packet, worst case ({})", kinds[kind], label),
+            "ns",
+            f.value,
+        )
+        .ratio("empty", f.ratio.unwrap_or_default())
+        .target(format!("≤ {}× empty", limits[kind]), *r <= limits[kind]);
+        sec.figures.push(fig);
+    }
+    let smallest = scenarios.iter().min_by_key(|s| (s.rules, s.endpoints));
+    let largest = scenarios.iter().max_by_key(|s| (s.rules, s.endpoints));
+    if let (Some(lo), Some(hi)) = (smallest, largest) {
+        if (lo.rules, lo.endpoints) != (hi.rules, hi.endpoints) {
+            for kind in 0..3 {
+                let mut growth = Vec::new();
+                for f in FLOWS {
+                    let get = |s: &Scenario| {
+                        sec.figure(&format!(
+                            "program.{}.{}.r{}.e{}",
+                            ids[kind], f.name, s.rules, s.endpoints
+                        ))
+                        .and_then(|f| f.ratio)
+                        .map_or(f64::NAN, |r| r.median)
+                    };
+                    growth.push(get(hi) / get(lo));
+                }
+                let g = summary(&growth);
+                let fig = Figure::new(
+                    format!("program.{}.scaling", ids[kind]),
+                    format!(
+                        "{}: {} rules / {} endpoints against {} / {} (over the 4 flows)",
+                        kinds[kind], hi.rules, hi.endpoints, lo.rules, lo.endpoints
+                    ),
+                    "×",
+                    g,
+                )
+                .target("worst flow ≤ 1.2× the smallest", g.max <= 1.2);
+                sec.figures.push(fig);
+            }
+        }
+    }
+
+    // Matrices: one per kind, sizes down, flows across.
+    for kind in 0..3 {
+        let mut t = format!(
+            "**{}** — median ns per packet (× empty program)\n\n| rules | endpoints | policy entries | {} |\n|---|---|---|{}\n",
+            kinds[kind],
+            FLOWS.map(|f| f.name).join(" | "),
+            "---|".repeat(FLOWS.len())
+        );
+        for s in scenarios {
+            let mut row = format!("| {} | {} | {} |", s.rules, s.endpoints, s.entries);
+            for f in FLOWS {
+                let fig = sec.figure(&format!(
+                    "program.{}.{}.r{}.e{}",
+                    ids[kind], f.name, s.rules, s.endpoints
+                ));
+                match fig {
+                    Some(fig) => row.push_str(&format!(
+                        " {} ({}×) |",
+                        fmt_num(fig.value.median),
+                        fmt_num(fig.ratio.map_or(f64::NAN, |r| r.median))
+                    )),
+                    None => row.push_str(" |"),
+                }
+            }
+            t.push_str(&row);
+            t.push('\n');
+        }
+        sec.notes.push(t);
+    }
+    let e = summary(&all_empty);
+    sec.notes.push(format!(
+        "Empty TC program: {} ns median ({} – {}) over {} repetitions × {} sizes.",
+        fmt_num(e.median),
+        fmt_num(e.min),
+        fmt_num(e.max),
+        opts.reps,
+        scenarios.len()
+    ));
+    // Method check: established TCP/IPv4 both ways.
+    let mut check = String::from("Method check — established TCP/IPv4, repeat mode vs. single runs calibrated by the empty program (the difference is the single-run cold-cache penalty that the first-packet figures remove): ");
+    let parts: Vec<String> = scenarios
+        .iter()
+        .zip(samples)
+        .map(|(s, sm)| {
+            let single: Vec<f64> = (0..sm.single_est_tcp4.len())
+                .map(|r| sm.single_est_tcp4[r] - sm.single_empty[r] + sm.empty[r])
+                .collect();
+            format!(
+                "{}/{}: {} vs {} ns",
+                s.rules,
+                s.endpoints,
+                fmt_num(median(&sm.repeat[0][0])),
+                fmt_num(median(&single))
+            )
+        })
+        .collect();
+    check.push_str(&parts.join("; "));
+    check.push('.');
+    sec.notes.push(check);
+    Ok(sec)
+}
+
+fn instruction_counts(s: &Scenario, sec: &mut Section) -> Result<()> {
+    for name in [OUT, IN] {
+        let info = s.prog(name)?.info()?;
+        sec.cond(
+            &format!("{name} size"),
+            format!(
+                "{} xlated instructions, {} B JIT code, {} instructions verified",
+                info.size_translated().unwrap_or(0) / 8,
+                info.size_jitted(),
+                info.verified_instruction_count().unwrap_or(0)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// What a daemon reload of the largest policy costs in-process: parse,
+/// compile (+ map contents), and the atomic slot switch in the maps.
+fn reload_in_process(
+    opts: &Options,
+    ns: &NetNs,
+    s: &mut Scenario,
+    sec: &mut Section,
+) -> Result<()> {
+    let mut parse = Vec::new();
+    let mut compile = Vec::new();
+    let mut apply = Vec::new();
+    for i in 0..opts.reloads.max(2) {
+        let mut w = s.workload.clone();
+        // Alternate the last rule's port so that every apply is a switch.
+        if let Some(r) = w.rules.last_mut() {
+            r.ports[0].1 = r.ports[0].1.wrapping_add((i % 2) as u16 + 1);
+        }
+        let text = w.toml();
+        let t = Instant::now();
+        let p = netiso_daemon::policy::parse_str(&text, "bench-policy.toml")
+            .map_err(|e| anyhow!("{e}"))?;
+        parse.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let compiled = netiso_daemon::policy::compile(&p, &w.containers, &mut Default::default())
+            .map_err(|e| anyhow!("{e}"))?;
+        let desired = super::workload::build_desired(&compiled, &w.containers, &p);
+        compile.push(t.elapsed().as_secs_f64() * 1e3);
+        let dp = &mut s.dp;
+        let t = Instant::now();
+        let report = ns.run(|| dp.apply(&desired))?;
+        apply.push(t.elapsed().as_secs_f64() * 1e3);
+        ensure!(report.switched, "a policy change switches slots");
+    }
+    let total: Vec<f64> = (0..parse.len())
+        .map(|i| parse[i] + compile[i] + apply[i])
+        .collect();
+    let cond = |f: Figure| {
+        f.cond("rules", s.rules)
+            .cond("containers", s.endpoints)
+            .cond("policy map entries", s.entries)
+    };
+    sec.figures.push(cond(Figure::new(
+        "reload.inprocess.parse",
+        "in-process reload: parse",
+        "ms",
+        summary(&parse),
+    )));
+    sec.figures.push(cond(Figure::new(
+        "reload.inprocess.compile",
+        "in-process reload: compile + map contents",
+        "ms",
+        summary(&compile),
+    )));
+    sec.figures.push(cond(Figure::new(
+        "reload.inprocess.apply",
+        "in-process reload: map writes + slot switch",
+        "ms",
+        summary(&apply),
+    )));
+    sec.figures.push(cond(Figure::new(
+        "reload.inprocess.total",
+        format!(
+            "in-process reload of a {}-rule policy with {} containers (parse + compile + apply)",
+            s.rules, s.endpoints
+        ),
+        "ms",
+        summary(&total),
+    )));
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! The empty TC program every program-cost figure is compared with:
+//! `r0 = TC_ACT_OK; exit`, loaded with the raw bpf() syscall (the eBPF
+//! crate has no such program) and pinned, so that aya can open it and run
+//! it through the same `TestRun` path as netiso's programs.
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd as _;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::programs::SchedClassifier;
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD; the kernel accepts a
+/// shorter attr as long as the bytes it does not get would be zero.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `mov64 r0, 0` (TC_ACT_OK), `exit`.
+const EMPTY: [u64; 2] = [
+    // opcode 0xb7 (ALU64 | MOV | K), dst r0, imm 0
+    0x0000_0000_0000_00b7,
+    // opcode 0x95 (JMP | EXIT)
+    0x0000_0000_0000_0095,
+];
+
+fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> io::Result<i64> {
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Loads the empty classifier, pins it at `pin` and opens it with aya.
+pub fn load_empty_classifier(pin: &Path) -> Result<SchedClassifier> {
+    let license = CString::new("GPL")?;
+    let mut name = [0u8; 16];
+    name[..12].copy_from_slice(b"bench_empty\0");
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: EMPTY.len() as u32,
+        insns: EMPTY.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        ..Default::default()
+    };
+    let fd = bpf(
+        BPF_PROG_LOAD,
+        &attr as *const _ as *const u8,
+        std::mem::size_of::<ProgLoadAttr>(),
+    )
+    .context("loading the empty TC program (BPF_PROG_LOAD)")?;
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if let Some(parent) = pin.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
+    let pin_attr = ObjPinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    bpf(
+        BPF_OBJ_PIN,
+        &pin_attr as *const _ as *const u8,
+        std::mem::size_of::<ObjPinAttr>(),
+    )
+    .with_context(|| format!("pinning the empty program at {}", pin.display()))?;
+    SchedClassifier::from_pin(pin).context("opening the pinned empty program with aya")
+}
