@@ -5,8 +5,10 @@
 
 pub mod docker;
 pub mod frames;
+pub mod hostile;
 pub mod obs;
 pub mod ops;
+pub mod reference;
 pub mod topology;
 
 use std::fs::File;
