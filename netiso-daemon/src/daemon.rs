@@ -79,6 +79,10 @@ struct Daemon {
     host_addrs: Vec<IpAddr>,
     /// Docker network name -> driver, to explain attachments without a veth.
     drivers: BTreeMap<String, String>,
+    /// Docker network name -> its bridge device (bridge networks).
+    bridges: BTreeMap<String, String>,
+    /// Veths of fail-closed networks held closed until classified.
+    holds: crate::fail_closed::Holds,
     /// Containers whose veth should exist but was not found yet (Docker
     /// reports some attachments a moment before the veth is in place), with
     /// the number of lookups left.
@@ -121,6 +125,15 @@ pub async fn run(opts: Options) -> Result<()> {
         Err(e) => warn!(error = format!("{e:#}"), "ignoring the previous state file"),
     }
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
+    // New links (fail-closed networks); dropped announcements are caught
+    // up by the scan at each resync.
+    let (link_tx, mut link_rx) = mpsc::channel(256);
+    if let Err(e) = crate::link_watch::spawn(link_tx) {
+        warn!(
+            error = format!("{e:#}"),
+            "not watching new links; fail-closed holds start at resyncs only"
+        );
+    }
     if opts.watch_policy {
         crate::policy_watch::spawn(opts.policy.clone(), control_tx.clone());
     }
@@ -141,6 +154,8 @@ pub async fn run(opts: Options) -> Result<()> {
         containers: BTreeMap::new(),
         host_addrs: Vec::new(),
         drivers: BTreeMap::new(),
+        bridges: BTreeMap::new(),
+        holds: Default::default(),
         pending: BTreeMap::new(),
         reported: BTreeSet::new(),
         last_reload: None,
@@ -198,6 +213,16 @@ pub async fn run(opts: Options) -> Result<()> {
                             while let Some(Some(Ok(more))) = futures_util::FutureExt::now_or_never(events.next()) {
                                 batch.push(more);
                             }
+                            // Links announced before these events first: a new
+                            // veth of a fail-closed network is held before its
+                            // container can be classified.
+                            let mut held = false;
+                            while let Ok(l) = link_rx.try_recv() {
+                                held |= d.on_link(&l);
+                            }
+                            if held {
+                                d.reconcile_logged();
+                            }
                             for ev in batch {
                                 d.handle(&docker, ev).await;
                             }
@@ -213,6 +238,11 @@ pub async fn run(opts: Options) -> Result<()> {
                         debug!("periodic resync");
                         d.dp.forget_applied();
                         d.resync(&docker).await?;
+                    }
+                    Some(ev) = link_rx.recv() => {
+                        if d.on_link(&ev) {
+                            d.reconcile_logged();
+                        }
                     }
                     _ = retry_tick.tick(), if !d.pending.is_empty() => {
                         d.retry_pending(&docker).await;
@@ -293,7 +323,7 @@ impl Daemon {
     async fn resync(&mut self, docker: &DockerClient) -> Result<()> {
         let span = info_span!("resync");
         async {
-            self.drivers = docker.network_drivers().await?;
+            self.set_networks(docker.networks().await?);
             let listed = docker.running_containers().await?;
             let mut containers = BTreeMap::new();
             self.pending.clear();
@@ -305,6 +335,7 @@ impl Daemon {
             info!(containers = containers.len(), "listed running containers");
             self.containers = containers;
             self.last_resync = unix_now() as u64;
+            self.scan_holds();
             match crate::netlink::host_addresses() {
                 Ok(addrs) => self.host_addrs = addrs,
                 Err(e) => warn!(error = format!("{e:#}"), "cannot read the host's addresses"),
@@ -332,8 +363,8 @@ impl Daemon {
                 return;
             }
             DockerEvent::NetworkCreated { name } => {
-                match docker.network_drivers().await {
-                    Ok(d) => self.drivers = d,
+                match docker.networks().await {
+                    Ok(n) => self.set_networks(n),
                     Err(e) => {
                         warn!(network = %name, error = format!("{e:#}"), "listing networks failed")
                     }
@@ -343,10 +374,58 @@ impl Daemon {
             DockerEvent::NetworkRemoved { name } => {
                 // Its containers were disconnected first (their own events).
                 self.drivers.remove(name);
+                self.bridges.remove(name);
                 return;
             }
         };
         self.refresh(docker, &id).await;
+    }
+
+    fn set_networks(&mut self, nets: Vec<crate::docker::NetworkInfo>) {
+        self.drivers = nets
+            .iter()
+            .map(|n| (n.name.clone(), n.driver.clone()))
+            .collect();
+        self.bridges = nets
+            .into_iter()
+            .filter_map(|n| Some((n.name, n.bridge?)))
+            .collect();
+    }
+
+    fn fail_closed_bridges(&self) -> BTreeMap<String, String> {
+        crate::fail_closed::bridges(&self.policy.fail_closed_networks(), &self.bridges)
+    }
+
+    fn claimed_veths(&self) -> BTreeSet<u32> {
+        self.containers
+            .values()
+            .flat_map(|c| c.networks.iter().filter_map(|a| a.host_ifindex))
+            .collect()
+    }
+
+    /// A link was announced; true when a hold began or ended.
+    fn on_link(&mut self, ev: &crate::link_watch::LinkEvent) -> bool {
+        let fc = self.fail_closed_bridges();
+        if fc.is_empty() && self.holds.is_empty() {
+            return false;
+        }
+        let claimed = self.claimed_veths();
+        self.holds.on_link(ev, &fc, &claimed)
+    }
+
+    /// Holds what the announcements missed (called at each resync).
+    fn scan_holds(&mut self) {
+        let fc = self.fail_closed_bridges();
+        if fc.is_empty() && self.holds.is_empty() {
+            return;
+        }
+        let claimed = self.claimed_veths();
+        if let Err(e) = self.holds.scan(&fc, &claimed) {
+            warn!(
+                error = format!("{e:#}"),
+                "cannot list links for fail-closed holds"
+            );
+        }
     }
 
     /// Inspects one container again and records what it looks like now.
@@ -480,6 +559,12 @@ impl Daemon {
         let (mut desired, mut state) =
             build_desired(&compiled, &containers, &self.policy, &self.drivers);
         self.report_unenforceable(&state.unenforceable);
+        self.holds.apply(
+            &mut desired,
+            &crate::fail_closed::claimed(&containers),
+            &self.policy.fail_closed_networks(),
+        );
+        state.held = self.holds.state();
         add_host_addresses(&mut desired, &self.host_addrs);
         // Name every identity ever given out, not only those in use, so
         // that older flow rows still read right.

@@ -55,6 +55,16 @@ pub enum DockerEvent {
     },
 }
 
+/// A Docker network as the daemon needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub id: String,
+    pub driver: String,
+    /// The bridge device of a `bridge` network (`br-<id>` unless named).
+    pub bridge: Option<String>,
+}
+
 /// A connection to the Docker engine (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct DockerClient {
@@ -113,10 +123,10 @@ impl DockerClient {
         }
     }
 
-    /// Docker network name → driver (`bridge`, `macvlan`, `ipvlan`, `host`,
-    /// `null`, `overlay`, …): what decides whether an attachment can have a
-    /// host-side veth at all.
-    pub async fn network_drivers(&self) -> Result<BTreeMap<String, String>> {
+    /// Every network: name, driver (`bridge`, `macvlan`, `ipvlan`, `host`,
+    /// `null`, `overlay`, …: whether an attachment can have a host-side veth
+    /// at all) and, for bridge networks, the bridge device's name.
+    pub async fn networks(&self) -> Result<Vec<NetworkInfo>> {
         let nets = self
             .docker
             .list_networks(None)
@@ -124,7 +134,23 @@ impl DockerClient {
             .with_context(|| format!("listing networks at {}", self.host))?;
         Ok(nets
             .into_iter()
-            .filter_map(|n| Some((n.name?, n.driver.unwrap_or_default())))
+            .filter_map(|n| {
+                let id = n.id.unwrap_or_default();
+                let driver = n.driver.unwrap_or_default();
+                let bridge = (driver == "bridge").then(|| {
+                    n.options
+                        .as_ref()
+                        .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+                        .filter(|b| !b.is_empty())
+                        .unwrap_or_else(|| format!("br-{}", id.get(..12).unwrap_or(&id)))
+                });
+                Some(NetworkInfo {
+                    name: n.name?,
+                    id,
+                    driver,
+                    bridge,
+                })
+            })
             .collect())
     }
 

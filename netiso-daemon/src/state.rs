@@ -32,6 +32,20 @@ pub struct State {
     /// or control request).
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+    /// New veths of fail-closed networks held closed until classified.
+    #[serde(default)]
+    pub held: Vec<HeldEndpoint>,
+}
+
+/// A veth dropping everything until its container is classified.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HeldEndpoint {
+    pub ifindex: u32,
+    pub ifname: String,
+    /// The fail-closed network whose bridge it joined.
+    pub network: String,
+    /// Unix seconds.
+    pub since: u64,
 }
 
 /// What the last attempt to (re)load the policy gave.

@@ -649,3 +649,168 @@ fn unix_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// A fail-closed group: a new veth on its network drops everything from
+/// the moment it joins the bridge until its container is classified. A
+/// veth no container owns stays held (counted as `fail-closed` drops); a
+/// reload without `fail_closed` releases it; containers are classified
+/// into their own policy (held first), and one in no group is released.
+#[test]
+fn fail_closed_network_holds_new_veths_until_classified() {
+    let mut sc = Scene::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let net = sc.network.clone();
+    let body = |fail_closed: bool| {
+        format!(
+            r#"
+[groups.vault]
+network = "{net}"
+labels = {{ "netiso.test" = "@TAG@", "role" = "vault" }}
+ingress = "deny"
+fail_closed = {fail_closed}
+
+[groups.client]
+labels = {{ "netiso.test" = "@TAG@", "role" = "client" }}
+
+[[rules]]
+from = "client"
+to = "vault"
+ports = ["8080/tcp"]
+action = "allow"
+"#,
+            net = net
+        )
+    };
+    let policy = write_policy(tmp.path(), &sc.tag, &body(true));
+    let client = sc.run("client", "client", &[], &tcp_servers(&[8080]));
+    let mut d = Netiso::new(&["--policy", policy.to_str().unwrap()]);
+    d.start();
+    d.wait_enforced(&[&client]);
+    let client_ip = container_ip(None, &client, &sc.network);
+
+    // A veth no container owns, joined to the network's bridge, its other
+    // end in a namespace of ours with an address of the network.
+    let net_id = docker_at(None, &["network", "inspect", "-f", "{{.Id}}", &sc.network]);
+    let bridge = format!("br-{}", &net_id[..12]);
+    let subnet = docker_at(
+        None,
+        &[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            &sc.network,
+        ],
+    );
+    let base: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+    let o = base.octets();
+    let stray_ip = std::net::Ipv4Addr::new(o[0], o[1], o[2], 250);
+    let prefix = subnet.split('/').nth(1).unwrap();
+    let ns = common::NetNs::new("fc");
+    let veth = unique("ntfc");
+    sc.links.push(veth.clone());
+    sh(&format!("ip link add {veth} type veth peer name {veth}p"));
+    sh(&format!("ip link set {veth}p netns {}", ns.name));
+    ns.sh(&format!(
+        "ip addr add {stray_ip}/{prefix} dev {veth}p && ip link set {veth}p up"
+    ));
+    sh(&format!("ip link set {veth} master {bridge} up"));
+    let s = d.wait_for("the stray veth held", |s| {
+        s.held.iter().any(|h| h.ifname == veth)
+    });
+    let held = s.held.iter().find(|h| h.ifname == veth).unwrap().clone();
+    assert_eq!(held.network, sc.network);
+    assert!(
+        d.pins
+            .path
+            .join(format!("links/{}-from", held.ifindex))
+            .exists(),
+        "programs attached to the held veth"
+    );
+    let to = addr(client_ip, 8080);
+    let ns_path = ns.path();
+    let reach = || {
+        common::run_in(&ns_path, move || {
+            tcp_try(to, Duration::from_millis(700), true)
+        })
+    };
+    assert!(!reach(), "a held veth must not reach anything");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netiso"))
+        .args(["stats", "--json", "--pin-dir"])
+        .arg(&d.pins.path)
+        .arg("--state-dir")
+        .arg(d.state_dir.path())
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stats.contains("fail-closed"),
+        "fail-closed drops counted:\n{stats}"
+    );
+
+    // Containers on the network: one in the fail-closed group, one in none.
+    let vault = sc.run("vault", "vault", &[], &tcp_servers(&[8080, 9090]));
+    let other = sc.run("other", "other", &[], &tcp_servers(&[8080]));
+    let s = d.wait_for("vault classified, other released", |s| {
+        s.endpoints
+            .iter()
+            .any(|e| e.container == vault && e.enforced)
+            && s.endpoints
+                .iter()
+                .any(|e| e.container == other && !e.enforced)
+            && s.held.len() == 1
+    });
+    let vault_if = s
+        .endpoints
+        .iter()
+        .find(|e| e.container == vault)
+        .and_then(|e| e.ifname.clone())
+        .unwrap();
+    let other_if = s
+        .endpoints
+        .iter()
+        .find(|e| e.container == other)
+        .and_then(|e| e.ifname.clone())
+        .unwrap();
+    let log = d.log();
+    for ifname in [&vault_if, &other_if] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("holding a new veth") && l.contains(ifname.as_str())),
+            "{ifname} was not held before classification:\n{log}"
+        );
+    }
+    let client_pid = container_pid(None, &client);
+    let vault_ip = container_ip(None, &vault, &sc.network);
+    let other_ip = container_ip(None, &other, &sc.network);
+    assert!(
+        eventually(client_pid, addr(vault_ip, 8080), true, 10),
+        "vault's rule applies"
+    );
+    assert!(
+        !tcp_from(client_pid, addr(vault_ip, 9090)),
+        "vault's default applies"
+    );
+    assert!(
+        eventually(client_pid, addr(other_ip, 8080), true, 10),
+        "other released"
+    );
+    assert!(!reach(), "the stray veth is still held");
+
+    // The policy no longer asks for fail-closed: the hold ends.
+    std::fs::write(&policy, body(false).replace("@TAG@", &sc.tag)).unwrap();
+    d.wait_for("the hold released by the reload", |s| {
+        s.held.is_empty()
+            && s.last_reload
+                .as_ref()
+                .is_some_and(|r| r.ok && r.trigger != "start")
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while !reach() {
+        assert!(
+            Instant::now() < end,
+            "the released veth never reached the client"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
