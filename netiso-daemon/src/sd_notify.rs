@@ -11,7 +11,12 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 /// `READY=1\nSTATUS=...`). Returns `Ok(false)` when there is no socket to
 /// tell.
 pub fn notify(state: &str) -> io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    notify_to(std::env::var_os("NOTIFY_SOCKET").as_deref(), state)
+}
+
+/// [`notify`] with the socket given (`None`: nobody to tell).
+pub fn notify_to(socket: Option<&std::ffi::OsStr>, state: &str) -> io::Result<bool> {
+    let Some(path) = socket else {
         return Ok(false);
     };
     let path = path.to_string_lossy().into_owned();
@@ -38,18 +43,16 @@ pub fn notify_logged(state: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
-    // NOTIFY_SOCKET is process-wide: one test does every case.
     #[test]
     fn sends_to_path_and_abstract_sockets_and_is_quiet_without_one() {
-        std::env::remove_var("NOTIFY_SOCKET");
-        assert!(!notify("READY=1").unwrap());
+        assert!(!notify_to(None, "READY=1").unwrap());
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let server = UnixDatagram::bind(&path).unwrap();
-        std::env::set_var("NOTIFY_SOCKET", &path);
-        assert!(notify("READY=1\nSTATUS=ok").unwrap());
+        assert!(notify_to(Some(path.as_os_str()), "READY=1\nSTATUS=ok").unwrap());
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1\nSTATUS=ok");
@@ -57,13 +60,12 @@ mod tests {
         let name = format!("netiso-test-{}", std::process::id());
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let server = UnixDatagram::bind_addr(&addr).unwrap();
-        std::env::set_var("NOTIFY_SOCKET", format!("@{name}"));
-        assert!(notify("STOPPING=1").unwrap());
+        let abstract_name = format!("@{name}");
+        assert!(notify_to(Some(OsStr::new(&abstract_name)), "STOPPING=1").unwrap());
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STOPPING=1");
 
-        std::env::set_var("NOTIFY_SOCKET", dir.path().join("gone.sock"));
-        assert!(notify("READY=1").is_err());
-        std::env::remove_var("NOTIFY_SOCKET");
+        let gone = dir.path().join("gone.sock");
+        assert!(notify_to(Some(gone.as_os_str()), "READY=1").is_err());
     }
 }
