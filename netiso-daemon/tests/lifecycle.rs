@@ -558,7 +558,7 @@ fn periodic_resync_repairs_drift_with_interval_from_config() {
     std::fs::write(
         &config,
         format!(
-            "policy = {:?}\nresync_interval = 5\n",
+            "policy = {:?}\nresync_interval = 5\nlog_format = \"json\"\n",
             policy.to_str().unwrap()
         ),
     )
@@ -607,6 +607,17 @@ fn periodic_resync_repairs_drift_with_interval_from_config() {
         d.log()
     );
     println!("drift repaired after {:?}", drifted.elapsed());
+    // log_format = "json" from the same file: one JSON object per line.
+    let log = d.log();
+    let mut resyncs = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if v["fields"]["message"] == "listed running containers" {
+            resyncs += 1;
+        }
+    }
+    assert!(resyncs >= 2, "JSON log lacks the resyncs:\n{log}");
     assert!(links.join(format!("{idx}-from")).exists());
     assert!(tcp_from(client_pid, addr(server_ip, 8080)));
 }
