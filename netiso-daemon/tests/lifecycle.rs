@@ -555,15 +555,18 @@ fn periodic_resync_repairs_drift_with_interval_from_config() {
     let server = sc.run("server", "server", &[], &tcp_servers(&[8080, 9090]));
     let client = sc.run("client", "client", &[], "exec sleep 3600");
     let config = tmp.path().join("netiso.toml");
+    // The control socket's place comes from the file too.
+    let socket = tmp.path().join("ctl.sock");
     std::fs::write(
         &config,
         format!(
-            "policy = {:?}\nresync_interval = 5\nlog_format = \"json\"\n",
-            policy.to_str().unwrap()
+            "policy = {:?}\nresync_interval = 5\nlog_format = \"json\"\n\
+             socket = {:?}\nmetrics_address = \"off\"\n",
+            policy.to_str().unwrap(),
+            socket.to_str().unwrap()
         ),
     )
     .unwrap();
-    // A --config given later on the command line wins over the empty one.
     let mut d = Netiso::new(&["--config", config.to_str().unwrap()]);
     d.start();
     d.wait_enforced(&[&server, &client]);
@@ -607,6 +610,11 @@ fn periodic_resync_repairs_drift_with_interval_from_config() {
         d.log()
     );
     println!("drift repaired after {:?}", drifted.elapsed());
+    let ft = std::fs::metadata(&socket).unwrap().file_type();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_socket(&ft),
+        "the control socket is where the configuration file put it"
+    );
     // log_format = "json" from the same file: one JSON object per line.
     let log = d.log();
     let mut resyncs = 0;

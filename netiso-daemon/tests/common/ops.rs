@@ -78,13 +78,15 @@ impl Netiso {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // Never the machine's own configuration, socket or metrics port.
+        // Never the machine's own configuration, socket or metrics port; a
+        // test that brings its own --config sets them there.
         if !self.args.iter().any(|a| a == "--config") {
-            cmd.arg("--config").arg(empty_config());
+            cmd.arg("--config")
+                .arg(empty_config())
+                .args(["--metrics-addr", "off"])
+                .arg("--socket")
+                .arg(self.state_dir.path().join("netiso.sock"));
         }
-        cmd.args(["--metrics-addr", "off"])
-            .arg("--socket")
-            .arg(self.state_dir.path().join("netiso.sock"));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
