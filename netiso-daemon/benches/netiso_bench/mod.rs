@@ -92,8 +92,8 @@ impl Options {
             first_samples: 100_000,
             sizes,
             traffic_rules: 10_000,
-            traffic_reps: 5,
-            traffic_secs: 2.0,
+            traffic_reps: 7,
+            traffic_secs: 1.0,
             starts: 50,
             endpoints: 500,
             ramp_budget: Duration::from_secs(300),
@@ -270,13 +270,4 @@ pub fn real_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Pins the calling thread to one CPU (load generators on 2 cores).
-pub fn pin_to_cpu(cpu: usize) {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }

@@ -219,9 +219,13 @@ impl Report {
             );
             for (f, t) in &targets {
                 let measured = match (&f.ratio, &f.ratio_to) {
-                    (Some(r), Some(to)) if t.text.contains('×') => {
-                        format!("{}× {} ", fmt_summary(r), to)
-                    }
+                    (Some(r), Some(to)) if t.text.contains('×') => format!(
+                        "{}× {} ({} {} median)",
+                        fmt_summary(r),
+                        to,
+                        fmt_num(f.value.median),
+                        f.unit
+                    ),
                     _ => format!("{} {}", fmt_summary(&f.value), f.unit),
                 };
                 let measured = match f.extra.get("p99") {

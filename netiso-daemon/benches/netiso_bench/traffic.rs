@@ -16,7 +16,7 @@ use netiso_daemon::datapath::Datapath;
 use super::report::{Figure, Section};
 use super::stats::{ratios, summary};
 use super::workload::Workload;
-use super::{pin_to_cpu, Options};
+use super::Options;
 use crate::common::topology::{spawn_in, Topology};
 use crate::common::{NetNs, PinDir};
 
@@ -156,7 +156,7 @@ impl Env {
 /// packets flow, `timeout` when a filter drops them.
 fn denied_probe(ns: &NetNs, to: SocketAddr) -> &'static str {
     ns.run(
-        move || match TcpStream::connect_timeout(&to, Duration::from_millis(400)) {
+        move || match TcpStream::connect_timeout(&to, Duration::from_millis(250)) {
             Ok(_) => "connected",
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => "refused",
             Err(_) => "timeout",
@@ -180,7 +180,6 @@ fn start_servers(b: &NetNs) -> Servers {
     {
         let (stop, count, tx) = (stop.clone(), udp_rx.clone(), tx.clone());
         handles.push(spawn_in(b, move || {
-            pin_to_cpu(1);
             let s = UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("bind udp");
             let size: libc::c_int = 32 << 20;
             unsafe {
@@ -231,8 +230,11 @@ fn start_servers(b: &NetNs) -> Servers {
     {
         let (stop, tx) = (stop.clone(), tx.clone());
         handles.push(spawn_in(b, move || {
-            pin_to_cpu(1);
             let l = TcpListener::bind(("0.0.0.0", CRR_PORT)).expect("bind tcp");
+            // std listens with a backlog of 128: a server thread that the
+            // machine's other load keeps off the CPU for a moment would
+            // overflow it and turn the test into one of SYN retransmits.
+            unsafe { libc::listen(l.as_raw_fd(), 4096) };
             l.set_nonblocking(true).unwrap();
             tx.send(()).unwrap();
             while !stop.load(Ordering::Relaxed) {
@@ -281,7 +283,6 @@ fn udp_pps(a: &NetNs, to: SocketAddr, rx: &AtomicU64, secs: f64) -> (f64, f64) {
     let h = {
         let (stop, sent) = (stop.clone(), sent.clone());
         spawn_in(a, move || {
-            pin_to_cpu(0);
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
             s.connect(to).unwrap();
             const N: usize = 32;
@@ -330,7 +331,6 @@ fn udp_pps(a: &NetNs, to: SocketAddr, rx: &AtomicU64, secs: f64) -> (f64, f64) {
 /// Completed TCP connections per second, and failed attempts.
 fn tcp_cps(a: &NetNs, to: SocketAddr, secs: f64) -> (f64, u64) {
     a.run(move || {
-        pin_to_cpu(0);
         let one = || -> bool {
             let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) else {
                 return false;
@@ -463,45 +463,76 @@ pub fn run(opts: &Options) -> Result<Section> {
         opts.traffic_reps,
         opts.traffic_secs
     );
+    // Each test runs under every filter back to back (order rotated per
+    // repetition), so that the runs a ratio pairs are seconds apart: the
+    // machine's other load moves less in between.
+    let mut netiso_drops: std::collections::BTreeMap<String, u64> = Default::default();
     for rep in 0..opts.traffic_reps {
-        for j in 0..Filter::ALL.len() {
-            let fi = (j + rep) % Filter::ALL.len();
-            let f = Filter::ALL[fi];
-            env.enable(f)
-                .with_context(|| format!("enabling {}", f.name()))?;
-            let (a_ns, b_ns) = (&env.topo.guests[0].ns, &env.topo.guests[1].ns);
-            let probe = denied_probe(a_ns, SocketAddr::from((b_ip, DENIED_PORT)));
-            let want = if f == Filter::None {
-                "refused"
-            } else {
-                "timeout"
-            };
-            if probe != want {
-                bail!(
-                    "{}: a connection to a port no rule allows gave `{probe}`, expected `{want}`: the filter is not doing its job, so its figures would mean nothing",
+        for (ti, (tid, _, unit)) in TESTS.iter().enumerate() {
+            for j in 0..Filter::ALL.len() {
+                let fi = (j + rep) % Filter::ALL.len();
+                let f = Filter::ALL[fi];
+                env.enable(f)
+                    .with_context(|| format!("enabling {}", f.name()))?;
+                let (a_ns, b_ns) = (&env.topo.guests[0].ns, &env.topo.guests[1].ns);
+                let probe = denied_probe(a_ns, SocketAddr::from((b_ip, DENIED_PORT)));
+                let want = if f == Filter::None {
+                    "refused"
+                } else {
+                    "timeout"
+                };
+                if probe != want {
+                    bail!(
+                        "{}: a connection to a port no rule allows gave `{probe}`, expected `{want}`: the filter is not doing its job, so its figures would mean nothing",
+                        f.name()
+                    );
+                }
+                let value = match ti {
+                    0 => {
+                        let (rx, tx) = udp_pps(
+                            a_ns,
+                            SocketAddr::from((b_ip, UDP_PORT)),
+                            &servers.udp_rx,
+                            opts.traffic_secs,
+                        );
+                        sent[fi].push(tx);
+                        rx
+                    }
+                    1 => {
+                        let (cps, failed) =
+                            tcp_cps(a_ns, SocketAddr::from((b_ip, CRR_PORT)), opts.traffic_secs);
+                        failed_conns[fi] += failed;
+                        cps
+                    }
+                    _ => tcp_bulk(a_ns, b_ns, b_ip, opts.traffic_secs)?,
+                };
+                results[fi][ti].push(value);
+                if f == Filter::Netiso {
+                    // Allowed traffic must not be dropped; anything the
+                    // datapath dropped is reported with its reason.
+                    let map = env
+                        .dp
+                        .ebpf()
+                        .map(netiso_common::maps::FLOWS)
+                        .context("flows map")?;
+                    for (k, v) in netiso_daemon::counters::flows(map)? {
+                        if k.dport == DENIED_PORT {
+                            continue;
+                        }
+                        let reason = netiso_common::DropReason::from_u8(k.reason)
+                            .map_or_else(|| k.reason.to_string(), |r| r.as_str().to_string());
+                        *netiso_drops
+                            .entry(format!("{reason} (proto {}, port {})", k.proto, k.dport))
+                            .or_default() = v.packets;
+                    }
+                }
+                env.disable(f)
+                    .with_context(|| format!("disabling {}", f.name()))?;
+                println!(
+                    "bench: traffic rep {rep} {tid:>8} {:>8}: {value:.2} {unit}",
                     f.name()
                 );
             }
-            let (rx, tx) = udp_pps(
-                a_ns,
-                SocketAddr::from((b_ip, UDP_PORT)),
-                &servers.udp_rx,
-                opts.traffic_secs,
-            );
-            results[fi][0].push(rx);
-            sent[fi].push(tx);
-            let (cps, failed) =
-                tcp_cps(a_ns, SocketAddr::from((b_ip, CRR_PORT)), opts.traffic_secs);
-            results[fi][1].push(cps);
-            failed_conns[fi] += failed;
-            let gbps = tcp_bulk(a_ns, b_ns, b_ip, opts.traffic_secs)?;
-            results[fi][2].push(gbps);
-            env.disable(f)
-                .with_context(|| format!("disabling {}", f.name()))?;
-            println!(
-                "bench: traffic rep {rep} {:>8}: {rx:.0} pkt/s, {cps:.0} conn/s, {gbps:.2} Gbit/s",
-                f.name()
-            );
         }
     }
     drop(servers);
@@ -509,12 +540,12 @@ pub fn run(opts: &Options) -> Result<Section> {
     let mut sec = Section::new(
         "Traffic between two namespaces (veth + bridge)",
         format!(
-            "A bench-owned host namespace holds a bridge; namespaces `a` and `b` hang off it by veth pairs, as containers do. Each repetition runs every filter once (order rotated per repetition): the filter is switched on, a connection to a port no rule allows must time out (so the filter is known to work), then the three tests run, then the filter is switched off. Ratios pair each repetition with the no-filter run of the same repetition. The policy has {rules} rules over {ngroups} groups (one container each; only `a` and `b` exist, the other containers are identities without veths); the rule that allows the measured traffic (`a` → `b` on 5201/tcp, 7000/tcp, 7001/udp) is in the middle of the list; every group denies ingress by default.\n\n\
+            "A bench-owned host namespace holds a bridge; namespaces `a` and `b` hang off it by veth pairs, as containers do. Each repetition runs each test under every filter back to back (filter order rotated per repetition): the filter is switched on, a connection to a port no rule allows must time out (so the filter is known to work), the test runs, the filter is switched off. Ratios pair each repetition with the no-filter run of the same repetition. The policy has {rules} rules over {ngroups} groups (one container each; only `a` and `b` exist, the other containers are identities without veths); the rule that allows the measured traffic (`a` → `b` on 5201/tcp, 7000/tcp, 7001/udp) is in the middle of the list; every group denies ingress by default.\n\n\
 - **netiso**: programs on both host-side veths (TC ingress of `a`'s, TC egress of `b`'s), {entries} policy map entries; bridge netfilter off.\n\
 - **iptables**: `bridge-nf-call-iptables=1` and {ipt_rules} rules in FORWARD: `ESTABLISHED,RELATED` first, then one ACCEPT per allowed (source, destination, protocol, port), then the DROP policy. One-way UDP never becomes ESTABLISHED in conntrack, so every UDP packet walks the rules up to its own.\n\
 - **nftables**: `bridge-nf-call-iptables=1`, an `inet` table with a forward chain (policy drop): `ct state established,related accept`, then one lookup in a set of (saddr . daddr . l4proto . dport) with every allowed tuple.\n\
 - **no filter**: the same topology, bridge netfilter off.\n\n\
-UDP: one sender thread (CPU 0, `sendmmsg` of 32 datagrams with 18-byte payloads, 60-byte frames) and one receiver (CPU 1, `recvmmsg`); the figure is datagrams received per second over {secs} s after 0.2 s of warm-up. TCP connections: one client (CPU 0) connecting, reading a 1-byte answer the server (CPU 1) sends before closing, {secs} s after warm-up. Bulk: `iperf3 -t {bulk}` (one stream).",
+UDP: one sender thread (`sendmmsg` of 32 datagrams with 18-byte payloads, 60-byte frames) and one receiver (`recvmmsg`, 32 MiB buffer); the figure is datagrams received per second over {secs} s after 0.2 s of warm-up. TCP connections: one client connecting, reading a 1-byte answer the server sends before closing (listen backlog 4096), {secs} s after warm-up. Bulk: `iperf3 -t {bulk}` (one stream).",
             rules = opts.traffic_rules,
             secs = opts.traffic_secs,
             bulk = opts.traffic_secs.round().max(1.0),
@@ -530,6 +561,18 @@ UDP: one sender thread (CPU 0, `sendmmsg` of 32 datagrams with 18-byte payloads,
         "2 s (default 120 s)",
     );
     sec.cond("MTU", "1500");
+    sec.cond(
+        "packets netiso dropped in its runs (allowed traffic should have none)",
+        if netiso_drops.is_empty() {
+            "none".to_string()
+        } else {
+            netiso_drops
+                .iter()
+                .map(|(k, v)| format!("{v} × {k}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    );
     sec.cond("namespaces", format!("a = {a_ns_name}, b = {b_ns_name}"));
     for (ti, (tid, tlabel, unit)) in TESTS.iter().enumerate() {
         for (fi, f) in Filter::ALL.iter().enumerate() {
