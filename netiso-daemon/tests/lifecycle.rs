@@ -678,7 +678,9 @@ fn unix_secs() -> u64 {
 fn fail_closed_network_holds_new_veths_until_classified() {
     let mut sc = Scene::new();
     let tmp = tempfile::tempdir().unwrap();
-    let net = sc.network.clone();
+    // The fail-closed network is created while the daemon runs (the
+    // daemon learns its bridge from Docker's network create event).
+    let net = format!("netiso-{}-fc", sc.tag);
     let body = |fail_closed: bool| {
         format!(
             r#"
@@ -705,11 +707,20 @@ action = "allow"
     let mut d = Netiso::new(&["--policy", policy.to_str().unwrap()]);
     d.start();
     d.wait_enforced(&[&client]);
-    let client_ip = container_ip(None, &client, &sc.network);
+    assert_eq!(sc.create_network("-fc", &[]), net);
+    docker_at(None, &["network", "connect", &net, &client]);
+    d.wait_for("the client on both networks", |s| {
+        s.endpoints
+            .iter()
+            .filter(|e| e.container == client && e.enforced)
+            .count()
+            == 2
+    });
+    let client_ip = container_ip(None, &client, &net);
 
     // A veth no container owns, joined to the network's bridge, its other
     // end in a namespace of ours with an address of the network.
-    let net_id = docker_at(None, &["network", "inspect", "-f", "{{.Id}}", &sc.network]);
+    let net_id = docker_at(None, &["network", "inspect", "-f", "{{.Id}}", &net]);
     let bridge = format!("br-{}", &net_id[..12]);
     let subnet = docker_at(
         None,
@@ -718,7 +729,7 @@ action = "allow"
             "inspect",
             "-f",
             "{{(index .IPAM.Config 0).Subnet}}",
-            &sc.network,
+            &net,
         ],
     );
     let base: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
@@ -738,7 +749,7 @@ action = "allow"
         s.held.iter().any(|h| h.ifname == veth)
     });
     let held = s.held.iter().find(|h| h.ifname == veth).unwrap().clone();
-    assert_eq!(held.network, sc.network);
+    assert_eq!(held.network, net);
     assert!(
         d.pins
             .path
@@ -768,8 +779,9 @@ action = "allow"
     );
 
     // Containers on the network: one in the fail-closed group, one in none.
-    let vault = sc.run("vault", "vault", &[], &tcp_servers(&[8080, 9090]));
-    let other = sc.run("other", "other", &[], &tcp_servers(&[8080]));
+    let on_net = ["--network", net.as_str()];
+    let vault = sc.run("vault", "vault", &on_net, &tcp_servers(&[8080, 9090]));
+    let other = sc.run("other", "other", &on_net, &tcp_servers(&[8080]));
     let s = d.wait_for("vault classified, other released", |s| {
         s.endpoints
             .iter()
@@ -800,8 +812,8 @@ action = "allow"
         );
     }
     let client_pid = container_pid(None, &client);
-    let vault_ip = container_ip(None, &vault, &sc.network);
-    let other_ip = container_ip(None, &other, &sc.network);
+    let vault_ip = container_ip(None, &vault, &net);
+    let other_ip = container_ip(None, &other, &net);
     assert!(
         eventually(client_pid, addr(vault_ip, 8080), true, 10),
         "vault's rule applies"
