@@ -323,7 +323,12 @@ impl Daemon {
     async fn resync(&mut self, docker: &DockerClient) -> Result<()> {
         let span = info_span!("resync");
         async {
-            self.set_networks(docker.networks().await?);
+            // Networks only explain and hold; failing to list them must not
+            // stop the containers from being enforced.
+            match docker.networks().await {
+                Ok(n) => self.set_networks(n),
+                Err(e) => warn!(error = format!("{e:#}"), "listing networks failed"),
+            }
             let listed = docker.running_containers().await?;
             let mut containers = BTreeMap::new();
             self.pending.clear();
