@@ -99,6 +99,8 @@ pub fn package(root: &Path, args: PackageArgs) -> Result<PathBuf> {
     }
     let out_dir = target.join("debian");
     deb.arg("--output").arg(&out_dir);
+    // The build's progress shows as it happens; stdout names the package.
+    deb.stderr(std::process::Stdio::inherit());
     cmd::echo(&deb);
     let printed = cmd::output(&mut deb).context("cargo deb failed")?;
     // cargo-deb prints the package's path last.
