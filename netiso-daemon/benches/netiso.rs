@@ -9,6 +9,10 @@ mod netiso_bench;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{}", netiso_bench::USAGE);
+        return ExitCode::SUCCESS;
+    }
     let opts = match netiso_bench::Options::from_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
