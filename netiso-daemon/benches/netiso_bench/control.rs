@@ -47,6 +47,7 @@ fn docker(args: &[&str]) -> Result<String> {
 
 impl DockerRes {
     fn new() -> Result<Self> {
+        remove_stale_networks();
         let tag = unique("nb");
         let network = format!("netiso-bench-{tag}");
         docker(&["network", "create", "--driver", "bridge", &network]).context(
@@ -104,6 +105,41 @@ impl DockerRes {
     }
 }
 
+/// Docker 20.10 can keep a network "busy" (`has active endpoints`) for a
+/// long while after hundreds of its containers were removed at once, so an
+/// earlier run's network may still be there: remove bench networks that
+/// are empty and older than 15 minutes (never one a running bench uses).
+fn remove_stale_networks() {
+    let Ok(names) = docker(&[
+        "network",
+        "ls",
+        "--filter",
+        "name=netiso-bench-",
+        "--format",
+        "{{.Name}}",
+    ]) else {
+        return;
+    };
+    for name in names.lines().filter(|n| n.starts_with("netiso-bench-")) {
+        let Ok(info) = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{.Created}} {{len .Containers}}",
+            name,
+        ]) else {
+            continue;
+        };
+        let mut it = info.split_whitespace();
+        let created = it.next().and_then(super::conditions::parse_rfc3339_utc_ns);
+        let empty = it.next() == Some("0");
+        let old = created.is_some_and(|c| real_ns().saturating_sub(c) > 15 * 60 * 1_000_000_000);
+        if empty && old {
+            let _ = docker(&["network", "rm", name]);
+        }
+    }
+}
+
 impl Drop for DockerRes {
     fn drop(&mut self) {
         let all = std::mem::take(&mut *self.containers.lock().unwrap());
@@ -117,11 +153,19 @@ impl Drop for DockerRes {
                 });
             }
         });
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // The engine may still be detaching the last endpoints: retry.
+        for _ in 0..20 {
+            let removed = Command::new("docker")
+                .args(["network", "rm", &self.network])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if removed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 
