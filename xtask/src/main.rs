@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod docker;
+mod fuzz;
 mod install;
 mod package;
 mod run;
@@ -42,6 +43,9 @@ enum Cmd {
     Package(package::PackageArgs),
     /// Setup, then the benchmarks: program cost, traffic, control plane (report in bench/results/)
     Bench(bench::BenchArgs),
+    /// Build the cargo-fuzz targets (fuzz/) and run each for a bounded time
+    /// (corpora in fuzz/corpus/; see docs/fuzzing.md)
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// The workspace root (xtask lives in `<root>/xtask`).
@@ -87,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Install(args) => install::install(&root, args),
         Cmd::Package(args) => package::package(&root, args).map(|_| ()),
         Cmd::Bench(args) => bench::bench(&root, args),
+        Cmd::Fuzz(args) => fuzz::fuzz(&root, args),
     }
 }
 

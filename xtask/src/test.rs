@@ -53,6 +53,9 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
     // cost minutes): the packaging is checked, not the optimiser.
     let mut package = cargo();
     package.args(["xtask", "package", "--dev"]);
+    // A short, bounded run of every fuzz target (docs/fuzzing.md for long ones).
+    let mut fuzz = cargo();
+    fuzz.args(["xtask", "fuzz", "--seconds", "12"]);
     vec![
         (
             "rustfmt",
@@ -65,6 +68,11 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
             "package",
             package,
             "see above; the .deb is described in netiso-daemon/Cargo.toml [package.metadata.deb]",
+        ),
+        (
+            "fuzz",
+            fuzz,
+            "a fuzz target found a failing input: see above and docs/fuzzing.md",
         ),
     ]
 }
@@ -115,7 +123,7 @@ mod tests {
         let extra = vec!["policy".to_string(), "--".into(), "--nocapture".into()];
         let stages = stages(&extra);
         let names: Vec<_> = stages.iter().map(|s| s.0).collect();
-        assert_eq!(names, ["rustfmt", "clippy", "tests", "package"]);
+        assert_eq!(names, ["rustfmt", "clippy", "tests", "package", "fuzz"]);
         let test = &stages[2].1;
         let shown = cmd::display(test);
         assert!(

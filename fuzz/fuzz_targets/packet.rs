@@ -1,0 +1,326 @@
+//! Frames through the real TC programs with BPF_PROG_TEST_RUN.
+//!
+//! The datapath is loaded once per process, in a private network and mount
+//! namespace (with its own bpffs, so nothing is pinned where the host can
+//! see it and nothing is left behind), with one endpoint that may talk to
+//! nobody. Each input is a short sequence of frames (mutated templates or
+//! raw bytes) sent through either program, with the non-IP setting either
+//! way. Checked for every frame:
+//!
+//! - a frame passes only if the reference says the design lets it through
+//!   (`may_pass`: ARP, other ethertypes unless dropped by setting, IGMP,
+//!   IPv6 ND/MLD): a denied identity pair is never allowed, whatever the
+//!   earlier frames left in conntrack or the fragment table;
+//! - every drop is counted once, under exactly one reason; a pass counts
+//!   none.
+//!
+//! libFuzzer sees coverage of user space only, not of the eBPF code, so
+//! the verdict and the drop reason are turned into distinct branches here
+//! (see `feedback`): an input that reaches a new reason in a new direction
+//! is kept in the corpus.
+#![no_main]
+
+#[path = "../../netiso-daemon/tests/common/frames.rs"]
+#[allow(dead_code)]
+mod frames;
+#[path = "../../netiso-daemon/tests/common/reference.rs"]
+#[allow(dead_code)]
+mod reference;
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use aya::maps::PerCpuArray;
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use netiso_common::{defaults, maps, programs, tc, Counter, DropReason, IdentityInfo, IpKey};
+use netiso_daemon::datapath::{Datapath, Desired, EndpointSpec};
+
+use frames::MAC_A;
+use reference::{may_pass, templates, A, A6};
+
+#[derive(Arbitrary, Debug)]
+enum Edit {
+    /// Sets a byte past the source MAC (offset taken modulo the length).
+    Byte {
+        at: u16,
+        value: u8,
+    },
+    /// Sets a header field where small changes matter most (IHL, lengths,
+    /// protocol / next header, fragment bits, first extension header).
+    Hot {
+        which: u8,
+        value: u8,
+    },
+    Truncate {
+        keep: u16,
+    },
+    Append {
+        bytes: Vec<u8>,
+    },
+}
+
+#[derive(Arbitrary, Debug)]
+enum Frame {
+    Template { index: u8, edits: Vec<Edit> },
+    Raw(Vec<u8>),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Step {
+    /// Through `netiso_to_container` (else `netiso_from_container`).
+    to_container: bool,
+    drop_non_ip: bool,
+    frame: Frame,
+}
+
+const HOT: [usize; 12] = [14, 16, 17, 20, 21, 22, 23, 34, 35, 54, 55, 56];
+const MAX_STEPS: usize = 8;
+
+fn build(frame: &Frame, templates: &[Vec<u8>]) -> Vec<u8> {
+    match frame {
+        Frame::Raw(bytes) => bytes.iter().copied().take(1600).collect(),
+        Frame::Template { index, edits } => {
+            let mut f = templates[*index as usize % templates.len()].clone();
+            for e in edits.iter().take(8) {
+                match e {
+                    Edit::Byte { at, value } => {
+                        if f.len() > 12 {
+                            let i = 12 + *at as usize % (f.len() - 12);
+                            f[i] = *value;
+                        }
+                    }
+                    Edit::Hot { which, value } => {
+                        let i = HOT[*which as usize % HOT.len()];
+                        if i < f.len() {
+                            f[i] = *value;
+                        }
+                    }
+                    Edit::Truncate { keep } => {
+                        let keep = (*keep as usize).max(14);
+                        f.truncate(keep);
+                    }
+                    Edit::Append { bytes } => f.extend(bytes.iter().take(64)),
+                }
+            }
+            f
+        }
+    }
+}
+
+struct Harness {
+    dp: Datapath,
+    templates: Vec<Vec<u8>>,
+    drop_non_ip: bool,
+    /// Packets per drop reason after the last frame.
+    reasons: [u64; 16],
+}
+
+/// Enters a private network and mount namespace with its own bpffs at
+/// /sys/fs/bpf, then loads the datapath with one deny-all endpoint on lo
+/// (ifindex 1, which BPF_PROG_TEST_RUN reports).
+fn setup() -> Harness {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the packet fuzzer loads eBPF programs: run it as root"
+    );
+    // Namespaces are per thread: libFuzzer runs every input on this one.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+    let root = c"/";
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "making mounts private: {}",
+        std::io::Error::last_os_error()
+    );
+    let (bpf, at) = (c"bpf", c"/sys/fs/bpf");
+    let rc = unsafe { libc::mount(bpf.as_ptr(), at.as_ptr(), bpf.as_ptr(), 0, std::ptr::null()) };
+    assert_eq!(
+        rc,
+        0,
+        "mounting a private bpffs: {}",
+        std::io::Error::last_os_error()
+    );
+
+    let mut desired = Desired::default();
+    let deny = defaults::DENY_EGRESS | defaults::DENY_INGRESS;
+    desired.endpoints.insert(
+        1,
+        EndpointSpec {
+            ifname: "lo".into(),
+            identity: 256,
+            flags: deny,
+            ipv4: Some(A),
+            ipv6: Some(A6),
+            mac: Some(MAC_A),
+        },
+    );
+    desired.identities.insert(
+        IpKey::v4(A.octets(), 0),
+        IdentityInfo {
+            identity: 256,
+            flags: deny,
+        },
+    );
+    let mut dp = Datapath::load(Path::new("/sys/fs/bpf/netiso-fuzz")).expect("load the datapath");
+    dp.apply(&desired).expect("apply the endpoint");
+    dp.set_drop_non_ip(false).unwrap();
+    let mut h = Harness {
+        dp,
+        templates: templates(),
+        drop_non_ip: false,
+        reasons: [0; 16],
+    };
+    h.reasons = h.read_reasons();
+    h
+}
+
+impl Harness {
+    fn read_reasons(&self) -> [u64; 16] {
+        let map = self.dp.ebpf().map(maps::REASON_STATS).expect("reason map");
+        let arr: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).expect("per-CPU array");
+        let mut out = [0u64; 16];
+        for r in DropReason::ALL {
+            let v = arr.get(&(r as u32), 0).expect("read a reason counter");
+            out[r as usize] = v.iter().map(|c| c.packets).sum();
+        }
+        out
+    }
+
+    fn run(&mut self, prog: &str, frame: &[u8]) -> Result<i32, aya::programs::ProgramError> {
+        let p: &mut SchedClassifier = self
+            .dp
+            .ebpf_mut()
+            .program_mut(prog)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .map(|r| r.return_value as i32)
+    }
+}
+
+/// Distinct branches per (direction, verdict, reason), so that libFuzzer
+/// keeps inputs that reach a new one.
+#[inline(never)]
+fn feedback(to_container: bool, reason: Option<DropReason>) {
+    use std::hint::black_box;
+    let r = match reason {
+        None => black_box(0),
+        Some(DropReason::PolicyDeny) => black_box(1),
+        Some(DropReason::DefaultDeny) => black_box(2),
+        Some(DropReason::SpoofedIp) => black_box(3),
+        Some(DropReason::SpoofedMac) => black_box(4),
+        Some(DropReason::MalformedL3) => black_box(5),
+        Some(DropReason::MalformedL4) => black_box(6),
+        Some(DropReason::NonIp) => black_box(7),
+        Some(DropReason::FailClosed) => black_box(8),
+        Some(DropReason::Fragment) => black_box(9),
+        Some(DropReason::Revoked) => black_box(10),
+        Some(DropReason::Audit) => black_box(11),
+    };
+    if to_container {
+        match r {
+            0 => black_box(100),
+            2 => black_box(102),
+            5 => black_box(105),
+            6 => black_box(106),
+            7 => black_box(107),
+            9 => black_box(109),
+            _ => black_box(199),
+        };
+    } else {
+        match r {
+            0 => black_box(200),
+            2 => black_box(202),
+            3 => black_box(203),
+            4 => black_box(204),
+            5 => black_box(205),
+            6 => black_box(206),
+            7 => black_box(207),
+            9 => black_box(209),
+            _ => black_box(299),
+        };
+    }
+}
+
+thread_local! {
+    static HARNESS: RefCell<Option<Harness>> = const { RefCell::new(None) };
+}
+
+fuzz_target!(|steps: Vec<Step>| {
+    HARNESS.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let h = slot.get_or_insert_with(setup);
+        for (i, step) in steps.iter().take(MAX_STEPS).enumerate() {
+            if step.drop_non_ip != h.drop_non_ip {
+                h.dp.set_drop_non_ip(step.drop_non_ip).unwrap();
+                h.drop_non_ip = step.drop_non_ip;
+            }
+            let frame = build(&step.frame, &h.templates);
+            if frame.len() < 14 {
+                continue;
+            }
+            let prog = if step.to_container {
+                programs::TO_CONTAINER
+            } else {
+                programs::FROM_CONTAINER
+            };
+            let verdict = match h.run(prog, &frame) {
+                Ok(v) => v,
+                // The kernel's harness refuses frames shorter than the L3
+                // header their ethertype announces.
+                Err(e) => {
+                    assert!(frame.len() < 14 + 40, "frame {i} refused: {e}: {frame:02x?}");
+                    continue;
+                }
+            };
+            assert!(
+                verdict == tc::ACT_SHOT
+                    || (verdict == tc::ACT_OK && may_pass(&frame, h.drop_non_ip)),
+                "frame {i} through {prog} (drop_non_ip {}) got verdict {verdict}: {frame:02x?}",
+                h.drop_non_ip
+            );
+            let now = h.read_reasons();
+            let moved: Vec<(usize, u64)> = (0..16)
+                .filter(|&r| now[r] != h.reasons[r])
+                .map(|r| (r, now[r] - h.reasons[r]))
+                .collect();
+            h.reasons = now;
+            let reason = if verdict == tc::ACT_SHOT {
+                assert!(
+                    moved.len() == 1 && moved[0].1 == 1,
+                    "frame {i} through {prog} dropped, reason counters moved by {moved:?}: {frame:02x?}"
+                );
+                let r = DropReason::from_u8(moved[0].0 as u8);
+                assert!(
+                    r.is_some() && r != Some(DropReason::Audit),
+                    "frame {i}: a drop counted as {r:?}"
+                );
+                r
+            } else {
+                assert!(
+                    moved.is_empty(),
+                    "frame {i} through {prog} passed, yet reason counters moved by {moved:?}: {frame:02x?}"
+                );
+                None
+            };
+            feedback(step.to_container, reason);
+        }
+    });
+});
