@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod fleet;
 pub mod frames;
 pub mod hostile;
 pub mod obs;
