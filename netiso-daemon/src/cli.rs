@@ -109,6 +109,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
         Command::Daemon { args, mut services } => {
             let cfg = Config::load(&args)?;
             init_logging(cfg.log_format);
+            crate::policy_perms::set_allow_insecure(cfg.allow_insecure_policy_permissions);
             if let Some(source) = &cfg.source {
                 tracing::info!(config = %source.display(), "configuration read");
             }

@@ -55,6 +55,10 @@ pub struct DaemonArgs {
     /// Do not reload the policy when its file changes (SIGHUP still works).
     #[arg(long)]
     pub no_watch_policy: bool,
+    /// Only warn (instead of refusing the policy) when a non-root user could
+    /// change the policy file or a directory on its path.
+    #[arg(long)]
+    pub allow_insecure_policy_permissions: bool,
 }
 
 /// The keys of `netiso.toml`; all optional.
@@ -73,6 +77,7 @@ struct FileConfig {
     resync_interval: Option<u64>,
     drop_non_ip: Option<bool>,
     watch_policy: Option<bool>,
+    allow_insecure_policy_permissions: Option<bool>,
 }
 
 /// The configuration in force: file, then flags, then defaults.
@@ -94,6 +99,8 @@ pub struct Config {
     pub resync_interval: Option<Duration>,
     pub drop_non_ip: bool,
     pub watch_policy: bool,
+    /// Warn about, instead of refusing, a policy non-root users could change.
+    pub allow_insecure_policy_permissions: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -231,6 +238,8 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
         // A flag can only switch these on (or the watcher off).
         drop_non_ip: a.drop_non_ip || f.drop_non_ip.unwrap_or(false),
         watch_policy: !a.no_watch_policy && f.watch_policy.unwrap_or(true),
+        allow_insecure_policy_permissions: a.allow_insecure_policy_permissions
+            || f.allow_insecure_policy_permissions.unwrap_or(false),
     }
 }
 

@@ -99,6 +99,11 @@ const VETH_RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// Loads and renders a policy for logs and errors.
 fn load_policy(path: &std::path::Path) -> Result<Policy> {
+    // A policy a non-root user could change is refused (or only warned
+    // about, when the configuration allows it).
+    for p in crate::policy_perms::check(path)? {
+        warn!("insecure policy permissions (allowed by configuration): {p}");
+    }
     let policy = policy::load_path(path).map_err(|e| anyhow!("{e}"))?;
     for w in &policy.warnings {
         warn!("{}", policy::render(std::slice::from_ref(w)).trim_end());
@@ -145,6 +150,11 @@ pub async fn run(opts: Options) -> Result<()> {
             state: state_rx,
         },
     )?;
+    // Start-up's privileged work is done (programs loaded, pins made,
+    // control socket bound): keep only what the running daemon needs.
+    if let Err(e) = crate::privileges::drop_after_start() {
+        warn!(error = %e, "cannot drop capabilities; running with those it started with");
+    }
     let mut d = Daemon {
         opts,
         state_tx,
