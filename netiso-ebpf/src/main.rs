@@ -14,7 +14,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -88,6 +88,17 @@ pub fn netiso_bench_empty(_ctx: TcContext) -> i32 {
     tc::ACT_OK
 }
 
+/// What is known about a packet for recording its drop, kept small so the
+/// hot path does not build (and zero) a full flow key per packet.
+struct Verdict {
+    ifindex: u32,
+    direction: u8,
+    /// The scratch packet holds this packet's parsed headers.
+    parsed: bool,
+    src: u32,
+    dst: u32,
+}
+
 /// The identities and verdict of one policy evaluation.
 struct Decision {
     action: u8,
@@ -114,28 +125,32 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     let ep_flags = ep.flags[slot];
     let ep_id = ep.identity[slot];
 
-    let mut flow = FlowKey {
+    // What a drop record needs; the full flow key is only built when a
+    // packet is dropped (in `record`), not on every packet.
+    let mut v = Verdict {
         ifindex,
         direction: dir as u8,
-        ..FlowKey::default()
+        parsed: false,
+        src: 0,
+        dst: 0,
     };
     if dir == Direction::Egress {
-        flow.src_identity = ep_id;
+        v.src = ep_id;
     } else {
-        flow.dst_identity = ep_id;
+        v.dst = ep_id;
     }
 
     if ep_flags & endpoint_flags::FAIL_CLOSED != 0 {
-        return drop(ctx, settings, &mut flow, DropReason::FailClosed, 0);
+        return drop(ctx, settings, &mut v, DropReason::FailClosed, 0);
     }
 
     if dir == Direction::Egress {
         match parse::src_mac(ctx) {
             Some(mac) if ep.mac != [0; 6] && mac != ep.mac => {
-                return drop(ctx, settings, &mut flow, DropReason::SpoofedMac, 0);
+                return drop(ctx, settings, &mut v, DropReason::SpoofedMac, 0);
             }
             Some(_) => {}
-            None => return drop(ctx, settings, &mut flow, DropReason::MalformedL3, 0),
+            None => return drop(ctx, settings, &mut v, DropReason::MalformedL3, 0),
         }
     }
 
@@ -148,21 +163,17 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         Ok(Parsed::Arp) => return tc::ACT_OK,
         Ok(Parsed::Other) => {
             if settings.flags & settings_flags::DROP_NON_IP != 0 {
-                return drop(ctx, settings, &mut flow, DropReason::NonIp, 0);
+                return drop(ctx, settings, &mut v, DropReason::NonIp, 0);
             }
             return tc::ACT_OK;
         }
-        Err(reason) => return drop(ctx, settings, &mut flow, reason, 0),
+        Err(reason) => return drop(ctx, settings, &mut v, reason, 0),
     }
     let pkt: &Packet = pkt;
-    flow.family = pkt.family;
-    flow.saddr = pkt.saddr;
-    flow.daddr = pkt.daddr;
-    flow.proto = pkt.proto;
-    flow.dport = pkt.policy_port;
+    v.parsed = true;
 
     if dir == Direction::Egress && spoofed_source(ep, pkt) {
-        return drop(ctx, settings, &mut flow, DropReason::SpoofedIp, 0);
+        return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
     }
     if pkt.control {
         return tc::ACT_OK;
@@ -196,10 +207,10 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         if unsafe { FRAGS.get(&fk) }.is_some() {
             return tc::ACT_OK;
         }
-        return drop(ctx, settings, &mut flow, DropReason::Fragment, 0);
+        return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     // An ICMP error about a flow we let through passes with it.
     if let Some(r) = &pkt.related {
@@ -258,9 +269,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             }
             let _ = CONNTRACK.remove(&key);
             let _ = CONNTRACK.remove(&reverse(&key));
-            flow.src_identity = d.src;
-            flow.dst_identity = d.dst;
-            return drop(ctx, settings, &mut flow, DropReason::Revoked, d.rule_id);
+            v.src = d.src;
+            v.dst = d.dst;
+            return drop(ctx, settings, &mut v, DropReason::Revoked, d.rule_id);
         }
         // Idle past its lifetime: forget it and judge the packet afresh.
         let _ = CONNTRACK.remove(&key);
@@ -269,16 +280,16 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     }
 
     let d = eval.run(dir, peer, pkt.policy_port);
-    flow.src_identity = d.src;
-    flow.dst_identity = d.dst;
+    v.src = d.src;
+    v.dst = d.dst;
     count(&RULE_STATS, d.rule_id, ctx.len());
     if d.action == Action::Deny as u8 {
-        return drop(ctx, settings, &mut flow, d.reason, d.rule_id);
+        return drop(ctx, settings, &mut v, d.reason, d.rule_id);
     }
     let audit = d.action == Action::Audit as u8;
     if audit {
         // Passes, but is recorded exactly like a drop would be.
-        record(ctx, settings, &mut flow, DropReason::Audit, d.rule_id);
+        record(ctx, settings, &mut v, DropReason::Audit, d.rule_id);
     }
     if pkt.stateful {
         let mut v = CtValue {
@@ -528,11 +539,11 @@ fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
 fn drop(
     ctx: &TcContext,
     settings: &Settings,
-    flow: &mut FlowKey,
+    v: &mut Verdict,
     reason: DropReason,
     rule_id: u32,
 ) -> i32 {
-    record(ctx, settings, flow, reason, rule_id);
+    record(ctx, settings, v, reason, rule_id);
     tc::ACT_SHOT
 }
 
@@ -541,25 +552,39 @@ fn drop(
 /// inlined: it only runs on drop and audit paths, and a frame of its own
 /// keeps the hot path's stack small.
 #[inline(never)]
-fn record(
-    ctx: &TcContext,
-    settings: &Settings,
-    flow: &mut FlowKey,
-    reason: DropReason,
-    rule_id: u32,
-) {
-    flow.reason = reason as u8;
+fn record(ctx: &TcContext, settings: &Settings, v: &mut Verdict, reason: DropReason, rule_id: u32) {
+    let mut key = FlowKey {
+        ifindex: v.ifindex,
+        direction: v.direction,
+        reason: reason as u8,
+        src_identity: v.src,
+        dst_identity: v.dst,
+        ..FlowKey::default()
+    };
+    // Addresses and ports only once the packet was parsed (the scratch
+    // space may hold an earlier packet's).
+    if v.parsed {
+        if let Some(p) = SCRATCH.get_ptr(0) {
+            let p = unsafe { &*p };
+            key.family = p.family;
+            key.saddr = p.saddr;
+            key.daddr = p.daddr;
+            key.proto = p.proto;
+            key.dport = p.policy_port;
+        }
+    }
+    let flow = &key;
     let bytes = ctx.len() as u64;
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     count(&REASON_STATS, reason as u32, ctx.len());
-    if let Some(v) = FLOWS.get_ptr_mut(&*flow) {
-        let v = unsafe { &mut *v };
-        add(&mut v.packets, 1);
-        add(&mut v.bytes, bytes);
-        v.last_seen_ns = now;
-        v.rule_id = rule_id;
+    if let Some(row) = FLOWS.get_ptr_mut(flow) {
+        let row = unsafe { &mut *row };
+        add(&mut row.packets, 1);
+        add(&mut row.bytes, bytes);
+        row.last_seen_ns = now;
+        row.rule_id = rule_id;
     } else {
-        let v = FlowValue {
+        let row = FlowValue {
             packets: 1,
             bytes,
             first_seen_ns: now,
@@ -567,13 +592,13 @@ fn record(
             rule_id,
             _pad: 0,
         };
-        if FLOWS.insert(&*flow, &v, BPF_NOEXIST as u64).is_err() {
+        if FLOWS.insert(flow, &row, BPF_NOEXIST as u64).is_err() {
             // Another CPU created the row first: add to it.
-            match FLOWS.get_ptr_mut(&*flow) {
-                Some(v) => {
-                    let v = unsafe { &mut *v };
-                    add(&mut v.packets, 1);
-                    add(&mut v.bytes, bytes);
+            match FLOWS.get_ptr_mut(flow) {
+                Some(row) => {
+                    let row = unsafe { &mut *row };
+                    add(&mut row.packets, 1);
+                    add(&mut row.bytes, bytes);
                 }
                 None => count(&ERRORS, errors::FLOW_INSERT, ctx.len()),
             }
