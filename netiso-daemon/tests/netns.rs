@@ -231,13 +231,12 @@ fn ipv6_spoofing_and_fragments_between_namespaces() {
 
     // A forged source address: a second IP on the frontend's eth0.
     front.ns.sh("ip addr add 10.77.0.99/24 dev eth0");
-    let forged = front.ns.run(|| {
+    front.ns.run(|| {
         let s = std::net::UdpSocket::bind("10.77.0.99:0").unwrap();
         for _ in 0..3 {
             s.send_to(b"forged", addr(other.ip, 7001)).unwrap();
         }
     });
-    let _ = forged;
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(dropped(&dp, DropReason::SpoofedIp), 3);
     assert_eq!(
