@@ -302,7 +302,10 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     // attacker's MAC: ARP is passed (SECURITY.md, "ARP"). Start the final
     // checks from clean neighbour tables.
     let neigh = common::sh(&format!("nsenter -t {victim_pid} -n ip neigh show"));
-    println!("victim's neighbours: {}", String::from_utf8_lossy(&neigh.stdout));
+    println!(
+        "victim's neighbours: {}",
+        String::from_utf8_lossy(&neigh.stdout)
+    );
     for pid in [victim_pid, friend_pid] {
         common::sh(&format!("nsenter -t {pid} -n ip neigh flush all"));
     }
