@@ -161,6 +161,7 @@ impl Holds {
                     ipv4: None,
                     ipv6: None,
                     mac: None,
+                    ipv4_prefix_len: None,
                 });
         }
     }
@@ -229,6 +230,7 @@ mod tests {
             ipv4: None,
             ipv6: None,
             mac: None,
+            ipv4_prefix_len: None,
         };
         d.endpoints.insert(7, spec.clone());
         h.apply(

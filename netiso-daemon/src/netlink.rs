@@ -502,6 +502,7 @@ mod tests {
                 crate::model::Attachment {
                     network: "n2".into(),
                     mac: Some([2, 0, 0, 0, 0, 1]),
+                    ipv4_prefix_len: None,
                     ..Default::default()
                 },
             ],
