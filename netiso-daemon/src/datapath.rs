@@ -203,8 +203,20 @@ impl Datapath {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel rejected program {name}"))?;
+            if let Err(e) = prog.load() {
+                // The verifier's last words say which instruction and why.
+                let log = match &e {
+                    aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                        let text = verifier_log.to_string();
+                        let lines: Vec<&str> = text.lines().collect();
+                        lines[lines.len().saturating_sub(40)..].join("\n")
+                    }
+                    _ => String::new(),
+                };
+                return Err(e).with_context(|| {
+                    format!("the kernel rejected program {name}; verifier log tail:\n{log}")
+                });
+            }
         }
         let mut settings = read_settings(&ebpf)?;
         let fresh = settings.layout_version != LAYOUT_VERSION;

@@ -362,14 +362,14 @@ fn denied_flows_are_dropped_counted_once_and_leave_no_state() {
 
 /// Root cause of the first isolation holes: state one endpoint created let
 /// the same packet skip the receiving endpoint's policy. B (a second
-/// endpoint, on a dummy interface) denies ingress; A may send to the world.
+/// endpoint, on a veth of its own) denies ingress; A may send to the world.
 /// A's packet to B's link-local address is "world" on A's side (allowed,
 /// state on A), and must still be judged, and denied, on B's side.
 #[test]
 fn state_on_one_endpoint_never_skips_anothers_policy() {
     let pins = PinDir::new();
     let ns = NetNs::new("ct2");
-    ns.sh("ip link add nb0 type dummy && ip link set nb0 up");
+    ns.sh("ip link add nb0 type veth peer name nb1 && ip link set nb0 up && ip link set nb1 up");
     let b_index = ns.run(|| {
         netiso_daemon::netlink::links()
             .unwrap()

@@ -11,27 +11,29 @@ use crate::parse::{ptr_at, Control, Packet, ETH_HLEN};
 
 /// Shortest Ethernet frame on a wire: anything up to it may be zero
 /// padding added by a sender.
-const ETH_ZLEN: u32 = 60;
+const ETH_ZLEN: usize = 60;
 
 /// Whether the frame ends at `end`, or only zero padding follows it up to
 /// the minimum frame size.
 #[inline(always)]
-fn tail_ok(ctx: &TcContext, end: u32) -> bool {
-    let len = ctx.len();
+fn tail_ok(ctx: &TcContext, end: usize) -> bool {
+    let len = ctx.len() as usize;
     if len == end {
         return true;
     }
     if len > ETH_ZLEN || end > len {
         return false;
     }
-    let mut i = 0u32;
+    let mut i = 0usize;
     while i < ETH_ZLEN {
         let off = end + i;
         if off >= len {
             return true;
         }
-        match ptr_at::<u8>(ctx, off as usize) {
-            Some(b) if unsafe { *b } == 0 => {}
+        // Two bytes ending at `off`: the verifier tracks a one-byte
+        // window badly once the compiler turns `+ 1 >` into `>=`.
+        match ptr_at::<[u8; 2]>(ctx, off - 1) {
+            Some(b) if unsafe { (*b)[1] } == 0 => {}
             _ => return false,
         }
         i += 1;
@@ -54,7 +56,7 @@ pub fn arp_ok(ctx: &TcContext, ep: &Endpoint, dir: Direction) -> bool {
     if a[0..6] != [0, 1, 8, 0, 6, 4] || !(op == 1 || op == 2) {
         return false;
     }
-    if !tail_ok(ctx, (ETH_HLEN + ARP_LEN) as u32) || ep.ipv4 == [0; 4] {
+    if !tail_ok(ctx, ETH_HLEN + ARP_LEN) || ep.ipv4 == [0; 4] {
         return false;
     }
     let (sha, spa, tha, tpa) = (&a[8..14], &a[14..18], &a[18..24], &a[24..28]);
@@ -98,14 +100,14 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
     if p.family != family::V6 || p.hop_limit != 255 || p.ext_headers {
         return false;
     }
-    let l4 = p.l4_off as usize;
+    let l4 = p.l4_off;
     let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
         return false;
     };
     if unsafe { (*h)[1] } != 0 {
         return false;
     }
-    let fixed: u32 = match p.icmp_type {
+    let fixed: usize = match p.icmp_type {
         133 if dir == Direction::Egress => 8,
         135 | 136 => 24,
         _ => return false,
@@ -137,11 +139,11 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
         return false;
     };
     let src = unsafe { *src };
-    let mut off = l4 + fixed as usize;
+    let mut off = l4 + fixed;
     let mut i = 0;
     while i < 2 {
         i += 1;
-        if off >= p.l3_end as usize {
+        if off >= p.l3_end {
             break;
         }
         let Some(o) = ptr_at::<[u8; 8]>(ctx, off) else {
@@ -195,8 +197,9 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
     if p.family != family::V4 || p.hop_limit != 1 || p.daddr[0] & 0xf0 != 0xe0 {
         return false;
     }
-    let l4 = p.l4_off as usize;
-    let Some(h) = ptr_at::<[u8; 1]>(ctx, l4) else {
+    let l4 = p.l4_off;
+    // Every IGMP message has at least 8 bytes.
+    let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
         return false;
     };
     let ty = unsafe { (*h)[0] };
@@ -213,7 +216,7 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
 /// The two-byte source count at `at` (from the L4 header) is zero.
 #[inline(always)]
 fn sources_zero(ctx: &TcContext, p: &Packet, at: usize) -> bool {
-    match ptr_at::<[u8; 2]>(ctx, p.l4_off as usize + at) {
+    match ptr_at::<[u8; 2]>(ctx, p.l4_off + at) {
         Some(n) => (unsafe { *n }) == [0, 0],
         None => false,
     }

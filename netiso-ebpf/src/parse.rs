@@ -57,9 +57,9 @@ pub struct Packet {
     /// IPv6 extension headers sit between the fixed header and L4.
     pub ext_headers: bool,
     /// Offset of the L4 header in the frame.
-    pub l4_off: u32,
+    pub l4_off: usize,
     /// Offset just past the IP packet, by its own length field.
-    pub l3_end: u32,
+    pub l3_end: usize,
     /// Fragment with a non-zero offset: no L4 header of its own.
     pub later_fragment: bool,
     /// First fragment of a fragmented datagram (MF set, offset 0).
@@ -186,7 +186,7 @@ fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     }
     reset(p, family::V4, hdr[9]);
     p.hop_limit = hdr[8];
-    p.l3_end = (l3 + total_len) as u32;
+    p.l3_end = l3 + total_len;
     p.saddr = [0; 16];
     p.daddr = [0; 16];
     p.saddr[..4].copy_from_slice(&hdr[12..16]);
@@ -195,7 +195,7 @@ fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
     p.frag_id = u16::from_be_bytes([hdr[4], hdr[5]]);
-    p.l4_off = (l3 + ihl) as u32;
+    p.l4_off = l3 + ihl;
     if offset != 0 {
         p.later_fragment = true;
         return Ok(());
@@ -216,7 +216,7 @@ fn parse_ipv6(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     }
     reset(p, family::V6, hdr[6]);
     p.hop_limit = hdr[7];
-    p.l3_end = (l3 + 40 + payload_len) as u32;
+    p.l3_end = l3 + 40 + payload_len;
     p.saddr.copy_from_slice(&hdr[8..24]);
     p.daddr.copy_from_slice(&hdr[24..40]);
     // Walk extension headers to find the real L4 protocol (MLD reports,
@@ -250,20 +250,21 @@ fn parse_ipv6(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
                 p.ext_headers = true;
                 if frag >> 3 != 0 {
                     p.later_fragment = true;
-                    p.l4_off = (off + 8) as u32;
+                    p.l4_off = off + 8;
                     return Ok(());
                 }
                 p.first_fragment = frag & 1 != 0;
                 8
             }
             _ => {
-                p.l4_off = off as u32;
+                p.l4_off = off;
                 return parse_l4(ctx, off, p);
             }
         };
         p.ext_headers = true;
-        // The whole extension header must be there, not just its first bytes.
-        if ctx.data() + off + len > ctx.data_end() {
+        // The whole extension header must lie inside the packet, not just
+        // its first bytes (the next read checks the linear window).
+        if off + len > p.l3_end {
             return Err(DropReason::MalformedL3);
         }
         off += len;
