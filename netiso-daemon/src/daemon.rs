@@ -423,12 +423,32 @@ impl Daemon {
 
     /// A link was announced; true when a hold began or ended.
     fn on_link(&mut self, ev: &crate::link_watch::LinkEvent) -> bool {
+        if ev.addresses {
+            return self.refresh_host_addresses();
+        }
         let fc = self.fail_closed_bridges();
         if fc.is_empty() && self.holds.is_empty() {
             return false;
         }
         let claimed = self.claimed_veths();
         self.holds.on_link(ev, &fc, &claimed)
+    }
+
+    /// Reads the host's addresses again; true when they changed (the
+    /// `host` peer must follow at once, not at the next resync).
+    fn refresh_host_addresses(&mut self) -> bool {
+        match crate::netlink::host_addresses() {
+            Ok(addrs) if addrs != self.host_addrs => {
+                info!(addresses = addrs.len(), "host addresses changed");
+                self.host_addrs = addrs;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "cannot read the host's addresses");
+                false
+            }
+        }
     }
 
     /// Holds what the announcements missed (called at each resync).

@@ -182,6 +182,7 @@ mod tests {
             ifname: format!("veth{ifindex}"),
             master: Some(1),
             kind: Some("veth".into()),
+            addresses: false,
         }
     }
 
