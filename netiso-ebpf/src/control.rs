@@ -104,7 +104,14 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
     let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
         return false;
     };
-    if unsafe { (*h)[1] } != 0 {
+    let h = unsafe { *h };
+    // Code 0, and reserved bits zero: the only free bits left are the
+    // advertisement's three flags.
+    let reserved_ok = match p.icmp_type {
+        136 => h[4] & 0x1f == 0 && h[5..8] == [0, 0, 0],
+        _ => h[4..8] == [0, 0, 0, 0],
+    };
+    if h[1] != 0 || !reserved_ok {
         return false;
     }
     let fixed: usize = match p.icmp_type {

@@ -169,10 +169,24 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
 
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
-    // An ICMP error passes only with a live connection of this endpoint.
+    // An ICMP error passes only with a live connection of this endpoint,
+    // and only from someone who may speak about it: the peer itself, the
+    // host (the router between), or a router beyond the host; never
+    // another container (that would carry its bytes across a denied pair).
     if pkt.error {
         if let Some(r) = &pkt.related {
-            if let Some(k) = conntrack::related_key(ifindex, pkt, r, dir) {
+            let sender_ok = dir == Direction::Egress
+                || pkt.saddr == r.daddr
+                || match eval.known(&pkt.saddr) {
+                    None => true,
+                    Some(id) => id == identity::HOST,
+                };
+            let key = if sender_ok {
+                conntrack::related_key(ifindex, pkt, r, dir)
+            } else {
+                None
+            };
+            if let Some(k) = key {
                 if let Some(ct) = unsafe { CONNTRACK.get(&k) } {
                     if ct.generation == generation && !conntrack::expired(ct, k.proto, now) {
                         return tc::ACT_OK;

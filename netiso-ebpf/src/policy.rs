@@ -32,6 +32,19 @@ pub struct Eval {
 }
 
 impl Eval {
+    /// The identity of an exact address netiso knows (a container's, the
+    /// host's), if it is one.
+    #[inline(always)]
+    pub fn known(&self, addr: &[u8; 16]) -> Option<u32> {
+        let ip_key = IpKey {
+            addr: *addr,
+            family: self.family,
+            slot: self.slot,
+            _pad: [0; 2],
+        };
+        unsafe { IDENTITIES.get(&ip_key) }.map(|i| i.identity)
+    }
+
     /// The identity and default flags of a peer address.
     #[inline(always)]
     pub fn peer_identity(&self, peer: &[u8; 16]) -> (u32, u32) {
