@@ -22,10 +22,9 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use aya::programs::tc::TcAttachType;
 use common::docker::{tcp_servers, DockerEnv};
 use common::hostile::{
-    exec, grown, mac_of, mac_text, raw_receiver, raw_send, reason_counts, tcx_programs,
+    exec, grown, mac_of, mac_text, own_tcx_programs, raw_receiver, raw_send, reason_counts,
     udp_receiver, udp_send, Extra,
 };
 use common::ops::{empty_config, eventually, tcp_from, write_policy};
@@ -119,13 +118,10 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     let att_mac = mac_of(&attacker, &env.network);
     let insider_mac = mac_of(&insider, &env.network);
 
-    // The programs on the attacker's host-side veth, seen from the host.
-    let host_side = || {
-        (
-            tcx_programs(&att_if, TcAttachType::Ingress),
-            tcx_programs(&att_if, TcAttachType::Egress),
-        )
-    };
+    // This daemon's programs on the attacker's host-side veth, seen from
+    // the host (daemons of parallel tests guard every container too).
+    let att_index = att_ep.ifindex.expect("attacker's host veth index");
+    let host_side = || own_tcx_programs(&daemon.pins.path, &att_if, att_index);
     let before = host_side();
     assert!(
         before.0.iter().any(|(_, n)| n.starts_with("netiso_from")),

@@ -246,6 +246,34 @@ pub fn tcx_programs(ifname: &str, dir: TcAttachType) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The TCX programs of one daemon (the links pinned under `pins`) on the
+/// host interface `ifname` with index `ifindex`, per direction: other
+/// daemons (parallel tests) may have programs of their own there.
+pub fn own_tcx_programs(
+    pins: &std::path::Path,
+    ifname: &str,
+    ifindex: u32,
+) -> (Vec<(u32, String)>, Vec<(u32, String)>) {
+    let prog = |dir: &str| {
+        let pin = pins.join("links").join(format!("{ifindex}-{dir}"));
+        let link = aya::programs::links::PinnedLink::from_pin(&pin)
+            .unwrap_or_else(|e| panic!("link pin {}: {e}", pin.display()));
+        let link = aya::programs::links::FdLink::from(link);
+        link.info().expect("link info").program_id()
+    };
+    let (from, to) = (prog("from"), prog("to"));
+    (
+        tcx_programs(ifname, TcAttachType::Ingress)
+            .into_iter()
+            .filter(|(id, _)| *id == from)
+            .collect(),
+        tcx_programs(ifname, TcAttachType::Egress)
+            .into_iter()
+            .filter(|(id, _)| *id == to)
+            .collect(),
+    )
+}
+
 /// The MAC address of a container on its network (from `docker inspect`).
 pub fn mac_of(container: &str, network: &str) -> [u8; 6] {
     let out = sh(&format!(
