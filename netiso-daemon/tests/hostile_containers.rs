@@ -37,6 +37,8 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
+use aya::programs::tc::TcAttachType;
+
 use common::docker::DockerEnv;
 use common::frames::{
     eth as eth_src_dst, ext8, icmpv4_checksummed, icmpv6_checksummed, inet_checksum, ipv4_header,
@@ -44,8 +46,8 @@ use common::frames::{
     udp_checksummed,
 };
 use common::hostile::{
-    grown, mac_of, raw_send, reason_counts, tcp_connect_from, udp_send_bytes, Extra, FrameRecorder,
-    Listeners,
+    grown, mac_of, raw_send, reason_counts, tcp_connect_from, tcx_programs, udp_send_bytes, Extra,
+    FrameRecorder, Listeners,
 };
 use common::ops::{empty_config, tcp_try, write_policy};
 use common::{run_in, sh, DaemonProc};
@@ -892,6 +894,65 @@ fn cases() -> Vec<Case> {
             },
         ),
         case(
+            "ns to a made-up multicast group (marker in the IPv6 destination)",
+            None,
+            |n, t| {
+                let mut d = [0u8; 16];
+                d[0] = 0xff;
+                d[1] = 0x02;
+                d[10..].copy_from_slice(&t.short);
+                let dst = Ipv6Addr::from(d);
+                let body = ns_body([0; 4], n.vic.ll, &[nd_opt(1, &n.att.mac)]);
+                let f = eth(
+                    n.vic.mac,
+                    n.att.mac,
+                    ETH_P_IPV6,
+                    &icmp6(n.att.ll, dst, 255, 135, &body),
+                );
+                raw(Who::Attacker, vec![f], &d)
+            },
+        ),
+        case(
+            "ns with a wrong checksum (marker in the checksum field)",
+            None,
+            |n, t| {
+                let body = ns_body([0; 4], n.vic.ll, &[nd_opt(1, &n.att.mac)]);
+                let mut ip = icmp6(n.att.ll, n.vic.ll, 255, 135, &body);
+                let mut c = [t.short[0], t.short[1]];
+                if c == [ip[42], ip[43]] {
+                    c[0] ^= 0xff;
+                }
+                ip[42..44].copy_from_slice(&c);
+                let sig = [&ip[8..40], &[135, 0], &c[..]].concat();
+                raw(
+                    Who::Attacker,
+                    vec![eth(n.vic.mac, n.att.mac, ETH_P_IPV6, &ip)],
+                    &sig,
+                )
+            },
+        ),
+        case(
+            "ns to the victim, Ethernet destination = made-up multicast MAC",
+            None,
+            |n, t| {
+                let dmac = [
+                    0x03, t.short[1], t.short[2], t.short[3], t.short[4], t.short[5],
+                ];
+                let body = ns_body([0; 4], n.vic.ll, &[nd_opt(1, &n.att.mac)]);
+                let f = eth(
+                    dmac,
+                    n.att.mac,
+                    ETH_P_IPV6,
+                    &icmp6(n.att.ll, n.vic.ll, 255, 135, &body),
+                );
+                raw(
+                    Who::Attacker,
+                    vec![f],
+                    &[&dmac[..], &n.att.mac[..]].concat(),
+                )
+            },
+        ),
+        case(
             "dad ns (from ::), nonce option = marker bytes",
             Some("control"),
             |n, t| {
@@ -967,6 +1028,25 @@ fn cases() -> Vec<Case> {
                     ),
                     t,
                 )
+            },
+        ),
+        case(
+            "na to a made-up multicast group (marker in the IPv6 destination)",
+            None,
+            |n, t| {
+                let mut d = [0u8; 16];
+                d[0] = 0xff;
+                d[1] = 0x02;
+                d[10..].copy_from_slice(&t.short);
+                let dst = Ipv6Addr::from(d);
+                let body = na_body(NA_OVERRIDE, n.att.ll, &[nd_opt(2, &n.att.mac)]);
+                let f = eth(
+                    n.vic.mac,
+                    n.att.mac,
+                    ETH_P_IPV6,
+                    &icmp6(n.att.ll, dst, 255, 136, &body),
+                );
+                raw(Who::Attacker, vec![f], &d)
             },
         ),
         case(
@@ -1255,6 +1335,38 @@ fn cases() -> Vec<Case> {
             },
         ),
         case(
+            "arp request to a made-up multicast MAC (marker in the Ethernet destination)",
+            None,
+            |n, t| {
+                let dmac = [
+                    0x03, t.short[1], t.short[2], t.short[3], t.short[4], t.short[5],
+                ];
+                let a = arp(1, n.att.mac, n.att.v4.octets(), [0; 6], n.vic.v4.octets());
+                let f = eth(dmac, n.att.mac, ETH_P_ARP, &a);
+                raw(
+                    Who::Attacker,
+                    vec![f],
+                    &[&dmac[..], &n.att.mac[..]].concat(),
+                )
+            },
+        ),
+        case(
+            "arp request to an unknown unicast MAC, flooded (marker in the destination)",
+            None,
+            |n, t| {
+                let dmac = [
+                    0x06, t.short[1], t.short[2], t.short[3], t.short[4], t.short[5],
+                ];
+                let a = arp(1, n.att.mac, n.att.v4.octets(), [0; 6], n.vic.v4.octets());
+                let f = eth(dmac, n.att.mac, ETH_P_ARP, &a);
+                raw(
+                    Who::Attacker,
+                    vec![f],
+                    &[&dmac[..], &n.att.mac[..]].concat(),
+                )
+            },
+        ),
+        case(
             "arp with ptype 0x86dd, plen 16, marker",
             Some("control"),
             |n, t| {
@@ -1363,6 +1475,29 @@ fn cases() -> Vec<Case> {
             |n, t| {
                 let all: Ipv6Addr = "ff02::1".parse().unwrap();
                 att(raw_udp6(&n.att, n.vic.mac, n.att.ll, all, UDP_DENIED, t), t)
+            },
+        ),
+        case(
+            "udp4 to broadcast MAC, friend's IPv4 (allowed for the attacker)",
+            Some("not-for-endpoint"),
+            |n, t| att(raw_udp4(&n.att, BCAST, n.fri.v4, UDP_DENIED, t), t),
+        ),
+        case(
+            "udp4 to an unknown unicast MAC, friend's IPv4 (flooded)",
+            Some("not-for-endpoint"),
+            |n, t| {
+                let dmac = [
+                    0x06, t.short[1], t.short[2], t.short[3], t.short[4], t.short[5],
+                ];
+                att(raw_udp4(&n.att, dmac, n.fri.v4, UDP_DENIED, t), t)
+            },
+        ),
+        case(
+            "udp6 to all-nodes MAC, friend's IPv6 (allowed for the attacker)",
+            Some("not-for-endpoint"),
+            |n, t| {
+                let m = multicast_mac("ff02::1".parse::<Ipv6Addr>().unwrap().into());
+                att(raw_udp6(&n.att, m, n.att.v6, n.fri.v6, UDP_DENIED, t), t)
             },
         ),
         case(
@@ -2079,6 +2214,9 @@ fn run_pass(
     let mut outcomes = Vec::new();
     let mark = frames.mark();
     let counts = || daemon.map(reason_counts).unwrap_or_default();
+    // One `netiso stats` per probe: what one probe ends with, the next
+    // starts from.
+    let mut before = counts();
     for (i, c) in cases.iter().enumerate() {
         let mut long = marker.to_vec();
         long.extend_from_slice(&[pass, i as u8]);
@@ -2091,11 +2229,13 @@ fn run_pass(
         if shot.live_flow {
             friend_flow(n);
             std::thread::sleep(SETTLE);
+            before = counts();
         }
-        let before = counts();
         let sent = fire(n, &shot);
         std::thread::sleep(SETTLE);
-        let drops = grown(&before, &counts());
+        let after = counts();
+        let drops = grown(&before, &after);
+        before = after;
         outcomes.push(Outcome {
             sent,
             drops,
@@ -2219,15 +2359,25 @@ fn hostile_containers_cannot_reach_a_denying_peer() {
             .all(|c| s.endpoints.iter().any(|e| &&e.container == c && e.enforced))
     });
     // The outsider (in no group) is policed too where unmanaged containers
-    // get programs (anti-spoofing); give it the same chance, and say so.
+    // get programs (anti-spoofing): give it the same chance, and say so
+    // (from the host's view of its veth; `state.json` calls only grouped
+    // containers enforced).
     let end = Instant::now() + Duration::from_secs(5);
     let outsider_enforced = loop {
         let s = daemon.state();
-        if s.endpoints
+        let ifname = s
+            .endpoints
             .iter()
-            .any(|e| e.container == n.out.name && e.enforced)
-        {
-            break true;
+            .find(|e| e.container == n.out.name)
+            .and_then(|e| e.ifname.clone());
+        if let Some(ifname) = ifname {
+            let progs = tcx_programs(&ifname, TcAttachType::Ingress);
+            if progs
+                .iter()
+                .any(|(_, name)| name.starts_with("netiso_from"))
+            {
+                break true;
+            }
         }
         if Instant::now() > end {
             break false;
@@ -2290,9 +2440,10 @@ fn hostile_containers_cannot_reach_a_denying_peer() {
     // The report.
     let mut table = String::new();
     let mut failures = Vec::new();
+    let w = cases.iter().map(|c| c.name.len()).max().unwrap_or(5);
     let _ = writeln!(
         table,
-        "{:<56} {:<16} {:>9} {:>7} {:>6} {:>8}  {:<34} result",
+        "{:<w$} {:<16} {:>9} {:>7} {:>6} {:>8}  {:<34} result",
         "probe", "expected reason", "no netiso", "frames", "socket", "required", "drops counted"
     );
     for ((c, f), s) in cases.iter().zip(&free).zip(&sealed) {
@@ -2322,7 +2473,7 @@ fn hostile_containers_cannot_reach_a_denying_peer() {
         };
         let _ = writeln!(
             table,
-            "{:<56} {:<16} {:>9} {:>7} {:>6} {:>8}  {:<34} {result}",
+            "{:<w$} {:<16} {:>9} {:>7} {:>6} {:>8}  {:<34} {result}",
             c.name,
             c.reason.unwrap_or("(any)"),
             format!("{}/{}", f.frames, f.sockets),
