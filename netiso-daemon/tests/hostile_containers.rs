@@ -25,7 +25,15 @@
 //! a connection from it, and `netiso stats` counted at least as many drops
 //! as the probe had frames that reach the victim without netiso (with the
 //! reason the sealed datapath gives it, where that reason is certain).
-//! Every probe is tried and the test fails once, with the whole table.
+//! Every probe is tried and the test fails once, with the whole table and
+//! the bytes of the first frame of each probe that got through.
+//!
+//! The probes go beyond what the policy names: tags in the fields that
+//! link control (ARP, neighbour discovery) leaves free (options, reserved
+//! bits, flow label, checksum, destination group, Ethernet destination),
+//! VLAN and QinQ, other ethertypes, fragments, extension headers, spoofed
+//! and unspecified sources, forged ICMP errors, and the same from a
+//! container in no group.
 //! Allowed paths are checked in the same run: friend -> victim on the
 //! allowed ports over IPv4 and IPv6 (the victim answers although its
 //! egress is denied), IPv6 ping between allowed containers (neighbour
@@ -154,8 +162,8 @@ struct Shot {
 
 struct Case {
     name: &'static str,
-    /// The drop reason of the sealed datapath (docs: /work/spec-seal.md
-    /// in the issue), where it is certain.
+    /// The drop reason the sealed datapath (issue 11) gives the probe,
+    /// where it is certain; `None`: any reason.
     reason: Option<&'static str>,
     build: fn(&Net, &Tag) -> Shot,
 }
