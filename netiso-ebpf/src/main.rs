@@ -218,12 +218,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                     // The policy changed since the flow was admitted: judge
                     // it again as it was opened, and cut it if it is no
                     // longer allowed.
-                    let peer = eval.peer_identity(&key.remote);
-                    let d = eval.run(
-                        conntrack::opener(ct),
-                        peer,
-                        conntrack::opened_port(ct, &key),
-                    );
+                    let opener = conntrack::opener(ct);
+                    let port = conntrack::opened_port(ct, &key);
+                    let (peer, port) = if opener == Direction::Egress {
+                        eval.destination(&key.remote, port)
+                    } else {
+                        (eval.peer_identity(&key.remote), port)
+                    };
+                    let d = eval.run(opener, peer, port);
                     if d.action != Action::Deny as u8 {
                         ct.generation = generation;
                         conntrack::track(ct, reply, pkt, now);
@@ -244,14 +246,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // A new flow. Leaving a container, a broadcast or multicast goes to
     // the link (the host, and each receiving endpoint judges its own copy);
     // entering one, the sender is judged, whatever the destination says.
-    let peer = if dir == Direction::Ingress {
-        eval.peer_identity(&pkt.saddr)
+    let (peer, port) = if dir == Direction::Ingress {
+        (eval.peer_identity(&pkt.saddr), pkt.policy_port)
     } else if unicast {
-        eval.peer_identity(&pkt.daddr)
+        eval.destination(&pkt.daddr, pkt.policy_port)
     } else {
-        (identity::HOST, 0)
+        ((identity::HOST, 0), pkt.policy_port)
     };
-    let d = eval.run(dir, peer, pkt.policy_port);
+    let d = eval.run(dir, peer, port);
     v.src = d.src;
     v.dst = d.dst;
     count(&RULE_STATS, d.rule_id, ctx.len());
