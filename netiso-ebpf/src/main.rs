@@ -131,21 +131,6 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     let pkt: &Packet = pkt;
     v.parsed = true;
 
-    // Who may send and who may receive: the endpoint's own addresses only.
-    if dir == Direction::Egress {
-        if spoofed_source(ep, pkt) {
-            return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
-        }
-    } else if !for_endpoint(ep, pkt) || !dest_mac_ok(ctx, ep, Some(pkt)) {
-        return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
-    }
-    if pkt.control != Control::None {
-        if control::control_ok(ctx, pkt, ep, dir) {
-            return tc::PASS;
-        }
-        return drop(ctx, settings, &mut v, DropReason::Control, 0);
-    }
-
     let eval = Eval {
         ep_id,
         ep_flags,
@@ -161,12 +146,30 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             != 0,
     };
 
+    // Who may send and who may receive: the endpoint's own addresses only.
+    if dir == Direction::Egress {
+        if spoofed_source(ep, pkt) {
+            return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
+        }
+    } else if !for_endpoint(ep, pkt) || !dest_mac_ok(ctx, ep, Some(pkt)) {
+        name_peer(&eval, ep, pkt, dir, &mut v);
+        return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
+    }
+    if pkt.control != Control::None {
+        if control::control_ok(ctx, pkt, ep, dir) {
+            return tc::PASS;
+        }
+        name_peer(&eval, ep, pkt, dir, &mut v);
+        return drop(ctx, settings, &mut v, DropReason::Control, 0);
+    }
+
     if pkt.later_fragment {
         // Later fragments carry no ports: they follow the verdict this
         // endpoint gave the first fragment, and are dropped without one.
         if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some() {
             return tc::PASS;
         }
+        name_peer(&eval, ep, pkt, dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
@@ -197,6 +200,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 }
             }
         }
+        name_peer(&eval, ep, pkt, dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::IcmpUnrelated, 0);
     }
 
@@ -286,6 +290,20 @@ fn pass(ctx: &TcContext, ifindex: u32, pkt: &Packet, generation: u32) -> i32 {
         count(&ERRORS, errors::FRAG_INSERT, ctx.len());
     }
     tc::PASS
+}
+
+/// Names the other side of a packet dropped before policy, for its flow
+/// row (a drop path only: one more lookup there costs nothing that
+/// matters).
+#[inline(always)]
+fn name_peer(eval: &Eval, ep: &Endpoint, pkt: &Packet, dir: Direction, v: &mut Verdict) {
+    if dir == Direction::Ingress {
+        v.src = eval.peer_identity(&pkt.saddr).0;
+    } else if non_unicast(ep, pkt) {
+        v.dst = identity::HOST;
+    } else {
+        v.dst = eval.peer_identity(&pkt.daddr).0;
+    }
 }
 
 /// A packet leaving a container must carry the container's own address:
