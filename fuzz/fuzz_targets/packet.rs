@@ -165,6 +165,7 @@ fn setup() -> Harness {
             ipv4: Some(A),
             ipv6: Some(A6),
             mac: Some(MAC_A),
+            ipv4_prefix_len: None,
         },
     );
     desired.identities.insert(
@@ -176,7 +177,7 @@ fn setup() -> Harness {
     );
     let mut dp = Datapath::load(Path::new("/sys/fs/bpf/netiso-fuzz")).expect("load the datapath");
     dp.apply(&desired).expect("apply the endpoint");
-    dp.set_drop_non_ip(false).unwrap();
+    dp.set_allow_non_ip(true).unwrap();
     let mut h = Harness {
         dp,
         templates: templates(),
@@ -269,7 +270,7 @@ fuzz_target!(|steps: Vec<Step>| {
         let h = slot.get_or_insert_with(setup);
         for (i, step) in steps.iter().take(MAX_STEPS).enumerate() {
             if step.drop_non_ip != h.drop_non_ip {
-                h.dp.set_drop_non_ip(step.drop_non_ip).unwrap();
+                h.dp.set_allow_non_ip(!step.drop_non_ip).unwrap();
                 h.drop_non_ip = step.drop_non_ip;
             }
             let frame = build(&step.frame, &h.templates);

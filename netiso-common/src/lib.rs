@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -190,24 +190,35 @@ pub enum DropReason {
     MalformedL3 = 5,
     /// A TCP/UDP/ICMP header cut short.
     MalformedL4 = 6,
-    /// A non-IP ethertype on a policed endpoint (ARP and ND excepted).
+    /// An ethertype other than IPv4, IPv6 and ARP (unless re-opened by
+    /// the `allow_non_ip` setting).
     NonIp = 7,
     /// The endpoint is held fail-closed until it is classified.
     FailClosed = 8,
-    /// A non-first IPv4 fragment with no known flow.
+    /// A later IPv4/IPv6 fragment whose first fragment this endpoint did
+    /// not pass.
     Fragment = 9,
     /// A live connection the current policy no longer allows.
     Revoked = 10,
     /// Not a drop: an `audit` rule matched; the packet passed and was
     /// recorded like a drop would be.
     Audit = 11,
+    /// A VLAN tag (in the frame or in the skb metadata): netiso judges
+    /// untagged IP only, and the receiving kernel would untag it.
+    Vlan = 12,
+    /// Unicast to an address that is not the receiving endpoint's own.
+    NotForEndpoint = 13,
+    /// ARP, neighbour discovery, MLD or IGMP not in the form the link needs.
+    Control = 14,
+    /// An ICMP error that quotes no live connection of this endpoint.
+    IcmpUnrelated = 15,
 }
 
 /// Number of reason counters (index 0 unused).
 pub const DROP_REASONS: u32 = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 15] = [
         Self::PolicyDeny,
         Self::DefaultDeny,
         Self::SpoofedIp,
@@ -219,6 +230,10 @@ impl DropReason {
         Self::Fragment,
         Self::Revoked,
         Self::Audit,
+        Self::Vlan,
+        Self::NotForEndpoint,
+        Self::Control,
+        Self::IcmpUnrelated,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -234,6 +249,10 @@ impl DropReason {
             9 => Some(Self::Fragment),
             10 => Some(Self::Revoked),
             11 => Some(Self::Audit),
+            12 => Some(Self::Vlan),
+            13 => Some(Self::NotForEndpoint),
+            14 => Some(Self::Control),
+            15 => Some(Self::IcmpUnrelated),
             _ => None,
         }
     }
@@ -252,6 +271,10 @@ impl DropReason {
             Self::Fragment => "fragment",
             Self::Revoked => "revoked",
             Self::Audit => "audit",
+            Self::Vlan => "vlan",
+            Self::NotForEndpoint => "not-for-endpoint",
+            Self::Control => "control",
+            Self::IcmpUnrelated => "icmp-unrelated",
         }
     }
 }
@@ -268,11 +291,16 @@ pub struct Endpoint {
     pub flags: [u32; 2],
     /// The container's own IPv4 address on this veth (network order), or 0.
     pub ipv4: [u8; 4],
+    /// The directed broadcast address of the network, or 0.
+    pub ipv4_bcast: [u8; 4],
     /// The container's own MAC address on this veth.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
     /// The container's own global IPv6 address on this veth, or all zero.
     pub ipv6: [u8; 16],
+    /// The container's IPv6 link-local address (EUI-64 of its MAC), or
+    /// all zero.
+    pub ipv6_ll: [u8; 16],
 }
 
 /// Key of the identities map: an exact address in one policy slot.
@@ -362,16 +390,20 @@ pub struct PolicyValue {
     pub rule_id: u32,
 }
 
-/// Conntrack key: the packet's own 5-tuple. Each connection is stored twice,
-/// once per direction, so that both directions find it with one lookup.
+/// Conntrack key: one connection as seen by one endpoint. State is scoped
+/// per endpoint (the host-side veth's ifindex): what one endpoint admitted
+/// never lets a packet skip another endpoint's policy. Addresses and ports
+/// are the endpoint's (`local`) and the peer's (`remote`), so both
+/// directions of a connection find the same single entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    /// Host order.
-    pub sport: u16,
-    pub dport: u16,
+    pub ifindex: u32,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    /// Host order. For ICMP echo the identifier is the opener's port.
+    pub lport: u16,
+    pub rport: u16,
     pub proto: u8,
     pub family: u8,
     pub _pad: [u8; 2],
@@ -391,8 +423,9 @@ pub struct CtValue {
 }
 
 pub mod ct_flags {
-    /// This entry is the reply direction of the connection.
-    pub const REPLY: u32 = 1 << 0;
+    /// The endpoint opened the connection (its first packet left the
+    /// container); otherwise the peer opened it.
+    pub const OPENED_OUT: u32 = 1 << 0;
     /// A packet of the reply direction has been seen (TCP: handshake answered).
     pub const SEEN_REPLY: u32 = 1 << 1;
     /// TCP FIN or RST seen: the connection is closing.
@@ -438,10 +471,12 @@ pub mod errors {
     ];
 }
 
-/// Key of the fragment table: IPv4 datagrams whose first fragment passed.
+/// Key of the fragment table: datagrams whose first fragment passed this
+/// endpoint (scoped per endpoint, like conntrack).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
+    pub ifindex: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub id: u16,
@@ -521,26 +556,31 @@ pub struct RateState {
 /// identity maps (and the endpoints' per-slot fields), then flips
 /// `active_slot` here with one write: every packet reads the slot once and
 /// is judged entirely by one policy.
-#[repr(C)]
+///
+/// `active_slot` and `generation` share one aligned 64-bit word that the
+/// programs load once per packet, so a packet never pairs one policy's
+/// slot with another's generation.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Must equal [`LAYOUT_VERSION`] once the daemon has configured the maps;
     /// until then the programs pass everything (nothing is managed yet).
     pub layout_version: u32,
+    /// `settings_flags::*`.
+    pub flags: u32,
     pub active_slot: u32,
     /// Incremented on every policy change; conntrack entries from older
     /// generations are re-judged.
     pub generation: u32,
-    /// `settings_flags::*`.
-    pub flags: u32,
     /// Events per second per CPU; 0 turns events off.
     pub event_rate: u32,
     pub _pad: u32,
 }
 
 pub mod settings_flags {
-    /// Drop non-IP ethertypes other than ARP on policed endpoints.
-    pub const DROP_NON_IP: u32 = 1 << 0;
+    /// Let ethertypes other than IPv4, IPv6 and ARP through (dropped by
+    /// default: a covert channel around IP policy).
+    pub const ALLOW_NON_IP: u32 = 1 << 0;
     /// The CIDR trie of slot 0 / slot 1 has entries (skip the LPM lookup
     /// otherwise: it costs more than a hash lookup).
     pub const CIDRS_SLOT0: u32 = 1 << 1;
@@ -597,12 +637,12 @@ mod tests {
     // bump LAYOUT_VERSION.
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Endpoint>(), 44);
+        assert_eq!(size_of::<Endpoint>(), 64);
         assert_eq!(size_of::<IpKey>(), 20);
         assert_eq!(size_of::<IdentityInfo>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyValue>(), 8);
-        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<FlowKey>(), 52);
         assert_eq!(size_of::<FlowValue>(), 40);
@@ -610,8 +650,10 @@ mod tests {
         assert_eq!(size_of::<CidrKey>(), 20);
         assert_eq!(size_of::<Event>(), 72);
         assert_eq!(size_of::<RateState>(), 16);
-        assert_eq!(size_of::<FragKey>(), 36);
-        assert_eq!(LAYOUT_VERSION, 2);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
+        assert_eq!(core::mem::offset_of!(Settings, generation), 12);
+        assert_eq!(LAYOUT_VERSION, 3);
     }
 
     #[test]

@@ -126,7 +126,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
                 policy: cfg.policy,
                 pin_dir: cfg.pin_dir,
                 state_dir: cfg.state_dir,
-                drop_non_ip: cfg.drop_non_ip,
+                allow_non_ip: cfg.allow_non_ip,
                 services,
                 resync_interval: cfg.resync_interval,
                 watch_policy: cfg.watch_policy,

@@ -49,8 +49,12 @@ pub struct DaemonArgs {
     /// Seconds between full resyncs with Docker (drift repair); 0 disables [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub resync_interval: Option<u64>,
-    /// Drop non-IP ethertypes (other than ARP) on policed endpoints.
+    /// Let ethertypes other than IPv4, IPv6 and ARP pass managed endpoints
+    /// (they are dropped by default: a channel no IP policy sees).
     #[arg(long)]
+    pub allow_non_ip: bool,
+    /// Accepted for old configurations: dropping non-IP is now the default.
+    #[arg(long, hide = true)]
     pub drop_non_ip: bool,
     /// Do not reload the policy when its file changes (SIGHUP still works).
     #[arg(long)]
@@ -75,6 +79,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     /// Seconds.
     resync_interval: Option<u64>,
+    allow_non_ip: Option<bool>,
+    /// Accepted for old configurations (now the default).
     drop_non_ip: Option<bool>,
     watch_policy: Option<bool>,
     allow_insecure_policy_permissions: Option<bool>,
@@ -97,7 +103,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `None`: no periodic resync.
     pub resync_interval: Option<Duration>,
-    pub drop_non_ip: bool,
+    pub allow_non_ip: bool,
     pub watch_policy: bool,
     /// Warn about, instead of refusing, a policy non-root users could change.
     pub allow_insecure_policy_permissions: bool,
@@ -236,7 +242,7 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
             None => Some(DEFAULT_RESYNC),
         },
         // A flag can only switch these on (or the watcher off).
-        drop_non_ip: a.drop_non_ip || f.drop_non_ip.unwrap_or(false),
+        allow_non_ip: a.allow_non_ip || f.allow_non_ip.unwrap_or(false),
         watch_policy: !a.no_watch_policy && f.watch_policy.unwrap_or(true),
         allow_insecure_policy_permissions: a.allow_insecure_policy_permissions
             || f.allow_insecure_policy_permissions.unwrap_or(false),
@@ -265,7 +271,7 @@ mod tests {
         assert_eq!(c.resync_interval, Some(Duration::from_secs(60)));
         assert_eq!(c.log_format, LogFormat::Human);
         assert_eq!(c.metrics_address, None);
-        assert!(c.watch_policy && !c.drop_non_ip);
+        assert!(c.watch_policy && !c.allow_non_ip);
     }
 
     #[test]
@@ -279,6 +285,7 @@ socket_group = "netiso"
 metrics_address = "127.0.0.1:9617"
 log_format = "json"
 resync_interval = 5
+allow_non_ip = true
 drop_non_ip = true
 watch_policy = false
 "#;
@@ -291,7 +298,7 @@ watch_policy = false
         assert_eq!(c.socket.as_deref(), Some(Path::new("/run/other/s.sock")));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.resync_interval, Some(Duration::from_secs(5)));
-        assert!(c.drop_non_ip && !c.watch_policy);
+        assert!(c.allow_non_ip && !c.watch_policy);
 
         let f = parse(text, Path::new("x.toml")).unwrap();
         let flags = DaemonArgs {

@@ -25,8 +25,8 @@ pub struct Options {
     pub policy: PathBuf,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
-    /// Drop non-IP ethertypes (other than ARP) on policed endpoints.
-    pub drop_non_ip: bool,
+    /// Let ethertypes other than IPv4, IPv6 and ARP pass managed endpoints.
+    pub allow_non_ip: bool,
     /// Control socket, metrics, events.
     pub services: crate::services::ServiceOptions,
     /// Full resync with Docker this often (repairs drift); `None`: never.
@@ -116,7 +116,10 @@ pub async fn run(opts: Options) -> Result<()> {
     let policy = load_policy(&opts.policy)
         .with_context(|| format!("the policy {} is not valid", opts.policy.display()))?;
     let mut dp = Datapath::load(&opts.pin_dir)?;
-    dp.set_drop_non_ip(opts.drop_non_ip)?;
+    dp.set_allow_non_ip(opts.allow_non_ip)?;
+    if opts.allow_non_ip {
+        warn!("allow_non_ip is on: frames other than IPv4, IPv6 and ARP cross every policy");
+    }
     info!(pin_dir = %opts.pin_dir.display(), policy = %opts.policy.display(), "netiso starting");
     // Identity numbers live on in pinned maps (flow rows, conntrack):
     // keep giving each group set the number an earlier run gave it.
@@ -420,12 +423,32 @@ impl Daemon {
 
     /// A link was announced; true when a hold began or ended.
     fn on_link(&mut self, ev: &crate::link_watch::LinkEvent) -> bool {
+        if ev.addresses {
+            return self.refresh_host_addresses();
+        }
         let fc = self.fail_closed_bridges();
         if fc.is_empty() && self.holds.is_empty() {
             return false;
         }
         let claimed = self.claimed_veths();
         self.holds.on_link(ev, &fc, &claimed)
+    }
+
+    /// Reads the host's addresses again; true when they changed (the
+    /// `host` peer must follow at once, not at the next resync).
+    fn refresh_host_addresses(&mut self) -> bool {
+        match crate::netlink::host_addresses() {
+            Ok(addrs) if addrs != self.host_addrs => {
+                info!(addresses = addrs.len(), "host addresses changed");
+                self.host_addrs = addrs;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "cannot read the host's addresses");
+                false
+            }
+        }
     }
 
     /// Holds what the announcements missed (called at each resync).
@@ -746,7 +769,10 @@ pub fn build_desired(
                 .map(IpAddr::V4)
                 .into_iter()
                 .chain(a.ipv6.map(IpAddr::V6));
-            for ip in ips {
+            // The link-local address (EUI-64 of the MAC) speaks for the
+            // container too: without it, a link-local sender would be "world".
+            let link_local = a.mac.map(|m| IpAddr::V6(crate::datapath::link_local_of(m)));
+            for ip in ips.chain(link_local) {
                 d.identities.insert(
                     IpKey::from_ip(ip, 0),
                     IdentityInfo {
@@ -756,7 +782,11 @@ pub fn build_desired(
                 );
             }
             let mut enforced = false;
-            if managed {
+            // Every container veth gets the programs: containers in no
+            // group too, so that none can send from another's address or
+            // send what netiso does not understand. Policy verdicts for
+            // them stay those of the `unmanaged` identity.
+            {
                 match (a.host_ifindex, &a.host_ifname) {
                     (Some(ifindex), Some(ifname)) => {
                         d.endpoints.insert(
@@ -768,11 +798,12 @@ pub fn build_desired(
                                 ipv4: a.ipv4,
                                 ipv6: a.ipv6,
                                 mac: a.mac,
+                                ipv4_prefix_len: a.ipv4_prefix_len,
                             },
                         );
-                        enforced = true;
+                        enforced = managed;
                     }
-                    _ if !own_netns => {}
+                    _ if !own_netns || !managed => {}
                     _ => state.unenforceable.push(Unenforceable {
                         container: c.name.clone(),
                         network: a.network.clone(),

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netiso"));
 
 /// What one managed veth should look like in the endpoints map.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointSpec {
     /// Interface name in the namespace the daemon runs in (for attaching).
     pub ifname: String,
@@ -39,6 +39,44 @@ pub struct EndpointSpec {
     /// The container's global IPv6 address on this veth, if any.
     pub ipv6: Option<Ipv6Addr>,
     pub mac: Option<[u8; 6]>,
+    /// Prefix length of `ipv4` on its network: its directed broadcast
+    /// address reaches the endpoint too.
+    pub ipv4_prefix_len: Option<u8>,
+}
+
+impl EndpointSpec {
+    /// The network's directed broadcast address, when the prefix is known
+    /// and leaves room for one.
+    pub fn ipv4_broadcast(&self) -> Option<Ipv4Addr> {
+        let ip = u32::from(self.ipv4?);
+        let len = self.ipv4_prefix_len?;
+        if len == 0 || len >= 31 {
+            return None;
+        }
+        Some(Ipv4Addr::from(ip | (u32::MAX >> len)))
+    }
+
+    /// The endpoint's IPv6 link-local address: the kernel's default
+    /// (EUI-64 of the MAC) for a veth in a new network namespace.
+    pub fn ipv6_link_local(&self) -> Option<Ipv6Addr> {
+        self.mac.map(link_local_of)
+    }
+}
+
+/// fe80::/64 with the EUI-64 interface identifier of `mac`.
+pub fn link_local_of(mac: [u8; 6]) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8] = mac[0] ^ 0x02;
+    a[9] = mac[1];
+    a[10] = mac[2];
+    a[11] = 0xff;
+    a[12] = 0xfe;
+    a[13] = mac[3];
+    a[14] = mac[4];
+    a[15] = mac[5];
+    Ipv6Addr::from(a)
 }
 
 /// The complete desired contents of the datapath maps. Keys carry slot 0;
@@ -165,8 +203,20 @@ impl Datapath {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel rejected program {name}"))?;
+            if let Err(e) = prog.load() {
+                // The verifier's last words say which instruction and why.
+                let log = match &e {
+                    aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                        let text = verifier_log.to_string();
+                        let lines: Vec<&str> = text.lines().collect();
+                        lines[lines.len().saturating_sub(40)..].join("\n")
+                    }
+                    _ => String::new(),
+                };
+                return Err(e).with_context(|| {
+                    format!("the kernel rejected program {name}; verifier log tail:\n{log}")
+                });
+            }
         }
         let mut settings = read_settings(&ebpf)?;
         let fresh = settings.layout_version != LAYOUT_VERSION;
@@ -207,13 +257,13 @@ impl Datapath {
         self.settings
     }
 
-    /// Whether non-IP ethertypes other than ARP are dropped on policed
-    /// endpoints.
-    pub fn set_drop_non_ip(&mut self, on: bool) -> Result<()> {
+    /// Whether ethertypes other than IPv4, IPv6 and ARP pass managed
+    /// endpoints (dropped by default: a channel around IP policy).
+    pub fn set_allow_non_ip(&mut self, on: bool) -> Result<()> {
         if on {
-            self.settings.flags |= settings_flags::DROP_NON_IP;
+            self.settings.flags |= settings_flags::ALLOW_NON_IP;
         } else {
-            self.settings.flags &= !settings_flags::DROP_NON_IP;
+            self.settings.flags &= !settings_flags::ALLOW_NON_IP;
         }
         self.write_settings()
     }
@@ -314,16 +364,19 @@ impl Datapath {
         {
             let mut eps = self.endpoints_map()?;
             for (ifindex, spec) in &desired.endpoints {
+                // Addresses from the spec; the active slot keeps what
+                // packets use now, the next slot gets the new view.
+                let fresh = endpoint_value(spec, spec.identity, spec.flags);
                 let mut ep = match eps.get(ifindex, 0) {
-                    Ok(old) => old,
-                    // A new endpoint gets the same view in both slots.
-                    Err(_) => endpoint_value(spec, spec.identity, spec.flags),
+                    Ok(old) => Endpoint {
+                        identity: old.identity,
+                        flags: old.flags,
+                        ..fresh
+                    },
+                    Err(_) => fresh,
                 };
                 ep.identity[next as usize] = spec.identity;
                 ep.flags[next as usize] = spec.flags;
-                ep.ipv4 = spec.ipv4.map(|a| a.octets()).unwrap_or_default();
-                ep.ipv6 = spec.ipv6.map(|a| a.octets()).unwrap_or_default();
-                ep.mac = spec.mac.unwrap_or_default();
                 eps.insert(ifindex, ep, 0)
                     .context("writing the endpoints map (full?)")?;
             }
@@ -336,10 +389,14 @@ impl Datapath {
                 settings_flags::CIDRS_SLOT1
             }
         };
+        // The next slot's CIDR flag first (that slot is not in use yet),
+        // so no packet pairs the new slot with its old flag.
+        if !desired.cidrs.is_empty() {
+            self.settings.flags |= cidr_flag(next);
+            self.write_settings()?;
+        }
         if desired.cidrs.is_empty() {
             self.settings.flags &= !cidr_flag(next);
-        } else {
-            self.settings.flags |= cidr_flag(next);
         }
         self.settings.active_slot = next as u32;
         self.settings.generation = self.settings.generation.wrapping_add(1);
@@ -712,9 +769,17 @@ fn endpoint_value(spec: &EndpointSpec, identity: u32, flags: u32) -> Endpoint {
         identity: [identity; 2],
         flags: [flags; 2],
         ipv4: spec.ipv4.map(|a| a.octets()).unwrap_or_default(),
+        ipv4_bcast: spec
+            .ipv4_broadcast()
+            .map(|a| a.octets())
+            .unwrap_or_default(),
         mac: spec.mac.unwrap_or_default(),
         _pad: [0; 2],
         ipv6: spec.ipv6.map(|a| a.octets()).unwrap_or_default(),
+        ipv6_ll: spec
+            .ipv6_link_local()
+            .map(|a| a.octets())
+            .unwrap_or_default(),
     }
 }
 

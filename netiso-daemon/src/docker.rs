@@ -233,6 +233,10 @@ fn container_from_inspect(fallback_id: &str, r: ContainerInspectResponse) -> Opt
             ipv4: parse_opt(ep.ip_address.as_deref()),
             ipv6: parse_opt::<Ipv6Addr>(ep.global_ipv6_address.as_deref()),
             mac: ep.mac_address.as_deref().and_then(parse_mac),
+            ipv4_prefix_len: ep
+                .ip_prefix_len
+                .and_then(|l| u8::try_from(l).ok())
+                .filter(|l| *l <= 32),
             host_ifindex: None,
             host_ifname: None,
         })

@@ -161,6 +161,7 @@ impl Holds {
                     ipv4: None,
                     ipv6: None,
                     mac: None,
+                    ipv4_prefix_len: None,
                 });
         }
     }
@@ -181,6 +182,7 @@ mod tests {
             ifname: format!("veth{ifindex}"),
             master: Some(1),
             kind: Some("veth".into()),
+            addresses: false,
         }
     }
 
@@ -229,6 +231,7 @@ mod tests {
             ipv4: None,
             ipv6: None,
             mac: None,
+            ipv4_prefix_len: None,
         };
         d.endpoints.insert(7, spec.clone());
         h.apply(

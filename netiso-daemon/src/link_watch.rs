@@ -1,5 +1,6 @@
 //! New and removed links of the host namespace, as the kernel announces
-//! them (RTM_NEWLINK / RTM_DELLINK on the RTNLGRP_LINK multicast group).
+//! them (RTM_NEWLINK / RTM_DELLINK on the RTNLGRP_LINK multicast group),
+//! and changes of its addresses (RTM_NEWADDR / RTM_DELADDR).
 //!
 //! Docker enslaves a new container's host-side veth to the network's bridge
 //! before the container's process runs and well before the engine's
@@ -13,7 +14,11 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTMGRP_LINK: u32 = 1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
@@ -30,6 +35,9 @@ pub struct LinkEvent {
     pub ifname: String,
     pub master: Option<u32>,
     pub kind: Option<String>,
+    /// An address of `ifindex` came or went (RTM_NEWADDR / RTM_DELADDR):
+    /// the `host` peer follows the host's addresses.
+    pub addresses: bool,
 }
 
 impl LinkEvent {
@@ -40,6 +48,18 @@ impl LinkEvent {
 
 /// Decodes one RTM_NEWLINK / RTM_DELLINK payload (`ifinfomsg` + attributes).
 pub fn parse(msg_type: u16, payload: &[u8]) -> Option<LinkEvent> {
+    if msg_type == RTM_NEWADDR || msg_type == RTM_DELADDR {
+        // `struct ifaddrmsg`: family, prefixlen, flags, scope, index.
+        let ifindex = u32::from_ne_bytes(payload.get(4..8)?.try_into().ok()?);
+        return Some(LinkEvent {
+            present: msg_type == RTM_NEWADDR,
+            ifindex,
+            ifname: String::new(),
+            master: None,
+            kind: None,
+            addresses: true,
+        });
+    }
     if payload.len() < IFINFO_LEN || !(msg_type == RTM_NEWLINK || msg_type == RTM_DELLINK) {
         return None;
     }
@@ -50,6 +70,7 @@ pub fn parse(msg_type: u16, payload: &[u8]) -> Option<LinkEvent> {
         ifname: String::new(),
         master: None,
         kind: None,
+        addresses: false,
     };
     for nla in NlasIterator::new(&payload[IFINFO_LEN..]).flatten() {
         match nla.kind() {
@@ -123,8 +144,11 @@ pub fn dump() -> Result<Vec<LinkEvent>> {
 /// A full queue drops announcements (the periodic resync catches up).
 pub fn spawn(tx: tokio::sync::mpsc::Sender<LinkEvent>) -> Result<()> {
     let mut sock = Socket::new(NETLINK_ROUTE).context("opening a NETLINK_ROUTE socket")?;
-    sock.bind(&SocketAddr::new(0, RTMGRP_LINK))
-        .context("joining the netlink link group")?;
+    sock.bind(&SocketAddr::new(
+        0,
+        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+    ))
+    .context("joining the netlink link and address groups")?;
     std::thread::Builder::new()
         .name("netiso-links".into())
         .spawn(move || {

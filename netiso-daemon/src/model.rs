@@ -29,6 +29,8 @@ pub struct Attachment {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub mac: Option<[u8; 6]>,
+    /// Prefix length of `ipv4` on its network (for its broadcast address).
+    pub ipv4_prefix_len: Option<u8>,
     /// Host-side veth, once resolved by the `netlink` module.
     pub host_ifindex: Option<u32>,
     pub host_ifname: Option<String>,

@@ -292,8 +292,10 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, String> {
 }
 
 /// Every IP address configured in the calling thread's network namespace
-/// (for the daemon: the host's own addresses, bridge gateways included).
-/// They make up the `host` peer of the policy.
+/// (for the daemon: the host's own addresses, bridge gateways included),
+/// with the IPv4 broadcast address of each interface and the limited
+/// broadcast: a packet sent to any of them is received by the host's own
+/// stack. They make up the `host` peer of the policy.
 pub fn host_addresses() -> Result<Vec<std::net::IpAddr>> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -313,6 +315,11 @@ pub fn host_addresses() -> Result<Vec<std::net::IpAddr>> {
             libc::AF_INET => {
                 let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                 out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
+                let bcast = ifa.ifa_ifu;
+                if ifa.ifa_flags & libc::IFF_BROADCAST as u32 != 0 && !bcast.is_null() {
+                    let sa = unsafe { &*(bcast as *const libc::sockaddr_in) };
+                    out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
+                }
             }
             libc::AF_INET6 => {
                 let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
@@ -322,6 +329,7 @@ pub fn host_addresses() -> Result<Vec<std::net::IpAddr>> {
         }
     }
     unsafe { libc::freeifaddrs(head) };
+    out.push(IpAddr::V4(Ipv4Addr::BROADCAST));
     out.sort();
     out.dedup();
     Ok(out)
@@ -502,6 +510,7 @@ mod tests {
                 crate::model::Attachment {
                     network: "n2".into(),
                     mac: Some([2, 0, 0, 0, 0, 1]),
+                    ipv4_prefix_len: None,
                     ..Default::default()
                 },
             ],

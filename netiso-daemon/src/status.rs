@@ -44,7 +44,7 @@ pub struct KernelStatus {
     pub active_slot: u32,
     pub event_rate: u32,
     pub debug_log: bool,
-    pub drop_non_ip: bool,
+    pub allow_non_ip: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -198,7 +198,7 @@ pub fn kernel_status(pin_dir: &Path) -> KernelStatus {
             active_slot: s.active_slot,
             event_rate: s.event_rate,
             debug_log: s.flags & settings_flags::DEBUG_LOG != 0,
-            drop_non_ip: s.flags & settings_flags::DROP_NON_IP != 0,
+            allow_non_ip: s.flags & settings_flags::ALLOW_NON_IP != 0,
         },
         Err(e) => KernelStatus {
             error: Some(format!("{e:#}")),
@@ -397,8 +397,8 @@ pub fn render(r: &StatusReport) -> String {
                     format!("{}/s per CPU", k.event_rate)
                 },
                 if k.debug_log { "on" } else { "off" },
-                if k.drop_non_ip {
-                    ", non-IP dropped"
+                if k.allow_non_ip {
+                    ", non-IP allowed"
                 } else {
                     ""
                 }

@@ -86,6 +86,7 @@ fn random_frames_never_open_a_hole() {
             ipv4: Some(A),
             ipv6: Some(A6),
             mac: Some(MAC_A),
+            ipv4_prefix_len: None,
         },
     );
     desired.identities.insert(
@@ -113,9 +114,9 @@ fn random_frames_never_open_a_hole() {
             break;
         }
         if i == 10_000 {
-            dp.set_drop_non_ip(true).unwrap();
+            dp.set_allow_non_ip(true).unwrap();
         }
-        let drop_non_ip = i >= 10_000;
+        let drop_non_ip = i < 10_000;
         let t = templates[rng.below(templates.len())].clone();
         let frame = if rng.below(8) == 0 {
             t

@@ -1,6 +1,7 @@
 //! Header parsing with direct packet access (bounds-checked pointers into
 //! the linear skb data): about 1 ns per access against ~30 ns for
-//! `bpf_skb_load_bytes`.
+//! `bpf_skb_load_bytes`. The parser only describes the packet; what may
+//! pass is decided in `main.rs`, `control.rs` and `policy.rs`.
 use aya_ebpf::programs::TcContext;
 use netiso_common::{family, proto, DropReason};
 
@@ -8,32 +9,68 @@ pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_P_QINQ1: u16 = 0x9100;
+
+/// What kind of link-control message a packet is; such packets are
+/// checked for their exact form in `control.rs` instead of by policy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Control {
+    None = 0,
+    /// ICMPv6 neighbour discovery (133-137).
+    Nd = 1,
+    /// ICMPv6 multicast listener messages (130-132, 143).
+    Mld = 2,
+    /// IGMP (IPv4 protocol 2).
+    Igmp = 3,
+}
+
+/// ICMP echo role, so a reply can never stand in for a request.
+pub const ECHO_REQUEST: u8 = 1;
+pub const ECHO_REPLY: u8 = 2;
 
 /// What the verdict logic needs to know about a packet.
 pub struct Packet {
     pub family: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Ports in host order; for ICMP echo the identifier stands in as a
-    /// port so that request and reply map onto one connection.
+    /// Ports in host order; for ICMP echo the identifier stands in as the
+    /// requester's port so that request and reply map onto one connection.
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     /// Port as judged by policy (0 for ICMP).
     pub policy_port: u16,
-    /// Whether this packet may open a connection-tracking entry.
-    pub stateful: bool,
-    /// Always passes (IPv6 neighbour discovery and MLD).
-    pub control: bool,
-    /// IPv4 fragment with a non-zero offset: no L4 header of its own.
+    /// Looks up connection state (TCP, UDP, ICMP echo request and reply).
+    pub tracked: bool,
+    /// May open a connection (TCP, UDP, ICMP echo request).
+    pub opens: bool,
+    /// `ECHO_REQUEST`, `ECHO_REPLY` or 0.
+    pub echo: u8,
+    pub control: Control,
+    /// ICMP/ICMPv6 type (valid when `proto` is the family's ICMP).
+    pub icmp_type: u8,
+    /// IPv4 TTL / IPv6 hop limit.
+    pub hop_limit: u8,
+    /// IPv6 extension headers sit between the fixed header and L4.
+    pub ext_headers: bool,
+    /// Offset of the L4 header in the frame.
+    pub l4_off: usize,
+    /// Offset just past the IP packet, by its own length field.
+    pub l3_end: usize,
+    /// Fragment with a non-zero offset: no L4 header of its own.
     pub later_fragment: bool,
     /// First fragment of a fragmented datagram (MF set, offset 0).
     pub first_fragment: bool,
     pub frag_id: u16,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
-    /// ICMP error (unreachable, time exceeded, parameter problem, packet
-    /// too big): the quoted packet's tuple, to find the flow it belongs to.
+    /// An ICMP error (unreachable, time exceeded, parameter problem,
+    /// packet too big).
+    pub error: bool,
+    /// The error's quoted packet, when it is complete enough to name a flow.
     pub related: Option<Related>,
 }
 
@@ -53,12 +90,12 @@ pub enum Parsed {
     /// IPv4 or IPv6: the packet was filled in.
     Ip,
     Arp,
-    /// Another ethertype.
+    /// Another ethertype (never a VLAN tag: those are errors).
     Other,
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -81,9 +118,9 @@ pub fn src_mac(ctx: &TcContext) -> Option<[u8; 6]> {
     Some(unsafe { *p })
 }
 
-/// Headers we may need in the linear part: Ethernet, the longest IPv4
-/// header and a TCP header.
-const WANT_LINEAR: u32 = (ETH_HLEN + 60 + 20) as u32;
+/// Headers we may need in the linear part: Ethernet, an IPv6 header with
+/// a hop-by-hop header, and the longest control message we check in full.
+const WANT_LINEAR: u32 = 128;
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, DropReason> {
@@ -103,6 +140,8 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, DropReason> {
         ETH_P_IP => parse_ipv4(ctx, p).map(|()| Parsed::Ip),
         ETH_P_IPV6 => parse_ipv6(ctx, p).map(|()| Parsed::Ip),
         ETH_P_ARP => Ok(Parsed::Arp),
+        // A tag the kernel did not take off: the receiver's kernel would.
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => Err(DropReason::Vlan),
         _ => Ok(Parsed::Other),
     }
 }
@@ -116,12 +155,17 @@ fn reset(p: &mut Packet, family: u8, proto: u8) {
     p.sport = 0;
     p.dport = 0;
     p.policy_port = 0;
-    p.stateful = false;
-    p.control = false;
+    p.tracked = false;
+    p.opens = false;
+    p.echo = 0;
+    p.control = Control::None;
+    p.icmp_type = 0;
+    p.ext_headers = false;
     p.later_fragment = false;
     p.first_fragment = false;
     p.frag_id = 0;
     p.tcp_flags = 0;
+    p.error = false;
     p.related = None;
 }
 
@@ -133,13 +177,16 @@ fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let version = hdr[0] >> 4;
     let ihl = (hdr[0] & 0x0f) as usize * 4;
     let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-    if version != 4 || ihl < 20 || total_len < ihl {
+    // The packet must fit the frame: a length that claims more is cut.
+    if version != 4 || ihl < 20 || total_len < ihl || l3 + total_len > ctx.len() as usize {
         return Err(DropReason::MalformedL3);
     }
     if ctx.data() + l3 + ihl > ctx.data_end() {
         return Err(DropReason::MalformedL3);
     }
     reset(p, family::V4, hdr[9]);
+    p.hop_limit = hdr[8];
+    p.l3_end = l3 + total_len;
     p.saddr = [0; 16];
     p.daddr = [0; 16];
     p.saddr[..4].copy_from_slice(&hdr[12..16]);
@@ -148,6 +195,7 @@ fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
     p.frag_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+    p.l4_off = l3 + ihl;
     if offset != 0 {
         p.later_fragment = true;
         return Ok(());
@@ -161,10 +209,14 @@ fn parse_ipv6(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let l3 = ETH_HLEN;
     let hdr = ptr_at::<[u8; 40]>(ctx, l3).ok_or(DropReason::MalformedL3)?;
     let hdr = unsafe { &*hdr };
-    if hdr[0] >> 4 != 6 {
+    let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
+    // Jumbograms (payload length 0) are not something containers send.
+    if hdr[0] >> 4 != 6 || payload_len == 0 || l3 + 40 + payload_len > ctx.len() as usize {
         return Err(DropReason::MalformedL3);
     }
     reset(p, family::V6, hdr[6]);
+    p.hop_limit = hdr[7];
+    p.l3_end = l3 + 40 + payload_len;
     p.saddr.copy_from_slice(&hdr[8..24]);
     p.daddr.copy_from_slice(&hdr[24..40]);
     // Walk extension headers to find the real L4 protocol (MLD reports,
@@ -195,17 +247,24 @@ fn parse_ipv6(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
                 // The low 16 bits of the 32-bit identification key the
                 // fragment table, as for IPv4.
                 p.frag_id = u16::from_be_bytes([h[6], h[7]]);
+                p.ext_headers = true;
                 if frag >> 3 != 0 {
                     p.later_fragment = true;
+                    p.l4_off = off + 8;
                     return Ok(());
                 }
                 p.first_fragment = frag & 1 != 0;
                 8
             }
-            _ => return parse_l4(ctx, off, p),
+            _ => {
+                p.l4_off = off;
+                return parse_l4(ctx, off, p);
+            }
         };
-        // The whole extension header must be there, not just its first bytes.
-        if ctx.data() + off + len > ctx.data_end() {
+        p.ext_headers = true;
+        // The whole extension header must lie inside the packet, not just
+        // its first bytes (the next read checks the linear window).
+        if off + len > p.l3_end {
             return Err(DropReason::MalformedL3);
         }
         off += len;
@@ -219,10 +278,15 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
-const IPPROTO_IGMP: u8 = 2;
+pub const IPPROTO_IGMP: u8 = 2;
 
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason> {
+    let icmp = if p.family == family::V4 {
+        proto::ICMP
+    } else {
+        proto::ICMPV6
+    };
     match p.proto {
         proto::TCP => {
             let h = ptr_at::<[u8; 20]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
@@ -233,7 +297,8 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
             p.sport = u16::from_be_bytes([h[0], h[1]]);
             p.dport = u16::from_be_bytes([h[2], h[3]]);
             p.policy_port = p.dport;
-            p.stateful = true;
+            p.tracked = true;
+            p.opens = true;
             p.tcp_flags = h[13];
         }
         proto::UDP => {
@@ -242,36 +307,45 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
             p.sport = u16::from_be_bytes([h[0], h[1]]);
             p.dport = u16::from_be_bytes([h[2], h[3]]);
             p.policy_port = p.dport;
-            p.stateful = true;
+            p.tracked = true;
+            p.opens = true;
         }
-        proto::ICMP | proto::ICMPV6 => {
+        // ICMP of the packet's own family only: ICMPv6 carried in IPv4 (or
+        // ICMP in IPv6) is just another protocol number, judged by policy.
+        n if n == icmp => {
             let h = ptr_at::<[u8; 8]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
             let h = unsafe { *h };
             let id = u16::from_be_bytes([h[4], h[5]]);
             let ty = h[0];
-            let (request, reply) = if p.proto == proto::ICMP {
+            p.icmp_type = ty;
+            let (request, reply) = if p.family == family::V4 {
                 (8, 0)
             } else {
                 (128, 129)
             };
             if ty == request {
                 p.sport = id;
-                p.stateful = true;
+                p.echo = ECHO_REQUEST;
+                p.tracked = true;
+                p.opens = true;
             } else if ty == reply {
                 p.dport = id;
-            } else if p.proto == proto::ICMPV6 && matches!(ty, 130..=137 | 143) {
-                // Neighbour discovery and MLD keep the link working.
-                p.control = true;
-            } else if (p.proto == proto::ICMP && matches!(ty, 3 | 11 | 12))
-                || (p.proto == proto::ICMPV6 && matches!(ty, 1..=4))
+                p.echo = ECHO_REPLY;
+                p.tracked = true;
+            } else if p.family == family::V6 && matches!(ty, 133..=137) {
+                p.control = Control::Nd;
+            } else if p.family == family::V6 && matches!(ty, 130..=132 | 143) {
+                p.control = Control::Mld;
+            } else if (p.family == family::V4 && matches!(ty, 3 | 11 | 12))
+                || (p.family == family::V6 && matches!(ty, 1..=4))
             {
+                p.error = true;
                 parse_quoted(ctx, l4 + 8, p);
             }
         }
-        // IGMP is link-local multicast control, like ARP and ND. Only over
-        // IPv4: IPv6 has no IGMP (MLD is ICMPv6), so next header 2 there is
-        // just an unknown protocol, judged by policy.
-        IPPROTO_IGMP if p.family == family::V4 => p.control = true,
+        IPPROTO_IGMP if p.family == family::V4 => {
+            p.control = Control::Igmp;
+        }
         // Other protocols carry no ports: judged by protocol alone.
         _ => {}
     }
@@ -280,7 +354,7 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
 
 /// The tuple of the packet an ICMP error quotes (its IP header and the
 /// first 8 bytes of its L4 header), into `p.related`; left None when it is
-/// cut short: the error is then judged like any other ICMP packet.
+/// cut short (such an error names no flow and is dropped).
 #[inline(always)]
 fn parse_quoted(ctx: &TcContext, off: usize, p: &mut Packet) {
     let fam = p.family;
@@ -298,27 +372,41 @@ fn parse_quoted(ctx: &TcContext, off: usize, p: &mut Packet) {
 
 #[inline(always)]
 fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
-    let l4 = if fam == family::V4 {
+    let (l4, icmp) = if fam == family::V4 {
         let h = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
+        if h[0] >> 4 != 4 || (h[0] & 0x0f) < 5 {
+            return None;
+        }
         r.proto = h[9];
         r.saddr[..4].copy_from_slice(&h[12..16]);
         r.daddr[..4].copy_from_slice(&h[16..20]);
-        off + (h[0] & 0x0f) as usize * 4
+        (off + (h[0] & 0x0f) as usize * 4, proto::ICMP)
     } else {
         let h = unsafe { &*ptr_at::<[u8; 40]>(ctx, off)? };
+        if h[0] >> 4 != 6 {
+            return None;
+        }
         r.proto = h[6];
         r.saddr.copy_from_slice(&h[8..24]);
         r.daddr.copy_from_slice(&h[24..40]);
-        off + 40
+        (off + 40, proto::ICMPV6)
     };
     if r.proto == proto::TCP || r.proto == proto::UDP {
         let h = unsafe { *ptr_at::<[u8; 4]>(ctx, l4)? };
         r.sport = u16::from_be_bytes([h[0], h[1]]);
         r.dport = u16::from_be_bytes([h[2], h[3]]);
-    } else if r.proto == proto::ICMP || r.proto == proto::ICMPV6 {
-        // A quoted echo request: its identifier is the flow's "source port".
+        Some(())
+    } else if r.proto == icmp {
+        // Only a quoted echo request names a flow: its identifier is the
+        // requester's "port".
         let h = unsafe { *ptr_at::<[u8; 8]>(ctx, l4)? };
+        let request = if fam == family::V4 { 8 } else { 128 };
+        if h[0] != request {
+            return None;
+        }
         r.sport = u16::from_be_bytes([h[4], h[5]]);
+        Some(())
+    } else {
+        None
     }
-    Some(())
 }

@@ -104,25 +104,23 @@ fn frame(f: Flow, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     }
 }
 
-fn ct_key(f: Flow, sport: u16, dport: u16, reverse: bool) -> CtKey {
-    let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+/// The conntrack entry endpoint A (ifindex 1 under BPF_PROG_TEST_RUN)
+/// keeps for a connection it opened: one entry per connection.
+fn ct_key(f: Flow, sport: u16, dport: u16) -> CtKey {
+    let (mut local, mut remote) = ([0u8; 16], [0u8; 16]);
     if f.v6 {
-        s = a6().octets();
-        d = b6().octets();
+        local = a6().octets();
+        remote = b6().octets();
     } else {
-        s[..4].copy_from_slice(&a4().octets());
-        d[..4].copy_from_slice(&b4().octets());
+        local[..4].copy_from_slice(&a4().octets());
+        remote[..4].copy_from_slice(&b4().octets());
     }
-    let (saddr, daddr, sport, dport) = if reverse {
-        (d, s, dport, sport)
-    } else {
-        (s, d, sport, dport)
-    };
     CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
+        ifindex: 1,
+        local,
+        remote,
+        lport: sport,
+        rport: dport,
         proto: f.proto,
         family: if f.v6 { family::V6 } else { family::V4 },
         ..Default::default()
@@ -424,12 +422,9 @@ fn delete_ct(dp: &mut Datapath, f: Flow) -> Result<()> {
             .map_mut(maps::CONNTRACK)
             .context("conntrack map")?,
     )?;
-    for reverse in [false, true] {
-        ct.remove(&ct_key(f, SPORT_FIRST, f.port, reverse))
-            .map_err(|e| {
-                anyhow!("deleting the conntrack entry of a first packet ({}, reverse {reverse}): {e}; did the conntrack key layout change?", f.name)
-            })?;
-    }
+    ct.remove(&ct_key(f, SPORT_FIRST, f.port)).map_err(|e| {
+        anyhow!("deleting the conntrack entry of a first packet ({}): {e}; did the conntrack key layout change?", f.name)
+    })?;
     Ok(())
 }
 

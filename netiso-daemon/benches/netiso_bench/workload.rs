@@ -84,6 +84,7 @@ pub fn container(i: usize, group: &str, ipv4: Ipv4Addr, ipv6: Option<Ipv6Addr>) 
             ipv4: Some(ipv4),
             ipv6,
             mac: Some([0x02, 0xbe, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]),
+            ipv4_prefix_len: None,
             ..Default::default()
         }],
         ..Default::default()

@@ -1518,10 +1518,11 @@ fn unmanaged_defaults_and_blocks_reach_the_datapath() {
 
     let d = build(rules);
     assert!(d.endpoints.contains_key(&10));
-    assert!(
-        !d.endpoints.contains_key(&11),
-        "Docker's behaviour by default"
-    );
+    // A container in no group gets the programs too (anti-spoofing and the
+    // checks of what netiso does not understand), with the unmanaged
+    // identity's allow defaults: Docker's behaviour for its traffic.
+    let plain = &d.endpoints[&11];
+    assert_eq!((plain.identity, plain.flags), (identity::UNMANAGED, 0));
     let cidr = |a: [u8; 4], len| d.cidrs[&(std::net::IpAddr::from(a), len)].identity;
     assert_eq!(cidr([198, 18, 0, 0], 15), FIRST_CIDR_IDENTITY);
     assert_eq!(cidr([198, 18, 1, 0], 24), identity::WORLD);

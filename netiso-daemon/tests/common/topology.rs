@@ -39,6 +39,7 @@ impl Guest {
                 ipv4: Some(self.ip),
                 ipv6: Some(self.ip6),
                 mac: Some(self.mac),
+                ipv4_prefix_len: None,
                 host_ifindex: Some(self.host_ifindex),
                 host_ifname: Some(self.host_if.clone()),
             }],

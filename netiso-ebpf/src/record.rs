@@ -1,0 +1,165 @@
+//! Drops and their records: every drop updates exactly one flow-table row
+//! and the per-reason counter, and sends a rate-limited event.
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_log_ebpf::debug;
+use netiso_common::{
+    errors, settings_flags, tc, Counter, DropReason, Event, FlowKey, FlowValue, Settings,
+};
+
+use crate::maps::{ERRORS, EVENTS, EVENT_RATE, FLOWS, REASON_STATS, SCRATCH};
+use aya_ebpf::maps::PerCpuArray;
+
+/// What is known about a packet for recording its drop, kept small so the
+/// hot path does not build (and zero) a full flow key per packet.
+pub struct Verdict {
+    pub ifindex: u32,
+    pub direction: u8,
+    /// The scratch packet holds this packet's parsed headers.
+    pub parsed: bool,
+    pub src: u32,
+    pub dst: u32,
+}
+
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // Per-CPU slot: no other writer, no atomics needed.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += bytes as u64;
+    }
+}
+
+/// Drops the packet, recording it once.
+#[inline(always)]
+pub fn drop(
+    ctx: &TcContext,
+    settings: &Settings,
+    v: &mut Verdict,
+    reason: DropReason,
+    rule_id: u32,
+) -> i32 {
+    record(ctx, settings, v, reason, rule_id);
+    tc::ACT_SHOT
+}
+
+/// Records a drop (or an audited pass): one row in the flow table per flow
+/// and reason, the per-reason counter, and a rate-limited event. Not
+/// inlined: it only runs on drop and audit paths, and a frame of its own
+/// keeps the hot path's stack small.
+#[inline(never)]
+pub fn record(
+    ctx: &TcContext,
+    settings: &Settings,
+    v: &mut Verdict,
+    reason: DropReason,
+    rule_id: u32,
+) {
+    let mut key = FlowKey {
+        ifindex: v.ifindex,
+        direction: v.direction,
+        reason: reason as u8,
+        src_identity: v.src,
+        dst_identity: v.dst,
+        ..FlowKey::default()
+    };
+    // Addresses and ports only once the packet was parsed (the scratch
+    // space may hold an earlier packet's).
+    if v.parsed {
+        if let Some(p) = SCRATCH.get_ptr(0) {
+            let p = unsafe { &*p };
+            key.family = p.family;
+            key.saddr = p.saddr;
+            key.daddr = p.daddr;
+            key.proto = p.proto;
+            key.dport = p.policy_port;
+        }
+    }
+    let flow = &key;
+    let bytes = ctx.len() as u64;
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    count(&REASON_STATS, reason as u32, ctx.len());
+    if let Some(row) = FLOWS.get_ptr_mut(flow) {
+        let row = unsafe { &mut *row };
+        add(&mut row.packets, 1);
+        add(&mut row.bytes, bytes);
+        row.last_seen_ns = now;
+        row.rule_id = rule_id;
+    } else {
+        let row = FlowValue {
+            packets: 1,
+            bytes,
+            first_seen_ns: now,
+            last_seen_ns: now,
+            rule_id,
+            _pad: 0,
+        };
+        if FLOWS.insert(flow, &row, BPF_NOEXIST as u64).is_err() {
+            // Another CPU created the row first: add to it.
+            match FLOWS.get_ptr_mut(flow) {
+                Some(row) => {
+                    let row = unsafe { &mut *row };
+                    add(&mut row.packets, 1);
+                    add(&mut row.bytes, bytes);
+                }
+                None => count(&ERRORS, errors::FLOW_INSERT, ctx.len()),
+            }
+        }
+    }
+    if settings.flags & settings_flags::DEBUG_LOG != 0 {
+        debug!(
+            ctx,
+            "netiso: {} ifindex {} proto {} port {} rule {}",
+            reason.as_str(),
+            flow.ifindex,
+            flow.proto,
+            flow.dport,
+            rule_id
+        );
+    }
+    emit(settings, flow, ctx.len(), rule_id, now);
+}
+
+/// Sends an event unless this CPU already sent `event_rate` in the
+/// current second; what is held back is counted, so a flood cannot swamp
+/// user space and nobody is misled about what was missed.
+#[inline(always)]
+fn emit(settings: &Settings, flow: &FlowKey, len: u32, rule_id: u32, now: u64) {
+    if settings.event_rate == 0 {
+        return;
+    }
+    let Some(rate) = EVENT_RATE.get_ptr_mut(0) else {
+        return;
+    };
+    let rate = unsafe { &mut *rate };
+    if now.saturating_sub(rate.window_start_ns) >= 1_000_000_000 {
+        rate.window_start_ns = now;
+        rate.sent = 0;
+    }
+    if rate.sent >= settings.event_rate {
+        rate.suppressed = rate.suppressed.wrapping_add(1);
+        return;
+    }
+    rate.sent += 1;
+    // Written in place in the ring buffer: no copy on the stack.
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                ts_ns: now,
+                flow: *flow,
+                len,
+                rule_id,
+                _pad: 0,
+            });
+            entry.submit(0);
+        }
+        None => count(&ERRORS, errors::EVENT_LOST, len),
+    }
+}
+
+#[inline(always)]
+fn add(counter: &mut u64, n: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
