@@ -293,7 +293,7 @@ fuzz_target!(|steps: Vec<Step>| {
             };
             assert!(
                 verdict == tc::ACT_SHOT
-                    || (verdict == tc::ACT_OK && may_pass(&frame, h.drop_non_ip)),
+                    || (verdict == tc::PASS && may_pass(&frame, h.drop_non_ip)),
                 "frame {i} through {prog} (drop_non_ip {}) got verdict {verdict}: {frame:02x?}",
                 h.drop_non_ip
             );

@@ -591,8 +591,14 @@ pub mod settings_flags {
 
 /// TC verdicts (from linux/pkt_cls.h).
 pub mod tc {
+    pub const ACT_UNSPEC: i32 = -1;
     pub const ACT_OK: i32 = 0;
     pub const ACT_SHOT: i32 = 2;
+    /// netiso's "allowed": not a final pass but "no objection", so that
+    /// programs attached after netiso's on the same hook (TCX `NEXT`, or
+    /// the next clsact filter) still get their say; with none, the packet
+    /// passes. A final `ACT_OK` would skip them.
+    pub const PASS: i32 = ACT_UNSPEC;
 }
 
 #[cfg(feature = "user")]

@@ -48,8 +48,8 @@ fn check_default_policy(mode: AttachMode) {
     let (desired, _) = daemon::build_desired(&compiled, &containers, &policy, &Default::default());
     assert_eq!(
         desired.endpoints.len(),
-        3,
-        "the unlabelled container is not managed"
+        4,
+        "the unlabelled container is guarded too (unmanaged identity)"
     );
     let dp = topo.host.run(|| {
         let mut dp = Datapath::load(&pins.path).expect("load");
@@ -229,8 +229,14 @@ fn ipv6_spoofing_and_fragments_between_namespaces() {
         rows(&dp)
     );
 
-    // A forged source address: a second IP on the frontend's eth0.
+    // A forged source address: a second IP on the frontend's eth0 (and a
+    // static neighbour: ARP from the forged address is itself dropped).
     front.ns.sh("ip addr add 10.77.0.99/24 dev eth0");
+    let m = other.mac;
+    front.ns.sh(&format!(
+        "ip neigh replace {} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev eth0",
+        other.ip, m[0], m[1], m[2], m[3], m[4], m[5]
+    ));
     front.ns.run(|| {
         let s = std::net::UdpSocket::bind("10.77.0.99:0").unwrap();
         for _ in 0..3 {

