@@ -48,33 +48,85 @@ impl Rng {
 // ---------------------------------------------------------------------------
 // The marker tag.
 
-/// Replaces the run's marker in regression files: `kfuzzMRK`, four zero
-/// bytes of sequence number and two bytes of checksum fix.
+/// Replaces the run's marker in regression files (`kfuzzMRK`; sequence
+/// number 0, then the check and the checksum fix).
 pub const PLACEHOLDER_MARK: [u8; 8] = *b"kfuzzMRK";
-pub const TAG_LEN: usize = 14;
+/// Marker (8), sequence number (4), check (2), checksum fix (2).
+pub const TAG_LEN: usize = 16;
 
-/// The one's-complement sum every tag has (that of the placeholder), so
-/// that swapping one tag for another, at any offset, keeps every IP/L4
-/// checksum of the frame valid.
+/// The one's-complement sum every tag has (that of the marker
+/// placeholder), so that swapping one tag for another, at any offset,
+/// keeps every IP/L4 checksum of the frame valid.
 fn tag_sum() -> u32 {
     sum16(&PLACEHOLDER_MARK, 0)
 }
 
-/// A tag: the run's 8-byte marker, the frame's sequence number and two
-/// bytes that bring the tag's one's-complement sum to a constant.
+/// Binds the sequence number to the marker, so that a tag a mutation
+/// damaged is not read as another frame's.
+fn tag_check(marker: &[u8; 8], seq: u32) -> [u8; 2] {
+    let mut z = u64::from_be_bytes(*marker) ^ (seq as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z ^= z >> 29;
+    (z as u16).to_be_bytes()
+}
+
+/// A tag: the run's 8-byte marker, the frame's sequence number, a check
+/// and two bytes that bring the tag's one's-complement sum to a constant.
 pub fn tag(marker: &[u8; 8], seq: u32) -> [u8; TAG_LEN] {
     let mut t = [0u8; TAG_LEN];
     t[..8].copy_from_slice(marker);
     t[8..12].copy_from_slice(&seq.to_be_bytes());
-    let s = fold(sum16(&t[..12], 0)) as u32;
+    t[12..14].copy_from_slice(&tag_check(marker, seq));
+    let s = fold(sum16(&t[..14], 0)) as u32;
     let fix = fold(tag_sum() + (0xffff - s));
-    t[12..].copy_from_slice(&fix.to_be_bytes());
+    t[14..].copy_from_slice(&fix.to_be_bytes());
     t
 }
 
 /// The placeholder tag written to regression files.
 pub fn placeholder() -> [u8; TAG_LEN] {
     tag(&PLACEHOLDER_MARK, 0)
+}
+
+/// The marker's first six bytes: what a tagless frame carries in a
+/// six-byte field (a destination MAC).
+pub fn short_mark(marker: &[u8; 8]) -> [u8; 6] {
+    marker[..6].try_into().unwrap()
+}
+
+/// The first word of an IPv6 header whose traffic class and flow label
+/// (28 bits the sender chooses freely) come from the marker.
+pub fn flow_word(marker: &[u8; 8]) -> [u8; 4] {
+    [
+        0x60 | (marker[6] >> 4),
+        (marker[6] << 4) | (marker[7] & 0x0f),
+        marker[4],
+        marker[5],
+    ]
+}
+
+/// Whether `data` is an IPv6 frame whose first header word is the
+/// marker's [`flow_word`].
+pub fn has_flow_word(data: &[u8], marker: &[u8; 8]) -> bool {
+    data.len() >= 18 && data[12..14] == [0x86, 0xdd] && data[14..18] == flow_word(marker)
+}
+
+/// Replaces the short marks and flow words of `from` by those of `to`
+/// (regression files hold the placeholder's).
+pub fn remark(f: &mut [u8], from: &[u8; 8], to: &[u8; 8]) {
+    let (sf, st) = (short_mark(from), short_mark(to));
+    let mut at = 0;
+    while let Some(i) = find(&f[at..], &sf) {
+        let j = at + i;
+        // Not the start of a full marker (tags are handled by `retag`).
+        if f.get(j..j + 8) != Some(&from[..]) {
+            f[j..j + 6].copy_from_slice(&st);
+        }
+        at = j + 6;
+    }
+    if has_flow_word(f, from) {
+        f[14..18].copy_from_slice(&flow_word(to));
+    }
 }
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -94,8 +146,9 @@ pub fn read_tag(data: &[u8], marker: &[u8; 8]) -> Option<u32> {
             return None;
         }
         let t = &data[at..at + TAG_LEN];
-        if fold(sum16(t, 0)) == fold(tag_sum()) {
-            return Some(u32::from_be_bytes(t[8..12].try_into().unwrap()));
+        let seq = u32::from_be_bytes(t[8..12].try_into().unwrap());
+        if t[12..14] == tag_check(marker, seq) && fold(sum16(t, 0)) == fold(tag_sum()) {
+            return Some(seq);
         }
         from = at + 1;
     }
@@ -162,7 +215,7 @@ pub fn ethertype_at(f: &[u8]) -> Option<usize> {
             return Some(at);
         }
     }
-    Some(at)
+    (f.len() >= at + 2).then_some(at)
 }
 
 /// Sets the IP length fields (`lengths`) and the IPv4 header and L4
@@ -557,6 +610,9 @@ pub struct Input {
     pub template: &'static str,
     pub notes: Vec<String>,
     pub frames: Vec<Vec<u8>>,
+    /// Strict link control with no room for a tag: it carries the marker
+    /// in a header field instead (see [`covert`]).
+    pub tagless: bool,
 }
 
 /// Payload holding the tag, with some random bytes around it.
@@ -1254,6 +1310,7 @@ fn template(r: &Rng, n: &Net, seq: u32) -> Input {
         template: name,
         notes,
         frames,
+        tagless: false,
     }
 }
 
@@ -1429,10 +1486,89 @@ fn mutate(r: &Rng, n: &Net, f: &mut Vec<u8>, notes: &mut Vec<String>) {
     }
 }
 
+/// Link control in the exact form the sealed datapath lets through, with
+/// attacker-chosen bits where the form leaves room: the Ethernet
+/// destination (six bytes of the marker; the bridge floods an unknown
+/// unicast or multicast address to every port), or the IPv6 traffic class
+/// and flow label ([`flow_word`]). No tag fits; the victim's AF_PACKET
+/// receiver looks for these fields instead.
+fn covert(r: &Rng, n: &Net) -> Input {
+    let m6 = short_mark(&n.marker);
+    let kind = r.below(4);
+    let in_mac = kind < 2 || r.chance(1, 2);
+    let mut notes = vec![if in_mac {
+        "marker in the destination MAC".to_string()
+    } else {
+        "marker in the traffic class and flow label".to_string()
+    }];
+    let arp = |op: u16, tha: [u8; 6]| {
+        let mut a = vec![0, 1, 8, 0, 6, 4];
+        a.extend_from_slice(&op.to_be_bytes());
+        a.extend_from_slice(&n.a_mac);
+        a.extend_from_slice(&n.a4.octets());
+        a.extend_from_slice(&tha);
+        a.extend_from_slice(&n.v4.octets());
+        a
+    };
+    let mut f = match kind {
+        0 => eth(m6, n.a_mac, 0x0806, &arp(1, [0; 6])),
+        1 => eth(m6, n.a_mac, 0x0806, &arp(2, n.v_mac)),
+        2 => {
+            let target = r.pick(&[n.v6, n.v_ll]);
+            let (dmac, dst) = if r.chance(1, 2) {
+                let s = solicited(target);
+                (mcast_mac6(s), s)
+            } else {
+                (n.v_mac, target)
+            };
+            let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+            m.extend_from_slice(&target.octets());
+            m.extend_from_slice(&[1, 1]);
+            m.extend_from_slice(&n.a_mac);
+            let src = r.pick(&[n.a_ll, n.a6]);
+            eth(
+                if in_mac { m6 } else { dmac },
+                n.a_mac,
+                0x86dd,
+                &ip6(src, dst, 58, 255, &m),
+            )
+        }
+        _ => {
+            let target = r.pick(&[n.a6, n.a_ll]);
+            let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+            let (dmac, dst) = r.pick(&[(n.v_mac, n.v6), (n.v_mac, n.v_ll), (mcast_mac6(all), all)]);
+            let mut m = vec![136, 0, 0, 0, r.pick(&[0x60, 0x20, 0x40, 0]), 0, 0, 0];
+            m.extend_from_slice(&target.octets());
+            m.extend_from_slice(&[2, 1]);
+            m.extend_from_slice(&n.a_mac);
+            eth(
+                if in_mac { m6 } else { dmac },
+                n.a_mac,
+                0x86dd,
+                &ip6(target, dst, 58, 255, &m),
+            )
+        }
+    };
+    if !in_mac {
+        f[14..18].copy_from_slice(&flow_word(&n.marker));
+    }
+    fix(&mut f, true, true);
+    notes.push(describe(&f));
+    Input {
+        template: "covert-control",
+        notes,
+        frames: vec![f],
+        tagless: true,
+    }
+}
+
 /// Frame `index` of the run: a template, mutated most of the time, always
 /// carrying the tag with `seq`.
 pub fn generate(seed: u64, index: u64, n: &Net, seq: u32) -> Input {
     let r = Rng::for_frame(seed, index);
+    if r.chance(1, 25) {
+        return covert(&r, n);
+    }
     let mut input = template(&r, n, seq);
     let tg = n.tag(seq);
     let last = input.frames.last_mut().unwrap();
@@ -1493,7 +1629,9 @@ pub fn describe(f: &[u8]) -> String {
         out.push(format!(
             "vlan {:#06x}/{}",
             be16(f, at),
-            be16(f, at + 2) & 0xfff
+            f.get(at + 2..at + 4)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) & 0xfff)
+                .unwrap_or(0)
         ));
         at += 4;
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use super::gen::{find, read_tag, GROUP4, GROUP6, PORTS};
+use super::gen::{find, has_flow_word, read_tag, short_mark, GROUP4, GROUP6, PORTS};
 
 /// A frame or datagram that carried the marker into the victim.
 #[derive(Clone, Debug)]
@@ -24,9 +24,9 @@ pub struct Received {
     pub counts: BTreeMap<String, u64>,
     /// The first catches (bounded).
     pub catches: Vec<Catch>,
-    /// Frames with the first six bytes of the marker but not all of it
-    /// (a control field carrying a short message).
-    pub partial: Vec<Vec<u8>>,
+    /// The first frames the AF_PACKET receiver saw that carried nothing
+    /// of the marker (for the report).
+    pub others: Vec<Vec<u8>>,
     /// Frames the AF_PACKET receiver saw in all (any content).
     pub frames_seen: u64,
     /// Frames the AF_PACKET socket dropped (its queue overflowed).
@@ -252,9 +252,24 @@ impl Sockets {
             })
             .collect();
         let mut buf = vec![0u8; 70_000];
-        let short = &marker[..6];
+        let short = short_mark(marker);
         let record = |out: &mut Received, via: &str, data: &[u8]| {
-            if find(data, marker).is_some() {
+            // The full marker (a tag), or, in a frame, the marker's first
+            // six bytes or its IPv6 flow word (tagless control frames).
+            let via = if find(data, marker).is_some() {
+                via.to_string()
+            } else if via == "packet" && find(data, &short).is_some() {
+                "packet:short-marker".to_string()
+            } else if via == "packet" && has_flow_word(data, marker) {
+                "packet:flow-label".to_string()
+            } else {
+                if via == "packet" && out.others.len() < 20 {
+                    out.others.push(data.to_vec());
+                }
+                return;
+            };
+            let via = via.as_str();
+            {
                 *out.counts.entry(via.to_string()).or_default() += 1;
                 let seq = read_tag(data, marker);
                 if out.catches.len() < MAX_CATCHES {
@@ -269,8 +284,6 @@ impl Sockets {
                 if let Some(seq) = seq {
                     s.1.insert(seq);
                 }
-            } else if via == "packet" && find(data, short).is_some() && out.partial.len() < 100 {
-                out.partial.push(data.to_vec());
             }
         };
         loop {
