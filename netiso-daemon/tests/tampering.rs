@@ -11,8 +11,9 @@
 //! - New interfaces inside (a veth pair, a macvlan) gain nothing: the
 //!   daemon's view and the verdicts stay as they were.
 //! - Non-IP frames between two colluding containers (a covert channel
-//!   around IP policy) are dropped as `non-ip` with `--drop-non-ip`, the
-//!   setting recommended for untrusted containers (SECURITY.md).
+//!   around IP policy) are dropped as `non-ip` (the default).
+//! - ARP cannot be spoofed: while the attacker holds the friend's address,
+//!   the victim never learns it at the attacker's MAC.
 //!
 //! Privileged containers are out of scope (SECURITY.md): they can reach
 //! the host's namespace and detach anything.
@@ -21,10 +22,9 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use aya::programs::tc::TcAttachType;
 use common::docker::{tcp_servers, DockerEnv};
 use common::hostile::{
-    exec, grown, mac_of, mac_text, raw_receiver, raw_send, reason_counts, tcx_programs,
+    exec, grown, mac_of, mac_text, own_tcx_programs, raw_receiver, raw_send, reason_counts,
     udp_receiver, udp_send, Extra,
 };
 use common::ops::{empty_config, eventually, tcp_from, write_policy};
@@ -67,10 +67,7 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = write_policy(tmp.path(), &env.tag, POLICY);
     let config = empty_config();
-    let mut daemon = DaemonProc::start_with(
-        policy,
-        &["--config", config.to_str().unwrap(), "--drop-non-ip"],
-    );
+    let mut daemon = DaemonProc::start_with(policy, &["--config", config.to_str().unwrap()]);
     let tag = env.tag.clone();
     let labels = |role: &'static str| [("netiso.test", tag.as_str()), ("role", role)];
 
@@ -121,13 +118,10 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     let att_mac = mac_of(&attacker, &env.network);
     let insider_mac = mac_of(&insider, &env.network);
 
-    // The programs on the attacker's host-side veth, seen from the host.
-    let host_side = || {
-        (
-            tcx_programs(&att_if, TcAttachType::Ingress),
-            tcx_programs(&att_if, TcAttachType::Egress),
-        )
-    };
+    // This daemon's programs on the attacker's host-side veth, seen from
+    // the host (daemons of parallel tests guard every container too).
+    let att_index = att_ep.ifindex.expect("attacker's host veth index");
+    let host_side = || own_tcx_programs(&daemon.pins.path, &att_if, att_index);
     let before = host_side();
     assert!(
         before.0.iter().any(|(_, n)| n.starts_with("netiso_from")),
@@ -154,20 +148,21 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     udp_send(friend_pid, any_port(friend_ip), victim_udp, 5);
     assert_eq!(rx.join(), 5, "friend's datagrams reach the victim");
     // Static neighbours: the counts below are then exactly the datagrams
-    // sent (no ARP from a changed MAC mixed in).
-    exec(
-        &attacker,
-        &format!(
-            "arp -s {victim_ip} {} && arp -s {friend_ip} {} && arp -s {insider_ip} {}",
-            mac_text(victim_mac),
-            mac_text(friend_mac),
-            mac_text(insider_mac)
-        ),
+    // sent (no ARP from a spoofed address or a changed MAC mixed in: such
+    // ARP is itself dropped as `control`).
+    let static_neighbours = format!(
+        "arp -s {victim_ip} {} && arp -s {friend_ip} {} && arp -s {insider_ip} {}",
+        mac_text(victim_mac),
+        mac_text(friend_mac),
+        mac_text(insider_mac)
     );
+    exec(&attacker, &static_neighbours);
 
     // 1. Its own interface down and up: the host side does not care.
     exec(&attacker, "ip link set eth0 down && ip link set eth0 up");
     assert_eq!(host_side(), before, "host-side programs changed");
+    // The link going down flushed the neighbours.
+    exec(&attacker, &static_neighbours);
 
     // 2. Spoofed source addresses: the friend's (which the victim admits)
     //    and one nobody has.
@@ -270,8 +265,7 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     );
 
     // 6. Non-IP frames to a colluding container (custom ethertype, own
-    //    MAC): dropped as non-ip with --drop-non-ip; IP between the two is
-    //    denied by policy.
+    //    MAC): dropped as non-ip; IP between the two is denied by policy.
     const ETHERTYPE: u16 = 0x88b5;
     let mut frame = Vec::new();
     frame.extend_from_slice(&insider_mac);
@@ -297,17 +291,19 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     );
     assert_eq!(rx.join(), 0, "attacker -> insider is denied by policy");
 
-    // While it held the friend's address, the attacker answered ARP for
-    // it, and the victim may still send the friend's replies to the
-    // attacker's MAC: ARP is passed (SECURITY.md, "ARP"). Start the final
-    // checks from clean neighbour tables.
+    // While it held the friend's address, the attacker could not answer
+    // ARP for it (ARP leaving a container must speak for its own address):
+    // the victim never learned the friend's address at another MAC.
     let neigh = common::sh(&format!("nsenter -t {victim_pid} -n ip neigh show"));
-    println!(
-        "victim's neighbours: {}",
-        String::from_utf8_lossy(&neigh.stdout)
-    );
-    for pid in [victim_pid, friend_pid] {
-        common::sh(&format!("nsenter -t {pid} -n ip neigh flush all"));
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+    let friend_mac_text = mac_text(friend_mac);
+    for line in neigh.lines() {
+        if line.starts_with(&format!("{friend_ip} ")) && line.contains("lladdr") {
+            assert!(
+                line.contains(&friend_mac_text),
+                "the victim resolves the friend's address to another MAC: {line}"
+            );
+        }
     }
 
     // After all of it: the same programs, the same verdicts.

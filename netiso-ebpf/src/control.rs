@@ -4,7 +4,7 @@
 //! Anything else would be a channel around IP policy (the receiver's raw
 //! sockets see it). Policy is not asked: the link needs these between
 //! every pair, and their form leaves no room for a payload.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
 use netiso_common::{family, Direction, Endpoint};
 
 use crate::parse::{ptr_at, Control, Packet, ETH_HLEN};
@@ -79,6 +79,86 @@ fn own_v6(ep: &Endpoint, a: &[u8; 16]) -> bool {
     (ep.ipv6 != [0; 16] && *a == ep.ipv6) || (ep.ipv6_ll != [0; 16] && *a == ep.ipv6_ll)
 }
 
+/// Sums `N` bytes of the frame at `off` into a ones'-complement partial
+/// sum (`bpf_csum_diff` with a constant size, which the verifier checks
+/// against the packet bounds).
+#[inline(always)]
+fn sum<const N: usize>(ctx: &TcContext, off: usize, seed: u32) -> Option<u32> {
+    let p = ptr_at::<[u8; N]>(ctx, off)?;
+    let s = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, seed) };
+    if s < 0 {
+        None
+    } else {
+        Some(s as u32)
+    }
+}
+
+/// Folds a partial sum to 16 bits.
+#[inline(always)]
+fn fold(mut s: u64) -> u16 {
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Whether the ICMPv6 message of `len` bytes at `p.l4_off` has a correct
+/// checksum (over the pseudo header and the message): a wrong one would be
+/// bits of the sender's choosing that the receiver's raw sockets still see.
+/// Only the sizes link control messages have here.
+#[inline(always)]
+fn icmpv6_csum_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
+    // Source and destination addresses, then the message.
+    let Some(addrs) = sum::<32>(ctx, ETH_HLEN + 8, 0) else {
+        return false;
+    };
+    let l4 = p.l4_off;
+    let msg = match len {
+        8 => sum::<8>(ctx, l4, addrs),
+        16 => sum::<16>(ctx, l4, addrs),
+        24 => sum::<24>(ctx, l4, addrs),
+        28 => sum::<28>(ctx, l4, addrs),
+        32 => sum::<32>(ctx, l4, addrs),
+        40 => sum::<40>(ctx, l4, addrs),
+        _ => None,
+    };
+    let Some(msg) = msg else {
+        return false;
+    };
+    // Pseudo header: upper-layer length and next header, in network order
+    // as the sum's words are.
+    let pseudo = u64::from((len as u32).to_be()) + u64::from(58u32.to_be());
+    fold(u64::from(msg) + pseudo) == 0xffff
+}
+
+/// Whether the IGMP message of `len` bytes has a correct checksum.
+#[inline(always)]
+fn igmp_csum_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
+    let s = match len {
+        8 => sum::<8>(ctx, p.l4_off, 0),
+        12 => sum::<12>(ctx, p.l4_off, 0),
+        _ => None,
+    };
+    s.is_some_and(|s| fold(u64::from(s)) == 0xffff)
+}
+
+/// The first word of the IPv6 header is `6` and nothing else: traffic
+/// class and flow label are the sender's bits to choose, not the link's.
+#[inline(always)]
+fn plain_v6_header(ctx: &TcContext) -> bool {
+    matches!(ptr_at::<[u8; 4]>(ctx, ETH_HLEN), Some(h) if (unsafe { *h }) == [0x60, 0, 0, 0])
+}
+
+/// ff02::1:ffXX:XXXX of `a`.
+#[inline(always)]
+fn is_solicited_node_of(d: &[u8; 16], a: &[u8; 16]) -> bool {
+    d[..13] == [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff] && d[13..] == a[13..]
+}
+
+const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const ALL_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
 /// Checks a packet the parser marked as link control.
 #[inline(always)]
 pub fn control_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
@@ -97,7 +177,7 @@ pub fn control_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) ->
 /// dropped both ways: no container is a router on its bridge.
 #[inline(always)]
 fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
-    if p.family != family::V6 || p.hop_limit != 255 || p.ext_headers {
+    if p.family != family::V6 || p.hop_limit != 255 || p.ext_headers || !plain_v6_header(ctx) {
         return false;
     }
     let l4 = p.l4_off;
@@ -141,6 +221,22 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
         if must_be_own && !own_v6(ep, target) {
             return false;
         }
+        // A solicitation goes to the target or its solicited-node group;
+        // an advertisement to all nodes or to one node (unicast, which the
+        // receiving side checks is its own).
+        let dest_ok = if p.icmp_type == 135 {
+            p.daddr == *target || is_solicited_node_of(&p.daddr, target)
+        } else {
+            p.daddr == ALL_NODES || p.daddr[0] != 0xff
+        };
+        if !dest_ok {
+            return false;
+        }
+    } else if p.daddr != ALL_ROUTERS {
+        return false;
+    }
+    if !icmpv6_csum_ok(ctx, p, len) {
+        return false;
     }
     let Some(src) = ptr_at::<[u8; 6]>(ctx, 6) else {
         return false;
@@ -182,7 +278,7 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
 /// learns from them), queries enter them; never the other way round.
 #[inline(always)]
 fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
-    if p.hop_limit != 1 || p.daddr[0] != 0xff {
+    if p.hop_limit != 1 || p.daddr[0] != 0xff || !plain_v6_header(ctx) {
         return false;
     }
     if !(link_local(&p.saddr) || (p.icmp_type == 143 && p.saddr == [0; 16])) {
@@ -192,10 +288,33 @@ fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
     let shape = match (p.icmp_type, dir) {
         (131 | 132, Direction::Egress) => len == 24,
         (143, Direction::Egress) => len >= 8,
-        (130, Direction::Ingress) => len == 24 || (len == 28 && sources_zero(ctx, p, 26)),
+        (130, Direction::Ingress) => {
+            (len == 24 || (len == 28 && sources_zero(ctx, p, 26)))
+                && query_destination_ok(ctx, p, 8, 16)
+                && icmpv6_csum_ok(ctx, p, len)
+        }
         _ => false,
     };
     shape && tail_ok(ctx, p.l3_end)
+}
+
+/// A query goes to all nodes (a general query) or to the group it asks
+/// about (the group field at `at` from the L4 header, `n` bytes).
+#[inline(always)]
+fn query_destination_ok(ctx: &TcContext, p: &Packet, at: usize, n: usize) -> bool {
+    if n == 16 {
+        let Some(g) = ptr_at::<[u8; 16]>(ctx, p.l4_off + at) else {
+            return false;
+        };
+        let g = unsafe { &*g };
+        (p.daddr == ALL_NODES && *g == [0; 16]) || p.daddr == *g
+    } else {
+        let Some(g) = ptr_at::<[u8; 4]>(ctx, p.l4_off + at) else {
+            return false;
+        };
+        let g = unsafe { *g };
+        (p.daddr[..4] == [224, 0, 0, 1] && g == [0; 4]) || p.daddr[..4] == g
+    }
 }
 
 /// IGMP: reports leave containers, queries enter them.
@@ -214,7 +333,11 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
     let shape = match (ty, dir) {
         (0x12 | 0x16 | 0x17, Direction::Egress) => len == 8,
         (0x22, Direction::Egress) => len >= 8,
-        (0x11, Direction::Ingress) => len == 8 || (len == 12 && sources_zero(ctx, p, 10)),
+        (0x11, Direction::Ingress) => {
+            (len == 8 || (len == 12 && sources_zero(ctx, p, 10)))
+                && query_destination_ok(ctx, p, 4, 4)
+                && igmp_csum_ok(ctx, p, len)
+        }
         _ => false,
     };
     shape && tail_ok(ctx, p.l3_end)

@@ -112,6 +112,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
+            if dir == Direction::Ingress && !dest_mac_ok(ctx, ep, None) {
+                return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
+            }
             if control::arp_ok(ctx, ep, dir) {
                 return tc::PASS;
             }
@@ -133,7 +136,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         if spoofed_source(ep, pkt) {
             return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
         }
-    } else if !for_endpoint(ep, pkt) {
+    } else if !for_endpoint(ep, pkt) || !dest_mac_ok(ctx, ep, Some(pkt)) {
         return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
     }
     if pkt.control != Control::None {
@@ -325,6 +328,37 @@ fn for_endpoint(ep: &Endpoint, pkt: &Packet) -> bool {
         ep.ipv4 != [0; 4] && d[..4] == ep.ipv4
     } else {
         (ep.ipv6 != [0; 16] && *d == ep.ipv6) || (ep.ipv6_ll != [0; 16] && *d == ep.ipv6_ll)
+    }
+}
+
+/// The frame entering a container is addressed to it at the link layer
+/// too: its own MAC for unicast (and ARP), broadcast for broadcast (and
+/// ARP), the multicast MAC of the group for multicast. Anything else (an
+/// unknown unicast MAC the bridge floods, a made-up multicast MAC) is not
+/// for this endpoint.
+#[inline(always)]
+fn dest_mac_ok(ctx: &TcContext, ep: &Endpoint, pkt: Option<&Packet>) -> bool {
+    let Some(d) = parse::ptr_at::<[u8; 6]>(ctx, 0) else {
+        return false;
+    };
+    let d = unsafe { *d };
+    const BCAST: [u8; 6] = [0xff; 6];
+    let Some(p) = pkt else {
+        return d == ep.mac || d == BCAST;
+    };
+    let a = &p.daddr;
+    if p.family == family::V4 {
+        if a[0] & 0xf0 == 0xe0 {
+            d == [0x01, 0x00, 0x5e, a[1] & 0x7f, a[2], a[3]]
+        } else if non_unicast(ep, p) {
+            d == BCAST
+        } else {
+            d == ep.mac
+        }
+    } else if a[0] == 0xff {
+        d == [0x33, 0x33, a[12], a[13], a[14], a[15]]
+    } else {
+        d == ep.mac
     }
 }
 

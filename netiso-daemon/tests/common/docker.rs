@@ -33,15 +33,34 @@ pub struct DockerEnv {
 
 impl DockerEnv {
     pub fn new() -> Self {
+        Self::with_network_args("").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`new`](Self::new), with extra `docker network create`
+    /// arguments (`--ipv6 --subnet ...`); the engine's complaint (an
+    /// overlapping subnet, say) comes back as the error.
+    pub fn with_network_args(args: &str) -> Result<Self, String> {
         require_docker();
         let tag = unique("e2e");
         let network = format!("netiso-{tag}");
-        sh(&format!("docker network create --driver bridge {network}"));
-        Self {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker network create --driver bridge {args} {network}"
+            ))
+            .output()
+            .expect("spawn sh");
+        if !out.status.success() {
+            return Err(format!(
+                "docker network create {args}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Self {
             network,
             tag,
             containers: Vec::new(),
-        }
+        })
     }
 
     /// Starts a container named `<name>-<tag>` on the network with the given

@@ -246,6 +246,34 @@ pub fn tcx_programs(ifname: &str, dir: TcAttachType) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The TCX programs of one daemon (the links pinned under `pins`) on the
+/// host interface `ifname` with index `ifindex`, per direction: other
+/// daemons (parallel tests) may have programs of their own there.
+pub fn own_tcx_programs(
+    pins: &std::path::Path,
+    ifname: &str,
+    ifindex: u32,
+) -> (Vec<(u32, String)>, Vec<(u32, String)>) {
+    let prog = |dir: &str| {
+        let pin = pins.join("links").join(format!("{ifindex}-{dir}"));
+        let link = aya::programs::links::PinnedLink::from_pin(&pin)
+            .unwrap_or_else(|e| panic!("link pin {}: {e}", pin.display()));
+        let link = aya::programs::links::FdLink::from(link);
+        link.info().expect("link info").program_id()
+    };
+    let (from, to) = (prog("from"), prog("to"));
+    (
+        tcx_programs(ifname, TcAttachType::Ingress)
+            .into_iter()
+            .filter(|(id, _)| *id == from)
+            .collect(),
+        tcx_programs(ifname, TcAttachType::Egress)
+            .into_iter()
+            .filter(|(id, _)| *id == to)
+            .collect(),
+    )
+}
+
 /// The MAC address of a container on its network (from `docker inspect`).
 pub fn mac_of(container: &str, network: &str) -> [u8; 6] {
     let out = sh(&format!(
@@ -301,4 +329,366 @@ pub fn grown(
         .map(|(r, n)| (r.clone(), n - before.get(r).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+/// Every frame arriving on `ifname` inside the namespace of `pid`, kept
+/// until the recorder is dropped: an AF_PACKET socket for ETH_P_ALL, so it
+/// sees frames before the receiver's IP stack (or no stack at all) looks at
+/// them. The namespace's own outgoing frames are left out.
+pub struct FrameRecorder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frames: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FrameRecorder {
+    /// Returns once the socket is bound.
+    pub fn start(pid: u32, ifname: &'static str) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (flag, out) = (stop.clone(), frames.clone());
+        let handle = std::thread::spawn(move || {
+            enter(pid);
+            let (fd, _) = packet_socket(ifname, libc::ETH_P_ALL as u16);
+            set_timeout(&fd, Duration::from_millis(50));
+            let big: i32 = 16 << 20;
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&big as *const i32).cast(),
+                    4,
+                )
+            };
+            ready_tx.send(()).unwrap();
+            let mut buf = vec![0u8; 65536];
+            // Bounded even if nobody stops it.
+            let end = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let r = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&mut sll as *mut libc::sockaddr_ll).cast(),
+                        &mut len,
+                    )
+                };
+                if r > 0 && sll.sll_pkttype != libc::PACKET_OUTGOING {
+                    out.lock().unwrap().push(buf[..r as usize].to_vec());
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("frame recorder ready");
+        Self {
+            stop,
+            frames,
+            handle: Some(handle),
+        }
+    }
+
+    /// Where the frames seen from now on start (for [`containing_since`](Self::containing_since)).
+    pub fn mark(&self) -> usize {
+        self.frames.lock().unwrap().len()
+    }
+
+    /// The frames seen since `mark` that contain `needle`.
+    pub fn containing_since(&self, mark: usize, needle: &[u8]) -> Vec<Vec<u8>> {
+        let frames = self.frames.lock().unwrap();
+        frames[mark.min(frames.len())..]
+            .iter()
+            .filter(|f| contains(f, needle))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for FrameRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn set_timeout(fd: &OwnedFd, t: Duration) {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as i64,
+        tv_usec: t.subsec_micros() as i64,
+    };
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+}
+
+/// A socket address as the kernel wants it (IPv6 scope ids included).
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as u32)
+}
+
+/// A socket of `ty` (SOCK_DGRAM, SOCK_STREAM) bound to `bind` in the
+/// current namespace; an IPv6 one takes IPv6 only, so that a wildcard
+/// IPv4 socket can share the port.
+fn bound_socket(ty: i32, bind: SocketAddr) -> OwnedFd {
+    let fam = if bind.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = unsafe { libc::socket(fam, ty | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: i32 = 1;
+    let opt = |level, name| unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, (&one as *const i32).cast(), 4)
+    };
+    opt(libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    if bind.is_ipv6() {
+        opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+    }
+    let (ss, len) = sockaddr(bind);
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    assert_eq!(rc, 0, "bind {bind}: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// One TCP connection attempt from `local` to `to` (a link-local `to`
+/// carries its scope id) in the current namespace: whether the handshake
+/// completed within `timeout`.
+pub fn tcp_connect_from(local: SocketAddr, to: SocketAddr, timeout: Duration) -> bool {
+    let fd = bound_socket(libc::SOCK_STREAM | libc::SOCK_NONBLOCK, local);
+    let (ss, len) = sockaddr(to);
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        return false;
+    }
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    if unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) } <= 0 {
+        return false;
+    }
+    let mut err: i32 = 0;
+    let mut elen = 4u32;
+    unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut i32).cast(),
+            &mut elen,
+        )
+    };
+    err == 0
+}
+
+/// Sends `payload` `n` times from `from` (port 0 for any) to `to` inside
+/// the namespace of `pid`, 2 ms apart; broadcast allowed.
+pub fn udp_send_bytes(pid: u32, from: SocketAddr, to: SocketAddr, payload: &[u8], n: u32) {
+    let payload = payload.to_vec();
+    super::run_in(&netns_of(pid), move || {
+        let s = UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        s.set_broadcast(true).unwrap();
+        for _ in 0..n {
+            s.send_to(&payload, to)
+                .unwrap_or_else(|e| panic!("send {from} -> {to}: {e}"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+}
+
+/// What [`Listeners`] received: datagrams (local port, peer, payload) and
+/// accepted TCP connections (local port, peer).
+#[derive(Default)]
+pub struct SocketLog {
+    pub datagrams: Vec<(u16, SocketAddr, Vec<u8>)>,
+    pub accepted: Vec<(u16, SocketAddr)>,
+}
+
+/// Ordinary sockets inside a container's namespace, bound to the wildcard
+/// addresses (IPv4 and IPv6) of every port given, recording everything
+/// until dropped. UDP sockets join `groups` on `ifname`; a datagram that
+/// starts with `echo:` is sent back. Every TCP connection is greeted with
+/// `netiso-ok` and closed.
+pub struct Listeners {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub log: std::sync::Arc<std::sync::Mutex<SocketLog>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    pub fn start(
+        pid: u32,
+        ifname: &'static str,
+        udp: &[u16],
+        tcp: &[u16],
+        groups: &[std::net::IpAddr],
+    ) -> Self {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(SocketLog::default()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut handles = Vec::new();
+        let wild = |v6: bool, port: u16| -> SocketAddr {
+            if v6 {
+                (Ipv6Addr::UNSPECIFIED, port).into()
+            } else {
+                (Ipv4Addr::UNSPECIFIED, port).into()
+            }
+        };
+        let mut sockets = 0;
+        for (v6, port) in udp.iter().flat_map(|p| [(false, *p), (true, *p)]) {
+            let (flag, log, ready, groups) =
+                (stop.clone(), log.clone(), ready_tx.clone(), groups.to_vec());
+            sockets += 1;
+            handles.push(std::thread::spawn(move || {
+                enter(pid);
+                let s = UdpSocket::from(bound_socket(libc::SOCK_DGRAM, wild(v6, port)));
+                let name = std::ffi::CString::new(ifname).unwrap();
+                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                for g in groups {
+                    match g {
+                        IpAddr::V4(g) if !v6 => s.join_multicast_v4(&g, &Ipv4Addr::UNSPECIFIED),
+                        IpAddr::V6(g) if v6 => s.join_multicast_v6(&g, ifindex),
+                        _ => Ok(()),
+                    }
+                    .unwrap_or_else(|e| panic!("join {g}: {e}"));
+                }
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                ready.send(()).unwrap();
+                let mut buf = [0u8; 65536];
+                let end = Instant::now() + Duration::from_secs(600);
+                while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                    if let Ok((n, peer)) = s.recv_from(&mut buf) {
+                        if buf[..n].starts_with(b"echo:") {
+                            let _ = s.send_to(&buf[..n], peer);
+                        }
+                        log.lock()
+                            .unwrap()
+                            .datagrams
+                            .push((port, peer, buf[..n].to_vec()));
+                    }
+                }
+            }));
+        }
+        for (v6, port) in tcp.iter().flat_map(|p| [(false, *p), (true, *p)]) {
+            let (flag, log, ready) = (stop.clone(), log.clone(), ready_tx.clone());
+            sockets += 1;
+            handles.push(std::thread::spawn(move || {
+                use std::io::Write as _;
+                enter(pid);
+                let fd = bound_socket(libc::SOCK_STREAM, wild(v6, port));
+                assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 64) }, 0);
+                let l = std::net::TcpListener::from(fd);
+                l.set_nonblocking(true).unwrap();
+                ready.send(()).unwrap();
+                let end = Instant::now() + Duration::from_secs(600);
+                while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                    match l.accept() {
+                        Ok((mut c, peer)) => {
+                            log.lock().unwrap().accepted.push((port, peer));
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.write_all(b"netiso-ok\n");
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }));
+        }
+        for _ in 0..sockets {
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("listener ready");
+        }
+        Self { stop, log, handles }
+    }
+
+    /// Datagrams received so far whose payload contains `needle`.
+    pub fn datagrams_containing(&self, needle: &[u8]) -> u32 {
+        let log = self.log.lock().unwrap();
+        log.datagrams
+            .iter()
+            .filter(|(_, _, p)| contains(p, needle))
+            .count() as u32
+    }
+
+    /// TCP connections accepted so far from `peer` (address and port).
+    pub fn accepted_from(&self, peer: SocketAddr) -> u32 {
+        let log = self.log.lock().unwrap();
+        log.accepted
+            .iter()
+            .filter(|(_, p)| p.ip() == peer.ip() && p.port() == peer.port())
+            .count() as u32
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
 }
