@@ -29,6 +29,8 @@ pub struct Received {
     pub others: Vec<Vec<u8>>,
     /// Frames the AF_PACKET receiver saw in all (any content).
     pub frames_seen: u64,
+    /// How often each watched frame (see [`Victim::start`]) arrived.
+    pub watched: Vec<u64>,
     /// Frames the AF_PACKET socket dropped (its queue overflowed).
     pub packet_drops: u64,
 }
@@ -138,7 +140,13 @@ pub struct Victim {
 impl Victim {
     /// Opens every receiver inside the namespace at `netns` (returns once
     /// they are all open).
-    pub fn start(netns: PathBuf, ifname: &'static str, marker: [u8; 8]) -> Self {
+    /// `watch`: frames to count when they arrive exactly as sent.
+    pub fn start(
+        netns: PathBuf,
+        ifname: &'static str,
+        marker: [u8; 8],
+        watch: Vec<Vec<u8>>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = Arc::new(std::sync::Mutex::new((0, Default::default())));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -149,7 +157,7 @@ impl Victim {
             check(rc, "setns");
             let rx = Sockets::open(ifname);
             ready_tx.send(()).unwrap();
-            rx.run(&marker, &stop2, &snap2)
+            rx.run(&marker, &watch, &stop2, &snap2)
         });
         ready_rx
             .recv_timeout(std::time::Duration::from_secs(10))
@@ -239,10 +247,14 @@ impl Sockets {
     fn run(
         self,
         marker: &[u8; 8],
+        watch: &[Vec<u8>],
         stop: &AtomicBool,
         snapshot: &std::sync::Mutex<(u64, std::collections::BTreeSet<u32>)>,
     ) -> Received {
-        let mut out = Received::default();
+        let mut out = Received {
+            watched: vec![0; watch.len()],
+            ..Received::default()
+        };
         let mut fds: Vec<libc::pollfd> = std::iter::once(&self.packet)
             .chain(self.others.iter().map(|(_, s)| s))
             .map(|s| libc::pollfd {
@@ -323,6 +335,9 @@ impl Sockets {
                             continue;
                         }
                         out.frames_seen += 1;
+                        if let Some(w) = watch.iter().position(|w| w.as_slice() == data) {
+                            out.watched[w] += 1;
+                        }
                         record(&mut out, "packet", data);
                     } else {
                         let via = self.others[i - 1].0.clone();
