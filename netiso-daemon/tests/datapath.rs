@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use common::frames::{
@@ -133,7 +133,18 @@ impl Fixture {
         self.dp.as_mut().unwrap()
     }
 
+    /// Runs `prog` on A's interface. A frame entering A is addressed to A
+    /// at the link layer first, as the bridge would deliver it (see
+    /// [`addressed`]); [`run_exact`](Self::run_exact) sends it as it is.
     fn run(&mut self, prog: &str, frame: &[u8]) -> i32 {
+        if prog == IN {
+            let f = addressed(frame, MAC_A);
+            return self.run_exact(prog, &f);
+        }
+        self.run_exact(prog, frame)
+    }
+
+    fn run_exact(&mut self, prog: &str, frame: &[u8]) -> i32 {
         let p: &mut SchedClassifier = self
             .dp()
             .ebpf_mut()
@@ -249,6 +260,58 @@ impl Drop for Fixture {
         // Release links and maps before the pin directory goes.
         self.dp.take();
     }
+}
+
+/// `frame` with the destination MAC a bridge would deliver it with to the
+/// endpoint with `mac`: the group's multicast MAC, broadcast, or `mac`.
+/// ARP frames keep theirs.
+fn addressed(frame: &[u8], mac: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    if f.len() < 14 {
+        return f;
+    }
+    let dst: Option<IpAddr> = match (u16::from_be_bytes([f[12], f[13]]), f.len()) {
+        (0x0800, n) if n >= 34 => Some(IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap())),
+        (0x86dd, n) if n >= 54 => Some(IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap())),
+        _ => None,
+    };
+    let Some(dst) = dst else {
+        return f;
+    };
+    let m = match dst {
+        IpAddr::V4(a) if a.is_multicast() => frames::multicast_mac(dst),
+        IpAddr::V4(a) if a.octets()[3] == 255 => [0xff; 6],
+        IpAddr::V6(a) if a.is_multicast() => frames::multicast_mac(dst),
+        _ => mac,
+    };
+    f[..6].copy_from_slice(&m);
+    f
+}
+
+/// Fills in the ICMPv6 checksum of an IPv6 frame whose ICMPv6 message
+/// follows the fixed header directly or one 8-byte extension header.
+fn csum6(mut frame: Vec<u8>) -> Vec<u8> {
+    let (next, at) = if frame[20] == 58 {
+        (58, 54)
+    } else {
+        (frame[54], 62)
+    };
+    if next == 58 && frame.len() >= at + 4 {
+        let (src, dst) = (frame[22..38].to_vec(), frame[38..54].to_vec());
+        let end = 54 + u16::from_be_bytes([frame[18], frame[19]]) as usize;
+        let end = end.min(frame.len());
+        frames::set_l4_checksum(&src, &dst, 58, &mut frame[at..end], 2);
+    }
+    frame
+}
+
+/// Fills in the checksum of an IGMP message in an IPv4 frame.
+fn csum_igmp(mut frame: Vec<u8>) -> Vec<u8> {
+    let l4 = 14 + (frame[14] & 0x0f) as usize * 4;
+    frame[l4 + 2..l4 + 4].copy_from_slice(&[0, 0]);
+    let c = frames::inet_checksum(&[&frame[l4..]]);
+    frame[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+    frame
 }
 
 /// Endpoint A's (ifindex 1) entry for a connection between its `local`
@@ -735,8 +798,10 @@ fn solicited(a: Ipv6Addr) -> Ipv6Addr {
 #[test]
 fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     let mut f = Fixture::new(DENY_BOTH);
-    let out = |p: Vec<u8>| eth(MAC_A, frames::MAC_B, 0x86dd, &p);
-    let into = |p: Vec<u8>| eth(frames::MAC_B, MAC_A, 0x86dd, &p);
+    // Checksums right, so that each bad message below is bad for its own
+    // reason.
+    let out = |p: Vec<u8>| csum6(eth(MAC_A, frames::MAC_B, 0x86dd, &p));
+    let into = |p: Vec<u8>| csum6(eth(frames::MAC_B, MAC_A, 0x86dd, &p));
     let ll_a = netiso_daemon::datapath::link_local_of(MAC_A);
     let ll_b = netiso_daemon::datapath::link_local_of(frames::MAC_B);
     let un = Ipv6Addr::UNSPECIFIED;
@@ -985,7 +1050,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     assert_eq!(
         f.run(
             IN,
-            &eth(frames::MAC_B, BCAST, 0x0800, &igmp(B, all, 1, &query))
+            &csum_igmp(eth(frames::MAC_B, BCAST, 0x0800, &igmp(B, all, 1, &query)))
         ),
         tc::PASS
     );
@@ -1000,12 +1065,114 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     ];
     for (i, (prog, p)) in bad_igmp.into_iter().enumerate() {
         assert_eq!(
-            f.run(prog, &eth(MAC_A, BCAST, 0x0800, &p)),
+            f.run(prog, &csum_igmp(eth(MAC_A, BCAST, 0x0800, &p))),
             tc::ACT_SHOT,
             "bad IGMP {i}"
         );
     }
     assert_eq!(f.dropped(DropReason::Control), 21);
+}
+
+/// Details a sender could otherwise choose freely and a receiver's raw
+/// socket would see: the link-layer destination, the IPv6 flow label and
+/// traffic class, the ND destination, the checksum, a query's destination.
+#[test]
+fn link_layer_destination_and_control_details_are_checked() {
+    let mut f = Fixture::new(DENY_BOTH);
+    let ll_a = netiso_daemon::datapath::link_local_of(MAC_A);
+    let ll_b = netiso_daemon::datapath::link_local_of(frames::MAC_B);
+    let ns_for_a = |dst: Ipv6Addr| ipv6(ll_b, dst, 58, &nd(135, A6, &lla(1, frames::MAC_B)));
+    let good = csum6(eth(
+        frames::MAC_B,
+        [0; 6],
+        0x86dd,
+        &hop(ns_for_a(solicited(A6)), 255),
+    ));
+    assert_eq!(f.run(IN, &good), tc::PASS, "a plain solicitation for A");
+    // Flow label and traffic class set.
+    let mut labelled = hop(ns_for_a(solicited(A6)), 255);
+    labelled[1] = 0x0a;
+    labelled[3] = 0x5a;
+    let labelled = csum6(eth(frames::MAC_B, [0; 6], 0x86dd, &labelled));
+    // To a group the protocol does not name (14 free bytes).
+    let made_up: Ipv6Addr = "ff02::e74a:d24:82ac".parse().unwrap();
+    let odd_group = csum6(eth(
+        frames::MAC_B,
+        [0; 6],
+        0x86dd,
+        &hop(ns_for_a(made_up), 255),
+    ));
+    let na_group = csum6(eth(
+        frames::MAC_B,
+        [0; 6],
+        0x86dd,
+        &hop(
+            ipv6(ll_b, made_up, 58, &nd(136, B6, &lla(2, frames::MAC_B))),
+            255,
+        ),
+    ));
+    // A wrong checksum.
+    let mut bad_sum = good.clone();
+    bad_sum[56] ^= 0x5a;
+    for (i, frame) in [labelled, odd_group, na_group, bad_sum].iter().enumerate() {
+        assert_eq!(f.run(IN, frame), tc::ACT_SHOT, "ND detail {i}");
+    }
+    assert_eq!(f.dropped(DropReason::Control), 4);
+    // Link-layer destinations: a made-up multicast MAC on a solicitation
+    // to A's link-local address, ARP to a multicast or an unknown unicast
+    // MAC, unicast IP to someone else's MAC (the bridge floods unknown
+    // unicast to every port).
+    let unicast_ns = ipv6(ll_b, ll_a, 58, &nd(135, ll_a, &lla(1, frames::MAC_B)));
+    let mut ns_ll = csum6(eth(frames::MAC_B, MAC_A, 0x86dd, &hop(unicast_ns, 255)));
+    assert_eq!(f.run_exact(IN, &ns_ll), tc::PASS);
+    ns_ll[..6].copy_from_slice(&[0x03, 0x76, 0xa3, 0x5d, 0xc8, 0x81]);
+    let arp_req = arp(1, frames::MAC_B, B, [0; 6], A);
+    let arp_mcast = eth(
+        frames::MAC_B,
+        [0x03, 0xb5, 0xe6, 0xba, 0xe9, 0x53],
+        0x0806,
+        &arp_req,
+    );
+    let arp_unknown = eth(
+        frames::MAC_B,
+        [0x06, 0x5a, 0xf9, 0x54, 0x07, 0x55],
+        0x0806,
+        &arp_req,
+    );
+    let mut udp_other = addressed(&udp4(frames::MAC_B, B, A, 53, 5353), MAC_A);
+    udp_other[..6].copy_from_slice(&[0x06, 0x5a, 0xf9, 0x54, 0x07, 0x55]);
+    for (i, frame) in [ns_ll, arp_mcast, arp_unknown, udp_other]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            f.run_exact(IN, frame),
+            tc::ACT_SHOT,
+            "link-layer destination {i}"
+        );
+    }
+    assert_eq!(f.dropped(DropReason::NotForEndpoint), 4);
+    assert_eq!(
+        f.run_exact(IN, &eth(frames::MAC_B, BCAST, 0x0806, &arp_req)),
+        tc::PASS
+    );
+    // An MLD query to a group other than the one it asks about.
+    let query = |dst: Ipv6Addr, group: Ipv6Addr| {
+        let mut m = vec![130, 0, 0, 0, 0, 100, 0, 0];
+        m.extend_from_slice(&group.octets());
+        csum6(eth(
+            frames::MAC_B,
+            [0; 6],
+            0x86dd,
+            &hop(ipv6("fe80::1".parse().unwrap(), dst, 0, &ext8(58, &m)), 1),
+        ))
+    };
+    let all: Ipv6Addr = "ff02::1".parse().unwrap();
+    let g: Ipv6Addr = "ff02::fb".parse().unwrap();
+    assert_eq!(f.run(IN, &query(all, Ipv6Addr::UNSPECIFIED)), tc::PASS);
+    assert_eq!(f.run(IN, &query(g, g)), tc::PASS);
+    assert_eq!(f.run(IN, &query(all, g)), tc::ACT_SHOT);
+    assert_eq!(f.run(IN, &query(made_up, g)), tc::ACT_SHOT);
 }
 
 fn rule(
@@ -1291,11 +1458,17 @@ fn full_tables_evict_the_least_recent_and_totals_stay_exact() {
     // The newest connection's reply still finds its state; the oldest's is
     // gone, so its reply is a new flow into A, which A's defaults deny.
     assert_eq!(
-        run(IN, &tcp4(frames::MAC_B, B, A, 80, 10_199, ACK)),
+        run(
+            IN,
+            &addressed(&tcp4(frames::MAC_B, B, A, 80, 10_199, ACK), MAC_A)
+        ),
         tc::PASS
     );
     assert_eq!(
-        run(IN, &tcp4(frames::MAC_B, B, A, 80, 10_000, ACK)),
+        run(
+            IN,
+            &addressed(&tcp4(frames::MAC_B, B, A, 80, 10_000, ACK), MAC_A)
+        ),
         tc::ACT_SHOT
     );
     // 100 distinct denied flows into a 16-row flow table: rows are

@@ -113,7 +113,12 @@ fn icmpv6_csum_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
     let Some(addrs) = sum::<32>(ctx, ETH_HLEN + 8, 0) else {
         return false;
     };
-    let l4 = p.l4_off;
+    // Bounded for the verifier (the offset comes back from the scratch
+    // map unbounded); control messages sit well inside the first 128 bytes.
+    if p.l4_off > 120 {
+        return false;
+    }
+    let l4 = p.l4_off & 0x7f;
     let msg = match len {
         8 => sum::<8>(ctx, l4, addrs),
         16 => sum::<16>(ctx, l4, addrs),
@@ -135,9 +140,13 @@ fn icmpv6_csum_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
 /// Whether the IGMP message of `len` bytes has a correct checksum.
 #[inline(always)]
 fn igmp_csum_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
+    if p.l4_off > 120 {
+        return false;
+    }
+    let l4 = p.l4_off & 0x7f;
     let s = match len {
-        8 => sum::<8>(ctx, p.l4_off, 0),
-        12 => sum::<12>(ctx, p.l4_off, 0),
+        8 => sum::<8>(ctx, l4, 0),
+        12 => sum::<12>(ctx, l4, 0),
         _ => None,
     };
     s.is_some_and(|s| fold(u64::from(s)) == 0xffff)
