@@ -64,13 +64,19 @@ fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
     ])
 }
 
-/// `f` with its IPv4 TTL / IPv6 hop limit set (the builders use 64).
+/// Link control as sent: `f` with its IPv4 TTL / IPv6 hop limit set (the
+/// builders use 64) and its IGMP / ICMPv6 checksum filled in.
 fn hops(mut f: Vec<u8>, n: u8) -> Vec<u8> {
-    match u16::from_be_bytes([f[12], f[13]]) {
-        0x0800 => f[22] = n,
-        _ => f[21] = n,
+    if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
+        f[22] = n;
+        let l4 = 14 + (f[14] & 0x0f) as usize * 4;
+        summed(f, l4, false)
+    } else {
+        f[21] = n;
+        // No extension header, or one hop-by-hop header of 8 bytes.
+        let l4 = if f[20] == 0 { 62 } else { 54 };
+        summed(f, l4, true)
     }
-    f
 }
 
 fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
@@ -95,6 +101,31 @@ fn lladdr(ty: u8, mac: [u8; 6]) -> Vec<u8> {
     let mut o = vec![ty, 1];
     o.extend_from_slice(&mac);
     o
+}
+
+/// `f` with the checksum of its ICMPv6 (`v6`, with the pseudo-header) or
+/// IGMP message at `l4` filled in (the frame builders leave it zero; link
+/// control is checked with its checksum).
+fn summed(mut f: Vec<u8>, l4: usize, v6: bool) -> Vec<u8> {
+    fn add(acc: u32, b: &[u8]) -> u32 {
+        let mut acc = acc;
+        for c in b.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        acc
+    }
+    let mut acc = add(0, &f[l4..]);
+    if v6 {
+        acc = add(acc, &f[22..54]);
+        acc = add(acc, &((f.len() - l4) as u32).to_be_bytes());
+        acc += 58;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    let sum = !(acc as u16);
+    f[l4 + 2..l4 + 4].copy_from_slice(&sum.to_be_bytes());
+    f
 }
 
 /// One frame of every kind the parser distinguishes: from A to B (through
