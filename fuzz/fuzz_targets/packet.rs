@@ -7,10 +7,11 @@
 //! raw bytes) sent through either program, with the non-IP setting either
 //! way. Checked for every frame:
 //!
-//! - a frame passes only if the reference says the design lets it through
-//!   (`may_pass`: ARP, other ethertypes unless dropped by setting, IGMP,
-//!   IPv6 ND/MLD): a denied identity pair is never allowed, whatever the
-//!   earlier frames left in conntrack or the fragment table;
+//! - a frame passes only if the reference says the sealed design lets it
+//!   through (`Reference::may_pass`: ARP, ND, MLD and IGMP in their strict
+//!   form, other ethertypes only when re-opened, later fragments of a
+//!   first fragment that passed): a denied identity pair is never allowed,
+//!   whatever the earlier frames left in conntrack or the fragment table;
 //! - every drop is counted once, under exactly one reason; a pass counts
 //!   none.
 //!
@@ -38,7 +39,7 @@ use netiso_common::{defaults, maps, programs, tc, Counter, DropReason, IdentityI
 use netiso_daemon::datapath::{Datapath, Desired, EndpointSpec};
 
 use frames::MAC_A;
-use reference::{may_pass, templates, A, A6};
+use reference::{templates, Reference, A, A6};
 
 #[derive(Arbitrary, Debug)]
 enum Edit {
@@ -115,6 +116,8 @@ struct Harness {
     drop_non_ip: bool,
     /// Packets per drop reason after the last frame.
     reasons: [u64; 16],
+    /// The reference, with the fragment notes of the frames that passed.
+    reference: Reference,
 }
 
 /// Enters a private network and mount namespace with its own bpffs at
@@ -183,6 +186,7 @@ fn setup() -> Harness {
         templates: templates(),
         drop_non_ip: false,
         reasons: [0; 16],
+        reference: Reference::new(),
     };
     h.reasons = h.read_reasons();
     h
@@ -234,6 +238,10 @@ fn feedback(to_container: bool, reason: Option<DropReason>) {
         Some(DropReason::Fragment) => black_box(9),
         Some(DropReason::Revoked) => black_box(10),
         Some(DropReason::Audit) => black_box(11),
+        Some(DropReason::Vlan) => black_box(12),
+        Some(DropReason::NotForEndpoint) => black_box(13),
+        Some(DropReason::Control) => black_box(14),
+        Some(DropReason::IcmpUnrelated) => black_box(15),
     };
     if to_container {
         match r {
@@ -243,6 +251,10 @@ fn feedback(to_container: bool, reason: Option<DropReason>) {
             6 => black_box(106),
             7 => black_box(107),
             9 => black_box(109),
+            12 => black_box(112),
+            13 => black_box(113),
+            14 => black_box(114),
+            15 => black_box(115),
             _ => black_box(199),
         };
     } else {
@@ -255,6 +267,9 @@ fn feedback(to_container: bool, reason: Option<DropReason>) {
             6 => black_box(206),
             7 => black_box(207),
             9 => black_box(209),
+            12 => black_box(212),
+            14 => black_box(214),
+            15 => black_box(215),
             _ => black_box(299),
         };
     }
@@ -291,12 +306,17 @@ fuzz_target!(|steps: Vec<Step>| {
                     continue;
                 }
             };
+            let leaving = !step.to_container;
             assert!(
                 verdict == tc::ACT_SHOT
-                    || (verdict == tc::PASS && may_pass(&frame, h.drop_non_ip)),
+                    || (verdict == tc::PASS
+                        && h.reference.may_pass(&frame, leaving, !h.drop_non_ip)),
                 "frame {i} through {prog} (drop_non_ip {}) got verdict {verdict}: {frame:02x?}",
                 h.drop_non_ip
             );
+            if verdict == tc::PASS {
+                h.reference.passed(&frame);
+            }
             let now = h.read_reasons();
             let moved: Vec<(usize, u64)> = (0..16)
                 .filter(|&r| now[r] != h.reasons[r])

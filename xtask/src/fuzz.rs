@@ -1,6 +1,9 @@
 //! `cargo xtask fuzz`: builds the cargo-fuzz targets in `fuzz/` (their own
 //! workspace, nightly) and runs each for a bounded time, keeping the
-//! corpus in `fuzz/corpus/<target>`. `cargo xtask test` runs it for a few
+//! corpus in `fuzz/corpus/<target>` and replaying `fuzz/regressions/<target>`
+//! as seeds. The `kernel` target is the kernel fuzzer
+//! (`netiso-daemon/tests/kernel_fuzz.rs`, a privileged test that replays
+//! `fuzz/regressions/kernel` itself). `cargo xtask test` runs it for a few
 //! seconds per target; docs/fuzzing.md says how to run for longer.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,16 +14,21 @@ use clap::Args;
 
 use crate::{cmd, setup};
 
-/// Every target, in the order they run. The packet target loads eBPF
-/// programs (root).
-pub const TARGETS: [&str; 4] = ["policy", "packet", "events", "control"];
+/// Every target, in the order they run. The packet and kernel targets
+/// load eBPF programs (root).
+pub const TARGETS: [&str; 5] = ["policy", "packet", "events", "control", "kernel"];
+
+/// Not a cargo-fuzz target: frames through a real bridge between network
+/// namespaces (`cargo test -p netiso-daemon --test kernel_fuzz`).
+pub const KERNEL: &str = "kernel";
 
 #[derive(Debug, Args)]
 pub struct FuzzArgs {
     /// Seconds per target
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// Only these targets (default: all of policy, packet, events, control)
+    /// Only these targets (default: all of policy, packet, events, control,
+    /// kernel)
     #[arg(long = "target", value_name = "TARGET")]
     pub targets: Vec<String>,
     /// Parallel fuzzing processes per target (libFuzzer -fork)
@@ -64,6 +72,71 @@ pub fn parse_stats(output: &str) -> RunStats {
         }
     }
     s
+}
+
+/// Reads the kernel fuzzer's first report line: "kernel fuzz: seed ...,
+/// N inputs (M frames, ...) in S s: ..." (frames count as executions).
+pub fn parse_kernel_stats(output: &str) -> RunStats {
+    let mut s = RunStats::default();
+    for line in output.lines() {
+        let Some(rest) = line.strip_prefix("kernel fuzz: ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        for (i, w) in words.iter().enumerate() {
+            if *w == "(" || w.starts_with('(') {
+                let n = w.trim_start_matches('(');
+                if words.get(i + 1) == Some(&"frames,") {
+                    s.execs = n.parse().unwrap_or(0);
+                }
+            }
+            if *w == "in" {
+                if let Some(t) = words.get(i + 1) {
+                    if words.get(i + 2).is_some_and(|u| u.starts_with("s:")) {
+                        s.seconds = t.parse::<f64>().map(|t| t as u64).unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Runs the kernel fuzzer for `seconds` (it replays fuzz/regressions/kernel
+/// first).
+fn run_kernel(root: &Path, seconds: u64) -> Result<RunStats> {
+    let mut c = Command::new("cargo");
+    c.current_dir(root)
+        .args([
+            "test",
+            "-p",
+            "netiso-daemon",
+            "--test",
+            "kernel_fuzz",
+            "--",
+            "--nocapture",
+        ])
+        .env("NETISO_KFUZZ_SECONDS", seconds.to_string())
+        .env("RUST_BACKTRACE", "1");
+    cmd::echo(&c);
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .context("running the kernel fuzzer")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        println!("{text}");
+        bail!(
+            "the kernel fuzzer found a crossing or failed ({}): see the report above; \
+             new regression files are under fuzz/regressions/kernel/",
+            out.status
+        );
+    }
+    Ok(parse_kernel_stats(&text))
 }
 
 /// Installs cargo-fuzz from crates.io when it is missing.
@@ -116,21 +189,34 @@ pub fn fuzz(root: &Path, args: FuzzArgs) -> Result<()> {
             bail!("no fuzz target {t:?}; targets: {}", TARGETS.join(", "));
         }
     }
-    ensure_cargo_fuzz()?;
-    cmd::run(
-        &mut cargo_fuzz(root, "build", args.thorough),
-        "the fuzz targets must build (fuzz/fuzz_targets/); nightly is required",
-    )?;
+    if targets.iter().any(|t| t != KERNEL) {
+        ensure_cargo_fuzz()?;
+        cmd::run(
+            &mut cargo_fuzz(root, "build", args.thorough),
+            "the fuzz targets must build (fuzz/fuzz_targets/); nightly is required",
+        )?;
+    }
     let mut summary = Vec::new();
     for t in &targets {
+        if t == KERNEL {
+            let stats = run_kernel(root, args.seconds)?;
+            println!("fuzz {t}: {} frames in {} s", stats.execs, stats.seconds);
+            summary.push((t.clone(), stats));
+            continue;
+        }
         let corpus = root.join("fuzz").join("corpus").join(t);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("creating {}", corpus.display()))?;
         let mut c = cargo_fuzz(root, "run", args.thorough);
         c.arg(t).arg(&corpus);
-        // Read-only seeds: the example policies.
+        // Read-only seeds: the example policies, and every input that once
+        // failed (replayed on every run).
         if t == "policy" {
             c.arg(root.join("policies"));
+        }
+        let regressions = root.join("fuzz").join("regressions").join(t);
+        if regressions.is_dir() {
+            c.arg(regressions);
         }
         c.arg("--").arg(format!("-max_total_time={}", args.seconds));
         c.args(["-print_final_stats=1", "-timeout=10", "-rss_limit_mb=4096"]);
@@ -182,6 +268,22 @@ pub fn fuzz(root: &Path, args: FuzzArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_fuzzer_stats_are_read() {
+        let out = "running 2 tests\n\
+                   kernel fuzz: seed 0x5eed0001, marker 362ba7f3538b452f, 6 regression files, \
+                   6697795 inputs (7069199 frames, 0 refused by the kernel) in 300.0 s: 23564 frames/s\n\
+                   test nothing_crosses_a_denied_pair ... ok\n";
+        assert_eq!(
+            parse_kernel_stats(out),
+            RunStats {
+                execs: 7069199,
+                seconds: 300,
+                corpus: 0
+            }
+        );
+    }
 
     #[test]
     fn libfuzzer_stats_are_read() {

@@ -249,6 +249,7 @@ pub fn tcx_programs(ifname: &str, dir: TcAttachType) -> Vec<(u32, String)> {
 /// The TCX programs of one daemon (the links pinned under `pins`) on the
 /// host interface `ifname` with index `ifindex`, per direction: other
 /// daemons (parallel tests) may have programs of their own there.
+#[allow(clippy::type_complexity)]
 pub fn own_tcx_programs(
     pins: &std::path::Path,
     ifname: &str,
