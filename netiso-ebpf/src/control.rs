@@ -41,30 +41,57 @@ fn tail_ok(ctx: &TcContext, end: usize) -> bool {
     true
 }
 
+/// The outcome of a link-control check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Pass,
+    /// Well formed, but about or for another node of the link (an ARP or
+    /// neighbour solicitation for someone else's address, a multicast
+    /// report meant for the router): the link's ordinary chatter, dropped
+    /// as `not-for-endpoint`.
+    Foreign,
+    /// Not in the form the link needs: `control`.
+    Bad,
+}
+
+#[inline(always)]
+fn verdict(ok: bool, foreign: bool) -> Check {
+    match (ok, foreign) {
+        (false, _) => Check::Bad,
+        (true, true) => Check::Foreign,
+        (true, false) => Check::Pass,
+    }
+}
+
 const ARP_LEN: usize = 28;
 
 /// ARP for IPv4 over Ethernet, requests and replies only. Leaving a
 /// container it must speak for the container's own MAC and address;
 /// entering one it must be about the container's own address.
 #[inline(always)]
-pub fn arp_ok(ctx: &TcContext, ep: &Endpoint, dir: Direction) -> bool {
+pub fn arp_check(ctx: &TcContext, ep: &Endpoint, dir: Direction) -> Check {
     let Some(a) = ptr_at::<[u8; ARP_LEN]>(ctx, ETH_HLEN) else {
-        return false;
+        return Check::Bad;
     };
     let a = unsafe { *a };
     let op = u16::from_be_bytes([a[6], a[7]]);
     if a[0..6] != [0, 1, 8, 0, 6, 4] || !(op == 1 || op == 2) {
-        return false;
+        return Check::Bad;
     }
     if !tail_ok(ctx, ETH_HLEN + ARP_LEN) || ep.ipv4 == [0; 4] {
-        return false;
+        return Check::Bad;
     }
     let (sha, spa, tha, tpa) = (&a[8..14], &a[14..18], &a[18..24], &a[24..28]);
     if dir == Direction::Egress {
         // A probe (RFC 5227) asks from 0.0.0.0.
-        sha == ep.mac && (spa == ep.ipv4 || (op == 1 && spa == [0; 4]))
+        verdict(
+            sha == ep.mac && (spa == ep.ipv4 || (op == 1 && spa == [0; 4])),
+            false,
+        )
+    } else if tpa != ep.ipv4 {
+        Check::Foreign
     } else {
-        tpa == ep.ipv4 && (tha == ep.mac || (op == 1 && tha == [0; 6]))
+        verdict(tha == ep.mac || (op == 1 && tha == [0; 6]), false)
     }
 }
 
@@ -170,13 +197,15 @@ const ALL_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2
 
 /// Checks a packet the parser marked as link control.
 #[inline(always)]
-pub fn control_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
-    match p.control {
-        Control::Nd => nd_ok(ctx, p, ep, dir),
-        Control::Mld => mld_ok(ctx, p, dir),
-        Control::Igmp => igmp_ok(ctx, p, dir),
+pub fn control_check(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> Check {
+    let mut foreign = false;
+    let ok = match p.control {
+        Control::Nd => nd_ok(ctx, p, ep, dir, &mut foreign),
+        Control::Mld => mld_ok(ctx, p, dir, &mut foreign),
+        Control::Igmp => igmp_ok(ctx, p, dir, &mut foreign),
         Control::None => true,
-    }
+    };
+    verdict(ok, foreign)
 }
 
 /// Neighbour discovery: solicitations and advertisements (and router
@@ -185,7 +214,7 @@ pub fn control_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) ->
 /// duplicate address detection. Router advertisements and redirects are
 /// dropped both ways: no container is a router on its bridge.
 #[inline(always)]
-fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
+fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction, foreign: &mut bool) -> bool {
     if p.family != family::V6 || p.hop_limit != 255 || p.ext_headers || !plain_v6_header(ctx) {
         return false;
     }
@@ -204,7 +233,11 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
         return false;
     }
     let fixed: usize = match p.icmp_type {
-        133 if dir == Direction::Egress => 8,
+        // A router solicitation is for the routers, never a container.
+        133 => {
+            *foreign = dir == Direction::Ingress;
+            8
+        }
         135 | 136 => 24,
         _ => return false,
     };
@@ -228,7 +261,11 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
             _ => false,
         };
         if must_be_own && !own_v6(ep, target) {
-            return false;
+            // Entering: a solicitation about another node's address.
+            if dir == Direction::Egress {
+                return false;
+            }
+            *foreign = true;
         }
         // A solicitation goes to the target or its solicited-node group;
         // an advertisement to all nodes or to one node (unicast, which the
@@ -286,7 +323,7 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction) -> bool {
 /// Multicast listener discovery: reports leave containers (the bridge
 /// learns from them), queries enter them; never the other way round.
 #[inline(always)]
-fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
+fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> bool {
     if p.hop_limit != 1 || p.daddr[0] != 0xff || !plain_v6_header(ctx) {
         return false;
     }
@@ -294,10 +331,14 @@ fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
         return false;
     }
     let len = p.l3_end.saturating_sub(p.l4_off);
+    // Reports entering a container are meant for the router: well formed,
+    // they are the link's chatter, dropped as not for this endpoint.
+    *foreign = dir == Direction::Ingress;
     let shape = match (p.icmp_type, dir) {
-        (131 | 132, Direction::Egress) => len == 24,
-        (143, Direction::Egress) => len >= 8,
+        (131 | 132, _) => len == 24,
+        (143, _) => len >= 8,
         (130, Direction::Ingress) => {
+            *foreign = false;
             (len == 24 || (len == 28 && sources_zero(ctx, p, 26)))
                 && query_destination_ok(ctx, p, 8, 16)
                 && icmpv6_csum_ok(ctx, p, len)
@@ -328,7 +369,7 @@ fn query_destination_ok(ctx: &TcContext, p: &Packet, at: usize, n: usize) -> boo
 
 /// IGMP: reports leave containers, queries enter them.
 #[inline(always)]
-fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
+fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> bool {
     if p.family != family::V4 || p.hop_limit != 1 || p.daddr[0] & 0xf0 != 0xe0 {
         return false;
     }
@@ -339,10 +380,12 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction) -> bool {
     };
     let ty = unsafe { (*h)[0] };
     let len = p.l3_end.saturating_sub(p.l4_off);
+    *foreign = dir == Direction::Ingress;
     let shape = match (ty, dir) {
-        (0x12 | 0x16 | 0x17, Direction::Egress) => len == 8,
-        (0x22, Direction::Egress) => len >= 8,
+        (0x12 | 0x16 | 0x17, _) => len == 8,
+        (0x22, _) => len >= 8,
         (0x11, Direction::Ingress) => {
+            *foreign = false;
             (len == 8 || (len == 12 && sources_zero(ctx, p, 10)))
                 && query_destination_ok(ctx, p, 4, 4)
                 && igmp_csum_ok(ctx, p, len)

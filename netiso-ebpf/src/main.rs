@@ -25,6 +25,7 @@ use netiso_common::{
     Endpoint, FragKey, LAYOUT_VERSION,
 };
 
+use control::Check;
 use maps::{CONNTRACK, ENDPOINTS, ERRORS, FRAGS, RULE_STATS, SCRATCH, SETTINGS};
 use parse::{Control, Packet, Parsed, ECHO_REPLY};
 use policy::Eval;
@@ -115,10 +116,11 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             if dir == Direction::Ingress && !dest_mac_ok(ctx, ep, None) {
                 return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
             }
-            if control::arp_ok(ctx, ep, dir) {
-                return tc::PASS;
-            }
-            return drop(ctx, settings, &mut v, DropReason::Control, 0);
+            return match control::arp_check(ctx, ep, dir) {
+                Check::Pass => tc::PASS,
+                Check::Foreign => drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0),
+                Check::Bad => drop(ctx, settings, &mut v, DropReason::Control, 0),
+            };
         }
         Ok(Parsed::Other) => {
             if settings.flags & settings_flags::ALLOW_NON_IP != 0 {
@@ -156,11 +158,13 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
     }
     if pkt.control != Control::None {
-        if control::control_ok(ctx, pkt, ep, dir) {
-            return tc::PASS;
-        }
+        let reason = match control::control_check(ctx, pkt, ep, dir) {
+            Check::Pass => return tc::PASS,
+            Check::Foreign => DropReason::NotForEndpoint,
+            Check::Bad => DropReason::Control,
+        };
         name_peer(&eval, ep, pkt, dir, &mut v);
-        return drop(ctx, settings, &mut v, DropReason::Control, 0);
+        return drop(ctx, settings, &mut v, reason, 0);
     }
 
     if pkt.later_fragment {
