@@ -739,6 +739,7 @@ pub fn fit_endpoints(d: &mut Desired, state: &mut State, capacity: usize, applie
             .filter(|e| e.ifindex == Some(ifindex))
         {
             e.enforced = false;
+            e.guarded = false;
             state.unenforceable.push(Unenforceable {
                 container: e.container.clone(),
                 network: e.network.clone(),
@@ -871,6 +872,7 @@ pub fn build_desired(
                 );
             }
             let mut enforced = false;
+            let mut guarded = false;
             // Every container veth gets the programs: containers in no
             // group too, so that none can send from another's address or
             // send what netiso does not understand. Policy verdicts for
@@ -891,6 +893,7 @@ pub fn build_desired(
                             },
                         );
                         enforced = managed;
+                        guarded = true;
                     }
                     _ if !own_netns || !managed => {}
                     _ => state.unenforceable.push(Unenforceable {
@@ -914,6 +917,7 @@ pub fn build_desired(
                 ifname: a.host_ifname.clone(),
                 ip: a.ipv4.map(Into::into),
                 enforced,
+                guarded,
             });
         }
     }

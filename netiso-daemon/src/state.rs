@@ -73,8 +73,15 @@ pub struct EndpointState {
     pub ifindex: Option<u32>,
     pub ifname: Option<String>,
     pub ip: Option<IpAddr>,
-    /// Programs attached to the host-side veth.
+    /// The policy's groups apply here: programs attached to the host-side
+    /// veth of a container that is in a group (or that `[settings]
+    /// unmanaged` polices).
     pub enforced: bool,
+    /// Programs attached to the host-side veth at all: also true for a
+    /// container in no group, which gets anti-spoofing and the checks of
+    /// what netiso does not understand.
+    #[serde(default)]
+    pub guarded: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
