@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use netiso_daemon::api::{self, RequestLine, Response, StreamLine, API_VERSION};
-use netiso_daemon::filter::Subject;
+use netiso_daemon::observe::filter::Subject;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else {

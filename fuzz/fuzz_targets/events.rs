@@ -14,10 +14,10 @@ use std::mem::size_of;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use netiso_common::{DropReason, Event, FlowKey, FlowValue};
-use netiso_daemon::events::{self, MonitorMessage};
-use netiso_daemon::filter::Filter;
-use netiso_daemon::state::{EndpointState, State};
-use netiso_daemon::stats::{self, Stats, View};
+use netiso_daemon::observe::events::{self, MonitorMessage};
+use netiso_daemon::observe::filter::Filter;
+use netiso_daemon::observe::state::{EndpointState, State};
+use netiso_daemon::observe::stats::{self, Stats, View};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

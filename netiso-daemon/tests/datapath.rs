@@ -16,7 +16,7 @@ use netiso_common::{
     defaults, endpoint_flags, maps, programs, proto, tc, Action, CtKey, DropReason, FlowKey,
     IdentityInfo, IpKey, PolicyKey, PolicyValue,
 };
-use netiso_daemon::counters;
+use netiso_daemon::datapath::counters;
 use netiso_daemon::datapath::{Datapath, Desired, EndpointSpec};
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
@@ -434,7 +434,7 @@ fn state_on_one_endpoint_never_skips_anothers_policy() {
     let ns = NetNs::new("ct2");
     ns.sh("ip link add nb0 type veth peer name nb1 && ip link set nb0 up && ip link set nb1 up");
     let b_index = ns.run(|| {
-        netiso_daemon::netlink::links()
+        netiso_daemon::host::netlink::links()
             .unwrap()
             .into_iter()
             .find(|l| l.ifname == "nb0")
@@ -1562,7 +1562,7 @@ fn a_restarted_datapath_readopts_links_without_duplicates() {
     let ns = NetNs::new("re");
     ns.sh("ip link add d0 type veth peer name d1 && ip link set d0 up && ip link set d1 up");
     let ifindex = ns.run(|| {
-        netiso_daemon::netlink::links()
+        netiso_daemon::host::netlink::links()
             .unwrap()
             .into_iter()
             .find(|l| l.ifname == "d0")

@@ -32,9 +32,9 @@ use common::ops::{container_ip, container_pid, empty_config, eventually, tcp_fro
 use common::{run_in, DaemonProc};
 use netiso_common::{limits, maps, DropReason};
 use netiso_daemon::api;
-use netiso_daemon::counters;
-use netiso_daemon::events::MonitorMessage;
-use netiso_daemon::filter::Filter;
+use netiso_daemon::datapath::counters;
+use netiso_daemon::observe::events::MonitorMessage;
+use netiso_daemon::observe::filter::Filter;
 
 const POLICY: &str = r#"
 [groups.flood]

@@ -52,8 +52,9 @@ use common::topology::{Guest, Topology};
 use common::{NetNs, PinDir};
 use gen::{fix, generate, hex, link_local, placeholder, remark, retag, Input, Net};
 use netiso_common::{limits, maps, DropReason};
+use netiso_daemon::datapath::counters;
 use netiso_daemon::datapath::Datapath;
-use netiso_daemon::{counters, daemon, policy};
+use netiso_daemon::{daemon, policy};
 use rx::{Received, Sender, Victim};
 
 const POLICY: &str = r#"

@@ -12,10 +12,11 @@ use common::topology::{
 };
 use common::PinDir;
 use netiso_common::{maps, DropReason};
+use netiso_daemon::datapath::counters;
 use netiso_daemon::datapath::Datapath;
 use netiso_daemon::datapath::{AttachMode, Desired};
 use netiso_daemon::policy::IdentityAllocator;
-use netiso_daemon::{counters, daemon, policy};
+use netiso_daemon::{daemon, policy};
 
 const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 

@@ -16,8 +16,8 @@ use common::obs::{
 };
 use common::DaemonProc;
 use netiso_daemon::api;
-use netiso_daemon::events::MonitorMessage;
-use netiso_daemon::filter::Filter;
+use netiso_daemon::observe::events::MonitorMessage;
+use netiso_daemon::observe::filter::Filter;
 
 /// Writes a policy whose groups select only this test's containers (label
 /// `netiso.test=<tag>` plus `role`).

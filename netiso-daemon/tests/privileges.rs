@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::docker::{tcp_servers, DockerEnv};
 use common::ops::{eventually, tcp_from, write_policy, Netiso};
-use netiso_daemon::privileges::{mask, names, threads_of, RUNTIME};
+use netiso_daemon::daemon::privileges::{mask, names, threads_of, RUNTIME};
 
 const POLICY: &str = r#"
 [groups.client]

@@ -170,7 +170,7 @@ fn runs_with(caps: &[String], env: &DockerEnv, server: &str, secs: u64) -> (bool
         if d.child.as_mut().unwrap().try_wait().unwrap().is_some() {
             break;
         }
-        let enforced = netiso_daemon::state::State::read(d.state_dir.path())
+        let enforced = netiso_daemon::observe::state::State::read(d.state_dir.path())
             .map(|s| {
                 s.endpoints
                     .iter()

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use netiso_common::maps;
-use netiso_daemon::counters;
-use netiso_daemon::state::State;
+use netiso_daemon::datapath::counters;
+use netiso_daemon::observe::state::State;
 
 use super::report::{fmt_num, Figure, Section};
 use super::stats::{percentile, summary};

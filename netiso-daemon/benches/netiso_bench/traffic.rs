@@ -523,7 +523,7 @@ pub fn run(opts: &Options) -> Result<Section> {
                         .ebpf()
                         .map(netiso_common::maps::FLOWS)
                         .context("flows map")?;
-                    for (k, v) in netiso_daemon::counters::flows(map)? {
+                    for (k, v) in netiso_daemon::datapath::counters::flows(map)? {
                         if k.dport == DENIED_PORT {
                             continue;
                         }

@@ -195,12 +195,16 @@ impl DaemonProc {
         std::fs::read_to_string(self.state_dir.path().join("daemon.log")).unwrap_or_default()
     }
 
-    pub fn state(&self) -> netiso_daemon::state::State {
-        netiso_daemon::state::State::read(self.state_dir.path()).unwrap()
+    pub fn state(&self) -> netiso_daemon::observe::state::State {
+        netiso_daemon::observe::state::State::read(self.state_dir.path()).unwrap()
     }
 
     /// Waits (bounded) until `pred` holds for the published state.
-    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&netiso_daemon::state::State) -> bool) {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&netiso_daemon::observe::state::State) -> bool,
+    ) {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::time::Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -209,7 +213,7 @@ impl DaemonProc {
                     self.log()
                 );
             }
-            if let Ok(s) = netiso_daemon::state::State::read(self.state_dir.path()) {
+            if let Ok(s) = netiso_daemon::observe::state::State::read(self.state_dir.path()) {
                 if pred(&s) {
                     return;
                 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netiso_daemon::state::State;
+use netiso_daemon::observe::state::State;
 
 use super::PinDir;
 

@@ -75,7 +75,7 @@ impl Topology {
             ns.sh(&format!(
                 "ip link set eth0 address 02:77:00:00:00:{n:02x} && ip addr add 10.77.0.{n}/24 dev eth0 && ip -6 addr add fd77::{n:x}/64 dev eth0 nodad && ip link set eth0 up"
             ));
-            let host_ifindex = netiso_daemon::netlink::links_in_netns(&host.path())
+            let host_ifindex = netiso_daemon::host::netlink::links_in_netns(&host.path())
                 .unwrap()
                 .into_iter()
                 .find(|l| l.ifname == host_if)

@@ -3,7 +3,7 @@
 //!
 //! Kernel counters are read from the pinned maps at each scrape (a
 //! [`Collector`]), so they are exact at that moment and survive daemon
-//! restarts; the daemon loop's own counters come from [`crate::telemetry`].
+//! restarts; the daemon loop's own counters come from [`crate::observe::telemetry`].
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,9 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::counters::{self, open_pinned};
-use crate::events::EventHub;
-use crate::state::State;
+use crate::datapath::counters::{self, open_pinned};
+use crate::observe::events::EventHub;
+use crate::observe::state::State;
 
 type Labels = Vec<(String, String)>;
 
@@ -42,7 +42,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(pin_dir: PathBuf, state: watch::Receiver<Arc<State>>, hub: Arc<EventHub>) -> Self {
         let mut registry = Registry::with_prefix("netiso");
-        crate::telemetry::global().register(&mut registry);
+        crate::observe::telemetry::global().register(&mut registry);
         hub.metrics.register(&mut registry);
         registry.register_collector(Box::new(KernelCollector { pin_dir, state }));
         Self { registry }
@@ -132,7 +132,7 @@ pub fn count_entries(map: &MapData) -> std::io::Result<(u64, u64)> {
 }
 
 fn sum_rate(map: &Map) -> anyhow::Result<u64> {
-    Ok(crate::events::read_suppressed(map)?
+    Ok(crate::observe::events::read_suppressed(map)?
         .into_iter()
         .map(u64::from)
         .sum())

@@ -1,4 +1,4 @@
-//! Docker engine access: running containers as [`model::Container`]s and the
+//! Docker engine access: running containers as [`model::Container`](crate::model::Container)s and the
 //! event stream that says when to look again.
 //!
 //! Everything the engine may leave out (old API versions, network modes
@@ -487,7 +487,7 @@ mod tests {
     /// `netiso-busybox:test` image on a test-owned bridge network.
     mod engine {
         use super::super::*;
-        use crate::netlink;
+        use crate::host::netlink;
         use std::process::Command;
         use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -16,9 +16,9 @@ use netiso_common::{endpoint_flags, identity};
 use tracing::{info, warn};
 
 use crate::datapath::{Desired, EndpointSpec};
-use crate::link_watch::LinkEvent;
+use crate::host::link_watch::LinkEvent;
 use crate::model::Container;
-use crate::state::HeldEndpoint;
+use crate::observe::state::HeldEndpoint;
 
 #[derive(Debug, Default)]
 pub struct Holds {
@@ -69,7 +69,7 @@ impl Holds {
             return false;
         };
         // The announcement names the bridge by index only.
-        let bridge = match crate::netlink::link_name(master) {
+        let bridge = match crate::host::netlink::link_name(master) {
             Ok(Some(name)) => name,
             Ok(None) => return false,
             Err(e) => {
@@ -100,7 +100,7 @@ impl Holds {
                 ifindex: ev.ifindex,
                 ifname: ev.ifname.clone(),
                 network: network.clone(),
-                since: crate::telemetry::unix_now(),
+                since: crate::observe::telemetry::unix_now(),
             },
         );
         true
@@ -114,7 +114,7 @@ impl Holds {
         fc_bridges: &BTreeMap<String, String>,
         claimed: &BTreeSet<u32>,
     ) -> anyhow::Result<bool> {
-        let links = crate::link_watch::dump()?;
+        let links = crate::host::link_watch::dump()?;
         let names: BTreeMap<u32, &str> = links
             .iter()
             .map(|l| (l.ifindex, l.ifname.as_str()))

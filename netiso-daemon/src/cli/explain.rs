@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use netiso_common::{identity, proto, Action};
 use serde::Serialize;
 
+use crate::observe::state::State;
 use crate::policy::{self, Compiled, IdentityAllocator, Policy, PortSpec};
-use crate::state::State;
 
 /// Where the policy is read from when neither `--policy` nor the daemon's
 /// state file names one.
@@ -162,7 +162,7 @@ pub fn run(req: &Request) -> Result<Explanation, ExplainError> {
     })?;
     // The host's addresses get the host identity in the kernel; without
     // them an address of the host would read as world.
-    let host = crate::netlink::host_addresses().unwrap_or_default();
+    let host = crate::host::netlink::host_addresses().unwrap_or_default();
     explain(&policy, &path, &state, &host, req)
 }
 
@@ -564,7 +564,7 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::EndpointState;
+    use crate::observe::state::EndpointState;
 
     const POLICY: &str = r#"
 [groups.web]

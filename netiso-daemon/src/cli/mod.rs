@@ -1,11 +1,16 @@
-//! Command-line interface of the `netiso` binary.
+//! The `netiso` command line: argument parsing and dispatch here, one file per command family beside it; may use every layer (`daemon` and down).
+pub mod commands;
+pub mod explain;
+pub mod graph;
+pub mod verify;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
-use crate::config::{Config, DaemonArgs, LogFormat};
+use crate::daemon::config::{Config, DaemonArgs, LogFormat};
 use crate::{daemon, datapath, policy};
 
 const DEFAULT_PIN_DIR: &str = netiso_common::PIN_DIR;
@@ -29,26 +34,26 @@ enum Command {
         #[command(flatten)]
         args: DaemonArgs,
         #[command(flatten)]
-        services: crate::services::ServiceOptions,
+        services: crate::daemon::ServiceOptions,
     },
     /// Per-flow drop counters with names, groups and reasons; per-rule
     /// counters (works from the pinned maps when the daemon is down).
-    Stats(crate::commands::StatsArgs),
+    Stats(crate::cli::commands::StatsArgs),
     /// Daemon health, engine connection, policy, and every endpoint with
     /// its attach state. Exit status 1 when something is wrong.
-    Status(crate::commands::StatusArgs),
+    Status(crate::cli::commands::StatusArgs),
     /// Live stream of drop and audit events.
-    Monitor(crate::commands::MonitorArgs),
+    Monitor(crate::cli::commands::MonitorArgs),
     /// Reload the daemon's policy file.
-    Reload(crate::commands::ReloadArgs),
+    Reload(crate::cli::commands::ReloadArgs),
     /// Turn the kernel's debug log on or off.
-    DebugLog(crate::commands::DebugLogArgs),
+    DebugLog(crate::cli::commands::DebugLogArgs),
     /// Probe real connectivity between groups and compare it with the
     /// policy; exit status 1 on any mismatch.
-    Verify(crate::verify::VerifyArgs),
+    Verify(crate::cli::verify::VerifyArgs),
     /// Would X reach Y, and which rule decides (containers, groups,
     /// addresses; reads the same compiled tables the kernel gets).
-    Explain(crate::explain::ExplainArgs),
+    Explain(crate::cli::explain::ExplainArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -64,7 +69,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
     /// Draw groups and rules as Mermaid or Graphviz DOT.
-    Graph(crate::graph::GraphArgs),
+    Graph(crate::cli::graph::GraphArgs),
     /// Validate policy files or directories; no daemon needed.
     Check {
         #[arg(required = true)]
@@ -109,7 +114,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
         Command::Daemon { args, mut services } => {
             let cfg = Config::load(&args)?;
             init_logging(cfg.log_format);
-            crate::policy_perms::set_allow_insecure(cfg.allow_insecure_policy_permissions);
+            crate::daemon::policy_perms::set_allow_insecure(cfg.allow_insecure_policy_permissions);
             if let Some(source) = &cfg.source {
                 tracing::info!(config = %source.display(), "configuration read");
             }
@@ -133,16 +138,16 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stats(a) => crate::commands::run_stats(a),
-        Command::Status(a) => crate::commands::run_status(a),
-        Command::Monitor(a) => crate::commands::run_monitor(a),
-        Command::Reload(a) => crate::commands::run_reload(a),
-        Command::DebugLog(a) => crate::commands::run_debug_log(a),
-        Command::Verify(a) => crate::verify::run(a),
-        Command::Explain(args) => crate::explain::command(&args),
+        Command::Stats(a) => crate::cli::commands::run_stats(a),
+        Command::Status(a) => crate::cli::commands::run_status(a),
+        Command::Monitor(a) => crate::cli::commands::run_monitor(a),
+        Command::Reload(a) => crate::cli::commands::run_reload(a),
+        Command::DebugLog(a) => crate::cli::commands::run_debug_log(a),
+        Command::Verify(a) => crate::cli::verify::run(a),
+        Command::Explain(args) => crate::cli::explain::command(&args),
         Command::Policy {
             command: PolicyCommand::Graph(args),
-        } => crate::graph::command(&args),
+        } => crate::cli::graph::command(&args),
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => {

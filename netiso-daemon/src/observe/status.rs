@@ -12,9 +12,9 @@ use netiso_common::{identity, maps, settings_flags, Settings, LAYOUT_VERSION};
 use serde::{Deserialize, Serialize};
 use tabled::{settings::Style, Table, Tabled};
 
-use crate::counters::open_pinned;
-use crate::state::{EndpointState, State, Unenforceable};
-use crate::telemetry::{unix_now, Health};
+use crate::datapath::counters::open_pinned;
+use crate::observe::state::{EndpointState, State, Unenforceable};
+use crate::observe::telemetry::{unix_now, Health};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {

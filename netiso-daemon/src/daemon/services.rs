@@ -2,34 +2,15 @@
 //! reader, the Prometheus endpoint and the kernel log reader. Each gets the
 //! [`Handles`] to ask the daemon for things and to read the state it
 //! publishes.
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
+use crate::api::control::{Control, Handles};
 use crate::api::{self, Access, ServerContext};
-use crate::daemon::{Control, Handles, Options};
-use crate::events::{self, EventHub};
-
-/// Daemon options of the services (flattened into `netiso daemon`).
-#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceOptions {
-    /// Control socket path [default: <state-dir>/netiso.sock].
-    #[arg(long)]
-    pub socket: Option<PathBuf>,
-    /// Group (name or number) whose members may use the control socket,
-    /// besides root.
-    #[arg(long)]
-    pub socket_group: Option<String>,
-    /// Address of the Prometheus metrics endpoint; `off` disables it.
-    #[arg(long, default_value = "127.0.0.1:9469")]
-    pub metrics_addr: String,
-    /// Drop and audit events sent to user space per second per CPU; more
-    /// are counted as suppressed. 0 turns events off [default: 1000].
-    #[arg(long)]
-    pub event_rate: Option<u32>,
-}
+use crate::daemon::options::Options;
+use crate::observe::events::{self, EventHub};
 
 /// Starts every service on the current tokio runtime.
 pub fn spawn(opts: &Options, handles: Handles) -> Result<()> {
@@ -64,7 +45,7 @@ pub fn spawn(opts: &Options, handles: Handles) -> Result<()> {
     if sopts.metrics_addr != "off" {
         let addr = sopts.metrics_addr.clone();
         let metrics =
-            crate::metrics::Metrics::new(opts.pin_dir.clone(), handles.state.clone(), hub);
+            crate::observe::metrics::Metrics::new(opts.pin_dir.clone(), handles.state.clone(), hub);
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let shown = match tokio::net::TcpListener::bind(&addr).await {
@@ -73,7 +54,7 @@ pub fn spawn(opts: &Options, handles: Handles) -> Result<()> {
                     info!(address = %bound, "serving Prometheus metrics at /metrics");
                     *ctx.metrics.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(format!("http://{bound}/metrics"));
-                    crate::metrics::serve(l, Arc::new(metrics)).await;
+                    crate::observe::metrics::serve(l, Arc::new(metrics)).await;
                     return;
                 }
                 Err(e) => {
@@ -109,7 +90,7 @@ pub fn spawn(opts: &Options, handles: Handles) -> Result<()> {
         });
     }
 
-    crate::kernel_log::spawn(&opts.pin_dir);
+    crate::datapath::kernel_log::spawn(&opts.pin_dir);
 
     tokio::spawn(api::serve(listener, access, ctx));
     Ok(())

@@ -10,9 +10,9 @@ use netiso_common::{family, proto, Direction, DropReason, FlowKey, FlowValue};
 use serde::{Deserialize, Serialize};
 use tabled::{settings::Style, Table, Tabled};
 
-use crate::counters::{self, PinnedCounters};
-use crate::filter::{Filter, Subject};
-use crate::state::State;
+use crate::datapath::counters::{self, PinnedCounters};
+use crate::observe::filter::{Filter, Subject};
+use crate::observe::state::State;
 
 /// One dropped flow, as shown to operators.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn rules_render_with_their_text() {
         let mut state = State::default();
-        state.rules.push(crate::state::RuleState {
+        state.rules.push(crate::observe::state::RuleState {
             id: 1,
             from: "web".into(),
             to: "db".into(),

@@ -251,7 +251,7 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
 
 /// The configuration file `cargo xtask install` and the .deb put in
 /// /etc/netiso: every key, commented out, at its default.
-pub const EXAMPLE: &str = include_str!("../../packaging/netiso.toml");
+pub const EXAMPLE: &str = include_str!("../../../packaging/netiso.toml");
 
 #[cfg(test)]
 mod tests {

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::api::{self, ClientError, Request};
-use crate::events::{EventRow, MonitorMessage};
-use crate::filter::{parse_duration, Filter};
-use crate::state::State;
-use crate::stats::{self, SortKey, Stats, View};
-use crate::status::{self, StatusReport};
+use crate::observe::events::{EventRow, MonitorMessage};
+use crate::observe::filter::{parse_duration, Filter};
+use crate::observe::state::State;
+use crate::observe::stats::{self, SortKey, Stats, View};
+use crate::observe::status::{self, StatusReport};
 
 pub const DEFAULT_STATE_DIR: &str = "/run/netiso";
 const TIMEOUT: Duration = Duration::from_secs(30);

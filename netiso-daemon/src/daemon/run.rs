@@ -2,70 +2,26 @@
 //! containers and keep the datapath in step.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::StreamExt as _;
-use netiso_common::{identity, IdentityInfo, IpKey, PublishedKey, PublishedValue};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
-use crate::datapath::{Datapath, Desired, EndpointSpec};
-use crate::docker::{DockerClient, DockerEvent};
+use crate::api::control::{Control, Handles};
+use crate::daemon::desired::{
+    add_host_addresses, build_desired, fit_endpoints, has_own_netns, no_veth_driver,
+};
+use crate::daemon::options::Options;
+use crate::daemon::sd_notify::notify_logged;
+use crate::datapath::Datapath;
+use crate::host::docker::{DockerClient, DockerEvent};
 use crate::model::Container;
-use crate::policy::{self, Compiled, IdentityAllocator, Policy};
-use crate::sd_notify::notify_logged;
-use crate::state::{EndpointState, ReloadStatus, RuleState, State, Unenforceable};
-
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub policy: PathBuf,
-    pub pin_dir: PathBuf,
-    pub state_dir: PathBuf,
-    /// Let ethertypes other than IPv4, IPv6 and ARP pass managed endpoints.
-    pub allow_non_ip: bool,
-    /// Control socket, metrics, events.
-    pub services: crate::services::ServiceOptions,
-    /// Full resync with Docker this often (repairs drift); `None`: never.
-    pub resync_interval: Option<Duration>,
-    /// Reload the policy when its file changes.
-    pub watch_policy: bool,
-}
-
-/// Requests to the running daemon from its other tasks (control socket,
-/// policy file watcher, timers).
-#[derive(Debug)]
-pub enum Control {
-    /// Reload the policy; the reply says whether it was applied.
-    Reload {
-        reply: Option<oneshot::Sender<Result<(), String>>>,
-    },
-    /// List every container again and reconcile.
-    Resync,
-    /// The policy file changed on disk (from `policy_watch`): reload.
-    PolicyFileChanged,
-    /// Kernel debug logging on or off.
-    DebugLog {
-        on: bool,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Events per second per CPU sent to user space.
-    EventRate {
-        per_second: u32,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-}
-
-/// What services running beside the daemon loop get: a way to ask it for
-/// things, and the state it publishes after every reconcile.
-#[derive(Clone, Debug)]
-pub struct Handles {
-    pub control: mpsc::Sender<Control>,
-    pub state: watch::Receiver<Arc<State>>,
-}
+use crate::observe::state::{ReloadStatus, State, Unenforceable};
+use crate::policy::{self, IdentityAllocator, Policy};
 
 struct Daemon {
     opts: Options,
@@ -82,7 +38,7 @@ struct Daemon {
     /// Docker network name -> its bridge device (bridge networks).
     bridges: BTreeMap<String, String>,
     /// Veths of fail-closed networks held closed until classified.
-    holds: crate::fail_closed::Holds,
+    holds: crate::daemon::fail_closed::Holds,
     /// Containers whose veth should exist but was not found yet (Docker
     /// reports some attachments a moment before the veth is in place), with
     /// the number of lookups left.
@@ -101,7 +57,7 @@ const VETH_RETRY_EVERY: Duration = Duration::from_millis(250);
 fn load_policy(path: &std::path::Path) -> Result<Policy> {
     // A policy a non-root user could change is refused (or only warned
     // about, when the configuration allows it).
-    for p in crate::policy_perms::check(path)? {
+    for p in crate::daemon::policy_perms::check(path)? {
         warn!("insecure policy permissions (allowed by configuration): {p}");
     }
     let policy = policy::load_path(path).map_err(|e| anyhow!("{e}"))?;
@@ -136,17 +92,17 @@ pub async fn run(opts: Options) -> Result<()> {
     // New links (fail-closed networks); dropped announcements are caught
     // up by the scan at each resync.
     let (link_tx, mut link_rx) = mpsc::channel(256);
-    if let Err(e) = crate::link_watch::spawn(link_tx) {
+    if let Err(e) = crate::host::link_watch::spawn(link_tx) {
         warn!(
             error = format!("{e:#}"),
             "not watching new links; fail-closed holds start at resyncs only"
         );
     }
     if opts.watch_policy {
-        crate::policy_watch::spawn(opts.policy.clone(), control_tx.clone());
+        crate::daemon::policy_watch::spawn(opts.policy.clone(), control_tx.clone());
     }
     let (state_tx, state_rx) = watch::channel(Arc::new(State::default()));
-    crate::services::spawn(
+    crate::daemon::services::spawn(
         &opts,
         Handles {
             control: control_tx,
@@ -155,7 +111,7 @@ pub async fn run(opts: Options) -> Result<()> {
     )?;
     // Start-up's privileged work is done (programs loaded, pins made,
     // control socket bound): keep only what the running daemon needs.
-    if let Err(e) = crate::privileges::drop_after_start() {
+    if let Err(e) = crate::daemon::privileges::drop_after_start() {
         warn!(error = %e, "cannot drop capabilities; running with those it started with");
     }
     let mut d = Daemon {
@@ -198,7 +154,7 @@ pub async fn run(opts: Options) -> Result<()> {
             let mut events = docker.events(Some(since));
             d.resync(&docker).await?;
             synced = true;
-            crate::telemetry::global().engine_connected(docker.version().await.ok());
+            crate::observe::telemetry::global().engine_connected(docker.version().await.ok());
             let status = format!("STATUS=enforcing; {} containers", d.containers.len());
             if !ready {
                 ready = true;
@@ -295,7 +251,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     backoff = FIRST_BACKOFF;
                 }
                 notify_logged("STATUS=lost Docker; the last state stays enforced; reconnecting");
-                crate::telemetry::global().engine_lost(format!("{e:#}"));
+                crate::observe::telemetry::global().engine_lost(format!("{e:#}"));
                 warn!(error = format!("{e:#}"), retry_in = ?backoff, "lost Docker, will resync");
             }
         }
@@ -318,7 +274,7 @@ fn unix_now() -> i64 {
 async fn with_veths(mut c: Container) -> Container {
     let name = c.name.clone();
     match tokio::task::spawn_blocking(move || {
-        let r = crate::netlink::resolve_host_veths(&mut c);
+        let r = crate::host::netlink::resolve_host_veths(&mut c);
         (c, r)
     })
     .await
@@ -354,7 +310,7 @@ impl Daemon {
             self.containers = containers;
             self.last_resync = unix_now() as u64;
             self.scan_holds();
-            match crate::netlink::host_addresses() {
+            match crate::host::netlink::host_addresses() {
                 Ok(addrs) => self.host_addrs = addrs,
                 Err(e) => warn!(error = format!("{e:#}"), "cannot read the host's addresses"),
             }
@@ -399,7 +355,7 @@ impl Daemon {
         self.refresh(docker, &id).await;
     }
 
-    fn set_networks(&mut self, nets: Vec<crate::docker::NetworkInfo>) {
+    fn set_networks(&mut self, nets: Vec<crate::host::docker::NetworkInfo>) {
         self.drivers = nets
             .iter()
             .map(|n| (n.name.clone(), n.driver.clone()))
@@ -411,7 +367,7 @@ impl Daemon {
     }
 
     fn fail_closed_bridges(&self) -> BTreeMap<String, String> {
-        crate::fail_closed::bridges(&self.policy.fail_closed_networks(), &self.bridges)
+        crate::daemon::fail_closed::bridges(&self.policy.fail_closed_networks(), &self.bridges)
     }
 
     fn claimed_veths(&self) -> BTreeSet<u32> {
@@ -422,7 +378,7 @@ impl Daemon {
     }
 
     /// A link was announced; true when a hold began or ended.
-    fn on_link(&mut self, ev: &crate::link_watch::LinkEvent) -> bool {
+    fn on_link(&mut self, ev: &crate::host::link_watch::LinkEvent) -> bool {
         if ev.addresses {
             return self.refresh_host_addresses();
         }
@@ -437,7 +393,7 @@ impl Daemon {
     /// Reads the host's addresses again; true when they changed (the
     /// `host` peer must follow at once, not at the next resync).
     fn refresh_host_addresses(&mut self) -> bool {
-        match crate::netlink::host_addresses() {
+        match crate::host::netlink::host_addresses() {
             Ok(addrs) if addrs != self.host_addrs => {
                 info!(addresses = addrs.len(), "host addresses changed");
                 self.host_addrs = addrs;
@@ -527,7 +483,7 @@ impl Daemon {
     fn reload(&mut self, trigger: &str) -> Result<(), String> {
         let started = std::time::Instant::now();
         let r = self.reload_once();
-        crate::telemetry::global().reloaded(started.elapsed(), r.clone().err());
+        crate::observe::telemetry::global().reloaded(started.elapsed(), r.clone().err());
         let generation = self.dp.settings().generation;
         info!(trigger, ok = r.is_ok(), generation, "reload finished");
         self.last_reload = Some(ReloadStatus {
@@ -585,7 +541,7 @@ impl Daemon {
         let started = std::time::Instant::now();
         let r = self.reconcile_once();
         let error = r.as_ref().err().map(|e| format!("{e:#}"));
-        crate::telemetry::global().reconciled(started.elapsed(), error);
+        crate::observe::telemetry::global().reconciled(started.elapsed(), error);
         r
     }
 
@@ -599,7 +555,7 @@ impl Daemon {
         self.report_unenforceable(&state.unenforceable);
         self.holds.apply(
             &mut desired,
-            &crate::fail_closed::claimed(&containers),
+            &crate::daemon::fail_closed::claimed(&containers),
             &self.policy.fail_closed_networks(),
         );
         state.held = self.holds.state();
@@ -659,334 +615,5 @@ impl Daemon {
             warn!(%container, %network, %reason, "container cannot be enforced");
         }
         self.reported = keys;
-    }
-}
-
-/// Whether a Docker network mode gives the container a network namespace of
-/// its own (and so, on a bridge-like network, a veth).
-fn has_own_netns(network_mode: &str) -> bool {
-    !(network_mode == "host" || network_mode == "none" || network_mode.starts_with("container:"))
-}
-
-/// Drivers whose attachments never have a host-side veth.
-fn no_veth_driver(driver: Option<&str>) -> bool {
-    matches!(driver, Some("macvlan" | "ipvlan" | "host" | "null"))
-}
-
-/// Why an attachment of a container in some group has no veth to enforce
-/// at, in words an operator can act on.
-pub fn unenforceable_reason(c: &Container, network: &str, driver: Option<&str>) -> String {
-    let mode = c.network_mode.as_str();
-    if mode == "host" {
-        return "runs with --network host: it shares the host's network stack, there is no \
-                veth of its own; its traffic is judged as the host's"
-            .into();
-    }
-    if mode == "none" {
-        return "runs with --network none: no interface but loopback, nothing to enforce \
-                (and no way in or out)"
-            .into();
-    }
-    if let Some(other) = mode.strip_prefix("container:") {
-        return format!(
-            "runs with --network container:{other}: it shares that container's interfaces, \
-             which are enforced with that container's groups"
-        );
-    }
-    match driver {
-        Some(d @ ("macvlan" | "ipvlan")) => format!(
-            "network {network:?} uses the {d} driver: its traffic leaves through the parent \
-             interface without a veth, so netiso cannot attach to it"
-        ),
-        Some(d) if d != "bridge" => format!(
-            "network {network:?} uses the {d} driver, which gives the container no host-side veth"
-        ),
-        _ => format!(
-            "no host-side veth found on network {network:?} yet (container starting or \
-             stopping?); looked up again shortly and at every resync"
-        ),
-    }
-}
-
-/// Keeps the endpoints that fit the endpoints map when there are more than
-/// it holds, loudly: held (fail-closed) endpoints first, so that they stay
-/// closed; then those already in the map, so that nothing enforced now
-/// stops being enforced; then containers in groups; then the rest. Those
-/// left out are reported as unenforceable with the reason.
-pub fn fit_endpoints(d: &mut Desired, state: &mut State, capacity: usize, applied: &BTreeSet<u32>) {
-    if d.endpoints.len() <= capacity {
-        return;
-    }
-    let rank = |ifindex: &u32, spec: &crate::datapath::EndpointSpec| {
-        if spec.flags & netiso_common::endpoint_flags::FAIL_CLOSED != 0 {
-            0
-        } else if applied.contains(ifindex) {
-            1
-        } else if spec.identity >= identity::FIRST_GROUP_IDENTITY || spec.flags != 0 {
-            2
-        } else {
-            3
-        }
-    };
-    let mut order: Vec<(u8, u32)> = d.endpoints.iter().map(|(i, s)| (rank(i, s), *i)).collect();
-    order.sort();
-    let total = order.len();
-    for (_, ifindex) in order.into_iter().skip(capacity) {
-        d.endpoints.remove(&ifindex);
-        for e in state
-            .endpoints
-            .iter_mut()
-            .filter(|e| e.ifindex == Some(ifindex))
-        {
-            e.enforced = false;
-            e.guarded = false;
-            state.unenforceable.push(Unenforceable {
-                container: e.container.clone(),
-                network: e.network.clone(),
-                reason: format!(
-                    "the endpoints map is full ({total} container veths, room for \
-                     {capacity}): this one is not enforced"
-                ),
-            });
-        }
-    }
-    error!(
-        endpoints = total,
-        capacity,
-        "the endpoints map is full: {} container veths are not enforced",
-        total - capacity
-    );
-}
-
-/// Gives the host's own addresses the `host` identity (container
-/// addresses, should one coincide, keep theirs).
-pub fn add_host_addresses(d: &mut Desired, addrs: &[IpAddr]) {
-    for ip in addrs {
-        d.identities
-            .entry(IpKey::from_ip(*ip, 0))
-            .or_insert(IdentityInfo {
-                identity: identity::HOST,
-                flags: 0,
-            });
-    }
-}
-
-/// Maps the compiled policy onto endpoints: every container address gets
-/// its identity; every veth of a container in some group gets the programs.
-pub fn build_desired(
-    compiled: &Compiled,
-    containers: &[Container],
-    policy: &Policy,
-    drivers: &BTreeMap<String, String>,
-) -> (Desired, State) {
-    let mut d = Desired {
-        policy: compiled.entries.clone(),
-        cidrs: compiled
-            .cidrs
-            .iter()
-            .map(|e| {
-                let info = IdentityInfo {
-                    identity: e.identity,
-                    flags: e.flags,
-                };
-                ((e.addr, e.prefix_len), info)
-            })
-            .collect(),
-        ..Desired::default()
-    };
-    let mut state = State::default();
-    for (id, def) in &compiled.identities {
-        let names = match *id {
-            identity::HOST => vec!["host".to_string()],
-            identity::WORLD => vec!["world".to_string()],
-            identity::UNMANAGED => vec!["unmanaged".to_string()],
-            _ => def.groups.clone(),
-        };
-        state.identities.insert(*id, names);
-    }
-    for c in containers {
-        let id = compiled
-            .container_identity
-            .get(&c.id)
-            .copied()
-            .unwrap_or(identity::UNMANAGED);
-        let flags = compiled.identities.get(&id).map_or(0, |def| def.flags);
-        // A container in no group is policed too when `[settings]
-        // unmanaged` denies a direction (its identity then has flags).
-        let managed = id >= identity::FIRST_GROUP_IDENTITY || flags != 0;
-        // A port the host publishes for this container stands for it: a
-        // container reaching it through the host (docker-proxy) is judged
-        // as reaching this container on the container's port.
-        for p in &c.published {
-            let key = PublishedKey {
-                port: p.host_port,
-                proto: p.proto,
-                slot: 0,
-            };
-            if let Some(other) = d.published.get(&key) {
-                if other.identity != id {
-                    warn!(
-                        port = p.host_port,
-                        container = %c.name,
-                        "a host port is published for two containers; the last one listed wins"
-                    );
-                }
-            }
-            d.published.insert(
-                key,
-                PublishedValue {
-                    identity: id,
-                    flags,
-                    port: p.container_port,
-                    _pad: [0; 2],
-                },
-            );
-        }
-        let groups = policy.groups_of(c);
-        // Host, none and container: modes have no veth of their own: one
-        // entry for the container, not one per pseudo-network.
-        let own_netns = has_own_netns(&c.network_mode);
-        if managed && (!own_netns || c.networks.is_empty()) {
-            state.unenforceable.push(Unenforceable {
-                container: c.name.clone(),
-                network: c.network_mode.clone(),
-                reason: unenforceable_reason(c, &c.network_mode, None),
-            });
-        }
-        for a in &c.networks {
-            let ips = a
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(a.ipv6.map(IpAddr::V6));
-            // The link-local address (EUI-64 of the MAC) speaks for the
-            // container too: without it, a link-local sender would be "world".
-            let link_local = a.mac.map(|m| IpAddr::V6(crate::datapath::link_local_of(m)));
-            for ip in ips.chain(link_local) {
-                d.identities.insert(
-                    IpKey::from_ip(ip, 0),
-                    IdentityInfo {
-                        identity: id,
-                        flags,
-                    },
-                );
-            }
-            let mut enforced = false;
-            let mut guarded = false;
-            // Every container veth gets the programs: containers in no
-            // group too, so that none can send from another's address or
-            // send what netiso does not understand. Policy verdicts for
-            // them stay those of the `unmanaged` identity.
-            {
-                match (a.host_ifindex, &a.host_ifname) {
-                    (Some(ifindex), Some(ifname)) => {
-                        d.endpoints.insert(
-                            ifindex,
-                            EndpointSpec {
-                                ifname: ifname.clone(),
-                                identity: id,
-                                flags,
-                                ipv4: a.ipv4,
-                                ipv6: a.ipv6,
-                                mac: a.mac,
-                                ipv4_prefix_len: a.ipv4_prefix_len,
-                            },
-                        );
-                        enforced = managed;
-                        guarded = true;
-                    }
-                    _ if !own_netns || !managed => {}
-                    _ => state.unenforceable.push(Unenforceable {
-                        container: c.name.clone(),
-                        network: a.network.clone(),
-                        reason: unenforceable_reason(
-                            c,
-                            &a.network,
-                            drivers.get(&a.network).map(String::as_str),
-                        ),
-                    }),
-                }
-            }
-            state.endpoints.push(EndpointState {
-                container_id: c.id.clone(),
-                container: c.name.clone(),
-                groups: groups.clone(),
-                identity: id,
-                network: a.network.clone(),
-                ifindex: a.host_ifindex,
-                ifname: a.host_ifname.clone(),
-                ip: a.ipv4.map(Into::into),
-                enforced,
-                guarded,
-            });
-        }
-    }
-    state.rules = compiled
-        .rules
-        .iter()
-        .map(|r| RuleState {
-            id: r.id,
-            from: r.from.clone(),
-            to: r.to.clone(),
-            ports: r.ports.clone(),
-            action: r.action.as_str().into(),
-            description: r.description.clone(),
-            location: r.location.clone(),
-        })
-        .collect();
-    (d, state)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::datapath::EndpointSpec;
-    use crate::state::EndpointState;
-
-    /// Over capacity: held endpoints stay closed, enforced ones stay
-    /// enforced, group members come before containers in no group, and
-    /// every one left out is reported.
-    #[test]
-    fn a_full_endpoints_map_keeps_holds_and_enforced_endpoints_first() {
-        let spec = |identity, flags| EndpointSpec {
-            ifname: "v".into(),
-            identity,
-            flags,
-            ..EndpointSpec::default()
-        };
-        let mut d = Desired::default();
-        let held = netiso_common::endpoint_flags::FAIL_CLOSED;
-        d.endpoints.insert(1, spec(identity::UNMANAGED, 0));
-        d.endpoints.insert(2, spec(300, 0));
-        d.endpoints.insert(3, spec(identity::UNMANAGED, held));
-        d.endpoints.insert(4, spec(301, 0));
-        d.endpoints.insert(5, spec(identity::UNMANAGED, 0));
-        let mut state = State::default();
-        for i in 1..=5u32 {
-            state.endpoints.push(EndpointState {
-                container: format!("c{i}"),
-                ifindex: Some(i),
-                enforced: true,
-                ..EndpointState::default()
-            });
-        }
-        let applied = BTreeSet::from([5]);
-        fit_endpoints(&mut d, &mut state, 3, &applied);
-        let kept: Vec<u32> = d.endpoints.keys().copied().collect();
-        assert_eq!(kept, [2, 3, 5], "held 3, applied 5, then group member 2");
-        let out: Vec<&str> = state
-            .unenforceable
-            .iter()
-            .map(|u| u.container.as_str())
-            .collect();
-        assert_eq!(out, ["c4", "c1"]);
-        assert!(state.unenforceable[0]
-            .reason
-            .contains("endpoints map is full"));
-        assert!(!state.endpoints[0].enforced && state.endpoints[1].enforced);
-        // Within capacity nothing changes.
-        let before = d.clone();
-        fit_endpoints(&mut d, &mut state, 8, &applied);
-        assert_eq!(d, before);
     }
 }

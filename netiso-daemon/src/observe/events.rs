@@ -25,10 +25,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
 
-use crate::counters::open_pinned;
-use crate::filter::{Filter, Subject};
-use crate::state::State;
-use crate::stats::{addr, proto_name};
+use crate::datapath::counters::open_pinned;
+use crate::observe::filter::{Filter, Subject};
+use crate::observe::state::State;
+use crate::observe::stats::{addr, proto_name};
 
 /// Events kept for subscribers that have not read them yet.
 pub const FANOUT_CAPACITY: usize = 4096;
@@ -374,7 +374,7 @@ async fn poll_limits(pin_dir: PathBuf, hub: Arc<EventHub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::EndpointState;
+    use crate::observe::state::EndpointState;
     use netiso_common::{family, proto, FlowKey};
 
     fn bytes_of(ev: &Event) -> Vec<u8> {

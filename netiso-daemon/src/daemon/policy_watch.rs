@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::daemon::Control;
+use crate::api::control::Control;
 
 pub const POLL: Duration = Duration::from_secs(1);
 pub const SETTLE: Duration = Duration::from_millis(300);

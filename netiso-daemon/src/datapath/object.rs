@@ -658,7 +658,7 @@ impl Datapath {
             if let Some((path, _)) = NlRecord::find(&self.link_pin(ifindex, attach)) {
                 // The interface may be gone already (and the filter with it);
                 // only filters carrying our program's name are removed.
-                if let Ok(Some(name)) = crate::netlink::link_name(ifindex) {
+                if let Ok(Some(name)) = crate::host::netlink::link_name(ifindex) {
                     let _ = aya::programs::tc::qdisc_detach_program(&name, attach, prog_name);
                 }
                 let _ = std::fs::remove_dir(path);

@@ -30,7 +30,7 @@ use anyhow::{bail, Context as _, Result};
 use netiso_common::{identity, proto, Action};
 use serde::Serialize;
 
-use crate::commands::Conn;
+use crate::cli::commands::Conn;
 use crate::model::Container;
 use crate::policy::{self, Compiled, IdentityAllocator, Policy, PortSpec, Proto};
 
@@ -792,12 +792,12 @@ fn policy_path(a: &VerifyArgs) -> Result<PathBuf> {
     if let Some(p) = &a.policy {
         return Ok(p.clone());
     }
-    if let Ok(r) = crate::commands::fetch_status(&a.conn) {
+    if let Ok(r) = crate::cli::commands::fetch_status(&a.conn) {
         if !r.policy.path.as_os_str().is_empty() {
             return Ok(r.policy.path);
         }
     }
-    let state = crate::state::State::read(&a.conn.state_dir)?;
+    let state = crate::observe::state::State::read(&a.conn.state_dir)?;
     if state.policy_path.as_os_str().is_empty() {
         bail!("no policy known: start the daemon, or pass --policy PATH");
     }
@@ -817,7 +817,7 @@ pub fn verify(a: &VerifyArgs) -> Result<Report> {
         .enable_all()
         .build()?
         .block_on(async {
-            crate::docker::DockerClient::connect()
+            crate::host::docker::DockerClient::connect()
                 .await?
                 .running_containers()
                 .await

@@ -1,0 +1,342 @@
+//! The desired datapath contents: the compiled policy mapped onto the
+//! containers' endpoints, fitted to the endpoints map, and why an
+//! attachment cannot be enforced. Pure functions of their inputs.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use netiso_common::{identity, IdentityInfo, IpKey, PublishedKey, PublishedValue};
+use tracing::{error, warn};
+
+use crate::datapath::{Desired, EndpointSpec};
+use crate::model::Container;
+use crate::observe::state::{EndpointState, RuleState, State, Unenforceable};
+use crate::policy::{Compiled, Policy};
+
+/// Whether a Docker network mode gives the container a network namespace of
+/// its own (and so, on a bridge-like network, a veth).
+pub(crate) fn has_own_netns(network_mode: &str) -> bool {
+    !(network_mode == "host" || network_mode == "none" || network_mode.starts_with("container:"))
+}
+
+/// Drivers whose attachments never have a host-side veth.
+pub(crate) fn no_veth_driver(driver: Option<&str>) -> bool {
+    matches!(driver, Some("macvlan" | "ipvlan" | "host" | "null"))
+}
+
+/// Why an attachment of a container in some group has no veth to enforce
+/// at, in words an operator can act on.
+pub fn unenforceable_reason(c: &Container, network: &str, driver: Option<&str>) -> String {
+    let mode = c.network_mode.as_str();
+    if mode == "host" {
+        return "runs with --network host: it shares the host's network stack, there is no \
+                veth of its own; its traffic is judged as the host's"
+            .into();
+    }
+    if mode == "none" {
+        return "runs with --network none: no interface but loopback, nothing to enforce \
+                (and no way in or out)"
+            .into();
+    }
+    if let Some(other) = mode.strip_prefix("container:") {
+        return format!(
+            "runs with --network container:{other}: it shares that container's interfaces, \
+             which are enforced with that container's groups"
+        );
+    }
+    match driver {
+        Some(d @ ("macvlan" | "ipvlan")) => format!(
+            "network {network:?} uses the {d} driver: its traffic leaves through the parent \
+             interface without a veth, so netiso cannot attach to it"
+        ),
+        Some(d) if d != "bridge" => format!(
+            "network {network:?} uses the {d} driver, which gives the container no host-side veth"
+        ),
+        _ => format!(
+            "no host-side veth found on network {network:?} yet (container starting or \
+             stopping?); looked up again shortly and at every resync"
+        ),
+    }
+}
+
+/// Keeps the endpoints that fit the endpoints map when there are more than
+/// it holds, loudly: held (fail-closed) endpoints first, so that they stay
+/// closed; then those already in the map, so that nothing enforced now
+/// stops being enforced; then containers in groups; then the rest. Those
+/// left out are reported as unenforceable with the reason.
+pub fn fit_endpoints(d: &mut Desired, state: &mut State, capacity: usize, applied: &BTreeSet<u32>) {
+    if d.endpoints.len() <= capacity {
+        return;
+    }
+    let rank = |ifindex: &u32, spec: &crate::datapath::EndpointSpec| {
+        if spec.flags & netiso_common::endpoint_flags::FAIL_CLOSED != 0 {
+            0
+        } else if applied.contains(ifindex) {
+            1
+        } else if spec.identity >= identity::FIRST_GROUP_IDENTITY || spec.flags != 0 {
+            2
+        } else {
+            3
+        }
+    };
+    let mut order: Vec<(u8, u32)> = d.endpoints.iter().map(|(i, s)| (rank(i, s), *i)).collect();
+    order.sort();
+    let total = order.len();
+    for (_, ifindex) in order.into_iter().skip(capacity) {
+        d.endpoints.remove(&ifindex);
+        for e in state
+            .endpoints
+            .iter_mut()
+            .filter(|e| e.ifindex == Some(ifindex))
+        {
+            e.enforced = false;
+            e.guarded = false;
+            state.unenforceable.push(Unenforceable {
+                container: e.container.clone(),
+                network: e.network.clone(),
+                reason: format!(
+                    "the endpoints map is full ({total} container veths, room for \
+                     {capacity}): this one is not enforced"
+                ),
+            });
+        }
+    }
+    error!(
+        endpoints = total,
+        capacity,
+        "the endpoints map is full: {} container veths are not enforced",
+        total - capacity
+    );
+}
+
+/// Gives the host's own addresses the `host` identity (container
+/// addresses, should one coincide, keep theirs).
+pub fn add_host_addresses(d: &mut Desired, addrs: &[IpAddr]) {
+    for ip in addrs {
+        d.identities
+            .entry(IpKey::from_ip(*ip, 0))
+            .or_insert(IdentityInfo {
+                identity: identity::HOST,
+                flags: 0,
+            });
+    }
+}
+
+/// Maps the compiled policy onto endpoints: every container address gets
+/// its identity; every veth of a container in some group gets the programs.
+pub fn build_desired(
+    compiled: &Compiled,
+    containers: &[Container],
+    policy: &Policy,
+    drivers: &BTreeMap<String, String>,
+) -> (Desired, State) {
+    let mut d = Desired {
+        policy: compiled.entries.clone(),
+        cidrs: compiled
+            .cidrs
+            .iter()
+            .map(|e| {
+                let info = IdentityInfo {
+                    identity: e.identity,
+                    flags: e.flags,
+                };
+                ((e.addr, e.prefix_len), info)
+            })
+            .collect(),
+        ..Desired::default()
+    };
+    let mut state = State::default();
+    for (id, def) in &compiled.identities {
+        let names = match *id {
+            identity::HOST => vec!["host".to_string()],
+            identity::WORLD => vec!["world".to_string()],
+            identity::UNMANAGED => vec!["unmanaged".to_string()],
+            _ => def.groups.clone(),
+        };
+        state.identities.insert(*id, names);
+    }
+    for c in containers {
+        let id = compiled
+            .container_identity
+            .get(&c.id)
+            .copied()
+            .unwrap_or(identity::UNMANAGED);
+        let flags = compiled.identities.get(&id).map_or(0, |def| def.flags);
+        // A container in no group is policed too when `[settings]
+        // unmanaged` denies a direction (its identity then has flags).
+        let managed = id >= identity::FIRST_GROUP_IDENTITY || flags != 0;
+        // A port the host publishes for this container stands for it: a
+        // container reaching it through the host (docker-proxy) is judged
+        // as reaching this container on the container's port.
+        for p in &c.published {
+            let key = PublishedKey {
+                port: p.host_port,
+                proto: p.proto,
+                slot: 0,
+            };
+            if let Some(other) = d.published.get(&key) {
+                if other.identity != id {
+                    warn!(
+                        port = p.host_port,
+                        container = %c.name,
+                        "a host port is published for two containers; the last one listed wins"
+                    );
+                }
+            }
+            d.published.insert(
+                key,
+                PublishedValue {
+                    identity: id,
+                    flags,
+                    port: p.container_port,
+                    _pad: [0; 2],
+                },
+            );
+        }
+        let groups = policy.groups_of(c);
+        // Host, none and container: modes have no veth of their own: one
+        // entry for the container, not one per pseudo-network.
+        let own_netns = has_own_netns(&c.network_mode);
+        if managed && (!own_netns || c.networks.is_empty()) {
+            state.unenforceable.push(Unenforceable {
+                container: c.name.clone(),
+                network: c.network_mode.clone(),
+                reason: unenforceable_reason(c, &c.network_mode, None),
+            });
+        }
+        for a in &c.networks {
+            let ips = a
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(a.ipv6.map(IpAddr::V6));
+            // The link-local address (EUI-64 of the MAC) speaks for the
+            // container too: without it, a link-local sender would be "world".
+            let link_local = a.mac.map(|m| IpAddr::V6(crate::datapath::link_local_of(m)));
+            for ip in ips.chain(link_local) {
+                d.identities.insert(
+                    IpKey::from_ip(ip, 0),
+                    IdentityInfo {
+                        identity: id,
+                        flags,
+                    },
+                );
+            }
+            let mut enforced = false;
+            let mut guarded = false;
+            // Every container veth gets the programs: containers in no
+            // group too, so that none can send from another's address or
+            // send what netiso does not understand. Policy verdicts for
+            // them stay those of the `unmanaged` identity.
+            {
+                match (a.host_ifindex, &a.host_ifname) {
+                    (Some(ifindex), Some(ifname)) => {
+                        d.endpoints.insert(
+                            ifindex,
+                            EndpointSpec {
+                                ifname: ifname.clone(),
+                                identity: id,
+                                flags,
+                                ipv4: a.ipv4,
+                                ipv6: a.ipv6,
+                                mac: a.mac,
+                                ipv4_prefix_len: a.ipv4_prefix_len,
+                            },
+                        );
+                        enforced = managed;
+                        guarded = true;
+                    }
+                    _ if !own_netns || !managed => {}
+                    _ => state.unenforceable.push(Unenforceable {
+                        container: c.name.clone(),
+                        network: a.network.clone(),
+                        reason: unenforceable_reason(
+                            c,
+                            &a.network,
+                            drivers.get(&a.network).map(String::as_str),
+                        ),
+                    }),
+                }
+            }
+            state.endpoints.push(EndpointState {
+                container_id: c.id.clone(),
+                container: c.name.clone(),
+                groups: groups.clone(),
+                identity: id,
+                network: a.network.clone(),
+                ifindex: a.host_ifindex,
+                ifname: a.host_ifname.clone(),
+                ip: a.ipv4.map(Into::into),
+                enforced,
+                guarded,
+            });
+        }
+    }
+    state.rules = compiled
+        .rules
+        .iter()
+        .map(|r| RuleState {
+            id: r.id,
+            from: r.from.clone(),
+            to: r.to.clone(),
+            ports: r.ports.clone(),
+            action: r.action.as_str().into(),
+            description: r.description.clone(),
+            location: r.location.clone(),
+        })
+        .collect();
+    (d, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::EndpointSpec;
+    use crate::observe::state::EndpointState;
+
+    /// Over capacity: held endpoints stay closed, enforced ones stay
+    /// enforced, group members come before containers in no group, and
+    /// every one left out is reported.
+    #[test]
+    fn a_full_endpoints_map_keeps_holds_and_enforced_endpoints_first() {
+        let spec = |identity, flags| EndpointSpec {
+            ifname: "v".into(),
+            identity,
+            flags,
+            ..EndpointSpec::default()
+        };
+        let mut d = Desired::default();
+        let held = netiso_common::endpoint_flags::FAIL_CLOSED;
+        d.endpoints.insert(1, spec(identity::UNMANAGED, 0));
+        d.endpoints.insert(2, spec(300, 0));
+        d.endpoints.insert(3, spec(identity::UNMANAGED, held));
+        d.endpoints.insert(4, spec(301, 0));
+        d.endpoints.insert(5, spec(identity::UNMANAGED, 0));
+        let mut state = State::default();
+        for i in 1..=5u32 {
+            state.endpoints.push(EndpointState {
+                container: format!("c{i}"),
+                ifindex: Some(i),
+                enforced: true,
+                ..EndpointState::default()
+            });
+        }
+        let applied = BTreeSet::from([5]);
+        fit_endpoints(&mut d, &mut state, 3, &applied);
+        let kept: Vec<u32> = d.endpoints.keys().copied().collect();
+        assert_eq!(kept, [2, 3, 5], "held 3, applied 5, then group member 2");
+        let out: Vec<&str> = state
+            .unenforceable
+            .iter()
+            .map(|u| u.container.as_str())
+            .collect();
+        assert_eq!(out, ["c4", "c1"]);
+        assert!(state.unenforceable[0]
+            .reason
+            .contains("endpoints map is full"));
+        assert!(!state.endpoints[0].enforced && state.endpoints[1].enforced);
+        // Within capacity nothing changes.
+        let before = d.clone();
+        fit_endpoints(&mut d, &mut state, 8, &applied);
+        assert_eq!(d, before);
+    }
+}

@@ -1,0 +1,15 @@
+//! The `netiso daemon` process: run loop, desired state, options and config, services beside the loop, policy watch, fail-closed holds, hardening; may use every layer below (`api` and down).
+pub mod config;
+pub mod desired;
+pub mod fail_closed;
+pub mod options;
+pub mod policy_perms;
+pub mod policy_watch;
+pub mod privileges;
+mod run;
+pub mod sd_notify;
+pub mod services;
+
+pub use desired::{add_host_addresses, build_desired, fit_endpoints, unenforceable_reason};
+pub use options::{Options, ServiceOptions};
+pub use run::run;

@@ -1,0 +1,38 @@
+//! What `netiso daemon` is started with: the loop's options and those of
+//! the services beside it (flattened into the command line).
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub policy: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Let ethertypes other than IPv4, IPv6 and ARP pass managed endpoints.
+    pub allow_non_ip: bool,
+    /// Control socket, metrics, events.
+    pub services: ServiceOptions,
+    /// Full resync with Docker this often (repairs drift); `None`: never.
+    pub resync_interval: Option<Duration>,
+    /// Reload the policy when its file changes.
+    pub watch_policy: bool,
+}
+
+/// Daemon options of the services (flattened into `netiso daemon`).
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// Control socket path [default: <state-dir>/netiso.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Group (name or number) whose members may use the control socket,
+    /// besides root.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Address of the Prometheus metrics endpoint; `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:9469")]
+    pub metrics_addr: String,
+    /// Drop and audit events sent to user space per second per CPU; more
+    /// are counted as suppressed. 0 turns events off [default: 1000].
+    #[arg(long)]
+    pub event_rate: Option<u32>,
+}

@@ -1,0 +1,8 @@
+//! What the daemon shows: published state, events, stats, status, metrics, loop telemetry and the filters they share; may use `datapath`, `host`, `policy`, `model`.
+pub mod events;
+pub mod filter;
+pub mod metrics;
+pub mod state;
+pub mod stats;
+pub mod status;
+pub mod telemetry;
