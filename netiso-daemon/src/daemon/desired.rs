@@ -292,6 +292,8 @@ mod tests {
     use super::*;
     use crate::datapath::EndpointSpec;
     use crate::observe::state::EndpointState;
+    use crate::policy::tests::container;
+    use crate::policy::{compile, parse_str, IdentityAllocator, FIRST_CIDR_IDENTITY};
 
     /// Over capacity: held endpoints stay closed, enforced ones stay
     /// enforced, group members come before containers in no group, and
@@ -338,5 +340,56 @@ mod tests {
         let before = d.clone();
         fit_endpoints(&mut d, &mut state, 8, &applied);
         assert_eq!(d, before);
+    }
+
+    /// The daemon side of unmanaged defaults and address blocks: containers in
+    /// no group get programs exactly when `[settings] unmanaged` denies
+    /// something, and the CIDR entries reach the datapath.
+    #[test]
+    fn unmanaged_defaults_and_blocks_reach_the_datapath() {
+        use netiso_common::{defaults, identity};
+        let with_veth = |name: &str, labels: &[(&str, &str)], ifindex: u32, ip: [u8; 4]| {
+            let mut c = container(name, labels, &["n"]);
+            let a = &mut c.networks[0];
+            a.host_ifindex = Some(ifindex);
+            a.host_ifname = Some(format!("veth{ifindex}"));
+            a.ipv4 = Some(ip.into());
+            c.network_mode = "n".into();
+            c
+        };
+        let cs = [
+            with_veth("web", &[("app", "web")], 10, [172, 20, 0, 2]),
+            with_veth("plain", &[], 11, [172, 20, 0, 3]),
+        ];
+        let rules = "[groups.web]\nlabels = { app = \"web\" }\n\
+                     [[rules]]\nfrom = \"web\"\nto = { cidr = \"198.18.0.0/15\", except = [\"198.18.1.0/24\"] }\naction = \"deny\"\n";
+        let build = |text: &str| {
+            let p = parse_str(text, "d.toml").unwrap();
+            let compiled = compile(&p, &cs, &mut IdentityAllocator::new()).unwrap();
+            build_desired(&compiled, &cs, &p, &BTreeMap::new()).0
+        };
+
+        let d = build(rules);
+        assert!(d.endpoints.contains_key(&10));
+        // A container in no group gets the programs too (anti-spoofing and the
+        // checks of what netiso does not understand), with the unmanaged
+        // identity's allow defaults: Docker's behaviour for its traffic.
+        let plain = &d.endpoints[&11];
+        assert_eq!((plain.identity, plain.flags), (identity::UNMANAGED, 0));
+        let cidr = |a: [u8; 4], len| d.cidrs[&(std::net::IpAddr::from(a), len)].identity;
+        assert_eq!(cidr([198, 18, 0, 0], 15), FIRST_CIDR_IDENTITY);
+        assert_eq!(cidr([198, 18, 1, 0], 24), identity::WORLD);
+        assert_eq!(d.cidrs.len(), 2);
+
+        let d = build(&format!(
+            "[settings]\nunmanaged = {{ ingress = \"deny\" }}\n{rules}"
+        ));
+        let plain = &d.endpoints[&11];
+        assert_eq!(
+            (plain.identity, plain.flags),
+            (identity::UNMANAGED, defaults::DENY_INGRESS)
+        );
+        let ip = netiso_common::IpKey::v4([172, 20, 0, 3], 0);
+        assert_eq!(d.identities[&ip].flags, defaults::DENY_INGRESS);
     }
 }

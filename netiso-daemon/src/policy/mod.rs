@@ -86,4 +86,4 @@ pub fn load_path(path: &Path) -> Result<Policy, PolicyError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
