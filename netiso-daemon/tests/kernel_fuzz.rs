@@ -87,10 +87,32 @@ fn regressions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/kernel")
 }
 
+/// A frame as sent: after a `virtio_net_hdr` or not.
+type Frame = (Option<[u8; 10]>, Vec<u8>);
+
 /// A regression file: its name and frames (placeholder tags inside).
 struct Regression {
     name: String,
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
+}
+
+/// One frame line of a regression file: `[vnet=<20 hex digits> ]<frame hex>`.
+fn parse_frame_line(l: &str) -> Option<Frame> {
+    match l.strip_prefix("vnet=") {
+        Some(rest) => {
+            let (h, f) = rest.split_once(char::is_whitespace)?;
+            let h: [u8; 10] = gen::parse_hex(h)?.try_into().ok()?;
+            Some((Some(h), gen::parse_hex(f)?))
+        }
+        None => Some((None, gen::parse_hex(l)?)),
+    }
+}
+
+fn frame_line(f: &Frame) -> String {
+    match &f.0 {
+        Some(h) => format!("vnet={} {}", hex(h), hex(&f.1)),
+        None => hex(&f.1),
+    }
 }
 
 fn load_regressions() -> Vec<Regression> {
@@ -104,12 +126,13 @@ fn load_regressions() -> Vec<Regression> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).unwrap();
-            let frames: Vec<Vec<u8>> = text
+            let frames: Vec<Frame> = text
                 .lines()
                 .map(|l| l.split('#').next().unwrap_or("").trim())
                 .filter(|l| !l.is_empty())
                 .map(|l| {
-                    gen::parse_hex(l).unwrap_or_else(|| panic!("{}: not hex: {l}", p.display()))
+                    parse_frame_line(l)
+                        .unwrap_or_else(|| panic!("{}: not a frame line: {l}", p.display()))
                 })
                 .collect();
             assert!(!frames.is_empty(), "{}: no frame", p.display());
@@ -422,7 +445,7 @@ fn generated_inputs_carry_their_tag() {
     for i in 0..count {
         let input = generate(DEFAULT_SEED ^ 0x77, i, &n, i as u32);
         let last = input.frames.last().unwrap();
-        assert!(last.len() <= gen::MAX_FRAME && last.len() >= 14);
+        assert!((last.len() <= gen::MAX_FRAME || input.vnet.is_some()) && last.len() >= 14);
         if input.tagless {
             assert!(
                 gen::find(last, &gen::short_mark(&n.marker)).is_some()
@@ -677,10 +700,10 @@ fn send_all(
     let start = Instant::now();
     // A tagless frame is strict link control that may pass: it is not
     // expected among the counted drops.
-    let mut send = |f: &[u8], tagless: Option<u64>, out: &mut Sent| {
+    let mut send = |vnet: Option<&[u8; 10]>, f: &[u8], tagless: Option<u64>, out: &mut Sent| {
         out.frames += 1;
         let counted = tagless.is_none() && must_be_counted(f, n);
-        if !s.send(f) {
+        if !s.send_with(vnet, f) {
             out.refused += 1;
             return;
         }
@@ -696,7 +719,7 @@ fn send_all(
         }
     };
     for (i, reg) in regressions.iter().enumerate() {
-        for f in &reg.frames {
+        for (vnet, f) in &reg.frames {
             let mut f = f.clone();
             let tagged = gen::find(&f, &gen::PLACEHOLDER_MARK).is_some();
             retag(&mut f, &gen::PLACEHOLDER_MARK, |_| {
@@ -704,15 +727,17 @@ fn send_all(
             });
             remark(&mut f, &gen::PLACEHOLDER_MARK, &n.marker);
             let origin = (!tagged).then_some(REPLAY_ORIGIN + i as u64);
-            send(&f, origin, &mut out);
+            send(vnet.as_ref(), &f, origin, &mut out);
         }
     }
     let mut index = 0u64;
     while index < max_inputs && start.elapsed() < budget {
         let input = generate(seed, index, n, index as u32);
         *out.per_template.entry(input.template).or_default() += 1;
-        for f in &input.frames {
-            send(f, input.tagless.then_some(index), &mut out);
+        let last = input.frames.len() - 1;
+        for (k, f) in input.frames.iter().enumerate() {
+            let vnet = if k == last { input.vnet.as_ref() } else { None };
+            send(vnet, f, input.tagless.then_some(index), &mut out);
         }
         index += 1;
         out.inputs += 1;
@@ -732,7 +757,7 @@ struct Crossing {
     origin: String,
     template: String,
     notes: Vec<String>,
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
     received: Vec<(String, Vec<u8>)>,
 }
 
@@ -788,8 +813,15 @@ fn crossings(
                     template,
                     notes,
                     frames,
+                    vnet,
                     ..
                 } = generate(seed, i, n, i as u32);
+                let last = frames.len() - 1;
+                let frames = frames
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, f)| (if k == last { vnet } else { None }, f))
+                    .collect();
                 Crossing {
                     origin: format!("seed {seed:#x} input {i}"),
                     template: template.to_string(),
@@ -845,11 +877,11 @@ fn write_regression(c: &Crossing, n: &Net, seed: u64) -> Option<PathBuf> {
         text,
         "# Frames in order, one per line; the tag is the placeholder."
     );
-    for f in &c.frames {
+    for (vnet, f) in &c.frames {
         let mut f = f.clone();
         retag(&mut f, &n.marker, |_| placeholder());
         remark(&mut f, &n.marker, &gen::PLACEHOLDER_MARK);
-        let _ = writeln!(text, "{}", hex(&f));
+        let _ = writeln!(text, "{}", frame_line(&(*vnet, f)));
     }
     std::fs::write(&path, text).ok()?;
     Some(path)
@@ -1038,7 +1070,12 @@ fn nothing_crosses_a_denied_pair() {
                 c.notes.join("; ")
             );
             for f in &c.frames {
-                let _ = writeln!(report, "  sent     {} ({})", hex(f), gen::describe(f));
+                let _ = writeln!(
+                    report,
+                    "  sent     {} ({})",
+                    frame_line(f),
+                    gen::describe(&f.1)
+                );
             }
             for (via, b) in c.received.iter().take(3) {
                 let _ = writeln!(report, "  received via {via}: {}", hex(b));
