@@ -15,9 +15,12 @@
 //! joined) and raw IP sockets for a few protocols. Every frame the
 //! attacker sends carries a per-run random marker (in a 16-byte tag with
 //! the frame's sequence number, built so that it never changes a
-//! checksum). Checked:
+//! checksum); strict link control, which has no room for a tag, carries
+//! six bytes of it in its Ethernet destination or 28 bits in its IPv6
+//! traffic class and flow label. Some frames go out with a
+//! `virtio_net_hdr` (GSO, checksum offload). Checked:
 //!
-//! - no receiver of the victim sees the marker;
+//! - no receiver of the victim sees the marker (or those parts of it);
 //! - every frame that must meet netiso (it leaves the attacker, and the
 //!   bridge would take it anywhere but to the host alone) is counted
 //!   under a drop reason, on the attacker's veth or the victim's;
@@ -26,16 +29,19 @@
 //! Before netiso is attached, a calibration shows each kind of receiver
 //! receiving (so a deaf receiver cannot pass the test).
 //!
-//! Every `fuzz/regressions/kernel/*.hex` (comment lines `#`, then one
-//! frame per line in hex; the placeholder tag `6b66757a7a4d524b...` is
-//! replaced by the run's tag) is replayed before the random frames. A
-//! crossing is written there as a new file, and printed with the seed.
+//! Afterwards, strict ARP/NS/NA from the attacker must still arrive (the
+//! link works). Every `fuzz/regressions/kernel/*.hex` (comment lines `#`,
+//! then one frame per line in hex, optionally `vnet=<hdr> ` first; the
+//! placeholder marker `kfuzzMRK` is replaced by the run's) is replayed
+//! before the random frames. A crossing is written there as a new file,
+//! and printed with the seed (docs/fuzzing.md).
 //!
 //! Environment: `NETISO_KFUZZ_SEED` (decimal or 0x-hex),
 //! `NETISO_KFUZZ_FRAMES` (inputs; default 10000, unbounded when only
 //! the time is given), `NETISO_KFUZZ_SECONDS` (default 45),
 //! `NETISO_KFUZZ_SUMMARY` (a file to write the summary to),
-//! `NETISO_KFUZZ_NO_WRITE` (do not write regression files).
+//! `NETISO_KFUZZ_NO_WRITE` (do not write regression files),
+//! `NETISO_KFUZZ_GEN_CHECK` (inputs the generator self-test builds).
 mod common;
 #[path = "kernel_fuzz/gen.rs"]
 mod gen;
@@ -1115,6 +1121,10 @@ fn nothing_crosses_a_denied_pair() {
         found.len()
     );
     assert!(total_grown > 0, "no drop was counted at all");
+    assert!(
+        got.watched.iter().all(|&k| k > 0),
+        "strict ARP/NS/NA (as Linux sends them) no longer reach a peer: the link is broken; see above"
+    );
     if rows < limits::FLOWS as usize / 2 {
         assert!(
             counted >= sent.must_count,
