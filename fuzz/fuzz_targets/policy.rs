@@ -53,6 +53,7 @@ fn containers(lits: &[String]) -> Vec<Container> {
             labels.insert("com.docker.compose.project".to_string(), at(i + 1));
             labels.insert("com.docker.compose.service".to_string(), at(i + 5));
             Container {
+                published: Vec::new(),
                 id: format!("c{i}"),
                 name: at(i),
                 image: at(i + 1),

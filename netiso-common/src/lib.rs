@@ -28,9 +28,10 @@ pub mod maps {
     pub const EVENTS: &str = "NETISO_EVENTS";
     pub const EVENT_RATE: &str = "NETISO_EVENT_RATE";
     pub const ERRORS: &str = "NETISO_ERRORS";
+    pub const PUBLISHED: &str = "NETISO_PUBLISHED";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -44,6 +45,7 @@ pub mod maps {
         EVENTS,
         EVENT_RATE,
         ERRORS,
+        PUBLISHED,
     ];
 }
 
@@ -71,6 +73,8 @@ pub mod limits {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Default events per second per CPU before events are suppressed.
     pub const DEFAULT_EVENT_RATE: u32 = 1000;
+    /// Ports the host publishes for containers (`docker run -p`), both slots.
+    pub const PUBLISHED: u32 = 8192;
     /// Rule ids run from 1 to `RULES - 1`; 0 stands for "a group default".
     pub const RULES: u32 = 16384;
 }
@@ -390,6 +394,30 @@ pub struct PolicyValue {
     pub rule_id: u32,
 }
 
+/// Key of the published-ports map: a TCP or UDP port the host publishes for
+/// a container (`docker run -p`), in one policy slot. A container that
+/// connects to it on a host address is judged as reaching that container.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublishedKey {
+    /// Host port, host order.
+    pub port: u16,
+    pub proto: u8,
+    pub slot: u8,
+}
+
+/// Value of the published-ports map: the container behind the port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublishedValue {
+    pub identity: u32,
+    /// `defaults::*` bits of that identity.
+    pub flags: u32,
+    /// The container's own port, host order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
 /// Conntrack key: one connection as seen by one endpoint. State is scoped
 /// per endpoint (the host-side veth's ifindex): what one endpoint admitted
 /// never lets a packet skip another endpoint's policy. Addresses and ports
@@ -621,6 +649,8 @@ mod user {
     unsafe impl aya::Pod for CidrKey {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for PublishedKey {}
+    unsafe impl aya::Pod for PublishedValue {}
 
     impl core::fmt::Display for DropReason {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -656,6 +686,8 @@ mod tests {
         assert_eq!(size_of::<CidrKey>(), 20);
         assert_eq!(size_of::<Event>(), 72);
         assert_eq!(size_of::<RateState>(), 16);
+        assert_eq!(size_of::<PublishedKey>(), 4);
+        assert_eq!(size_of::<PublishedValue>(), 12);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
         assert_eq!(core::mem::offset_of!(Settings, generation), 12);

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::StreamExt as _;
-use netiso_common::{identity, IdentityInfo, IpKey};
+use netiso_common::{identity, IdentityInfo, IpKey, PublishedKey, PublishedValue};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
@@ -603,6 +603,18 @@ impl Daemon {
             &self.policy.fail_closed_networks(),
         );
         state.held = self.holds.state();
+        match self.dp.endpoint_capacity() {
+            Ok(capacity) => fit_endpoints(
+                &mut desired,
+                &mut state,
+                capacity as usize,
+                &self.dp.applied_endpoints(),
+            ),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "cannot read the endpoints map's size"
+            ),
+        }
         add_host_addresses(&mut desired, &self.host_addrs);
         // Name every identity ever given out, not only those in use, so
         // that older flow rows still read right.
@@ -696,6 +708,55 @@ pub fn unenforceable_reason(c: &Container, network: &str, driver: Option<&str>) 
     }
 }
 
+/// Keeps the endpoints that fit the endpoints map when there are more than
+/// it holds, loudly: held (fail-closed) endpoints first, so that they stay
+/// closed; then those already in the map, so that nothing enforced now
+/// stops being enforced; then containers in groups; then the rest. Those
+/// left out are reported as unenforceable with the reason.
+pub fn fit_endpoints(d: &mut Desired, state: &mut State, capacity: usize, applied: &BTreeSet<u32>) {
+    if d.endpoints.len() <= capacity {
+        return;
+    }
+    let rank = |ifindex: &u32, spec: &crate::datapath::EndpointSpec| {
+        if spec.flags & netiso_common::endpoint_flags::FAIL_CLOSED != 0 {
+            0
+        } else if applied.contains(ifindex) {
+            1
+        } else if spec.identity >= identity::FIRST_GROUP_IDENTITY || spec.flags != 0 {
+            2
+        } else {
+            3
+        }
+    };
+    let mut order: Vec<(u8, u32)> = d.endpoints.iter().map(|(i, s)| (rank(i, s), *i)).collect();
+    order.sort();
+    let total = order.len();
+    for (_, ifindex) in order.into_iter().skip(capacity) {
+        d.endpoints.remove(&ifindex);
+        for e in state
+            .endpoints
+            .iter_mut()
+            .filter(|e| e.ifindex == Some(ifindex))
+        {
+            e.enforced = false;
+            state.unenforceable.push(Unenforceable {
+                container: e.container.clone(),
+                network: e.network.clone(),
+                reason: format!(
+                    "the endpoints map is full ({total} container veths, room for \
+                     {capacity}): this one is not enforced"
+                ),
+            });
+        }
+    }
+    error!(
+        endpoints = total,
+        capacity,
+        "the endpoints map is full: {} container veths are not enforced",
+        total - capacity
+    );
+}
+
 /// Gives the host's own addresses the `host` identity (container
 /// addresses, should one coincide, keep theirs).
 pub fn add_host_addresses(d: &mut Desired, addrs: &[IpAddr]) {
@@ -752,6 +813,34 @@ pub fn build_desired(
         // A container in no group is policed too when `[settings]
         // unmanaged` denies a direction (its identity then has flags).
         let managed = id >= identity::FIRST_GROUP_IDENTITY || flags != 0;
+        // A port the host publishes for this container stands for it: a
+        // container reaching it through the host (docker-proxy) is judged
+        // as reaching this container on the container's port.
+        for p in &c.published {
+            let key = PublishedKey {
+                port: p.host_port,
+                proto: p.proto,
+                slot: 0,
+            };
+            if let Some(other) = d.published.get(&key) {
+                if other.identity != id {
+                    warn!(
+                        port = p.host_port,
+                        container = %c.name,
+                        "a host port is published for two containers; the last one listed wins"
+                    );
+                }
+            }
+            d.published.insert(
+                key,
+                PublishedValue {
+                    identity: id,
+                    flags,
+                    port: p.container_port,
+                    _pad: [0; 2],
+                },
+            );
+        }
         let groups = policy.groups_of(c);
         // Host, none and container: modes have no veth of their own: one
         // entry for the container, not one per pseudo-network.
@@ -842,4 +931,58 @@ pub fn build_desired(
         })
         .collect();
     (d, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::EndpointSpec;
+    use crate::state::EndpointState;
+
+    /// Over capacity: held endpoints stay closed, enforced ones stay
+    /// enforced, group members come before containers in no group, and
+    /// every one left out is reported.
+    #[test]
+    fn a_full_endpoints_map_keeps_holds_and_enforced_endpoints_first() {
+        let spec = |identity, flags| EndpointSpec {
+            ifname: "v".into(),
+            identity,
+            flags,
+            ..EndpointSpec::default()
+        };
+        let mut d = Desired::default();
+        let held = netiso_common::endpoint_flags::FAIL_CLOSED;
+        d.endpoints.insert(1, spec(identity::UNMANAGED, 0));
+        d.endpoints.insert(2, spec(300, 0));
+        d.endpoints.insert(3, spec(identity::UNMANAGED, held));
+        d.endpoints.insert(4, spec(301, 0));
+        d.endpoints.insert(5, spec(identity::UNMANAGED, 0));
+        let mut state = State::default();
+        for i in 1..=5u32 {
+            state.endpoints.push(EndpointState {
+                container: format!("c{i}"),
+                ifindex: Some(i),
+                enforced: true,
+                ..EndpointState::default()
+            });
+        }
+        let applied = BTreeSet::from([5]);
+        fit_endpoints(&mut d, &mut state, 3, &applied);
+        let kept: Vec<u32> = d.endpoints.keys().copied().collect();
+        assert_eq!(kept, [2, 3, 5], "held 3, applied 5, then group member 2");
+        let out: Vec<&str> = state
+            .unenforceable
+            .iter()
+            .map(|u| u.container.as_str())
+            .collect();
+        assert_eq!(out, ["c4", "c1"]);
+        assert!(state.unenforceable[0]
+            .reason
+            .contains("endpoints map is full"));
+        assert!(!state.endpoints[0].enforced && state.endpoints[1].enforced);
+        // Within capacity nothing changes.
+        let before = d.clone();
+        fit_endpoints(&mut d, &mut state, 8, &applied);
+        assert_eq!(d, before);
+    }
 }

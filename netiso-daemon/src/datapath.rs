@@ -20,7 +20,7 @@ use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use netiso_common::{
     limits, maps, programs, settings_flags, CidrKey, Endpoint, IdentityInfo, IpKey, PolicyKey,
-    PolicyValue, Settings, CIDR_KEY_PREFIX_BITS, LAYOUT_VERSION,
+    PolicyValue, PublishedKey, PublishedValue, Settings, CIDR_KEY_PREFIX_BITS, LAYOUT_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -89,6 +89,8 @@ pub struct Desired {
     /// addresses in `identities` win over these.
     pub cidrs: BTreeMap<(IpAddr, u8), IdentityInfo>,
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// Ports the host publishes for containers: who is behind each.
+    pub published: BTreeMap<PublishedKey, PublishedValue>,
 }
 
 /// What an `apply` did, for logs and tests.
@@ -289,6 +291,27 @@ impl Datapath {
         self.write_settings()
     }
 
+    /// How many entries the endpoints map holds.
+    pub fn endpoint_capacity(&self) -> Result<u32> {
+        let map = self
+            .ebpf
+            .map(maps::ENDPOINTS)
+            .context("endpoints map missing")?;
+        let data = match map {
+            aya::maps::Map::HashMap(m) => m,
+            _ => anyhow::bail!("the endpoints map is not a hash map"),
+        };
+        Ok(data.info()?.max_entries())
+    }
+
+    /// The endpoints written by the last successful apply.
+    pub fn applied_endpoints(&self) -> BTreeSet<u32> {
+        self.current
+            .as_ref()
+            .map(|c| c.endpoints.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Interfaces with programs attached by this process.
     pub fn attached(&self) -> &BTreeMap<u32, String> {
         &self.attached
@@ -359,6 +382,14 @@ impl Datapath {
             for (k, v) in &desired.policy {
                 pol.insert(PolicyKey { slot: next, ..*k }, *v, 0)
                     .context("writing the policy map (full?)")?;
+            }
+        }
+        {
+            let mut published = self.published_map()?;
+            for (k, v) in &desired.published {
+                published
+                    .insert(PublishedKey { slot: next, ..*k }, *v, 0)
+                    .context("writing the published-ports map (full?)")?;
             }
         }
         {
@@ -705,6 +736,17 @@ impl Datapath {
                 remove_ok(ids.remove(&k))?;
             }
         }
+        {
+            let mut published = self.published_map()?;
+            let stale: Vec<PublishedKey> = published
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.slot == inactive)
+                .collect();
+            for k in stale {
+                remove_ok(published.remove(&k))?;
+            }
+        }
         let mut pol = self.policy_map()?;
         let stale: Vec<PolicyKey> = pol
             .keys()
@@ -746,6 +788,14 @@ impl Datapath {
     fn cidrs_map(&mut self) -> Result<LpmTrie<&mut MapData, CidrKey, IdentityInfo>> {
         Ok(LpmTrie::try_from(
             self.ebpf.map_mut(maps::CIDRS).context("CIDR map missing")?,
+        )?)
+    }
+
+    fn published_map(&mut self) -> Result<BpfHashMap<&mut MapData, PublishedKey, PublishedValue>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::PUBLISHED)
+                .context("published-ports map missing")?,
         )?)
     }
 
@@ -809,7 +859,10 @@ fn cidr_key(addr: IpAddr, len: u8, slot: u8) -> LpmKey<CidrKey> {
 /// without changing what any existing one says: then no packet can see a
 /// mixture of two policies, and no slot switch is needed.
 fn only_additions_and_removals(cur: &Desired, desired: &Desired) -> bool {
-    if cur.policy != desired.policy || cur.cidrs != desired.cidrs {
+    if cur.policy != desired.policy
+        || cur.cidrs != desired.cidrs
+        || cur.published != desired.published
+    {
         return false;
     }
     let same_where_both = |a: &BTreeMap<IpKey, IdentityInfo>, b: &BTreeMap<IpKey, IdentityInfo>| {

@@ -222,9 +222,10 @@ fn container_from_inspect(fallback_id: &str, r: ContainerInspectResponse) -> Opt
         .and_then(|p| u32::try_from(p).ok())
         .filter(|p| *p > 0)?;
     let config = r.config.unwrap_or_default();
-    let mut networks: Vec<Attachment> = r
-        .network_settings
-        .and_then(|n| n.networks)
+    let settings = r.network_settings.unwrap_or_default();
+    let published = published_ports(settings.ports.as_ref());
+    let mut networks: Vec<Attachment> = settings
+        .networks
         .unwrap_or_default()
         .into_iter()
         .map(|(name, ep)| Attachment {
@@ -262,7 +263,41 @@ fn container_from_inspect(fallback_id: &str, r: ContainerInspectResponse) -> Opt
             .and_then(|h| h.network_mode)
             .unwrap_or_default(),
         networks,
+        published,
     })
+}
+
+/// `NetworkSettings.Ports` (`"8080/tcp" -> [{HostIp, HostPort}]`) as the
+/// ports the host publishes; anything unparsable is skipped.
+fn published_ports(
+    ports: Option<&HashMap<String, Option<Vec<bollard::models::PortBinding>>>>,
+) -> Vec<crate::model::Published> {
+    let mut out = Vec::new();
+    for (spec, bindings) in ports.into_iter().flatten() {
+        let Some((port, proto)) = spec.split_once('/') else {
+            continue;
+        };
+        let proto = match proto {
+            "tcp" => netiso_common::proto::TCP,
+            "udp" => netiso_common::proto::UDP,
+            _ => continue,
+        };
+        let Ok(container_port) = port.parse::<u16>() else {
+            continue;
+        };
+        for b in bindings.iter().flatten() {
+            if let Some(host_port) = parse_opt::<u16>(b.host_port.as_deref()) {
+                out.push(crate::model::Published {
+                    proto,
+                    host_port,
+                    container_port,
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Empty strings (Docker's way of saying "none") and garbage both give `None`.

@@ -18,6 +18,17 @@ pub struct Container {
     /// `HostConfig.NetworkMode` (`bridge`, `host`, `none`, `container:…`, or a network name).
     pub network_mode: String,
     pub networks: Vec<Attachment>,
+    /// Ports the host publishes for the container (`docker run -p`).
+    pub published: Vec<Published>,
+}
+
+/// One published port: the host's port and the container's behind it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Published {
+    /// `netiso_common::proto::TCP` or `UDP`.
+    pub proto: u8,
+    pub host_port: u16,
+    pub container_port: u16,
 }
 
 /// One network the container is attached to.

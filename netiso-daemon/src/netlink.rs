@@ -497,6 +497,7 @@ mod tests {
         }
 
         let mut c = Container {
+            published: Vec::new(),
             id: "test".into(),
             name: "test".into(),
             pid,

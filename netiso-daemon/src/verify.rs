@@ -1030,6 +1030,7 @@ mod tests {
 
     fn container(name: &str, label: Option<&str>, net: &str, ip: [u8; 4]) -> Container {
         Container {
+            published: Vec::new(),
             id: format!("id-{name}"),
             name: name.into(),
             labels: label

@@ -506,6 +506,72 @@ fn state_on_one_endpoint_never_skips_anothers_policy() {
     assert_eq!(f.dropped(DropReason::NotForEndpoint), 1);
 }
 
+/// A port the host publishes for B (`docker run -p 30080:80`) stands for
+/// B: A reaching it on a host address is judged as A -> B:80.
+#[test]
+fn a_published_port_is_judged_as_the_container_behind_it() {
+    const HOST: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 254);
+    let mut d = desired(DENY_BOTH);
+    d.identities.insert(
+        IpKey::v4(HOST.octets(), 0),
+        IdentityInfo {
+            identity: netiso_common::identity::HOST,
+            flags: 0,
+        },
+    );
+    d.published.insert(
+        netiso_common::PublishedKey {
+            port: 30080,
+            proto: proto::TCP,
+            slot: 0,
+        },
+        netiso_common::PublishedValue {
+            identity: ID_B,
+            flags: 0,
+            port: 80,
+            _pad: [0; 2],
+        },
+    );
+    d.published.insert(
+        netiso_common::PublishedKey {
+            port: 30022,
+            proto: proto::TCP,
+            slot: 0,
+        },
+        netiso_common::PublishedValue {
+            identity: ID_B,
+            flags: 0,
+            port: 22,
+            _pad: [0; 2],
+        },
+    );
+    let mut f = Fixture::with(d);
+    // A may reach B:80, so it may reach B's published 30080.
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, HOST, 40000, 30080, SYN)),
+        tc::PASS
+    );
+    // B:22 is not A's to reach, through the host or not.
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, HOST, 40001, 30022, SYN)),
+        tc::ACT_SHOT
+    );
+    let rows = f.flows();
+    let (k, _) = rows.iter().find(|(k, _)| k.dport == 30022).expect("a row");
+    assert_eq!(
+        (k.dst_identity, k.reason),
+        (ID_B, DropReason::DefaultDeny as u8)
+    );
+    // Another host port is the host's own.
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, HOST, 40002, 30081, SYN)),
+        tc::ACT_SHOT
+    );
+    let rows = f.flows();
+    let (k, _) = rows.iter().find(|(k, _)| k.dport == 30081).expect("a row");
+    assert_eq!(k.dst_identity, netiso_common::identity::HOST);
+}
+
 #[test]
 fn allow_defaults_pass_unknown_peers() {
     let mut f = Fixture::new(0);

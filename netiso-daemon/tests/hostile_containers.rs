@@ -1453,7 +1453,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "udp4 to victim MAC, 224.0.0.1",
-            Some("default-deny"),
+            Some("not-for-endpoint"),
             |n, t| {
                 att(
                     raw_udp4(
@@ -1469,7 +1469,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "udp4 to victim MAC, 255.255.255.255",
-            Some("default-deny"),
+            Some("not-for-endpoint"),
             |n, t| {
                 att(
                     raw_udp4(&n.att, n.vic.mac, Ipv4Addr::BROADCAST, UDP_DENIED, t),
@@ -1479,7 +1479,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "udp6 to victim MAC, ff02::1",
-            Some("default-deny"),
+            Some("not-for-endpoint"),
             |n, t| {
                 let all: Ipv6Addr = "ff02::1".parse().unwrap();
                 att(raw_udp6(&n.att, n.vic.mac, n.att.ll, all, UDP_DENIED, t), t)

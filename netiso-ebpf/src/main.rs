@@ -131,21 +131,6 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     let pkt: &Packet = pkt;
     v.parsed = true;
 
-    // Who may send and who may receive: the endpoint's own addresses only.
-    if dir == Direction::Egress {
-        if spoofed_source(ep, pkt) {
-            return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
-        }
-    } else if !for_endpoint(ep, pkt) || !dest_mac_ok(ctx, ep, Some(pkt)) {
-        return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
-    }
-    if pkt.control != Control::None {
-        if control::control_ok(ctx, pkt, ep, dir) {
-            return tc::PASS;
-        }
-        return drop(ctx, settings, &mut v, DropReason::Control, 0);
-    }
-
     let eval = Eval {
         ep_id,
         ep_flags,
@@ -161,12 +146,30 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             != 0,
     };
 
+    // Who may send and who may receive: the endpoint's own addresses only.
+    if dir == Direction::Egress {
+        if spoofed_source(ep, pkt) {
+            return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
+        }
+    } else if !for_endpoint(ep, pkt) || !dest_mac_ok(ctx, ep, Some(pkt)) {
+        name_peer(&eval, ep, pkt, dir, &mut v);
+        return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
+    }
+    if pkt.control != Control::None {
+        if control::control_ok(ctx, pkt, ep, dir) {
+            return tc::PASS;
+        }
+        name_peer(&eval, ep, pkt, dir, &mut v);
+        return drop(ctx, settings, &mut v, DropReason::Control, 0);
+    }
+
     if pkt.later_fragment {
         // Later fragments carry no ports: they follow the verdict this
         // endpoint gave the first fragment, and are dropped without one.
         if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some() {
             return tc::PASS;
         }
+        name_peer(&eval, ep, pkt, dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
@@ -197,6 +200,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 }
             }
         }
+        name_peer(&eval, ep, pkt, dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::IcmpUnrelated, 0);
     }
 
@@ -218,12 +222,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                     // The policy changed since the flow was admitted: judge
                     // it again as it was opened, and cut it if it is no
                     // longer allowed.
-                    let peer = eval.peer_identity(&key.remote);
-                    let d = eval.run(
-                        conntrack::opener(ct),
-                        peer,
-                        conntrack::opened_port(ct, &key),
-                    );
+                    let opener = conntrack::opener(ct);
+                    let port = conntrack::opened_port(ct, &key);
+                    let (peer, port) = if opener == Direction::Egress {
+                        eval.destination(&key.remote, port)
+                    } else {
+                        (eval.peer_identity(&key.remote), port)
+                    };
+                    let d = eval.run(opener, peer, port);
                     if d.action != Action::Deny as u8 {
                         ct.generation = generation;
                         conntrack::track(ct, reply, pkt, now);
@@ -244,14 +250,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // A new flow. Leaving a container, a broadcast or multicast goes to
     // the link (the host, and each receiving endpoint judges its own copy);
     // entering one, the sender is judged, whatever the destination says.
-    let peer = if dir == Direction::Ingress {
-        eval.peer_identity(&pkt.saddr)
+    let (peer, port) = if dir == Direction::Ingress {
+        (eval.peer_identity(&pkt.saddr), pkt.policy_port)
     } else if unicast {
-        eval.peer_identity(&pkt.daddr)
+        eval.destination(&pkt.daddr, pkt.policy_port)
     } else {
-        (identity::HOST, 0)
+        ((identity::HOST, 0), pkt.policy_port)
     };
-    let d = eval.run(dir, peer, pkt.policy_port);
+    let d = eval.run(dir, peer, port);
     v.src = d.src;
     v.dst = d.dst;
     count(&RULE_STATS, d.rule_id, ctx.len());
@@ -284,6 +290,20 @@ fn pass(ctx: &TcContext, ifindex: u32, pkt: &Packet, generation: u32) -> i32 {
         count(&ERRORS, errors::FRAG_INSERT, ctx.len());
     }
     tc::PASS
+}
+
+/// Names the other side of a packet dropped before policy, for its flow
+/// row (a drop path only: one more lookup there costs nothing that
+/// matters).
+#[inline(always)]
+fn name_peer(eval: &Eval, ep: &Endpoint, pkt: &Packet, dir: Direction, v: &mut Verdict) {
+    if dir == Direction::Ingress {
+        v.src = eval.peer_identity(&pkt.saddr).0;
+    } else if non_unicast(ep, pkt) {
+        v.dst = identity::HOST;
+    } else {
+        v.dst = eval.peer_identity(&pkt.daddr).0;
+    }
 }
 
 /// A packet leaving a container must carry the container's own address:

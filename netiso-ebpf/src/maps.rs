@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use netiso_common::{
     errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, FlowKey, FlowValue, FragKey,
-    IdentityInfo, IpKey, PolicyKey, PolicyValue, RateState, Settings, DROP_REASONS,
+    IdentityInfo, IpKey, PolicyKey, PolicyValue, PublishedKey, PublishedValue, RateState, Settings,
+    DROP_REASONS,
 };
 
 use crate::parse::Packet;
@@ -22,6 +23,9 @@ pub static CIDRS: LpmTrie<CidrKey, IdentityInfo> = LpmTrie::pinned(limits::CIDRS
 
 #[map(name = "NETISO_POLICY")]
 pub static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(limits::POLICY, 0);
+
+#[map(name = "NETISO_PUBLISHED")]
+pub static PUBLISHED: HashMap<PublishedKey, PublishedValue> = HashMap::pinned(limits::PUBLISHED, 0);
 
 #[map(name = "NETISO_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(limits::CONNTRACK, 0);

@@ -5,10 +5,10 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use netiso_common::{
     defaults, family, identity, proto, Action, CidrKey, Direction, DropReason, IpKey, PolicyKey,
-    CIDR_KEY_PREFIX_BITS,
+    PublishedKey, CIDR_KEY_PREFIX_BITS,
 };
 
-use crate::maps::{CIDRS, IDENTITIES, POLICY};
+use crate::maps::{CIDRS, IDENTITIES, POLICY, PUBLISHED};
 
 /// The identities and verdict of one policy evaluation.
 pub struct Decision {
@@ -73,6 +73,26 @@ impl Eval {
             }
         }
         (identity::WORLD, 0)
+    }
+
+    /// The peer and port a packet leaving the endpoint for `addr:port` is
+    /// judged against. A port the host publishes for a container
+    /// (`docker run -p`, served by docker-proxy from the host) stands for
+    /// that container: reaching it through the host is reaching it.
+    #[inline(always)]
+    pub fn destination(&self, addr: &[u8; 16], port: u16) -> ((u32, u32), u16) {
+        let peer = self.peer_identity(addr);
+        if peer.0 == identity::HOST && (self.proto == proto::TCP || self.proto == proto::UDP) {
+            let key = PublishedKey {
+                port,
+                proto: self.proto,
+                slot: self.slot,
+            };
+            if let Some(p) = unsafe { PUBLISHED.get(&key) } {
+                return ((p.identity, p.flags), p.port);
+            }
+        }
+        (peer, port)
     }
 
     /// Judges a flow between the local endpoint and a peer of the given

@@ -73,6 +73,7 @@ fn label_group(name: &str) -> GroupSpec {
 /// compiler gives it an identity; no program is attached for it).
 pub fn container(i: usize, group: &str, ipv4: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> Container {
     Container {
+        published: Vec::new(),
         id: format!("bench-{i}"),
         name: format!("bench-{i}"),
         image: "netiso-busybox:test".into(),

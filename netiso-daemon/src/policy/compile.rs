@@ -614,6 +614,7 @@ mod tests {
 
     fn container(id: &str, labels: &[(&str, &str)], network: &str) -> Container {
         Container {
+            published: Vec::new(),
             id: id.to_string(),
             name: id.to_string(),
             labels: labels
@@ -1016,6 +1017,7 @@ action = "allow"
                 labels.insert("com.docker.compose.project".to_string(), format!("p{p}"));
             }
             Container {
+                published: Vec::new(),
                 id: format!("c{i}"),
                 name: NAMES[self.name].to_string(),
                 image: IMAGES[self.image].to_string(),

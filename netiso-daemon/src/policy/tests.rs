@@ -32,6 +32,7 @@ fn assert_contains(haystack: &str, needles: &[&str]) {
 
 fn container(name: &str, labels: &[(&str, &str)], networks: &[&str]) -> Container {
     Container {
+        published: Vec::new(),
         id: format!("id-{name}"),
         name: name.to_string(),
         labels: labels

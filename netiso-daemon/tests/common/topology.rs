@@ -27,6 +27,7 @@ impl Guest {
     /// This guest as the Docker watcher would describe it.
     pub fn container(&self) -> Container {
         Container {
+            published: Vec::new(),
             id: format!("id-{}", self.name),
             name: self.name.clone(),
             image: "netiso-busybox:test".into(),
