@@ -751,7 +751,7 @@ fn cases() -> Vec<Case> {
         }),
         case(
             "igmp v3 report, marker as aux data",
-            Some("control"),
+            Some("not-for-endpoint"),
             |n, t| {
                 let g = Ipv4Addr::new(224, 0, 0, 22);
                 // reserved, one record: type 4, aux len 5 words, no sources.
@@ -1146,7 +1146,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "mldv2 report, marker as aux data",
-            Some("control"),
+            Some("not-for-endpoint"),
             |n, t| {
                 let all: Ipv6Addr = "ff02::1".parse().unwrap();
                 let mut body = vec![0, 0, 0, 1, 4, 5, 0, 0];
@@ -1312,7 +1312,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "arp request, tpa = marker bytes",
-            Some("control"),
+            Some("not-for-endpoint"),
             |n, t| {
                 let tpa = [t.short[0], t.short[1], t.short[2], t.short[3]];
                 let a = arp(1, n.att.mac, n.att.v4.octets(), [0; 6], tpa);

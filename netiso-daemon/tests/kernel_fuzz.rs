@@ -15,9 +15,12 @@
 //! joined) and raw IP sockets for a few protocols. Every frame the
 //! attacker sends carries a per-run random marker (in a 16-byte tag with
 //! the frame's sequence number, built so that it never changes a
-//! checksum). Checked:
+//! checksum); strict link control, which has no room for a tag, carries
+//! six bytes of it in its Ethernet destination or 28 bits in its IPv6
+//! traffic class and flow label. Some frames go out with a
+//! `virtio_net_hdr` (GSO, checksum offload). Checked:
 //!
-//! - no receiver of the victim sees the marker;
+//! - no receiver of the victim sees the marker (or those parts of it);
 //! - every frame that must meet netiso (it leaves the attacker, and the
 //!   bridge would take it anywhere but to the host alone) is counted
 //!   under a drop reason, on the attacker's veth or the victim's;
@@ -26,16 +29,19 @@
 //! Before netiso is attached, a calibration shows each kind of receiver
 //! receiving (so a deaf receiver cannot pass the test).
 //!
-//! Every `fuzz/regressions/kernel/*.hex` (comment lines `#`, then one
-//! frame per line in hex; the placeholder tag `6b66757a7a4d524b...` is
-//! replaced by the run's tag) is replayed before the random frames. A
-//! crossing is written there as a new file, and printed with the seed.
+//! Afterwards, strict ARP/NS/NA from the attacker must still arrive (the
+//! link works). Every `fuzz/regressions/kernel/*.hex` (comment lines `#`,
+//! then one frame per line in hex, optionally `vnet=<hdr> ` first; the
+//! placeholder marker `kfuzzMRK` is replaced by the run's) is replayed
+//! before the random frames. A crossing is written there as a new file,
+//! and printed with the seed (docs/fuzzing.md).
 //!
 //! Environment: `NETISO_KFUZZ_SEED` (decimal or 0x-hex),
 //! `NETISO_KFUZZ_FRAMES` (inputs; default 10000, unbounded when only
 //! the time is given), `NETISO_KFUZZ_SECONDS` (default 45),
 //! `NETISO_KFUZZ_SUMMARY` (a file to write the summary to),
-//! `NETISO_KFUZZ_NO_WRITE` (do not write regression files).
+//! `NETISO_KFUZZ_NO_WRITE` (do not write regression files),
+//! `NETISO_KFUZZ_GEN_CHECK` (inputs the generator self-test builds).
 mod common;
 #[path = "kernel_fuzz/gen.rs"]
 mod gen;
@@ -88,10 +94,32 @@ fn regressions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/kernel")
 }
 
+/// A frame as sent: after a `virtio_net_hdr` or not.
+type Frame = (Option<[u8; 10]>, Vec<u8>);
+
 /// A regression file: its name and frames (placeholder tags inside).
 struct Regression {
     name: String,
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
+}
+
+/// One frame line of a regression file: `[vnet=<20 hex digits> ]<frame hex>`.
+fn parse_frame_line(l: &str) -> Option<Frame> {
+    match l.strip_prefix("vnet=") {
+        Some(rest) => {
+            let (h, f) = rest.split_once(char::is_whitespace)?;
+            let h: [u8; 10] = gen::parse_hex(h)?.try_into().ok()?;
+            Some((Some(h), gen::parse_hex(f)?))
+        }
+        None => Some((None, gen::parse_hex(l)?)),
+    }
+}
+
+fn frame_line(f: &Frame) -> String {
+    match &f.0 {
+        Some(h) => format!("vnet={} {}", hex(h), hex(&f.1)),
+        None => hex(&f.1),
+    }
 }
 
 fn load_regressions() -> Vec<Regression> {
@@ -105,12 +133,13 @@ fn load_regressions() -> Vec<Regression> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).unwrap();
-            let frames: Vec<Vec<u8>> = text
+            let frames: Vec<Frame> = text
                 .lines()
                 .map(|l| l.split('#').next().unwrap_or("").trim())
                 .filter(|l| !l.is_empty())
                 .map(|l| {
-                    gen::parse_hex(l).unwrap_or_else(|| panic!("{}: not hex: {l}", p.display()))
+                    parse_frame_line(l)
+                        .unwrap_or_else(|| panic!("{}: not a frame line: {l}", p.display()))
                 })
                 .collect();
             assert!(!frames.is_empty(), "{}: no frame", p.display());
@@ -423,7 +452,7 @@ fn generated_inputs_carry_their_tag() {
     for i in 0..count {
         let input = generate(DEFAULT_SEED ^ 0x77, i, &n, i as u32);
         let last = input.frames.last().unwrap();
-        assert!(last.len() <= gen::MAX_FRAME && last.len() >= 14);
+        assert!((last.len() <= gen::MAX_FRAME || input.vnet.is_some()) && last.len() >= 14);
         if input.tagless {
             assert!(
                 gen::find(last, &gen::short_mark(&n.marker)).is_some()
@@ -693,10 +722,10 @@ fn send_all(
     let start = Instant::now();
     // A tagless frame is strict link control that may pass: it is not
     // expected among the counted drops.
-    let mut send = |f: &[u8], tagless: Option<u64>, out: &mut Sent| {
+    let mut send = |vnet: Option<&[u8; 10]>, f: &[u8], tagless: Option<u64>, out: &mut Sent| {
         out.frames += 1;
         let counted = tagless.is_none() && must_be_counted(f, n);
-        if !s.send(f) {
+        if !s.send_with(vnet, f) {
             out.refused += 1;
             return;
         }
@@ -712,7 +741,7 @@ fn send_all(
         }
     };
     for (i, reg) in regressions.iter().enumerate() {
-        for f in &reg.frames {
+        for (vnet, f) in &reg.frames {
             let mut f = f.clone();
             let tagged = gen::find(&f, &gen::PLACEHOLDER_MARK).is_some();
             retag(&mut f, &gen::PLACEHOLDER_MARK, |_| {
@@ -720,15 +749,17 @@ fn send_all(
             });
             remark(&mut f, &gen::PLACEHOLDER_MARK, &n.marker);
             let origin = (!tagged).then_some(REPLAY_ORIGIN + i as u64);
-            send(&f, origin, &mut out);
+            send(vnet.as_ref(), &f, origin, &mut out);
         }
     }
     let mut index = 0u64;
     while index < max_inputs && start.elapsed() < budget {
         let input = generate(seed, index, n, index as u32);
         *out.per_template.entry(input.template).or_default() += 1;
-        for f in &input.frames {
-            send(f, input.tagless.then_some(index), &mut out);
+        let last = input.frames.len() - 1;
+        for (k, f) in input.frames.iter().enumerate() {
+            let vnet = if k == last { input.vnet.as_ref() } else { None };
+            send(vnet, f, input.tagless.then_some(index), &mut out);
         }
         index += 1;
         out.inputs += 1;
@@ -748,7 +779,7 @@ struct Crossing {
     origin: String,
     template: String,
     notes: Vec<String>,
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
     received: Vec<(String, Vec<u8>)>,
 }
 
@@ -804,8 +835,15 @@ fn crossings(
                     template,
                     notes,
                     frames,
+                    vnet,
                     ..
                 } = generate(seed, i, n, i as u32);
+                let last = frames.len() - 1;
+                let frames = frames
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, f)| (if k == last { vnet } else { None }, f))
+                    .collect();
                 Crossing {
                     origin: format!("seed {seed:#x} input {i}"),
                     template: template.to_string(),
@@ -861,11 +899,11 @@ fn write_regression(c: &Crossing, n: &Net, seed: u64) -> Option<PathBuf> {
         text,
         "# Frames in order, one per line; the tag is the placeholder."
     );
-    for f in &c.frames {
+    for (vnet, f) in &c.frames {
         let mut f = f.clone();
         retag(&mut f, &n.marker, |_| placeholder());
         remark(&mut f, &n.marker, &gen::PLACEHOLDER_MARK);
-        let _ = writeln!(text, "{}", hex(&f));
+        let _ = writeln!(text, "{}", frame_line(&(*vnet, f)));
     }
     std::fs::write(&path, text).ok()?;
     Some(path)
@@ -1054,7 +1092,12 @@ fn nothing_crosses_a_denied_pair() {
                 c.notes.join("; ")
             );
             for f in &c.frames {
-                let _ = writeln!(report, "  sent     {} ({})", hex(f), gen::describe(f));
+                let _ = writeln!(
+                    report,
+                    "  sent     {} ({})",
+                    frame_line(f),
+                    gen::describe(&f.1)
+                );
             }
             for (via, b) in c.received.iter().take(3) {
                 let _ = writeln!(report, "  received via {via}: {}", hex(b));
@@ -1094,6 +1137,10 @@ fn nothing_crosses_a_denied_pair() {
         found.len()
     );
     assert!(total_grown > 0, "no drop was counted at all");
+    assert!(
+        got.watched.iter().all(|&k| k > 0),
+        "strict ARP/NS/NA (as Linux sends them) no longer reach a peer: the link is broken; see above"
+    );
     if rows < limits::FLOWS as usize / 2 {
         assert!(
             counted >= sent.must_count,

@@ -13,7 +13,7 @@ mod common;
 use common::docker::{tcp_servers, DockerEnv};
 use common::hostile::{reason_counts, Extra};
 use common::ops::write_policy;
-use common::{sh, DaemonProc};
+use common::{sh, DaemonProc, NetNs};
 
 const POLICY: &str = r#"
 [groups.web]
@@ -104,6 +104,61 @@ fn a_published_port_is_judged_as_the_container_behind_it() {
         denied >= 2,
         "both attempts dropped as default-deny: {before:?} -> {after:?}"
     );
+    // From outside the host the engine's NAT rules deliver the connection:
+    // web's veth sees the real sender, judged as `world` (which web does
+    // not let in). "Outside" is a namespace of this test behind a routed
+    // link with an address from 198.18.0.0/15, routed to the gateway only.
+    let world = NetNs::new("world");
+    let n = std::process::id() % 250 + 1;
+    let host_if = common::unique("ntw");
+    struct Link(String);
+    impl Drop for Link {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .output();
+        }
+    }
+    sh(&format!(
+        "ip link add {host_if} type veth peer name eth0 netns {}",
+        world.name
+    ));
+    let _link = Link(host_if.clone());
+    sh(&format!(
+        "ip addr add 198.19.{n}.1/30 dev {host_if} && ip link set {host_if} up"
+    ));
+    world.sh(&format!(
+        "ip addr add 198.19.{n}.2/30 dev eth0 && ip link set eth0 up \
+         && ip route add {gateway}/32 via 198.19.{n}.1"
+    ));
+    let before = reason_counts(&daemon);
+    let to = std::net::SocketAddr::from((gw, host_port));
+    let reached = world.run(move || {
+        std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)).is_ok()
+    });
+    assert!(
+        !reached,
+        "world -> web through the published port (NAT path)"
+    );
+    let after = reason_counts(&daemon);
+    let denied = after.get("default-deny").copied().unwrap_or(0)
+        - before.get("default-deny").copied().unwrap_or(0);
+    assert!(
+        denied >= 1,
+        "the NAT path is judged on web's veth as world -> web: {before:?} -> {after:?}\n{}",
+        daemon.log()
+    );
+    let table = String::from_utf8_lossy(&daemon.cli(&["stats"]).stdout).to_string();
+    let world_src = format!("198.19.{n}.2");
+    assert!(
+        table.lines().any(|l| l.contains(&world_src)
+            && l.contains("world")
+            && l.contains(" web ")
+            && l.contains("8080")
+            && l.contains("ingress")),
+        "a drop of world -> web:8080 on web's veth (after NAT): {table}"
+    );
+
     // The drop names web as the destination of the published-port attempt.
     let stats = daemon.cli(&["stats", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats --json");

@@ -613,6 +613,9 @@ pub struct Input {
     /// Strict link control with no room for a tag: it carries the marker
     /// in a header field instead (see [`covert`]).
     pub tagless: bool,
+    /// A `virtio_net_hdr` to send the last frame with (GSO, checksum
+    /// offload): see [`vnet_header`].
+    pub vnet: Option<[u8; 10]>,
 }
 
 /// Payload holding the tag, with some random bytes around it.
@@ -1311,6 +1314,7 @@ fn template(r: &Rng, n: &Net, seq: u32) -> Input {
         notes,
         frames,
         tagless: false,
+        vnet: None,
     }
 }
 
@@ -1559,7 +1563,72 @@ fn covert(r: &Rng, n: &Net) -> Input {
         notes,
         frames: vec![f],
         tagless: true,
+        vnet: None,
     }
+}
+
+/// A `virtio_net_hdr` (little-endian, as PACKET_VNET_HDR takes it on this
+/// host): flags (1 = needs checksum, 2 = data valid), GSO type (TCPv4,
+/// UDP, TCPv6, UDP L4, ECN), header length, GSO size, checksum start and
+/// offset. The kernel checks it and segments or checksums the packet
+/// later, after netiso has judged it.
+fn vnet_header(r: &Rng, f: &[u8]) -> [u8; 10] {
+    if r.chance(2, 3) {
+        if let Some(h) = vnet_consistent(r, f) {
+            return h;
+        }
+    }
+    let frame_len = f.len();
+    let flags = r.pick(&[0u8, 1, 1, 2]);
+    let gso = r.pick(&[0u8, 1, 3, 4, 5, 0x81, 1, 4]);
+    let hdr_len = r.pick(&[0u16, 34, 54, 74, 42, r.u16() % 128]);
+    let gso_size = r.pick(&[0u16, 8, 100, 536, 1400, 1448, r.u16() % 2000]);
+    let csum_start = r.pick(&[34u16, 54, 14, 38, 58, r.u16() % frame_len.max(1) as u16]);
+    let csum_offset = r.pick(&[6u16, 16, 2, 10, r.u16() % 64]);
+    let mut h = [0u8; 10];
+    h[0] = flags;
+    h[1] = gso;
+    h[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&csum_start.to_le_bytes());
+    h[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+    h
+}
+
+/// A header the kernel accepts for this frame: checksum offload at its
+/// real L4 checksum, and GSO of the matching kind when it is TCP or UDP.
+fn vnet_consistent(r: &Rng, f: &[u8]) -> Option<[u8; 10]> {
+    let et = ethertype_at(f)?;
+    let l3 = et + 2;
+    let (v4, l4, proto) = match be16(f, et) {
+        0x0800 if f.len() >= l3 + 20 => (true, l3 + (f[l3] & 0x0f) as usize * 4, f[l3 + 9]),
+        0x86dd if f.len() >= l3 + 40 => (false, l3 + 40, f[l3 + 6]),
+        _ => return None,
+    };
+    let (csum_offset, hlen, gso) = match proto {
+        6 if f.len() >= l4 + 20 => (
+            16u16,
+            (f[l4 + 12] >> 4) as usize * 4,
+            if v4 { 1 } else { 4 },
+        ),
+        17 => (6, 8, r.pick(&[5u8, 3])),
+        1 | 58 => (2, 8, 0),
+        _ => return None,
+    };
+    let gso = if r.chance(1, 3) { 0 } else { gso };
+    let gso_size: u16 = if gso == 0 {
+        0
+    } else {
+        r.pick(&[536, 1400, 1448, 100])
+    };
+    let mut h = [0u8; 10];
+    h[0] = 1; // needs checksum
+    h[1] = gso;
+    h[2..4].copy_from_slice(&((l4 + hlen) as u16).to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&(l4 as u16).to_le_bytes());
+    h[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+    Some(h)
 }
 
 /// Frame `index` of the run: a template, mutated most of the time, always
@@ -1597,6 +1666,22 @@ pub fn generate(seed: u64, index: u64, n: &Net, seq: u32) -> Input {
             last.truncate(MAX_FRAME);
         }
         input.notes.push("cut to the MTU".into());
+    }
+    if r.chance(1, 16) {
+        // Offloads: sometimes a packet above the MTU, to be segmented.
+        if r.chance(1, 2) {
+            let k = r.below(8000);
+            last.extend(r.bytes(k));
+            if r.chance(3, 4) {
+                fix(last, true, true);
+            }
+        }
+        if find(last, &tg).is_none() {
+            last.extend_from_slice(&tg);
+        }
+        let h = vnet_header(&r, last);
+        input.notes.push(format!("virtio_net_hdr {}", hex(&h)));
+        input.vnet = Some(h);
     }
     input
 }

@@ -370,40 +370,59 @@ impl Sockets {
 /// (what a container with Docker's default CAP_NET_RAW can do).
 pub struct Sender {
     fd: OwnedFd,
+    /// The same with PACKET_VNET_HDR: each frame is preceded by a
+    /// `virtio_net_hdr` (GSO and checksum offload requests, which
+    /// CAP_NET_RAW alone may make).
+    vnet: OwnedFd,
     pub errors: BTreeMap<i32, u64>,
 }
 
+fn bound_packet_socket(ifname: &str, vnet: bool) -> OwnedFd {
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    check(fd, "AF_PACKET socket");
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if vnet {
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1i32);
+    }
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = 0;
+    sll.sll_ifindex = ifindex(ifname);
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    check(rc, "bind the sender");
+    fd
+}
+
 impl Sender {
-    /// Opens the socket; call on a thread inside the attacker's namespace.
+    /// Opens the sockets; call on a thread inside the attacker's namespace.
     pub fn open(ifname: &str) -> Self {
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        check(fd, "AF_PACKET socket");
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let idx = ifindex(ifname);
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = 0;
-        sll.sll_ifindex = idx;
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        check(rc, "bind the sender");
         Self {
-            fd,
+            fd: bound_packet_socket(ifname, false),
+            vnet: bound_packet_socket(ifname, true),
             errors: BTreeMap::new(),
         }
     }
 
     /// Sends one frame; false (and the errno counted) if the kernel refused it.
     pub fn send(&mut self, frame: &[u8]) -> bool {
+        self.send_with(None, frame)
+    }
+
+    /// Sends one frame, after a `virtio_net_hdr` if `vnet` is given.
+    pub fn send_with(&mut self, vnet: Option<&[u8; 10]>, frame: &[u8]) -> bool {
+        let (fd, buf) = match vnet {
+            Some(h) => (&self.vnet, [&h[..], frame].concat()),
+            None => (&self.fd, frame.to_vec()),
+        };
         for _ in 0..50 {
-            let r =
-                unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-            if r == frame.len() as isize {
+            let r = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+            if r == buf.len() as isize {
                 return true;
             }
             let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
