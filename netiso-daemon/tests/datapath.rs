@@ -423,6 +423,22 @@ fn denied_flows_are_dropped_counted_once_and_leave_no_state() {
     assert_eq!(world_row.0.dst_identity, netiso_common::identity::WORLD);
 }
 
+/// A veth pair `<name>`/`<name>p`, both up, in `ns`; the index of `name`.
+fn veth(ns: &NetNs, name: &str) -> u32 {
+    ns.sh(&format!(
+        "ip link add {name} type veth peer name {name}p && ip link set {name} up && ip link set {name}p up"
+    ));
+    let name = name.to_string();
+    ns.run(move || {
+        netiso_daemon::host::netlink::links()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ifname == name)
+            .unwrap()
+            .ifindex
+    })
+}
+
 /// Root cause of the first isolation holes: state one endpoint created let
 /// the same packet skip the receiving endpoint's policy. B (a second
 /// endpoint, on a veth of its own) denies ingress; A may send to the world.
@@ -432,15 +448,7 @@ fn denied_flows_are_dropped_counted_once_and_leave_no_state() {
 fn state_on_one_endpoint_never_skips_anothers_policy() {
     let pins = PinDir::new();
     let ns = NetNs::new("ct2");
-    ns.sh("ip link add nb0 type veth peer name nb1 && ip link set nb0 up && ip link set nb1 up");
-    let b_index = ns.run(|| {
-        netiso_daemon::host::netlink::links()
-            .unwrap()
-            .into_iter()
-            .find(|l| l.ifname == "nb0")
-            .unwrap()
-            .ifindex
-    });
+    let b_index = veth(&ns, "nb0");
     let mut d = desired(0);
     d.endpoints.insert(
         b_index,
@@ -631,17 +639,6 @@ fn malformed_headers_are_dropped_with_a_reason() {
     assert_eq!(f.dropped(DropReason::MalformedL4), 2);
 }
 
-/// An ARP message for IPv4 over Ethernet.
-fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
-    let mut a = vec![0, 1, 8, 0, 6, 4];
-    a.extend_from_slice(&op.to_be_bytes());
-    a.extend_from_slice(&sha);
-    a.extend_from_slice(&spa.octets());
-    a.extend_from_slice(&tha);
-    a.extend_from_slice(&tpa.octets());
-    a
-}
-
 const BCAST: [u8; 6] = [0xff; 6];
 const MARKER: &[u8] = b"NETISO-MARKER-01";
 
@@ -652,40 +649,46 @@ fn arp_is_checked_and_other_ethertypes_are_dropped() {
     let out = |a: Vec<u8>| eth(MAC_A, BCAST, 0x0806, &a);
     let into = |a: Vec<u8>| eth(frames::MAC_B, BCAST, 0x0806, &a);
     // What the link needs: A asks for B, probes its own address, answers.
-    assert_eq!(f.run(OUT, &out(arp(1, MAC_A, A, [0; 6], B))), tc::PASS);
-    assert_eq!(f.run(OUT, &out(arp(1, MAC_A, z, [0; 6], A))), tc::PASS);
     assert_eq!(
-        f.run(OUT, &out(arp(2, MAC_A, A, frames::MAC_B, B))),
+        f.run(OUT, &out(frames::arp(1, MAC_A, A, [0; 6], B))),
         tc::PASS
     );
-    let mut padded = out(arp(1, MAC_A, A, [0; 6], B));
+    assert_eq!(
+        f.run(OUT, &out(frames::arp(1, MAC_A, z, [0; 6], A))),
+        tc::PASS
+    );
+    assert_eq!(
+        f.run(OUT, &out(frames::arp(2, MAC_A, A, frames::MAC_B, B))),
+        tc::PASS
+    );
+    let mut padded = out(frames::arp(1, MAC_A, A, [0; 6], B));
     padded.resize(60, 0);
     assert_eq!(f.run(OUT, &padded), tc::PASS, "zero padding to 60 bytes");
     // Speaking for someone else, or carrying anything more.
     let bad_out = [
-        out(arp(1, MAC_A, C, [0; 6], B)),
-        out(arp(1, frames::MAC_B, A, [0; 6], B)),
-        out(arp(2, MAC_A, z, frames::MAC_B, B)),
-        out(arp(3, MAC_A, A, [0; 6], B)),
+        out(frames::arp(1, MAC_A, C, [0; 6], B)),
+        out(frames::arp(1, frames::MAC_B, A, [0; 6], B)),
+        out(frames::arp(2, MAC_A, z, frames::MAC_B, B)),
+        out(frames::arp(3, MAC_A, A, [0; 6], B)),
         out(vec![0; 28]),
-        [out(arp(1, MAC_A, A, [0; 6], B)), MARKER.to_vec()].concat(),
+        [out(frames::arp(1, MAC_A, A, [0; 6], B)), MARKER.to_vec()].concat(),
     ];
     for (i, frame) in bad_out.iter().enumerate() {
         assert_eq!(f.run(OUT, frame), tc::ACT_SHOT, "bad ARP {i} leaving A");
     }
     // Into A: only about A's own address.
     assert_eq!(
-        f.run(IN, &into(arp(1, frames::MAC_B, B, [0; 6], A))),
+        f.run(IN, &into(frames::arp(1, frames::MAC_B, B, [0; 6], A))),
         tc::PASS
     );
     assert_eq!(
-        f.run(IN, &into(arp(2, frames::MAC_B, B, MAC_A, A))),
+        f.run(IN, &into(frames::arp(2, frames::MAC_B, B, MAC_A, A))),
         tc::PASS
     );
     let bad_in = [
-        into(arp(1, frames::MAC_B, B, [0; 6], C)),
-        into(arp(2, frames::MAC_B, B, [0; 6], A)),
-        into(arp(
+        into(frames::arp(1, frames::MAC_B, B, [0; 6], C)),
+        into(frames::arp(2, frames::MAC_B, B, [0; 6], A)),
+        into(frames::arp(
             1,
             frames::MAC_B,
             B,
@@ -718,7 +721,10 @@ fn arp_is_checked_and_other_ethertypes_are_dropped() {
     assert_eq!(f.dropped(DropReason::Vlan), 3);
     f.dp().set_allow_non_ip(true).unwrap();
     assert_eq!(f.run(OUT, &lldp), tc::PASS);
-    assert_eq!(f.run(OUT, &out(arp(1, MAC_A, C, [0; 6], B))), tc::ACT_SHOT);
+    assert_eq!(
+        f.run(OUT, &out(frames::arp(1, MAC_A, C, [0; 6], B))),
+        tc::ACT_SHOT
+    );
 }
 
 #[test]
@@ -850,20 +856,6 @@ fn lla(kind: u8, mac: [u8; 6]) -> Vec<u8> {
     [vec![kind, 1], mac.to_vec()].concat()
 }
 
-fn solicited(a: Ipv6Addr) -> Ipv6Addr {
-    let o = a.octets();
-    Ipv6Addr::new(
-        0xff02,
-        0,
-        0,
-        0,
-        0,
-        1,
-        0xff00 | o[13] as u16,
-        u16::from_be_bytes([o[14], o[15]]),
-    )
-}
-
 #[test]
 fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     let mut f = Fixture::new(DENY_BOTH);
@@ -878,12 +870,12 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     // What the link needs: A resolves B, checks its own address (DAD with a
     // nonce), answers for itself; B's answers and questions about A enter.
     let good_out = [
-        hop(ipv6(ll_a, solicited(B6), 58, &ns_b), 255),
-        hop(ipv6(A6, solicited(B6), 58, &ns_b), 255),
+        hop(ipv6(ll_a, frames::solicited_node(B6), 58, &ns_b), 255),
+        hop(ipv6(A6, frames::solicited_node(B6), 58, &ns_b), 255),
         hop(
             ipv6(
                 un,
-                solicited(A6),
+                frames::solicited_node(A6),
                 58,
                 &nd(135, A6, &[14, 1, 1, 2, 3, 4, 5, 6]),
             ),
@@ -920,7 +912,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
         hop(
             ipv6(
                 ll_b,
-                solicited(A6),
+                frames::solicited_node(A6),
                 58,
                 &nd(135, A6, &lla(1, frames::MAC_B)),
             ),
@@ -951,11 +943,11 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     // Anything else: wrong hop limit, extra options or bytes, routers,
     // other people's addresses, reports into containers.
     let bad_out = [
-        hop(ipv6(ll_a, solicited(B6), 58, &ns_b), 64),
+        hop(ipv6(ll_a, frames::solicited_node(B6), 58, &ns_b), 64),
         hop(
             ipv6(
                 ll_a,
-                solicited(B6),
+                frames::solicited_node(B6),
                 58,
                 &nd(135, B6, &[99, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             ),
@@ -964,14 +956,17 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
         hop(
             ipv6(
                 ll_a,
-                solicited(B6),
+                frames::solicited_node(B6),
                 58,
                 &nd(135, B6, &lla(1, frames::MAC_B)),
             ),
             255,
         ),
         hop(ipv6(ll_a, ll_b, 58, &nd(136, B6, &lla(2, MAC_A))), 255),
-        hop(ipv6(un, solicited(B6), 58, &nd(135, B6, &[])), 255),
+        hop(
+            ipv6(un, frames::solicited_node(B6), 58, &nd(135, B6, &[])),
+            255,
+        ),
         hop(ipv6(ll_a, "ff02::1".parse().unwrap(), 58, &[134; 16]), 255),
         hop(ipv6(ll_a, ll_b, 58, &[137; 40]), 255),
         hop(
@@ -991,7 +986,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
         hop(
             ipv6(
                 ll_a,
-                solicited(B6),
+                frames::solicited_node(B6),
                 58,
                 &[&[135, 0, 0, 0, b'N', b'E', b'T', b'I'][..], &B6.octets()].concat(),
             ),
@@ -1014,7 +1009,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
             "bad control message {i} leaving A"
         );
     }
-    let mut trailing = out(hop(ipv6(ll_a, solicited(B6), 58, &ns_b), 255));
+    let mut trailing = out(hop(ipv6(ll_a, frames::solicited_node(B6), 58, &ns_b), 255));
     trailing.extend_from_slice(MARKER);
     assert_eq!(
         f.run(OUT, &trailing),
@@ -1025,7 +1020,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
         hop(
             ipv6(
                 ll_b,
-                solicited(B6),
+                frames::solicited_node(B6),
                 58,
                 &nd(135, B6, &lla(1, frames::MAC_B)),
             ),
@@ -1055,7 +1050,12 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     assert_eq!(f.dropped(DropReason::NotForEndpoint), 2);
     // Only A's own sources, link-local included.
     let forged_ll = hop(
-        ipv6("fe80::1".parse().unwrap(), solicited(B6), 58, &ns_b),
+        ipv6(
+            "fe80::1".parse().unwrap(),
+            frames::solicited_node(B6),
+            58,
+            &ns_b,
+        ),
         255,
     );
     assert_eq!(f.run(OUT, &out(forged_ll)), tc::ACT_SHOT);
@@ -1159,11 +1159,11 @@ fn link_layer_destination_and_control_details_are_checked() {
         frames::MAC_B,
         [0; 6],
         0x86dd,
-        &hop(ns_for_a(solicited(A6)), 255),
+        &hop(ns_for_a(frames::solicited_node(A6)), 255),
     ));
     assert_eq!(f.run(IN, &good), tc::PASS, "a plain solicitation for A");
     // Flow label and traffic class set.
-    let mut labelled = hop(ns_for_a(solicited(A6)), 255);
+    let mut labelled = hop(ns_for_a(frames::solicited_node(A6)), 255);
     labelled[1] = 0x0a;
     labelled[3] = 0x5a;
     let labelled = csum6(eth(frames::MAC_B, [0; 6], 0x86dd, &labelled));
@@ -1199,7 +1199,7 @@ fn link_layer_destination_and_control_details_are_checked() {
     let mut ns_ll = csum6(eth(frames::MAC_B, MAC_A, 0x86dd, &hop(unicast_ns, 255)));
     assert_eq!(f.run_exact(IN, &ns_ll), tc::PASS);
     ns_ll[..6].copy_from_slice(&[0x03, 0x76, 0xa3, 0x5d, 0xc8, 0x81]);
-    let arp_req = arp(1, frames::MAC_B, B, [0; 6], A);
+    let arp_req = frames::arp(1, frames::MAC_B, B, [0; 6], A);
     let arp_mcast = eth(
         frames::MAC_B,
         [0x03, 0xb5, 0xe6, 0xba, 0xe9, 0x53],
@@ -1560,15 +1560,7 @@ fn full_tables_evict_the_least_recent_and_totals_stay_exact() {
 fn a_restarted_datapath_readopts_links_without_duplicates() {
     let pins = PinDir::new();
     let ns = NetNs::new("re");
-    ns.sh("ip link add d0 type veth peer name d1 && ip link set d0 up && ip link set d1 up");
-    let ifindex = ns.run(|| {
-        netiso_daemon::host::netlink::links()
-            .unwrap()
-            .into_iter()
-            .find(|l| l.ifname == "d0")
-            .unwrap()
-            .ifindex
-    });
+    let ifindex = veth(&ns, "d0");
     let mut d = desired(DENY_BOTH);
     let spec = d.endpoints.remove(&1).unwrap();
     d.endpoints.insert(

@@ -54,9 +54,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::frames::link_local;
 use common::topology::{Guest, Topology};
 use common::{NetNs, PinDir};
-use gen::{fix, generate, hex, link_local, placeholder, remark, retag, Input, Net};
+use gen::{fix, generate, hex, placeholder, remark, retag, Input, Net};
 use netiso_common::{limits, maps, DropReason};
 use netiso_daemon::datapath::counters;
 use netiso_daemon::datapath::Datapath;

@@ -101,8 +101,9 @@ pub fn link_local(a: &[u8; 16]) -> bool {
     a[0] == 0xfe && a[1] & 0xc0 == 0x80
 }
 
+/// One of the endpoint's own IPv6 addresses (global or link-local).
 #[inline(always)]
-fn own_v6(ep: &Endpoint, a: &[u8; 16]) -> bool {
+pub fn own_v6(ep: &Endpoint, a: &[u8; 16]) -> bool {
     (ep.ipv6 != [0; 16] && *a == ep.ipv6) || (ep.ipv6_ll != [0; 16] && *a == ep.ipv6_ll)
 }
 

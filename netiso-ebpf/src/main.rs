@@ -148,13 +148,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             != 0,
     };
 
+    let unicast = !non_unicast(ep, pkt);
     // Who may send and who may receive: the endpoint's own addresses only.
     if dir == Direction::Egress {
         if spoofed_source(ep, pkt) {
             return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
         }
-    } else if !for_endpoint(ep, pkt) || !dest_mac_ok(ctx, ep, Some(pkt)) {
-        name_peer(&eval, ep, pkt, dir, &mut v);
+    } else if !(for_endpoint(ep, pkt, unicast) && dest_mac_ok(ctx, ep, Some((pkt, unicast)))) {
+        name_peer(&eval, pkt, unicast, dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
     }
     if pkt.control != Control::None {
@@ -163,7 +164,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             Check::Foreign => DropReason::NotForEndpoint,
             Check::Bad => DropReason::Control,
         };
-        name_peer(&eval, ep, pkt, dir, &mut v);
+        name_peer(&eval, pkt, unicast, dir, &mut v);
         return drop(ctx, settings, &mut v, reason, 0);
     }
 
@@ -173,7 +174,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some() {
             return tc::PASS;
         }
-        name_peer(&eval, ep, pkt, dir, &mut v);
+        name_peer(&eval, pkt, unicast, dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
@@ -204,11 +205,10 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 }
             }
         }
-        name_peer(&eval, ep, pkt, dir, &mut v);
+        name_peer(&eval, pkt, unicast, dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::IcmpUnrelated, 0);
     }
 
-    let unicast = !non_unicast(ep, pkt);
     // Fast path: a live connection admitted under the current policy.
     if pkt.tracked && unicast {
         let key = conntrack::key(ifindex, pkt, dir);
@@ -300,10 +300,10 @@ fn pass(ctx: &TcContext, ifindex: u32, pkt: &Packet, generation: u32) -> i32 {
 /// row (a drop path only: one more lookup there costs nothing that
 /// matters).
 #[inline(always)]
-fn name_peer(eval: &Eval, ep: &Endpoint, pkt: &Packet, dir: Direction, v: &mut Verdict) {
+fn name_peer(eval: &Eval, pkt: &Packet, unicast: bool, dir: Direction, v: &mut Verdict) {
     if dir == Direction::Ingress {
         v.src = eval.peer_identity(&pkt.saddr).0;
-    } else if non_unicast(ep, pkt) {
+    } else if !unicast {
         v.dst = identity::HOST;
     } else {
         v.dst = eval.peer_identity(&pkt.daddr).0;
@@ -324,7 +324,7 @@ fn spoofed_source(ep: &Endpoint, pkt: &Packet) -> bool {
         return !(pkt.control == Control::Nd && pkt.icmp_type == 135
             || pkt.control == Control::Mld && pkt.icmp_type == 143);
     }
-    !((ep.ipv6 != [0; 16] && *s == ep.ipv6) || (ep.ipv6_ll != [0; 16] && *s == ep.ipv6_ll))
+    !control::own_v6(ep, s)
 }
 
 /// Broadcast or multicast: for the link, not for one endpoint.
@@ -343,15 +343,15 @@ fn non_unicast(ep: &Endpoint, pkt: &Packet) -> bool {
 /// A packet entering a container must be addressed to it: one of its own
 /// addresses, or broadcast / multicast.
 #[inline(always)]
-fn for_endpoint(ep: &Endpoint, pkt: &Packet) -> bool {
-    if non_unicast(ep, pkt) {
+fn for_endpoint(ep: &Endpoint, pkt: &Packet, unicast: bool) -> bool {
+    if !unicast {
         return true;
     }
     let d = &pkt.daddr;
     if pkt.family == family::V4 {
         ep.ipv4 != [0; 4] && d[..4] == ep.ipv4
     } else {
-        (ep.ipv6 != [0; 16] && *d == ep.ipv6) || (ep.ipv6_ll != [0; 16] && *d == ep.ipv6_ll)
+        control::own_v6(ep, d)
     }
 }
 
@@ -361,28 +361,24 @@ fn for_endpoint(ep: &Endpoint, pkt: &Packet) -> bool {
 /// unknown unicast MAC the bridge floods, a made-up multicast MAC) is not
 /// for this endpoint.
 #[inline(always)]
-fn dest_mac_ok(ctx: &TcContext, ep: &Endpoint, pkt: Option<&Packet>) -> bool {
+fn dest_mac_ok(ctx: &TcContext, ep: &Endpoint, ip: Option<(&Packet, bool)>) -> bool {
     let Some(d) = parse::ptr_at::<[u8; 6]>(ctx, 0) else {
         return false;
     };
     let d = unsafe { *d };
     const BCAST: [u8; 6] = [0xff; 6];
-    let Some(p) = pkt else {
+    let Some((p, unicast)) = ip else {
         return d == ep.mac || d == BCAST;
     };
     let a = &p.daddr;
-    if p.family == family::V4 {
-        if a[0] & 0xf0 == 0xe0 {
-            d == [0x01, 0x00, 0x5e, a[1] & 0x7f, a[2], a[3]]
-        } else if non_unicast(ep, p) {
-            d == BCAST
-        } else {
-            d == ep.mac
-        }
-    } else if a[0] == 0xff {
-        d == [0x33, 0x33, a[12], a[13], a[14], a[15]]
-    } else {
+    if unicast {
         d == ep.mac
+    } else if p.family == family::V6 {
+        d == [0x33, 0x33, a[12], a[13], a[14], a[15]]
+    } else if a[0] & 0xf0 == 0xe0 {
+        d == [0x01, 0x00, 0x5e, a[1] & 0x7f, a[2], a[3]]
+    } else {
+        d == BCAST
     }
 }
 

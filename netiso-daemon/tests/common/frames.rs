@@ -276,3 +276,15 @@ pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
     a[13..].copy_from_slice(&mac[3..]);
     Ipv6Addr::from(a)
 }
+
+/// An ARP message for IPv4 over Ethernet (the payload after the Ethernet
+/// header).
+pub fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa.octets());
+    a
+}

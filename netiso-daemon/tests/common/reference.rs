@@ -27,42 +27,16 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::frames::{eth, ext8, icmp_echo, icmpv6, ipv4, ipv6, tcp, udp, MAC_A, MAC_B, SYN};
+use super::frames::{
+    arp, eth, ext8, icmp_echo, icmpv6, ipv4, ipv6, link_local, solicited_node, tcp, udp, MAC_A,
+    MAC_B, SYN,
+};
 
 /// The endpoint's own addresses (A) and a peer's (B).
 pub const A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 pub const B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 pub const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 pub const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-
-/// The EUI-64 link-local address of a MAC (what the kernel gives a veth).
-pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        mac[0] ^ 2,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ])
-}
-
-fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
-    let o = a.octets();
-    Ipv6Addr::from([
-        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
-    ])
-}
 
 /// Link control as sent: `f` with its IPv4 TTL / IPv6 hop limit set (the
 /// builders use 64) and its IGMP / ICMPv6 checksum filled in.
@@ -77,16 +51,6 @@ fn hops(mut f: Vec<u8>, n: u8) -> Vec<u8> {
         let l4 = if f[20] == 0 { 62 } else { 54 };
         summed(f, l4, true)
     }
-}
-
-fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
-    let mut a = vec![0, 1, 8, 0, 6, 4];
-    a.extend_from_slice(&op.to_be_bytes());
-    a.extend_from_slice(&sha);
-    a.extend_from_slice(&spa.octets());
-    a.extend_from_slice(&tha);
-    a.extend_from_slice(&tpa.octets());
-    a
 }
 
 /// An ND message: type, the 4 bytes after the checksum, a target, options.

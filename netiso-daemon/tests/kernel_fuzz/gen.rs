@@ -353,29 +353,6 @@ pub struct Net {
     pub marker: [u8; 8],
 }
 
-/// The EUI-64 link-local address of a MAC.
-pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
-    let b = [
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        mac[0] ^ 2,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ];
-    Ipv6Addr::from(b)
-}
-
 fn mcast_mac4(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]
