@@ -85,8 +85,8 @@ fuzz_target!(|input: Input| {
         let row = events::row(&state, &ev);
         let reason = DropReason::from_u8(ev.flow.reason);
         assert_eq!(row.verdict == "audit", reason == Some(DropReason::Audit));
-        assert_eq!(row.reason == "unknown", reason.is_none());
-        assert_eq!(row.rule.is_some(), ev.rule_id != 0);
+        assert_eq!(row.flow.reason == "unknown", reason.is_none());
+        assert_eq!(row.flow.rule.is_some(), ev.rule_id != 0);
         let msg = MonitorMessage::Event(Box::new(row));
         let _ = events::wanted(&filter, &msg);
         // The monitor stream is JSON lines: every row must serialise.

@@ -298,7 +298,7 @@ fn floods_of_containers_drops_and_flows_keep_enforcement_and_counts_exact() {
     assert_eq!(flow_rows(&pins, spray_ip, sink_ip, Some(7000)), (sent, 1));
     let count = |f: &dyn Fn(&MonitorMessage) -> u64| msgs.iter().map(f).sum::<u64>();
     let events = count(&|m| match m {
-        MonitorMessage::Event(e) if e.port == 7000 && e.proto == "udp" => 1,
+        MonitorMessage::Event(e) if e.flow.port == 7000 && e.flow.proto == "udp" => 1,
         _ => 0,
     });
     let held_back = count(&|m| match m {

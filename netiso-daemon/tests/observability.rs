@@ -65,7 +65,7 @@ fn collect(
 
 fn udp_events(msgs: &[MonitorMessage], port: u16) -> usize {
     msgs.iter()
-        .filter(|m| matches!(m, MonitorMessage::Event(e) if e.proto == "udp" && e.port == port))
+        .filter(|m| matches!(m, MonitorMessage::Event(e) if e.flow.proto == "udp" && e.flow.port == port))
         .count()
 }
 
@@ -156,15 +156,15 @@ fn stats_monitor_and_metrics_count_exactly_the_drops_caused() {
         let MonitorMessage::Event(e) = m else {
             panic!("unexpected {m:?}");
         };
-        assert_eq!(e.src, p.guest);
-        assert_eq!(e.src_group, "untrusted");
-        assert_eq!(e.dst, p.back);
-        assert_eq!(e.dst_group, "backend");
+        assert_eq!(e.flow.src, p.guest);
+        assert_eq!(e.flow.src_group, "untrusted");
+        assert_eq!(e.flow.dst, p.back);
+        assert_eq!(e.flow.dst_group, "backend");
         assert_eq!(
-            (e.verdict.as_str(), e.reason.as_str()),
+            (e.verdict.as_str(), e.flow.reason.as_str()),
             ("drop", "default-deny")
         );
-        assert_eq!(e.direction, "egress");
+        assert_eq!(e.flow.direction, "egress");
     }
 
     let out = cli_monitor.wait_with_output().unwrap();

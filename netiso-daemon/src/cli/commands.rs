@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::api::{self, ClientError, Request};
+use crate::observe::defaults;
 use crate::observe::events::{EventRow, MonitorMessage};
 use crate::observe::filter::{parse_duration, Filter};
 use crate::observe::state::State;
 use crate::observe::stats::{self, SortKey, Stats, View};
 use crate::observe::status::{self, StatusReport};
 
-pub const DEFAULT_STATE_DIR: &str = "/run/netiso";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where to find the daemon and its files.
@@ -26,10 +26,10 @@ pub struct Conn {
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Where the daemon pins programs, links and maps.
-    #[arg(long, default_value = netiso_common::PIN_DIR)]
+    #[arg(long, default_value = defaults::PIN_DIR)]
     pub pin_dir: PathBuf,
     /// Where the daemon publishes its state.
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    #[arg(long, default_value = defaults::STATE_DIR)]
     pub state_dir: PathBuf,
 }
 
@@ -181,23 +181,19 @@ fn peer(name: &str, ip: Option<std::net::IpAddr>, group: &str) -> String {
 }
 
 /// One human line per event.
-pub fn render_event(e: &EventRow) -> String {
-    let what = if e.port == 0 {
-        e.proto.clone()
-    } else {
-        format!("{}/{}", e.proto, e.port)
-    };
+pub fn render_event(row: &EventRow) -> String {
+    let e = &row.flow;
     format!(
         "{}  {:<5} {:<13} {:<7}  {} -> {}  {}  {} B  rule {}",
-        clock(e.time),
-        e.verdict.to_uppercase(),
+        clock(row.time),
+        row.verdict.to_uppercase(),
         e.reason,
         e.direction,
         peer(&e.src, e.src_ip, &e.src_group),
         peer(&e.dst, e.dst_ip, &e.dst_group),
-        what,
-        e.len,
-        e.rule.map_or_else(|| "default".into(), |r| format!("#{r}")),
+        e.service(),
+        row.len,
+        e.rule_label(),
     )
 }
 
@@ -329,24 +325,27 @@ pub fn run_reload(a: ReloadArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::flow::Flow;
 
     #[test]
     fn event_lines_read_well() {
         let e = EventRow {
             time: 1_700_000_000.25,
             verdict: "drop".into(),
-            reason: "default-deny".into(),
-            direction: "egress".into(),
-            src: "guest".into(),
-            src_ip: Some("172.18.0.4".parse().unwrap()),
-            src_group: "untrusted".into(),
-            dst: "172.18.0.9".into(),
-            dst_ip: Some("172.18.0.9".parse().unwrap()),
-            dst_group: "world".into(),
-            proto: "udp".into(),
-            port: 7777,
+            flow: Flow {
+                reason: "default-deny".into(),
+                direction: "egress".into(),
+                src: "guest".into(),
+                src_ip: Some("172.18.0.4".parse().unwrap()),
+                src_group: "untrusted".into(),
+                dst: "172.18.0.9".into(),
+                dst_ip: Some("172.18.0.9".parse().unwrap()),
+                dst_group: "world".into(),
+                proto: "udp".into(),
+                port: 7777,
+                rule: None,
+            },
             len: 44,
-            rule: None,
             ifindex: 3,
         };
         let l = render_event(&e);

@@ -16,12 +16,9 @@ use std::path::{Path, PathBuf};
 use netiso_common::{identity, proto, Action};
 use serde::Serialize;
 
+use crate::observe::defaults;
 use crate::observe::state::State;
 use crate::policy::{self, Compiled, IdentityAllocator, Policy, PortSpec};
-
-/// Where the policy is read from when neither `--policy` nor the daemon's
-/// state file names one.
-pub const DEFAULT_POLICY: &str = "/etc/netiso/policy.toml";
 
 /// `netiso explain` arguments.
 #[derive(clap::Args, Debug)]
@@ -44,7 +41,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Where the daemon publishes its state (to name running containers).
-    #[arg(long, default_value = "/run/netiso")]
+    #[arg(long, default_value = defaults::STATE_DIR)]
     pub state_dir: PathBuf,
     /// Machine-readable output.
     #[arg(long)]
@@ -141,7 +138,7 @@ pub struct Request {
     pub from: String,
     pub to: String,
     pub port: Option<String>,
-    /// `--policy`; else the daemon's policy; else [`DEFAULT_POLICY`].
+    /// `--policy`; else the daemon's policy; else [`defaults::POLICY`].
     pub policy: Option<PathBuf>,
     pub state_dir: PathBuf,
 }
@@ -155,7 +152,7 @@ pub fn run(req: &Request) -> Result<Explanation, ExplainError> {
     let path = match (&req.policy, state.policy_path.as_os_str().is_empty()) {
         (Some(p), _) => p.clone(),
         (None, false) => state.policy_path.clone(),
-        (None, true) => PathBuf::from(DEFAULT_POLICY),
+        (None, true) => PathBuf::from(defaults::POLICY),
     };
     let policy = policy::load_path(&path).map_err(|e| {
         ExplainError::Policy(format!("the policy {} is not valid:\n{e}", path.display()))

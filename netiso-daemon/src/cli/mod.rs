@@ -13,8 +13,6 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use crate::daemon::config::{Config, DaemonArgs, LogFormat};
 use crate::{daemon, datapath, policy};
 
-const DEFAULT_PIN_DIR: &str = netiso_common::PIN_DIR;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "netiso",
@@ -61,7 +59,7 @@ enum Command {
     },
     /// Remove every pinned program, link and map: enforcement stops.
     Cleanup {
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        #[arg(long, default_value = crate::observe::defaults::PIN_DIR)]
         pin_dir: PathBuf,
     },
 }

@@ -14,9 +14,10 @@ use serde::Deserialize;
 
 /// Where `netiso daemon` looks for its configuration when `--config` is not
 /// given (a missing default file is fine; a missing `--config` file is not).
-pub const DEFAULT_CONFIG: &str = "/etc/netiso/netiso.toml";
-pub const DEFAULT_POLICY: &str = "/etc/netiso/policy.toml";
-pub const DEFAULT_STATE_DIR: &str = "/run/netiso";
+pub use crate::observe::defaults::{
+    CONFIG as DEFAULT_CONFIG, PIN_DIR as DEFAULT_PIN_DIR, POLICY as DEFAULT_POLICY,
+    STATE_DIR as DEFAULT_STATE_DIR,
+};
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -226,7 +227,7 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
             .pin_dir
             .clone()
             .or(f.pin_dir)
-            .unwrap_or_else(|| netiso_common::PIN_DIR.into()),
+            .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         state_dir: a
             .state_dir
             .clone()
@@ -265,7 +266,7 @@ mod tests {
     fn defaults_without_file_or_flags() {
         let c = merge(None, FileConfig::default(), &DaemonArgs::default());
         assert_eq!(c.policy, Path::new(DEFAULT_POLICY));
-        assert_eq!(c.pin_dir, Path::new(netiso_common::PIN_DIR));
+        assert_eq!(c.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(c.socket, None);
         assert_eq!(c.resync_interval, Some(Duration::from_secs(60)));

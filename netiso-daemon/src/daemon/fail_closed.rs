@@ -100,7 +100,7 @@ impl Holds {
                 ifindex: ev.ifindex,
                 ifname: ev.ifname.clone(),
                 network: network.clone(),
-                since: crate::observe::telemetry::unix_now(),
+                since: crate::observe::clock::unix_now(),
             },
         );
         true

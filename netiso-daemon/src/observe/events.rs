@@ -8,14 +8,13 @@
 //! off a bounded broadcast channel: a slow client loses events (and is told
 //! how many), it never slows the reader.
 use std::mem::size_of;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
-use netiso_common::{maps, Direction, DropReason, Event, RateState};
+use netiso_common::{maps, DropReason, Event, RateState};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,9 +25,10 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
 
 use crate::datapath::counters::open_pinned;
-use crate::observe::filter::{Filter, Subject};
+use crate::observe::clock::mono_to_unix_f64;
+use crate::observe::filter::Filter;
+use crate::observe::flow::Flow;
 use crate::observe::state::State;
-use crate::observe::stats::{addr, proto_name};
 
 /// Events kept for subscribers that have not read them yet.
 pub const FANOUT_CAPACITY: usize = 4096;
@@ -40,33 +40,12 @@ pub struct EventRow {
     pub time: f64,
     /// `drop`, or `audit` for a packet an audit rule let through.
     pub verdict: String,
-    pub reason: String,
-    pub direction: String,
-    pub src: String,
-    pub src_ip: Option<IpAddr>,
-    pub src_group: String,
-    pub dst: String,
-    pub dst_ip: Option<IpAddr>,
-    pub dst_group: String,
-    pub proto: String,
-    pub port: u16,
+    #[serde(flatten)]
+    pub flow: Flow,
     /// Packet length in bytes.
     pub len: u32,
-    /// Deciding rule (1-based), if a rule rather than a default decided.
-    pub rule: Option<u32>,
     /// Host-side veth that saw the packet.
     pub ifindex: u32,
-}
-
-impl EventRow {
-    pub fn subject(&self) -> Subject<'_> {
-        Subject {
-            names: [&self.src, &self.dst],
-            ips: [self.src_ip, self.dst_ip],
-            groups: [&self.src_group, &self.dst_group],
-            reason: &self.reason,
-        }
-    }
 }
 
 /// What a monitor subscriber receives, one JSON line each.
@@ -99,61 +78,20 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds (the clock of `bpf_ktime_get_ns`).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Unix time (seconds, fractional) of a `bpf_ktime_get_ns` timestamp.
-pub fn mono_to_unix_f64(ns: u64) -> f64 {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let age = monotonic_ns().saturating_sub(ns) as f64 / 1e9;
-    now_unix - age
-}
-
 /// Names an event with the state the daemon published.
 pub fn row(state: &State, ev: &Event) -> EventRow {
-    let k = &ev.flow;
-    let name = |ip: Option<IpAddr>| match ip {
-        Some(ip) => state
-            .container_by_ip(ip)
-            .map_or_else(|| ip.to_string(), |e| e.container.clone()),
-        None => "-".into(),
-    };
-    let src_ip = addr(k.family, &k.saddr);
-    let dst_ip = addr(k.family, &k.daddr);
-    let reason = DropReason::from_u8(k.reason);
+    let flow = Flow::named(state, &ev.flow, ev.rule_id);
     EventRow {
         time: mono_to_unix_f64(ev.ts_ns),
-        verdict: if reason == Some(DropReason::Audit) {
+        verdict: if ev.flow.reason == DropReason::Audit as u8 {
             "audit"
         } else {
             "drop"
         }
         .into(),
-        reason: reason.map_or("unknown", DropReason::as_str).into(),
-        direction: Direction::from_u8(k.direction)
-            .map_or("?", Direction::as_str)
-            .into(),
-        src: name(src_ip),
-        src_ip,
-        src_group: state.groups_of_identity(k.src_identity),
-        dst: name(dst_ip),
-        dst_ip,
-        dst_group: state.groups_of_identity(k.dst_identity),
-        proto: proto_name(k.proto),
-        port: k.dport,
+        flow,
         len: ev.len,
-        rule: (ev.rule_id != 0).then_some(ev.rule_id),
-        ifindex: k.ifindex,
+        ifindex: ev.flow.ifindex,
     }
 }
 
@@ -161,7 +99,7 @@ pub fn row(state: &State, ev: &Event) -> EventRow {
 /// suppressed or lost events always do: they may hide matching events.
 pub fn wanted(filter: &Filter, msg: &MonitorMessage) -> bool {
     match msg {
-        MonitorMessage::Event(e) => filter.matches(&e.subject()),
+        MonitorMessage::Event(e) => filter.matches(&e.flow.subject()),
         _ => true,
     }
 }
@@ -375,7 +313,7 @@ async fn poll_limits(pin_dir: PathBuf, hub: Arc<EventHub>) {
 mod tests {
     use super::*;
     use crate::observe::state::EndpointState;
-    use netiso_common::{family, proto, FlowKey};
+    use netiso_common::{family, proto, Direction, FlowKey};
 
     fn bytes_of(ev: &Event) -> Vec<u8> {
         // SAFETY: Event is POD without implicit padding.
@@ -408,7 +346,7 @@ mod tests {
         flow.saddr[..4].copy_from_slice(&[172, 18, 0, 4]);
         flow.daddr[..4].copy_from_slice(&[172, 18, 0, 2]);
         let ev = Event {
-            ts_ns: monotonic_ns() - 1_500_000_000,
+            ts_ns: crate::observe::clock::monotonic_ns() - 1_500_000_000,
             flow,
             len: 44,
             rule_id: 0,
@@ -428,23 +366,20 @@ mod tests {
         assert_eq!(got, ev);
         assert!(decode(&buf[1..40]).is_none(), "short records are refused");
         let r = row(&state, &got);
-        assert_eq!(r.src, "guest");
-        assert_eq!(r.src_group, "untrusted");
-        assert_eq!(r.dst, "172.18.0.2");
-        assert_eq!(r.dst_group, "backend");
+        assert_eq!(r.flow.src, "guest");
+        assert_eq!(r.flow.src_group, "untrusted");
+        assert_eq!(r.flow.dst, "172.18.0.2");
+        assert_eq!(r.flow.dst_group, "backend");
         assert_eq!(
-            (r.proto.as_str(), r.port, r.len),
+            (r.flow.proto.as_str(), r.flow.port, r.len),
             ("udp", 7777, 44),
             "{r:?}"
         );
-        assert_eq!(r.reason, "default-deny");
+        assert_eq!(r.flow.reason, "default-deny");
         assert_eq!(r.verdict, "drop");
-        assert_eq!(r.direction, "egress");
-        assert_eq!(r.rule, None);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
+        assert_eq!(r.flow.direction, "egress");
+        assert_eq!(r.flow.rule, None);
+        let now = crate::observe::clock::unix_now_f64();
         assert!(
             (now - r.time - 1.5).abs() < 0.5,
             "time {} vs now {now}",
@@ -458,7 +393,42 @@ mod tests {
         ev.flow.reason = DropReason::Audit as u8;
         ev.rule_id = 4;
         let r = row(&state, &ev);
-        assert_eq!((r.verdict.as_str(), r.rule), ("audit", Some(4)));
+        assert_eq!((r.verdict.as_str(), r.flow.rule), ("audit", Some(4)));
+    }
+
+    #[test]
+    fn event_lines_are_flat_and_round_trip() {
+        // The named flow is flattened: monitor's JSON keeps one flat object
+        // (docs/observability.md shows it), and reads back to the same row.
+        let (state, ev) = sample();
+        let msg = MonitorMessage::Event(Box::new(row(&state, &ev)));
+        let line = serde_json::to_string(&msg).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "direction",
+                "dst",
+                "dst_group",
+                "dst_ip",
+                "ifindex",
+                "len",
+                "port",
+                "proto",
+                "reason",
+                "rule",
+                "src",
+                "src_group",
+                "src_ip",
+                "time",
+                "type",
+                "verdict"
+            ]
+        );
+        let back: MonitorMessage = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, msg);
     }
 
     #[test]

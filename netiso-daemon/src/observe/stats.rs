@@ -1,34 +1,25 @@
 //! `netiso stats`: the per-flow drop table joined with container names and
 //! groups, as a table or JSON. Reads the pinned maps directly, so it works
 //! whether or not the daemon runs.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Result;
-use netiso_common::{family, proto, Direction, DropReason, FlowKey, FlowValue};
+use netiso_common::{FlowKey, FlowValue};
 use serde::{Deserialize, Serialize};
 use tabled::{settings::Style, Table, Tabled};
 
 use crate::datapath::counters::{self, PinnedCounters};
-use crate::observe::filter::{Filter, Subject};
+use crate::observe::clock::{ago, mono_to_unix, unix_now};
+use crate::observe::filter::Filter;
+use crate::observe::flow::Flow;
 use crate::observe::state::State;
 
-/// One dropped flow, as shown to operators.
+/// One dropped flow, as shown to operators: the named flow and its counts.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FlowRow {
-    pub src: String,
-    pub src_ip: Option<IpAddr>,
-    pub src_group: String,
-    pub dst: String,
-    pub dst_ip: Option<IpAddr>,
-    pub dst_group: String,
-    pub proto: String,
-    pub port: u16,
-    pub direction: String,
-    pub reason: String,
-    /// Deciding rule (1-based), if a rule rather than a default decided.
-    pub rule: Option<u32>,
+    #[serde(flatten)]
+    pub flow: Flow,
     pub packets: u64,
     pub bytes: u64,
     /// Unix seconds of the first and last drop.
@@ -65,68 +56,9 @@ pub struct Stats {
     pub rules: Vec<RuleRow>,
 }
 
-pub fn addr(family_: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
-    match family_ {
-        family::V4 => Some(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
-        family::V6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
-        _ => None,
-    }
-}
-
-pub fn proto_name(p: u8) -> String {
-    match p {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "icmpv6".into(),
-        0 => "-".into(),
-        n => format!("ip-proto-{n}"),
-    }
-}
-
-/// Converts a `bpf_ktime_get_ns` timestamp (CLOCK_MONOTONIC) to unix seconds.
-fn mono_to_unix(ns: u64) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now_mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    let age = Duration::from_nanos(now_mono.saturating_sub(ns));
-    SystemTime::now()
-        .checked_sub(age)
-        .unwrap_or(UNIX_EPOCH)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 pub fn flow_row(state: &State, k: &FlowKey, v: &FlowValue) -> FlowRow {
-    let name = |ip: Option<IpAddr>| match ip {
-        Some(ip) => state
-            .container_by_ip(ip)
-            .map_or_else(|| ip.to_string(), |e| e.container.clone()),
-        None => "-".into(),
-    };
-    let src_ip = addr(k.family, &k.saddr);
-    let dst_ip = addr(k.family, &k.daddr);
     FlowRow {
-        src: name(src_ip),
-        src_ip,
-        src_group: state.groups_of_identity(k.src_identity),
-        dst: name(dst_ip),
-        dst_ip,
-        dst_group: state.groups_of_identity(k.dst_identity),
-        proto: proto_name(k.proto),
-        port: k.dport,
-        direction: Direction::from_u8(k.direction)
-            .map_or("?", Direction::as_str)
-            .into(),
-        reason: DropReason::from_u8(k.reason)
-            .map_or("unknown", DropReason::as_str)
-            .into(),
-        rule: (v.rule_id != 0).then_some(v.rule_id),
+        flow: Flow::named(state, k, v.rule_id),
         packets: v.packets,
         bytes: v.bytes,
         first_seen: mono_to_unix(v.first_seen_ns),
@@ -225,28 +157,15 @@ pub struct View {
     pub top: Option<usize>,
 }
 
-impl FlowRow {
-    pub fn subject(&self) -> Subject<'_> {
-        Subject {
-            names: [&self.src, &self.dst],
-            ips: [self.src_ip, self.dst_ip],
-            groups: [&self.src_group, &self.dst_group],
-            reason: &self.reason,
-        }
-    }
-}
-
 /// Applies filters, order and limit to the flow rows. Reason and rule
 /// totals stay whole (they are kernel-wide counters), except that a
 /// `--reason` filter keeps only that reason.
 pub fn apply_view(mut stats: Stats, view: &View) -> Stats {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix_now();
     let oldest = view.since.map(|d| now.saturating_sub(d.as_secs()));
-    stats
-        .flows
-        .retain(|f| view.filter.matches(&f.subject()) && oldest.is_none_or(|t| f.last_seen >= t));
+    stats.flows.retain(|f| {
+        view.filter.matches(&f.flow.subject()) && oldest.is_none_or(|t| f.last_seen >= t)
+    });
     sort_flows(&mut stats.flows, view.sort);
     if let Some(n) = view.top {
         stats.flows.truncate(n);
@@ -285,42 +204,32 @@ struct FlowLine {
     last_seen: String,
 }
 
-fn ago(unix: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let s = now.saturating_sub(unix);
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
-}
-
 /// Renders the human form of `netiso stats`.
 pub fn render(stats: &Stats) -> String {
     let mut out = String::new();
     if stats.flows.is_empty() {
         out.push_str("No drops recorded.\n");
     } else {
-        let lines = stats.flows.iter().map(|f| FlowLine {
-            src: f.src.clone(),
-            src_group: f.src_group.clone(),
-            dst: f.dst.clone(),
-            dst_group: f.dst_group.clone(),
-            proto: f.proto.clone(),
-            port: if f.port == 0 {
-                "-".into()
-            } else {
-                f.port.to_string()
-            },
-            direction: f.direction.clone(),
-            reason: f.reason.clone(),
-            rule: f.rule.map_or_else(|| "default".into(), |r| format!("#{r}")),
-            packets: f.packets,
-            bytes: f.bytes,
-            last_seen: ago(f.last_seen),
+        let lines = stats.flows.iter().map(|row| {
+            let f = &row.flow;
+            FlowLine {
+                src: f.src.clone(),
+                src_group: f.src_group.clone(),
+                dst: f.dst.clone(),
+                dst_group: f.dst_group.clone(),
+                proto: f.proto.clone(),
+                port: if f.port == 0 {
+                    "-".into()
+                } else {
+                    f.port.to_string()
+                },
+                direction: f.direction.clone(),
+                reason: f.reason.clone(),
+                rule: f.rule_label(),
+                packets: row.packets,
+                bytes: row.bytes,
+                last_seen: ago(row.last_seen),
+            }
         });
         out.push_str(&Table::new(lines).with(Style::blank()).to_string());
         out.push('\n');
@@ -377,22 +286,21 @@ mod tests {
     use super::*;
 
     fn flow(src: &str, group: &str, reason: &str, packets: u64, bytes: u64, age: u64) -> FlowRow {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = unix_now();
         FlowRow {
-            src: src.into(),
-            src_ip: None,
-            src_group: group.into(),
-            dst: "db".into(),
-            dst_ip: None,
-            dst_group: "database".into(),
-            proto: "tcp".into(),
-            port: 5432,
-            direction: "egress".into(),
-            reason: reason.into(),
-            rule: None,
+            flow: Flow {
+                src: src.into(),
+                src_ip: None,
+                src_group: group.into(),
+                dst: "db".into(),
+                dst_ip: None,
+                dst_group: "database".into(),
+                proto: "tcp".into(),
+                port: 5432,
+                direction: "egress".into(),
+                reason: reason.into(),
+                rule: None,
+            },
             packets,
             bytes,
             first_seen: now - age,
@@ -425,7 +333,7 @@ mod tests {
     }
 
     fn srcs(s: &Stats) -> Vec<&str> {
-        s.flows.iter().map(|f| f.src.as_str()).collect()
+        s.flows.iter().map(|f| f.flow.src.as_str()).collect()
     }
 
     #[test]

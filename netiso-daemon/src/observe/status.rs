@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use tabled::{settings::Style, Table, Tabled};
 
 use crate::datapath::counters::open_pinned;
+use crate::observe::clock::ago;
 use crate::observe::state::{EndpointState, State, Unenforceable};
-use crate::observe::telemetry::{unix_now, Health};
+use crate::observe::telemetry::Health;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -272,19 +273,6 @@ impl StatusReport {
             }
         }
         out
-    }
-}
-
-fn ago(unix: u64) -> String {
-    if unix == 0 {
-        return "never".into();
-    }
-    let s = unix_now().saturating_sub(unix);
-    match s {
-        0..=119 => format!("{s}s ago"),
-        120..=7199 => format!("{}m ago", s / 60),
-        7200..=172_799 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
     }
 }
 

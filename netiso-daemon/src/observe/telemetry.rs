@@ -5,7 +5,7 @@
 //! A process-wide handle keeps the edits to the daemon loop to single lines
 //! and needs no plumbing through its structs.
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+
+use crate::observe::clock::unix_now;
 
 /// What `netiso status` shows about the daemon itself.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -60,12 +62,6 @@ pub struct Telemetry {
 pub fn global() -> &'static Telemetry {
     static T: OnceLock<Telemetry> = OnceLock::new();
     T.get_or_init(Telemetry::new)
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Telemetry {
