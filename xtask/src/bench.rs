@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::Result;
 use clap::Args;
 
-use crate::{cmd, docker, setup};
+use crate::{cmd, docker, root, setup};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -41,7 +41,7 @@ pub fn command(root: &Path, args: &BenchArgs) -> Command {
 }
 
 pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
-    setup::require_root(
+    root::require_root(
         "cargo xtask bench",
         "it loads eBPF programs, makes network namespaces, installs iptables/nftables rules in them and starts containers",
     )?;

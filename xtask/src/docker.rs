@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cmd, setup};
+use crate::{cmd, root};
 
 /// The image the Docker tests run their containers from.
 pub const TEST_IMAGE: &str = "netiso-busybox:test";
@@ -155,7 +155,7 @@ impl Engine {
         if let Ok(p) = ping(socket) {
             return Ok(format!("ok ({shown}{})", api(&p)));
         }
-        if !setup::is_root() {
+        if !root::is_root() {
             bail!(
                 "no Docker engine answers on {shown}, and starting one needs root: \
                  run `cargo xtask setup` as root"

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::{cmd, setup};
+use crate::{cmd, root, setup};
 
 /// Every target, in the order they run. The packet and kernel targets
 /// load eBPF programs (root).
@@ -175,7 +175,7 @@ fn cargo_fuzz(root: &Path, sub: &str, thorough: bool) -> Command {
 }
 
 pub fn fuzz(root: &Path, args: FuzzArgs) -> Result<()> {
-    setup::require_root(
+    root::require_root(
         "cargo xtask fuzz",
         "the packet target loads the eBPF programs into a private network namespace",
     )?;

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::{cmd, docker, run, setup};
+use crate::{cmd, docker, root, run, setup};
 
 /// Where `packaging/netiso.service` expects the binary (the .deb's place);
 /// `install` rewrites it to [`BIN`].
@@ -121,7 +121,7 @@ pub fn install_files(destdir: &Path, data: &[Vec<u8>]) -> Result<Vec<(PathBuf, O
 pub fn install(root: &Path, args: InstallArgs) -> Result<()> {
     let destdir = args.destdir.clone().unwrap_or_else(|| PathBuf::from("/"));
     if args.destdir.is_none() {
-        setup::require_root(
+        root::require_root(
             "cargo xtask install",
             "it writes /usr/local/bin, /etc/systemd/system and /etc/netiso",
         )?;

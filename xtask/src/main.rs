@@ -6,6 +6,7 @@ mod docker;
 mod fuzz;
 mod install;
 mod package;
+mod root;
 mod run;
 mod setup;
 mod test;

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::{cmd, setup};
+use crate::{cmd, root, setup};
 
 /// The policy the daemon runs with unless `--policy` says otherwise.
 pub const DEFAULT_POLICY: &str = "policies/default.toml";
@@ -39,7 +39,7 @@ pub fn target_dir(root: &Path, env: impl Fn(&str) -> Option<String>) -> PathBuf 
 /// `invoked_from` is the directory `cargo xtask` was started in: a relative
 /// `--policy` is relative to it, the default policy to the workspace root.
 pub fn run(root: &Path, invoked_from: &Path, args: RunArgs) -> Result<()> {
-    setup::require_root(
+    root::require_root(
         "cargo xtask run",
         "the daemon loads eBPF programs, attaches them to container veths and talks to dockerd",
     )?;

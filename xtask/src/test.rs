@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::{cmd, docker, setup};
+use crate::{cmd, docker, root, setup};
 
 /// The eBPF crate only builds for bpfel-unknown-none (netiso-daemon's
 /// build.rs builds it); host-side lint and test runs leave it out.
@@ -78,7 +78,7 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
 }
 
 pub fn test(args: TestArgs) -> Result<()> {
-    setup::require_root(
+    root::require_root(
         "cargo xtask test",
         "the suite includes privileged tests (eBPF, network namespaces, Docker) that must not be skipped",
     )?;
