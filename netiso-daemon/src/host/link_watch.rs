@@ -11,20 +11,11 @@ use netlink_packet_core::{parse_string, parse_u32, NetlinkBuffer, NlasIterator};
 use netlink_packet_core::{NLMSG_DONE, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTMGRP_LINK: u32 = 1;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MASTER: u16 = 10;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-/// `struct ifinfomsg`.
-const IFINFO_LEN: usize = 16;
+use crate::host::rtnl::{
+    IFINFO_LEN, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MASTER, RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR, RTMGRP_LINK, RTM_DELADDR, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR,
+    RTM_NEWLINK,
+};
 
 /// One link as announced: its bridge (`master`) and kind.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,3 +2,4 @@
 pub mod docker;
 pub mod link_watch;
 pub mod netlink;
+pub mod rtnl;

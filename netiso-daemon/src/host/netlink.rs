@@ -24,13 +24,9 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::model::Container;
 
-// From <linux/if_link.h>, <linux/rtnetlink.h>; stable kernel ABI.
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_LINK: u16 = 5;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const RTM_NEWLINK: u16 = 16;
+use crate::host::rtnl::{
+    IFLA_ADDRESS, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO, RTM_NEWLINK,
+};
 
 /// One network interface as seen from some network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,9 +12,10 @@ use std::time::Duration;
 use aya::maps::{Array, Map, MapData};
 use netiso_common::{errors, maps, DropReason, Settings};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -250,22 +251,9 @@ fn counter(
     help: &str,
     rows: impl IntoIterator<Item = (Labels, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let rows: Vec<_> = rows.into_iter().collect();
-    let mut m = enc.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Counter,
-    )?;
-    if let [(l, v)] = rows.as_slice() {
-        if l.is_empty() {
-            return ConstCounter::new(*v).encode(m);
-        }
-    }
-    for (l, v) in rows {
-        ConstCounter::new(v).encode(m.encode_family(&l)?)?;
-    }
-    Ok(())
+    family(enc, name, help, MetricType::Counter, rows, |v, m| {
+        ConstCounter::new(v).encode(m)
+    })
 }
 
 fn gauge(
@@ -274,20 +262,29 @@ fn gauge(
     help: &str,
     rows: impl IntoIterator<Item = (Labels, i64)>,
 ) -> Result<(), std::fmt::Error> {
+    family(enc, name, help, MetricType::Gauge, rows, |v, m| {
+        ConstGauge::new(v).encode(m)
+    })
+}
+
+/// One metric family: a single unlabelled row is written without labels.
+fn family<V: Copy>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, V)>,
+    encode: impl Fn(V, MetricEncoder) -> Result<(), std::fmt::Error>,
+) -> Result<(), std::fmt::Error> {
     let rows: Vec<_> = rows.into_iter().collect();
-    let mut m = enc.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Gauge,
-    )?;
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
     if let [(l, v)] = rows.as_slice() {
         if l.is_empty() {
-            return ConstGauge::new(*v).encode(m);
+            return encode(*v, m);
         }
     }
     for (l, v) in rows {
-        ConstGauge::new(v).encode(m.encode_family(&l)?)?;
+        encode(v, m.encode_family(&l)?)?;
     }
     Ok(())
 }
