@@ -25,6 +25,14 @@ pub const REQUIRED: &[&str] = &[
     "./etc/netiso/netiso.toml",
     "./etc/netiso/policy.toml",
 ];
+/// Completions and the main manual page, where Debian's shells and man look.
+pub const DOCS: &[&str] = &[
+    "./usr/share/bash-completion/completions/netiso",
+    "./usr/share/zsh/vendor-completions/_netiso",
+    "./usr/share/fish/vendor_completions.d/netiso.fish",
+    "./usr/share/man/man1/netiso.1.gz",
+    "./usr/share/man/man1/netiso-stats.1.gz",
+];
 pub const UNIT_PATHS: &[&str] = &[
     "./lib/systemd/system/netiso.service",
     "./usr/lib/systemd/system/netiso.service",
@@ -45,6 +53,47 @@ fn ensure_cargo_deb() -> Result<()> {
     Ok(())
 }
 
+/// Writes the shell completions and manual pages the .deb ships into
+/// `<profile dir>/assets` (cargo-deb maps the `target/release/` of the
+/// asset paths in netiso-daemon/Cargo.toml to the profile packaged).
+fn generate_assets(profile_dir: &Path) -> Result<()> {
+    let netiso = profile_dir.join("netiso");
+    let assets = profile_dir.join("assets");
+    let completions = assets.join("completions");
+    std::fs::create_dir_all(&completions)
+        .with_context(|| format!("creating {}", completions.display()))?;
+    for (shell, file) in COMPLETIONS {
+        let script = cmd::output(Command::new(&netiso).args(["completions", shell]))?;
+        std::fs::write(completions.join(file), script)
+            .with_context(|| format!("writing the {shell} completions"))?;
+    }
+    let man = assets.join("man");
+    let _ = std::fs::remove_dir_all(&man);
+    cmd::run(
+        Command::new(&netiso).arg("man").arg("--dir").arg(&man),
+        "the binary could not write its manual pages",
+    )?;
+    // Debian ships manual pages compressed (gzip -n: no name or time, so
+    // the same page gives the same bytes).
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&man)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "1"))
+        .collect();
+    pages.sort();
+    cmd::run(
+        Command::new("gzip").args(["-9", "-n", "-f"]).args(&pages),
+        "gzip compresses the manual pages; install it (apt-get install gzip)",
+    )?;
+    Ok(())
+}
+
+/// Shell, file name under `assets/completions`.
+const COMPLETIONS: &[(&str, &str)] = &[
+    ("bash", "netiso"),
+    ("zsh", "_netiso"),
+    ("fish", "netiso.fish"),
+];
+
 /// Checks a package's file list, conffiles and maintainer scripts.
 pub fn check(listing: &str, conffiles: &str, postinst: &str, prerm: &str) -> Result<()> {
     // `-rwxr-xr-x root/root 123 2024-01-01 00:00 ./usr/bin/netiso`
@@ -52,7 +101,7 @@ pub fn check(listing: &str, conffiles: &str, postinst: &str, prerm: &str) -> Res
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
         .collect();
-    for want in REQUIRED {
+    for want in REQUIRED.iter().chain(DOCS) {
         if !paths.contains(want) {
             bail!("the .deb lacks {want}; it holds:\n{listing}");
         }
@@ -84,9 +133,10 @@ pub fn check(listing: &str, conffiles: &str, postinst: &str, prerm: &str) -> Res
 pub fn package(root: &Path, args: PackageArgs) -> Result<PathBuf> {
     ensure_cargo_deb()?;
     let mut deb = Command::new("cargo");
-    deb.args(["deb", "-p", "netiso-daemon"]);
+    deb.args(["deb", "-p", "netiso-daemon", "--no-build"]);
     let target = run::target_dir(root, |k| std::env::var(k).ok());
-    if args.dev {
+    // The binary first: the completions and manual pages come from it.
+    let profile_dir = if args.dev {
         // After `cargo test` the binary is there; building it again with
         // another feature set would only cost minutes.
         if !target.join("debug/netiso").is_file() {
@@ -95,8 +145,16 @@ pub fn package(root: &Path, args: PackageArgs) -> Result<PathBuf> {
                 "fix the build errors above",
             )?;
         }
-        deb.args(["--profile", "dev", "--no-build"]);
-    }
+        deb.args(["--profile", "dev"]);
+        target.join("debug")
+    } else {
+        cmd::run(
+            Command::new("cargo").args(["build", "--release", "-p", "netiso-daemon"]),
+            "fix the build errors above",
+        )?;
+        target.join("release")
+    };
+    generate_assets(&profile_dir)?;
     let out_dir = target.join("debian");
     deb.arg("--output").arg(&out_dir);
     // The build's progress shows as it happens; stdout names the package.
@@ -142,6 +200,11 @@ drwxr-xr-x 0/0               0 2024-01-01 00:00 ./
 -rw-r--r-- 0/0            1000 2024-01-01 00:00 ./etc/netiso/netiso.toml
 -rw-r--r-- 0/0            1000 2024-01-01 00:00 ./etc/netiso/policy.toml
 -rw-r--r-- 0/0            1000 2024-01-01 00:00 ./lib/systemd/system/netiso.service
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./usr/share/bash-completion/completions/netiso
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./usr/share/zsh/vendor-completions/_netiso
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./usr/share/fish/vendor_completions.d/netiso.fish
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./usr/share/man/man1/netiso.1.gz
+-rw-r--r-- 0/0            1000 2024-01-01 00:00 ./usr/share/man/man1/netiso-stats.1.gz
 ";
     const CONF: &str = "/etc/netiso/netiso.toml\n/etc/netiso/policy.toml\n";
     const POSTINST: &str = "deb-systemd-helper enable 'netiso.service'";
@@ -163,6 +226,10 @@ drwxr-xr-x 0/0               0 2024-01-01 00:00 ./
             "-rw-r--r-- 0/0         1234567",
         );
         assert!(check(&not_exec, CONF, POSTINST, PRERM).is_err());
+        let no_completions = LISTING.replace("_netiso", "x");
+        assert!(check(&no_completions, CONF, POSTINST, PRERM).is_err());
+        let no_man = LISTING.replace("./usr/share/man/man1/netiso.1.gz", "./x");
+        assert!(check(&no_man, CONF, POSTINST, PRERM).is_err());
         assert!(check(LISTING, "/etc/netiso/netiso.toml\n", POSTINST, PRERM).is_err());
         assert!(check(LISTING, CONF, "", PRERM).is_err());
         assert!(check(LISTING, CONF, POSTINST, "").is_err());

@@ -7,7 +7,7 @@ pub mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context as _, Result};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::daemon::config::{Config, DaemonArgs, LogFormat};
@@ -56,6 +56,18 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Print the shell completion script for bash, zsh, fish, elvish or
+    /// powershell (the .deb installs bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (netiso.1, netiso-stats.1, ...) into a
+    /// directory.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Remove every pinned program, link and map: enforcement stops.
     Cleanup {
@@ -175,6 +187,16 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "netiso", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup { pin_dir } => {
             datapath::require_root("netiso cleanup")?;
