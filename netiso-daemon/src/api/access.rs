@@ -102,6 +102,7 @@ pub fn group_id(name: &str) -> Result<u32> {
         return Ok(n);
     }
     let c = std::ffi::CString::new(name).context("group name contains NUL")?;
+    // SAFETY: `group` is plain C data, valid all-zero.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
@@ -115,6 +116,7 @@ pub fn group_id(name: &str) -> Result<u32> {
 }
 
 fn group_name(gid: u32) -> Option<String> {
+    // SAFETY: `group` is plain C data, valid all-zero.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();

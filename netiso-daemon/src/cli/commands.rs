@@ -158,8 +158,9 @@ pub struct MonitorArgs {
 fn clock(unix: f64) -> String {
     let secs = unix.floor() as libc::time_t;
     let ms = ((unix - unix.floor()) * 1000.0) as u32;
-    // SAFETY: localtime_r writes into the tm we pass.
+    // SAFETY: `tm` is plain C data, valid all-zero.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `secs` and writes into the tm we pass.
     unsafe { libc::localtime_r(&secs, &mut tm) };
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{ms:03}",

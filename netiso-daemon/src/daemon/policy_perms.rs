@@ -50,6 +50,7 @@ pub enum PermsError {
 /// What is wrong with one file or directory, if anything. `sticky_ok`: a
 /// sticky, world-writable directory owned by root is fine (an ancestor).
 fn problem(path: &Path, meta: &std::fs::Metadata, sticky_ok: bool) -> Option<String> {
+    // SAFETY: geteuid cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     let mode = meta.mode();
     let kind = if meta.is_dir() { "directory" } else { "file" };

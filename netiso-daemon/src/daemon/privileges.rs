@@ -252,11 +252,14 @@ fn drop_on_this_thread(keep: u64) -> Result<(), i32> {
 extern "C" fn on_signal(_: libc::c_int) {
     // Keep errno as the interrupted code left it.
     // SAFETY: __errno_location is the calling thread's errno.
+    // SAFETY: __errno_location is this thread's errno; a signal handler
+    // must leave errno as it found it.
     let saved = unsafe { *libc::__errno_location() };
     match drop_on_this_thread(KEEP.load(Ordering::SeqCst)) {
         Ok(()) => DONE.fetch_add(1, Ordering::SeqCst),
         Err(_) => FAILED.fetch_add(1, Ordering::SeqCst),
     };
+    // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved };
 }
 

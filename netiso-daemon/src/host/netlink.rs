@@ -302,28 +302,35 @@ pub fn host_addresses() -> Result<Vec<std::net::IpAddr>> {
     let mut out = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, alive until freed.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
         if ifa.ifa_addr.is_null() {
             continue;
         }
+        // SAFETY: non-null, and every sockaddr starts with its family.
         match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
             libc::AF_INET => {
+                // SAFETY: the family says this is a sockaddr_in.
                 let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                 out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
                 let bcast = ifa.ifa_ifu;
                 if ifa.ifa_flags & libc::IFF_BROADCAST as u32 != 0 && !bcast.is_null() {
+                    // SAFETY: IFF_BROADCAST: ifa_ifu is the broadcast address,
+                    // of the same family as ifa_addr.
                     let sa = unsafe { &*(bcast as *const libc::sockaddr_in) };
                     out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
                 }
             }
             libc::AF_INET6 => {
+                // SAFETY: the family says this is a sockaddr_in6.
                 let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
                 out.push(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)));
             }
             _ => {}
         }
     }
+    // SAFETY: the list getifaddrs gave us, freed once; `ifa` is not used after.
     unsafe { libc::freeifaddrs(head) };
     out.push(IpAddr::V4(Ipv4Addr::BROADCAST));
     out.sort();

@@ -20,6 +20,7 @@ fn enter(netns: &Option<PathBuf>, home: &File) -> Result<()> {
             // SAFETY: plain syscall on a valid fd; affects this thread only.
             unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }
         }
+        // SAFETY: as above, back to the namespace we started in.
         None => unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) },
     };
     if rc != 0 {
