@@ -104,6 +104,30 @@ fn a_published_port_is_judged_as_the_container_behind_it() {
         denied >= 2,
         "both attempts dropped as default-deny: {before:?} -> {after:?}"
     );
+    // `netiso explain` answers as the kernel judged: through the host's
+    // port is to web, allowed for the friend, denied for the stranger.
+    let explain = |from: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_netiso"))
+            .args(["explain", "--from", from, "--to", "host", "--port"])
+            .arg(format!("{host_port}/tcp"))
+            .arg("--state-dir")
+            .arg(daemon.state_dir.path())
+            .output()
+            .expect("run netiso explain");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = explain(&friend);
+    assert!(
+        said.contains("ALLOW")
+            && said.contains(&format!("publishes {host_port}/tcp for container {web}")),
+        "{said}"
+    );
+    let said = explain(&stranger);
+    assert!(
+        said.contains("DENY")
+            && said.contains(&format!("publishes {host_port}/tcp for container {web}")),
+        "{said}"
+    );
     // From outside the host the engine's NAT rules deliver the connection:
     // web's veth sees the real sender, judged as `world` (which web does
     // not let in). "Outside" is a namespace of this test behind a routed

@@ -17,7 +17,8 @@ use netiso_common::{identity, proto, Action};
 use serde::Serialize;
 
 use crate::observe::defaults;
-use crate::observe::state::State;
+use crate::observe::flow::proto_name;
+use crate::observe::state::{PublishedState, State};
 use crate::policy::{self, Compiled, IdentityAllocator, Policy, PortSpec};
 
 /// `netiso explain` arguments.
@@ -210,8 +211,15 @@ pub fn explain(
     };
     let mut verdicts = Vec::new();
     for (packet, proto, port) in probes {
-        let got = compiled.lookup(from.identity, to.identity, proto, port);
-        let want = policy::evaluate(policy, &from.names, &to.names, proto, port);
+        // A container reaching a port the host publishes is judged, in the
+        // kernel, as reaching the container behind it on its own port.
+        let via = published_behind(state, &compiled, &from, &to, proto, port);
+        let (dst_identity, dst_names, dst_port) = match &via {
+            Some((p, identity, names)) => (*identity, names.clone(), p.container_port),
+            None => (to.identity, to.names.clone(), port),
+        };
+        let got = compiled.lookup(from.identity, dst_identity, proto, dst_port);
+        let want = policy::evaluate(policy, &from.names, &dst_names, proto, dst_port);
         if (got.action, got.rule_id) != (want.action, want.rule_id) {
             return Err(ExplainError::Disagree {
                 packet,
@@ -230,7 +238,17 @@ pub fn explain(
             description: rule.and_then(|r| r.description.clone()),
             // The reference names the group whose default decided; the
             // kernel's sentence only knows identities.
-            why: if got.rule_id == 0 { want.why } else { got.why },
+            why: {
+                let why = if got.rule_id == 0 { want.why } else { got.why };
+                match &via {
+                    Some((p, _, _)) => format!(
+                        "the host publishes {}/{} for container {} (its port {}): \
+                         judged as reaching it there: {why}",
+                        p.host_port, p.proto, p.container, p.container_port
+                    ),
+                    None => why,
+                }
+            },
         });
     }
     Ok(Explanation {
@@ -410,6 +428,38 @@ fn container(text: &str, id: &str, state: &State) -> Resolved {
         member: Some((first.container_id.clone(), first.groups.clone())),
         addr: None,
     }
+}
+
+/// The published port behind a packet from containers to the host, with
+/// the identity and groups of the container it stands for: the kernel's
+/// `PUBLISHED` map (unicast TCP/UDP leaving a container for a host address;
+/// when two containers publish one port, the last listed wins, as there).
+fn published_behind<'a>(
+    state: &'a State,
+    compiled: &Compiled,
+    from: &Endpoint,
+    to: &Endpoint,
+    proto: u8,
+    port: u16,
+) -> Option<(&'a PublishedState, u32, Vec<String>)> {
+    let from_containers = matches!(from.kind, "container" | "group" | "unmanaged");
+    if !from_containers || to.kind != "host" || !matches!(proto, proto::TCP | proto::UDP) {
+        return None;
+    }
+    let name = proto_name(proto);
+    let p = state
+        .published
+        .iter()
+        .rev()
+        .find(|p| p.host_port == port && p.proto == name)?;
+    let identity = *compiled.container_identity.get(&p.container_id)?;
+    let groups = state
+        .endpoints
+        .iter()
+        .find(|e| e.container_id == p.container_id)
+        .map(|e| e.groups.clone())
+        .unwrap_or_default();
+    Some((p, identity, groups))
 }
 
 /// Fills in identities from the compiled tables.
@@ -614,6 +664,13 @@ action = "audit"
                 (300, vec!["web".to_string()]),
                 (301, vec!["db".to_string()]),
             ]),
+            published: vec![PublishedState {
+                proto: "tcp".into(),
+                host_port: 15432,
+                container: "db-1".into(),
+                container_id: "bbbb2222".into(),
+                container_port: 5432,
+            }],
             ..State::default()
         }
     }
@@ -684,6 +741,45 @@ action = "audit"
         assert_eq!((x.to.kind, x.to.identity), ("host", identity::HOST));
         let x = ask("web-1", "2001:db8::1", Some("icmpv6")).unwrap();
         assert_eq!(x.to.identity, identity::WORLD);
+    }
+
+    #[test]
+    fn published_host_ports_are_judged_as_the_container_behind_them() {
+        // web may reach db on 5432/tcp; the host publishes db-1's 5432 as
+        // 15432: the kernel judges web -> host:15432 as web -> db-1:5432.
+        let x = ask("web-1", "host", Some("15432/tcp")).unwrap();
+        let v = &x.verdicts[0];
+        assert_eq!((v.action, v.rule_id), ("allow", 1), "{v:?}");
+        assert!(
+            v.why.starts_with(
+                "the host publishes 15432/tcp for container db-1 (its port 5432): \
+                 judged as reaching it there: allowed by rule 1"
+            ),
+            "{}",
+            v.why
+        );
+        // From outside (no container veth): no published-port lookup.
+        let x = ask("198.18.0.5", "host", Some("15432/tcp")).unwrap();
+        assert!(
+            !x.verdicts[0].why.contains("publishes"),
+            "{:?}",
+            x.verdicts[0]
+        );
+        // Another port of the host, or UDP on the same number: the host.
+        let x = ask("web-1", "10.9.9.9", Some("15433/tcp")).unwrap();
+        assert_eq!(x.verdicts[0].action, "deny");
+        assert!(!x.verdicts[0].why.contains("publishes"));
+        let x = ask("web-1", "host", Some("15432/udp")).unwrap();
+        assert_eq!(x.verdicts[0].action, "deny");
+        // A container in no group reaching it meets db's ingress default,
+        // exactly as if it had gone to db-1 itself.
+        let x = ask("plain", "host", Some("15432/tcp")).unwrap();
+        assert_eq!(x.verdicts[0].action, "deny");
+        assert!(
+            x.verdicts[0].why.contains("\"db\" has ingress = \"deny\""),
+            "{:?}",
+            x.verdicts[0]
+        );
     }
 
     #[test]

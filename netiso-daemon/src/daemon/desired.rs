@@ -9,7 +9,7 @@ use tracing::{error, warn};
 
 use crate::datapath::{Desired, EndpointSpec};
 use crate::model::Container;
-use crate::observe::state::{EndpointState, RuleState, State, Unenforceable};
+use crate::observe::state::{EndpointState, PublishedState, RuleState, State, Unenforceable};
 use crate::policy::{Compiled, Policy};
 
 /// Whether a Docker network mode gives the container a network namespace of
@@ -182,6 +182,13 @@ pub fn build_desired(
                     );
                 }
             }
+            state.published.push(PublishedState {
+                proto: crate::observe::flow::proto_name(p.proto),
+                host_port: p.host_port,
+                container: c.name.clone(),
+                container_id: c.id.clone(),
+                container_port: p.container_port,
+            });
             d.published.insert(
                 key,
                 PublishedValue {

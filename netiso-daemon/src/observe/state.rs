@@ -35,6 +35,21 @@ pub struct State {
     /// New veths of fail-closed networks held closed until classified.
     #[serde(default)]
     pub held: Vec<HeldEndpoint>,
+    /// Host ports published for containers: a container reaching one is
+    /// judged as reaching the container behind it (`explain` needs this).
+    #[serde(default)]
+    pub published: Vec<PublishedState>,
+}
+
+/// A port the host publishes (`docker run -p`) and the container behind it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishedState {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub host_port: u16,
+    pub container: String,
+    pub container_id: String,
+    pub container_port: u16,
 }
 
 /// A veth dropping everything until its container is classified.
