@@ -55,7 +55,7 @@ pub fn peer_of(fd: &impl AsRawFd) -> std::io::Result<Peer> {
         uid: 0,
         gid: 0,
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: valid buffer and length for SO_PEERCRED.
     let rc = unsafe {
         libc::getsockopt(
@@ -71,7 +71,7 @@ pub fn peer_of(fd: &impl AsRawFd) -> std::io::Result<Peer> {
     }
     // Supplementary groups as they were at connect time (Linux >= 4.13).
     let mut groups = vec![0 as libc::gid_t; 256];
-    let mut glen = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    let mut glen = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
     // SAFETY: valid buffer and length.
     let rc = unsafe {
         libc::getsockopt(
@@ -83,7 +83,7 @@ pub fn peer_of(fd: &impl AsRawFd) -> std::io::Result<Peer> {
         )
     };
     if rc == 0 {
-        groups.truncate(glen as usize / std::mem::size_of::<libc::gid_t>());
+        groups.truncate(glen as usize / size_of::<libc::gid_t>());
     } else {
         // Too many groups or an old kernel: admit by the primary group only.
         groups.clear();

@@ -32,26 +32,26 @@ enum Command {
         #[command(flatten)]
         args: DaemonArgs,
         #[command(flatten)]
-        services: crate::daemon::ServiceOptions,
+        services: daemon::ServiceOptions,
     },
     /// Per-flow drop counters with names, groups and reasons; per-rule
     /// counters (works from the pinned maps when the daemon is down).
-    Stats(crate::cli::commands::StatsArgs),
+    Stats(commands::StatsArgs),
     /// Daemon health, engine connection, policy, and every endpoint with
     /// its attach state. Exit status 1 when something is wrong.
-    Status(crate::cli::commands::StatusArgs),
+    Status(commands::StatusArgs),
     /// Live stream of drop and audit events.
-    Monitor(crate::cli::commands::MonitorArgs),
+    Monitor(commands::MonitorArgs),
     /// Reload the daemon's policy file.
-    Reload(crate::cli::commands::ReloadArgs),
+    Reload(commands::ReloadArgs),
     /// Turn the kernel's debug log on or off.
-    DebugLog(crate::cli::commands::DebugLogArgs),
+    DebugLog(commands::DebugLogArgs),
     /// Probe real connectivity between groups and compare it with the
     /// policy; exit status 1 on any mismatch.
-    Verify(crate::cli::verify::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// Would X reach Y, and which rule decides (containers, groups,
     /// addresses; reads the same compiled tables the kernel gets).
-    Explain(crate::cli::explain::ExplainArgs),
+    Explain(explain::ExplainArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -79,7 +79,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
     /// Draw groups and rules as Mermaid or Graphviz DOT.
-    Graph(crate::cli::graph::GraphArgs),
+    Graph(graph::GraphArgs),
     /// Validate policy files or directories; no daemon needed.
     Check {
         #[arg(required = true)]
@@ -124,7 +124,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
         Command::Daemon { args, mut services } => {
             let cfg = Config::load(&args)?;
             init_logging(cfg.log_format);
-            crate::daemon::policy_perms::set_allow_insecure(cfg.allow_insecure_policy_permissions);
+            daemon::policy_perms::set_allow_insecure(cfg.allow_insecure_policy_permissions);
             if let Some(source) = &cfg.source {
                 tracing::info!(config = %source.display(), "configuration read");
             }
@@ -148,16 +148,16 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stats(a) => crate::cli::commands::run_stats(a),
-        Command::Status(a) => crate::cli::commands::run_status(a),
-        Command::Monitor(a) => crate::cli::commands::run_monitor(a),
-        Command::Reload(a) => crate::cli::commands::run_reload(a),
-        Command::DebugLog(a) => crate::cli::commands::run_debug_log(a),
-        Command::Verify(a) => crate::cli::verify::run(a),
-        Command::Explain(args) => crate::cli::explain::command(&args),
+        Command::Stats(a) => commands::run_stats(a),
+        Command::Status(a) => commands::run_status(a),
+        Command::Monitor(a) => commands::run_monitor(a),
+        Command::Reload(a) => commands::run_reload(a),
+        Command::DebugLog(a) => commands::run_debug_log(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Explain(args) => explain::command(&args),
         Command::Policy {
             command: PolicyCommand::Graph(args),
-        } => crate::cli::graph::command(&args),
+        } => graph::command(&args),
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => {

@@ -115,7 +115,7 @@ pub fn count_entries(map: &MapData) -> std::io::Result<(u64, u64)> {
                 libc::SYS_bpf,
                 4, // BPF_MAP_GET_NEXT_KEY
                 &attr as *const Attr,
-                std::mem::size_of::<Attr>(),
+                size_of::<Attr>(),
             )
         };
         if rc != 0 {
@@ -246,7 +246,7 @@ impl KernelSnapshot {
 }
 
 fn counter(
-    enc: &mut DescriptorEncoder,
+    enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     rows: impl IntoIterator<Item = (Labels, u64)>,
@@ -257,7 +257,7 @@ fn counter(
 }
 
 fn gauge(
-    enc: &mut DescriptorEncoder,
+    enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     rows: impl IntoIterator<Item = (Labels, i64)>,
@@ -269,12 +269,12 @@ fn gauge(
 
 /// One metric family: a single unlabelled row is written without labels.
 fn family<V: Copy>(
-    enc: &mut DescriptorEncoder,
+    enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     kind: MetricType,
     rows: impl IntoIterator<Item = (Labels, V)>,
-    encode: impl Fn(V, MetricEncoder) -> Result<(), std::fmt::Error>,
+    encode: impl Fn(V, MetricEncoder<'_>) -> Result<(), std::fmt::Error>,
 ) -> Result<(), std::fmt::Error> {
     let rows: Vec<_> = rows.into_iter().collect();
     let mut m = enc.encode_descriptor(name, help, None, kind)?;
@@ -290,7 +290,7 @@ fn family<V: Copy>(
 }
 
 impl Collector for KernelCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let state = self.state.borrow().clone();
         let s = KernelSnapshot::read(&self.pin_dir, &state);
         let drops = s.reasons.iter().filter(|(r, _)| *r != "audit");

@@ -184,7 +184,7 @@ fn probe_icmp(to: Ipv4Addr, timeout: Duration) -> Observed {
             pkt.len(),
             0,
             (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
     if rc < 0 {
@@ -204,7 +204,7 @@ fn probe_icmp(to: Ipv4Addr, timeout: Duration) -> Observed {
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
         // SAFETY: valid buffer.
