@@ -1,6 +1,8 @@
-//! Policy files: parse, validate, lint, evaluate and compile.
+//! netiso's policy compiler: policy files in, validated [`Policy`] and the
+//! kernel's identity and policy map contents out.
 //!
-//! Pure: the only I/O is reading the files given to [`load_path`]. The
+//! Pure: no aya, tokio, bollard or netlink (the crate does not depend on
+//! them); the only I/O is reading the files given to [`load_path`]. The
 //! language is described in `docs/policy.md`.
 //!
 //! - [`parse_str`] / [`load_path`] give a validated [`Policy`] (with
@@ -10,17 +12,41 @@
 //! - [`compile`] produces the identity and policy map contents; its
 //!   [`Compiled::lookup`] mimics the kernel and agrees with [`evaluate`]
 //!   (checked by a property test).
+//!
+//! Modules, bottom first; each uses only the ones named after "uses" (all
+//! below it), and none uses this root:
+//!
+//! - `container`: containers, attachments, published ports as plain data. Uses nothing.
+//! - `glob`: `*` patterns of names and images. Uses nothing.
+//! - `diagnostic`: errors and warnings with their place, rendered. Uses nothing.
+//! - `cidr`: address blocks and the peers they make. Uses nothing.
+//! - `ports`: port and protocol specs. Uses `diagnostic`.
+//! - `selector`: which containers a group selects. Uses `container`, `diagnostic`, `glob`.
+//! - `model`: the validated policy (groups, rules, settings). Uses `cidr`, `container`,
+//!   `diagnostic`, `ports`, `selector`.
+//! - `lint`: warnings about a valid policy. Uses `diagnostic`, `model`, `ports`.
+//! - `parse`: TOML text to `model`. Uses `cidr`, `diagnostic`, `lint`, `model`, `ports`, `selector`.
+//! - `load`: files and directories to `parse` (the only I/O). Uses `diagnostic`, `model`, `parse`.
+//! - `eval`: the reference semantics. Uses `model`.
+//! - `compile`: map contents and the kernel's lookup. Uses `cidr`, `container`, `diagnostic`,
+//!   `eval`, `model`, `ports` (its tests also `parse`).
+//! - `testing` (tests, feature `testing`): fixtures. Uses `container`.
+//!
+//! `netiso-daemon/tests/layers.rs` checks these arrows and this crate's dependencies.
 mod cidr;
 mod compile;
+pub mod container;
 mod diagnostic;
 mod eval;
+mod glob;
 mod lint;
+mod load;
 mod model;
 mod parse;
 mod ports;
 mod selector;
-
-use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use cidr::{Cidr, CidrEntry, CidrPeer};
 pub use compile::{
@@ -31,59 +57,12 @@ pub use diagnostic::{
     did_you_mean, render, Diagnostic, Kind, Location, Note, PolicyError, Severity,
 };
 pub use eval::{evaluate, Decision};
-pub use model::{glob_match, Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
+pub use glob::glob_match;
+pub use load::load_path;
+pub use model::{Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
+pub use parse::parse_str;
 pub use ports::{PortSpec, Proto};
 pub use selector::{LabelMatch, LabelTest, Selector, COMPOSE_PROJECT, COMPOSE_SERVICE};
 
-use diagnostic::SourceFile;
-
-/// Parses one policy text. `origin` names it in messages (usually its path).
-pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-    parse::parse_sources(&[SourceFile::new(origin, text)], Vec::new())
-}
-
-/// Loads a policy file, or every `*.toml` file of a directory (sorted by
-/// name, not recursive) merged into one policy.
-pub fn load_path(path: &Path) -> Result<Policy, PolicyError> {
-    let io_error = |p: &Path, what: &str, e: std::io::Error| {
-        Diagnostic::error(Kind::Io, format!("cannot {what} {}: {e}", p.display()))
-    };
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, "read", e))?;
-    let files: Vec<PathBuf> = if meta.is_dir() {
-        let mut files = Vec::new();
-        let dir = std::fs::read_dir(path).map_err(|e| io_error(path, "list", e))?;
-        for entry in dir {
-            let entry = entry.map_err(|e| io_error(path, "list", e))?;
-            let p = entry.path();
-            // Directories named *.toml and broken links are not policy files.
-            if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
-                files.push(p);
-            }
-        }
-        files.sort();
-        if files.is_empty() {
-            return Err(Diagnostic::error(
-                Kind::Io,
-                format!("no policy files (*.toml) in {}", path.display()),
-            )
-            .help("put the policy in a file ending in .toml, or give the file's path")
-            .into());
-        }
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
-
-    let mut sources = Vec::new();
-    let mut diags = Vec::new();
-    for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => sources.push(SourceFile::new(file.display().to_string(), text)),
-            Err(e) => diags.push(io_error(&file, "read", e)),
-        }
-    }
-    parse::parse_sources(&sources, diags)
-}
-
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
