@@ -15,8 +15,8 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use netiso_common::{identity, proto};
-use netiso_daemon::model::{Attachment, Container};
-use netiso_daemon::policy::{compile, evaluate, parse_str, render, IdentityAllocator, HOST};
+use netiso_policy::container::{Attachment, Container};
+use netiso_policy::{compile, evaluate, parse_str, render, IdentityAllocator, HOST};
 
 /// Quoted strings of the text (no escapes), the first few, short ones.
 fn literals(text: &str) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! compiled tables must agree with.
 use netiso_common::Action;
 
-use super::model::{Policy, Rule};
+use crate::model::{Policy, Rule};
 
 /// A verdict and what decided it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Plain data describing containers as netiso sees them. Produced by the
-//! `docker` and `netlink` modules, consumed by the pure `policy` compiler
-//! and by `datapath`.
+//! daemon's `host` adapters (Docker, netlink), consumed by the policy
+//! compiler and by the daemon's `datapath`. Uses only std.
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 
 use netiso_common::{defaults, Action};
 
-use super::cidr::CidrPeer;
-use super::diagnostic::{Diagnostic, Location};
-use super::ports::PortSpec;
-use super::selector::Selector;
-use crate::model::Container;
+use crate::cidr::CidrPeer;
+use crate::container::Container;
+use crate::diagnostic::{Diagnostic, Location};
+use crate::ports::PortSpec;
+use crate::selector::Selector;
 
 /// Peers rules may name that are not groups.
 pub const WORLD: &str = "world";
@@ -106,7 +106,7 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// The name peers are matched by (see [`super::evaluate`]).
+    /// The name peers are matched by (see `eval::evaluate`).
     pub fn name(&self) -> &str {
         match self {
             Self::Group(g) => g,
@@ -154,7 +154,7 @@ impl Rule {
     }
 
     /// Whether the rule applies to a packet between peers known by these
-    /// names (see [`super::evaluate`]).
+    /// names (see `eval::evaluate`).
     pub fn matches(&self, src: &[String], dst: &[String], proto: u8, port: u16) -> bool {
         let has = |names: &[String], peer: &Peer| names.iter().any(|n| n == peer.name());
         has(src, &self.from) && has(dst, &self.to) && self.covers(proto, port)
@@ -242,50 +242,5 @@ impl Policy {
             .filter_map(|g| g.selector.required_networks())
             .flatten()
             .collect()
-    }
-}
-
-/// Shell-style matching where `*` stands for any run of characters; every
-/// other character matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    // Position after the last `*` and the text position it was tried at:
-    // on a mismatch, let that star swallow one more character.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
-            star = Some((pi + 1, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("web", "web"));
-        assert!(!glob_match("web", "web-2"));
-        assert!(glob_match("web*", "web-2"));
-        assert!(glob_match("web*", "web"));
-        assert!(glob_match("*-db-*", "shop-db-1"));
-        assert!(glob_match("a*b*c", "aXXbYYbc"));
-        assert!(!glob_match("a*b*c", "aXXbYY"));
-        assert!(glob_match("*", ""));
-        assert!(!glob_match("", "x"));
     }
 }

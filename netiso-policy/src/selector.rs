@@ -2,9 +2,9 @@
 //! project and service, name, image, and `all` / `any` combinations.
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::diagnostic::Location;
-use super::model::glob_match;
-use crate::model::Container;
+use crate::container::Container;
+use crate::diagnostic::Location;
+use crate::glob::glob_match;
 
 /// Docker Compose sets these labels on every container it creates.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";

@@ -6,7 +6,8 @@ use std::path::Path;
 use netiso_common::{proto, Action};
 
 use super::*;
-use crate::model::{Attachment, Container};
+use crate::container::Container;
+use crate::testing::container;
 
 fn errors(text: &str) -> String {
     match parse_str(text, "p.toml") {
@@ -27,26 +28,6 @@ fn kinds(text: &str) -> Vec<Kind> {
 fn assert_contains(haystack: &str, needles: &[&str]) {
     for n in needles {
         assert!(haystack.contains(n), "missing {n:?} in:\n{haystack}");
-    }
-}
-
-pub(crate) fn container(name: &str, labels: &[(&str, &str)], networks: &[&str]) -> Container {
-    Container {
-        published: Vec::new(),
-        id: format!("id-{name}"),
-        name: name.to_string(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        networks: networks
-            .iter()
-            .map(|n| Attachment {
-                network: n.to_string(),
-                ..Attachment::default()
-            })
-            .collect(),
-        ..Container::default()
     }
 }
 

@@ -1,46 +1,9 @@
-//! Policy files: parse, validate, lint, evaluate and compile.
-//!
-//! Pure: the only I/O is reading the files given to [`load_path`]. The
-//! language is described in `docs/policy.md`.
-//!
-//! - [`parse_str`] / [`load_path`] give a validated [`Policy`] (with
-//!   warnings) or a [`PolicyError`] listing every problem, rendered like
-//!   rustc's diagnostics.
-//! - [`evaluate`] is the reference semantics, straight from the text model.
-//! - [`compile`] produces the identity and policy map contents; its
-//!   [`Compiled::lookup`] mimics the kernel and agrees with [`evaluate`]
-//!   (checked by a property test).
-mod cidr;
-mod compile;
-mod diagnostic;
-mod eval;
-mod lint;
-mod model;
-mod parse;
-mod ports;
-mod selector;
-
+//! Reading policy files and directories: the crate's only I/O. Uses `diagnostic`, `parse`.
 use std::path::{Path, PathBuf};
 
-pub use cidr::{Cidr, CidrEntry, CidrPeer};
-pub use compile::{
-    compile, compile_members, Compiled, IdentityAllocator, IdentityDef, RuleInfo,
-    FIRST_CIDR_IDENTITY,
-};
-pub use diagnostic::{
-    did_you_mean, render, Diagnostic, Kind, Location, Note, PolicyError, Severity,
-};
-pub use eval::{evaluate, Decision};
-pub use model::{glob_match, Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
-pub use ports::{PortSpec, Proto};
-pub use selector::{LabelMatch, LabelTest, Selector, COMPOSE_PROJECT, COMPOSE_SERVICE};
-
-use diagnostic::SourceFile;
-
-/// Parses one policy text. `origin` names it in messages (usually its path).
-pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-    parse::parse_sources(&[SourceFile::new(origin, text)], Vec::new())
-}
+use crate::diagnostic::{Diagnostic, Kind, PolicyError, SourceFile};
+use crate::model::Policy;
+use crate::parse::parse_sources;
 
 /// Loads a policy file, or every `*.toml` file of a directory (sorted by
 /// name, not recursive) merged into one policy.
@@ -82,8 +45,5 @@ pub fn load_path(path: &Path) -> Result<Policy, PolicyError> {
             Err(e) => diags.push(io_error(&file, "read", e)),
         }
     }
-    parse::parse_sources(&sources, diags)
+    parse_sources(&sources, diags)
 }
-
-#[cfg(test)]
-pub(crate) mod tests;

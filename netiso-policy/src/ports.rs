@@ -146,7 +146,7 @@ pub fn parse_port(text: &str) -> Result<PortSpec, PortError> {
         return Err(bad(bad_port(), "no protocol", help));
     };
     let Some(proto) = Proto::parse(proto_text) else {
-        let guess = super::diagnostic::did_you_mean(proto_text, ["tcp", "udp"]);
+        let guess = crate::diagnostic::did_you_mean(proto_text, ["tcp", "udp"]);
         let help = match guess {
             Some(g) => format!("did you mean \"{ports}/{g}\"? {EXPECTED}"),
             None => EXPECTED.to_string(),

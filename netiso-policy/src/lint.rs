@@ -1,9 +1,9 @@
 //! Warnings: things that are legal but almost certainly not what was meant.
 use netiso_common::Action;
 
-use super::diagnostic::{Diagnostic, Kind};
-use super::model::{Peer, Policy, Rule};
-use super::ports::{overlap, PortSet};
+use crate::diagnostic::{Diagnostic, Kind};
+use crate::model::{Peer, Policy, Rule};
+use crate::ports::{overlap, PortSet};
 
 pub(crate) fn warnings(policy: &Policy) -> Vec<Diagnostic> {
     let mut out = Vec::new();

@@ -6,18 +6,18 @@
 //! Each key is therefore resolved against every rule that covers it at its
 //! own level *and* at the levels below (a port key also sees protocol-wide
 //! and any-protocol rules), so that the first hit is always the answer
-//! [`evaluate`](super::evaluate) gives.
+//! [`evaluate`](crate::eval::evaluate) gives.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use netiso_common::{defaults, identity, limits, proto, Action, PolicyKey, PolicyValue};
 
-use super::cidr::{self, CidrEntry};
-use super::diagnostic::{Diagnostic, Kind, PolicyError};
-use super::eval::Decision;
-use super::model::{Policy, Rule, HOST, WORLD};
-use super::ports::{PortSpec, NAMED_NUMBERS};
-use crate::model::Container;
+use crate::cidr::{self, CidrEntry};
+use crate::container::Container;
+use crate::diagnostic::{Diagnostic, Kind, PolicyError};
+use crate::eval::Decision;
+use crate::model::{Policy, Rule, HOST, WORLD};
+use crate::ports::{PortSpec, NAMED_NUMBERS};
 
 /// Identities of address-block peers start here, far from group-set
 /// identities, so that the two ranges never meet.
@@ -180,7 +180,7 @@ impl Compiled {
         cidr::longest_match(&self.cidrs, ip).map_or(identity::WORLD, |e| e.identity)
     }
 
-    /// The peer names (see [`super::evaluate`]) of an identity: its groups,
+    /// The peer names (see [`evaluate`](crate::eval::evaluate)) of an identity: its groups,
     /// `host`, `world`, or `world` and its address-block peers.
     pub fn names_of_identity(&self, id: u32) -> Vec<String> {
         match id {
@@ -403,8 +403,8 @@ fn compile_cidrs(
             .iter()
             .rev()
             .find(|r| {
-                matches!(r.from, super::model::Peer::Cidr(_))
-                    || matches!(r.to, super::model::Peer::Cidr(_))
+                matches!(r.from, crate::model::Peer::Cidr(_))
+                    || matches!(r.to, crate::model::Peer::Cidr(_))
             })
             .expect("address blocks come from rules");
         return Err(Diagnostic::error(
@@ -608,8 +608,9 @@ fn check_size(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Attachment;
-    use crate::policy::{evaluate, parse_str};
+    use crate::container::Attachment;
+    use crate::eval::evaluate;
+    use crate::parse::parse_str;
     use proptest::prelude::*;
 
     fn container(id: &str, labels: &[(&str, &str)], network: &str) -> Container {

@@ -10,12 +10,12 @@ use std::ops::Range;
 use netiso_common::Action;
 use toml_edit::{ImDocument, Item, Key, Value};
 
-use super::cidr::{Cidr, CidrPeer};
-use super::diagnostic::{did_you_mean, Diagnostic, Kind, Location, PolicyError, SourceFile};
-use super::lint;
-use super::model::{Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
-use super::ports::{parse_port, PortSpec};
-use super::selector::{LabelMatch, LabelTest, Selector, COMPOSE_PROJECT, COMPOSE_SERVICE};
+use crate::cidr::{Cidr, CidrPeer};
+use crate::diagnostic::{did_you_mean, Diagnostic, Kind, Location, PolicyError, SourceFile};
+use crate::lint;
+use crate::model::{Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
+use crate::ports::{parse_port, PortSpec};
+use crate::selector::{LabelMatch, LabelTest, Selector, COMPOSE_PROJECT, COMPOSE_SERVICE};
 
 const ROOT_KEYS: &[&str] = &["settings", "groups", "rules"];
 const SETTINGS_KEYS: &[&str] = &["unmanaged"];
@@ -75,6 +75,11 @@ struct FileModel {
     settings: Option<Settings>,
     groups: Vec<Group>,
     rules: Vec<RawRule>,
+}
+
+/// Parses one policy text. `origin` names it in messages (usually its path).
+pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+    parse_sources(&[SourceFile::new(origin, text)], Vec::new())
 }
 
 /// Parses and validates several files as one policy.
