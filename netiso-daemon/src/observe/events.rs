@@ -427,8 +427,21 @@ mod tests {
                 "verdict"
             ]
         );
-        let back: MonitorMessage = serde_json::from_str(&line).unwrap();
-        assert_eq!(back, msg);
+        // serde_json parses floats to within an ulp, not exactly: the
+        // time is compared with a tolerance, everything else exactly.
+        let (MonitorMessage::Event(back), MonitorMessage::Event(sent)) =
+            (serde_json::from_str::<MonitorMessage>(&line).unwrap(), &msg)
+        else {
+            panic!("not an event: {line}");
+        };
+        assert!((back.time - sent.time).abs() < 1e-6, "{line}");
+        assert_eq!(
+            EventRow {
+                time: sent.time,
+                ..*back
+            },
+            **sent
+        );
     }
 
     #[test]
