@@ -8,7 +8,7 @@
 //! [`endpoint_flags::FAIL_CLOSED`]: every packet is dropped (`fail-closed`).
 //! Once Docker's inspect names the veth's container, the container's own
 //! endpoint replaces the hold (its groups' policy, or, for a container in
-//! no group, no programs at all). No datapath API of its own: a hold is one
+//! no group, the `unmanaged` identity's). No datapath API of its own: a hold is one
 //! more entry of the desired endpoints.
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -472,3 +472,6 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         logged
     }
 }
+
+#[cfg(test)]
+mod tests;
