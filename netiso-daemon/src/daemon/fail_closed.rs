@@ -8,7 +8,7 @@
 //! [`endpoint_flags::FAIL_CLOSED`]: every packet is dropped (`fail-closed`).
 //! Once Docker's inspect names the veth's container, the container's own
 //! endpoint replaces the hold (its groups' policy, or, for a container in
-//! no group, no programs at all). No datapath API of its own: a hold is one
+//! no group, the `unmanaged` identity's). No datapath API of its own: a hold is one
 //! more entry of the desired endpoints.
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,12 +52,14 @@ impl Holds {
     }
 
     /// Considers one announced link; true when the holds changed.
-    /// `fc_bridges`: bridge name -> network, from [`bridges`].
+    /// `fc_bridges`: bridge name -> network, from [`bridges`];
+    /// `link_name`: names a link by its index (the host's links).
     pub fn on_link(
         &mut self,
         ev: &LinkEvent,
         fc_bridges: &BTreeMap<String, String>,
         claimed: &BTreeSet<u32>,
+        link_name: impl FnOnce(u32) -> anyhow::Result<Option<String>>,
     ) -> bool {
         if !ev.present {
             return self.held.remove(&ev.ifindex).is_some();
@@ -69,7 +71,7 @@ impl Holds {
             return false;
         };
         // The announcement names the bridge by index only.
-        let bridge = match crate::host::netlink::link_name(master) {
+        let bridge = match link_name(master) {
             Ok(Some(name)) => name,
             Ok(None) => return false,
             Err(e) => {
@@ -106,15 +108,16 @@ impl Holds {
         true
     }
 
-    /// Holds every unclaimed veth found on a fail-closed bridge now (what
-    /// the announcements may have missed: queue overflow, daemon restarts),
-    /// and forgets holds whose veth is gone. True when the holds changed.
+    /// Holds every unclaimed veth found on a fail-closed bridge among
+    /// `links` (every link now: what the announcements may have missed,
+    /// queue overflow, daemon restarts), and forgets holds whose veth is
+    /// gone. True when the holds changed.
     pub fn scan(
         &mut self,
+        links: &[LinkEvent],
         fc_bridges: &BTreeMap<String, String>,
         claimed: &BTreeSet<u32>,
-    ) -> anyhow::Result<bool> {
-        let links = crate::host::link_watch::dump()?;
+    ) -> bool {
         let names: BTreeMap<u32, &str> = links
             .iter()
             .map(|l| (l.ifindex, l.ifname.as_str()))
@@ -123,7 +126,7 @@ impl Holds {
         self.held
             .retain(|i, h| names.get(i) == Some(&h.ifname.as_str()));
         let mut changed = self.held.len() != before;
-        for l in &links {
+        for l in links {
             if !l.is_veth() || claimed.contains(&l.ifindex) || self.held.contains_key(&l.ifindex) {
                 continue;
             }
@@ -131,7 +134,7 @@ impl Holds {
                 changed |= self.hold_if_fail_closed(l, bridge, fc_bridges);
             }
         }
-        Ok(changed)
+        changed
     }
 
     /// Ends the holds of veths now owned by a container (classified) or no
@@ -202,7 +205,7 @@ mod tests {
         assert_eq!(d.endpoints.len(), 2);
 
         // 7 is classified (a container owns it); 8 disappears.
-        assert!(h.on_link(&veth(8, false), &fc, &BTreeSet::new()));
+        assert!(h.on_link(&veth(8, false), &fc, &BTreeSet::new(), |_| unreachable!()));
         let mut d = Desired::default();
         h.apply(&mut d, &BTreeSet::from([7]), &nets);
         assert!(d.endpoints.is_empty() && h.is_empty());

@@ -1,11 +1,13 @@
-//! The `netiso daemon` process: run loop, desired state, options and config, services beside the loop, policy watch, fail-closed holds, hardening; may use every layer below (`api` and down).
+//! The `netiso daemon` process: run loop, reconciler and its seam (ports), desired state, options and config, services beside the loop, policy watch, fail-closed holds, hardening; may use every layer below (`api` and down).
 pub mod config;
 pub mod desired;
 pub mod fail_closed;
 pub mod options;
 pub mod policy_perms;
 pub mod policy_watch;
+mod ports;
 pub mod privileges;
+mod reconcile;
 mod run;
 pub mod sd_notify;
 pub mod services;

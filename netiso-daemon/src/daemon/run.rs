@@ -1,71 +1,24 @@
-//! `netiso daemon`: follow Docker, compile the policy against the running
-//! containers and keep the datapath in step.
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+//! `netiso daemon`: start-up (policy, datapath, services, privileges) and
+//! the event loop that feeds the reconciler (`reconcile.rs`) with Docker
+//! events, link announcements, signals, timers and control requests.
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::StreamExt as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, info_span, warn, Instrument as _};
+use tracing::{debug, info, warn};
 
 use crate::api::control::{Control, Handles};
-use crate::daemon::desired::{
-    add_host_addresses, build_desired, fit_endpoints, has_own_netns, no_veth_driver,
-};
 use crate::daemon::options::Options;
+use crate::daemon::ports::Netlink;
+use crate::daemon::reconcile::{load_policy, unix_now, Daemon, VETH_RETRY_EVERY};
 use crate::daemon::sd_notify::notify_logged;
 use crate::datapath::Datapath;
-use crate::host::docker::{DockerClient, DockerEvent};
-use crate::model::Container;
-use crate::observe::state::{ReloadStatus, State, Unenforceable};
-use crate::policy::{self, IdentityAllocator, Policy};
-
-struct Daemon {
-    opts: Options,
-    state_tx: watch::Sender<Arc<State>>,
-    policy: Policy,
-    ids: IdentityAllocator,
-    dp: Datapath,
-    /// Running containers by id, with their host-side veths resolved.
-    containers: BTreeMap<String, Container>,
-    /// The host's own addresses (the `host` peer), read at each resync.
-    host_addrs: Vec<IpAddr>,
-    /// Docker network name -> driver, to explain attachments without a veth.
-    drivers: BTreeMap<String, String>,
-    /// Docker network name -> its bridge device (bridge networks).
-    bridges: BTreeMap<String, String>,
-    /// Veths of fail-closed networks held closed until classified.
-    holds: crate::daemon::fail_closed::Holds,
-    /// Containers whose veth should exist but was not found yet (Docker
-    /// reports some attachments a moment before the veth is in place), with
-    /// the number of lookups left.
-    pending: BTreeMap<String, u32>,
-    /// Unenforceable (container, network, reason) already logged.
-    reported: BTreeSet<(String, String, String)>,
-    last_reload: Option<ReloadStatus>,
-    last_resync: u64,
-}
-
-/// Lookups of a missing veth before leaving it to the periodic resync.
-const VETH_RETRIES: u32 = 20;
-const VETH_RETRY_EVERY: Duration = Duration::from_millis(250);
-
-/// Loads and renders a policy for logs and errors.
-fn load_policy(path: &std::path::Path) -> Result<Policy> {
-    // A policy a non-root user could change is refused (or only warned
-    // about, when the configuration allows it).
-    for p in crate::daemon::policy_perms::check(path)? {
-        warn!("insecure policy permissions (allowed by configuration): {p}");
-    }
-    let policy = policy::load_path(path).map_err(|e| anyhow!("{e}"))?;
-    for w in &policy.warnings {
-        warn!("{}", policy::render(std::slice::from_ref(w)).trim_end());
-    }
-    Ok(policy)
-}
+use crate::host::docker::DockerClient;
+use crate::observe::state::State;
+use crate::policy::IdentityAllocator;
 
 pub async fn run(opts: Options) -> Result<()> {
     crate::datapath::require_root("netiso daemon")?;
@@ -114,29 +67,7 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Err(e) = crate::daemon::privileges::drop_after_start() {
         warn!(error = %e, "cannot drop capabilities; running with those it started with");
     }
-    let mut d = Daemon {
-        opts,
-        state_tx,
-        policy,
-        ids,
-        dp,
-        containers: BTreeMap::new(),
-        host_addrs: Vec::new(),
-        drivers: BTreeMap::new(),
-        bridges: BTreeMap::new(),
-        holds: Default::default(),
-        pending: BTreeMap::new(),
-        reported: BTreeSet::new(),
-        last_reload: None,
-        last_resync: 0,
-    };
-    d.last_reload = Some(ReloadStatus {
-        time: unix_now() as u64,
-        trigger: "start".into(),
-        ok: true,
-        error: None,
-        generation: d.dp.settings().generation,
-    });
+    let mut d = Daemon::new(opts, state_tx, policy, ids, dp, Netlink);
     let mut ready = false;
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -182,20 +113,12 @@ pub async fn run(opts: Options) -> Result<()> {
                             while let Some(Some(Ok(more))) = futures_util::FutureExt::now_or_never(events.next()) {
                                 batch.push(more);
                             }
-                            // Links announced before these events first: a new
-                            // veth of a fail-closed network is held before its
-                            // container can be classified.
-                            let mut held = false;
+                            // With the links announced before these events.
+                            let mut links = Vec::new();
                             while let Ok(l) = link_rx.try_recv() {
-                                held |= d.on_link(&l);
+                                links.push(l);
                             }
-                            if held {
-                                d.reconcile_logged();
-                            }
-                            for ev in batch {
-                                d.handle(&docker, ev).await;
-                            }
-                            d.reconcile_logged();
+                            d.on_docker_events(&docker, links, batch).await;
                         }
                         Some(Err(e)) => return Err(e.context("Docker event stream failed")),
                         None => return Err(anyhow!("Docker closed the event stream")),
@@ -261,359 +184,5 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => return Ok(()),
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Resolves host-side veths off the async runtime (it enters namespaces).
-async fn with_veths(mut c: Container) -> Container {
-    let name = c.name.clone();
-    match tokio::task::spawn_blocking(move || {
-        let r = crate::host::netlink::resolve_host_veths(&mut c);
-        (c, r)
-    })
-    .await
-    {
-        Ok((c, Ok(()))) => c,
-        Ok((c, Err(e))) => {
-            warn!(container = %name, error = format!("{e:#}"), "cannot resolve the host-side veth");
-            c
-        }
-        Err(e) => panic!("veth resolver panicked: {e}"),
-    }
-}
-
-impl Daemon {
-    async fn resync(&mut self, docker: &DockerClient) -> Result<()> {
-        let span = info_span!("resync");
-        async {
-            // Networks only explain and hold; failing to list them must not
-            // stop the containers from being enforced.
-            match docker.networks().await {
-                Ok(n) => self.set_networks(n),
-                Err(e) => warn!(error = format!("{e:#}"), "listing networks failed"),
-            }
-            let listed = docker.running_containers().await?;
-            let mut containers = BTreeMap::new();
-            self.pending.clear();
-            for c in listed {
-                let c = with_veths(c).await;
-                self.track_missing_veth(&c);
-                containers.insert(c.id.clone(), c);
-            }
-            info!(containers = containers.len(), "listed running containers");
-            self.containers = containers;
-            self.last_resync = unix_now() as u64;
-            self.scan_holds();
-            match crate::host::netlink::host_addresses() {
-                Ok(addrs) => self.host_addrs = addrs,
-                Err(e) => warn!(error = format!("{e:#}"), "cannot read the host's addresses"),
-            }
-            self.reconcile()
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn handle(&mut self, docker: &DockerClient, ev: DockerEvent) {
-        debug!(?ev, "docker event");
-        let id = match &ev {
-            DockerEvent::ContainerStarted { id }
-            | DockerEvent::ContainerRenamed { id }
-            | DockerEvent::NetworkConnected {
-                container_id: id, ..
-            }
-            | DockerEvent::NetworkDisconnected {
-                container_id: id, ..
-            } => id.clone(),
-            DockerEvent::ContainerStopped { id } | DockerEvent::ContainerRemoved { id } => {
-                self.containers.remove(id);
-                self.pending.remove(id);
-                return;
-            }
-            DockerEvent::NetworkCreated { name } => {
-                match docker.networks().await {
-                    Ok(n) => self.set_networks(n),
-                    Err(e) => {
-                        warn!(network = %name, error = format!("{e:#}"), "listing networks failed")
-                    }
-                }
-                return;
-            }
-            DockerEvent::NetworkRemoved { name } => {
-                // Its containers were disconnected first (their own events).
-                self.drivers.remove(name);
-                self.bridges.remove(name);
-                return;
-            }
-        };
-        self.refresh(docker, &id).await;
-    }
-
-    fn set_networks(&mut self, nets: Vec<crate::host::docker::NetworkInfo>) {
-        self.drivers = nets
-            .iter()
-            .map(|n| (n.name.clone(), n.driver.clone()))
-            .collect();
-        self.bridges = nets
-            .into_iter()
-            .filter_map(|n| Some((n.name, n.bridge?)))
-            .collect();
-    }
-
-    fn fail_closed_bridges(&self) -> BTreeMap<String, String> {
-        crate::daemon::fail_closed::bridges(&self.policy.fail_closed_networks(), &self.bridges)
-    }
-
-    fn claimed_veths(&self) -> BTreeSet<u32> {
-        self.containers
-            .values()
-            .flat_map(|c| c.networks.iter().filter_map(|a| a.host_ifindex))
-            .collect()
-    }
-
-    /// A link was announced; true when a hold began or ended.
-    fn on_link(&mut self, ev: &crate::host::link_watch::LinkEvent) -> bool {
-        if ev.addresses {
-            return self.refresh_host_addresses();
-        }
-        let fc = self.fail_closed_bridges();
-        if fc.is_empty() && self.holds.is_empty() {
-            return false;
-        }
-        let claimed = self.claimed_veths();
-        self.holds.on_link(ev, &fc, &claimed)
-    }
-
-    /// Reads the host's addresses again; true when they changed (the
-    /// `host` peer must follow at once, not at the next resync).
-    fn refresh_host_addresses(&mut self) -> bool {
-        match crate::host::netlink::host_addresses() {
-            Ok(addrs) if addrs != self.host_addrs => {
-                info!(addresses = addrs.len(), "host addresses changed");
-                self.host_addrs = addrs;
-                true
-            }
-            Ok(_) => false,
-            Err(e) => {
-                warn!(error = format!("{e:#}"), "cannot read the host's addresses");
-                false
-            }
-        }
-    }
-
-    /// Holds what the announcements missed (called at each resync).
-    fn scan_holds(&mut self) {
-        let fc = self.fail_closed_bridges();
-        if fc.is_empty() && self.holds.is_empty() {
-            return;
-        }
-        let claimed = self.claimed_veths();
-        if let Err(e) = self.holds.scan(&fc, &claimed) {
-            warn!(
-                error = format!("{e:#}"),
-                "cannot list links for fail-closed holds"
-            );
-        }
-    }
-
-    /// Inspects one container again and records what it looks like now.
-    async fn refresh(&mut self, docker: &DockerClient, id: &str) {
-        match docker.inspect(id).await {
-            Ok(Some(c)) => {
-                let c = with_veths(c).await;
-                self.pending.remove(id);
-                self.track_missing_veth(&c);
-                self.containers.insert(c.id.clone(), c);
-            }
-            Ok(None) => {
-                self.containers.remove(id);
-                self.pending.remove(id);
-            }
-            Err(e) => warn!(container = %id, error = format!("{e:#}"), "inspect failed"),
-        }
-    }
-
-    /// Remembers `c` for another look shortly when one of its attachments
-    /// should have a veth (bridge-like driver, a MAC, own namespace) that
-    /// was not found.
-    fn track_missing_veth(&mut self, c: &Container) {
-        let missing = has_own_netns(&c.network_mode)
-            && c.networks.iter().any(|a| {
-                a.mac.is_some()
-                    && a.host_ifindex.is_none()
-                    && !no_veth_driver(self.drivers.get(&a.network).map(String::as_str))
-            });
-        if missing {
-            self.pending.entry(c.id.clone()).or_insert(VETH_RETRIES);
-        }
-    }
-
-    /// Looks again at containers whose veth was missing; reconciles if any
-    /// was found.
-    async fn retry_pending(&mut self, docker: &DockerClient) {
-        let ids: Vec<(String, u32)> = std::mem::take(&mut self.pending).into_iter().collect();
-        let mut changed = false;
-        for (id, left) in ids {
-            let before = self.containers.get(&id).cloned();
-            self.refresh(docker, &id).await;
-            changed |= self.containers.get(&id) != before.as_ref();
-            match self.pending.get_mut(&id) {
-                Some(n) if left > 1 => *n = left - 1,
-                Some(_) => {
-                    debug!(container = %id, "veth still missing; the periodic resync will look again");
-                    self.pending.remove(&id);
-                }
-                None => {}
-            }
-        }
-        if changed {
-            self.reconcile_logged();
-        }
-    }
-
-    /// Loads the policy file again and applies it; on any error the running
-    /// policy stays and the error is returned (and logged). The outcome is
-    /// published in the state (`last_reload`); `trigger` says what asked.
-    fn reload(&mut self, trigger: &str) -> Result<(), String> {
-        let started = std::time::Instant::now();
-        let r = self.reload_once();
-        crate::observe::telemetry::global().reloaded(started.elapsed(), r.clone().err());
-        let generation = self.dp.settings().generation;
-        info!(trigger, ok = r.is_ok(), generation, "reload finished");
-        self.last_reload = Some(ReloadStatus {
-            time: unix_now() as u64,
-            trigger: trigger.into(),
-            ok: r.is_ok(),
-            error: r.as_ref().err().cloned(),
-            generation,
-        });
-        self.publish_reload();
-        r
-    }
-
-    /// Rewrites the published state with the current `last_reload`.
-    fn publish_reload(&mut self) {
-        let mut state = (**self.state_tx.borrow()).clone();
-        state.last_reload = self.last_reload.clone();
-        if let Err(e) = state.write(&self.opts.state_dir) {
-            error!(error = format!("{e:#}"), "cannot write the state file");
-        }
-        self.state_tx.send_replace(Arc::new(state));
-    }
-
-    fn reload_once(&mut self) -> Result<(), String> {
-        let _span = info_span!("reload").entered();
-        match load_policy(&self.opts.policy) {
-            Ok(p) => {
-                let old = std::mem::replace(&mut self.policy, p);
-                if let Err(e) = self.reconcile() {
-                    let msg = format!("{e:#}");
-                    error!(error = %msg, "new policy could not be applied; keeping the old one");
-                    self.policy = old;
-                    self.reconcile_logged();
-                    Err(msg)
-                } else {
-                    info!("policy reloaded");
-                    Ok(())
-                }
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                error!("policy rejected, the running policy stays:\n{msg}");
-                Err(msg)
-            }
-        }
-    }
-
-    fn reconcile_logged(&mut self) {
-        if let Err(e) = self.reconcile() {
-            error!(error = format!("{e:#}"), "reconcile failed");
-        }
-    }
-
-    fn reconcile(&mut self) -> Result<()> {
-        let started = std::time::Instant::now();
-        let r = self.reconcile_once();
-        let error = r.as_ref().err().map(|e| format!("{e:#}"));
-        crate::observe::telemetry::global().reconciled(started.elapsed(), error);
-        r
-    }
-
-    fn reconcile_once(&mut self) -> Result<()> {
-        let _span = info_span!("reconcile", containers = self.containers.len()).entered();
-        let containers: Vec<Container> = self.containers.values().cloned().collect();
-        let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
-            .map_err(|e| anyhow!("{e}"))?;
-        let (mut desired, mut state) =
-            build_desired(&compiled, &containers, &self.policy, &self.drivers);
-        self.report_unenforceable(&state.unenforceable);
-        self.holds.apply(
-            &mut desired,
-            &crate::daemon::fail_closed::claimed(&containers),
-            &self.policy.fail_closed_networks(),
-        );
-        state.held = self.holds.state();
-        match self.dp.endpoint_capacity() {
-            Ok(capacity) => fit_endpoints(
-                &mut desired,
-                &mut state,
-                capacity as usize,
-                &self.dp.applied_endpoints(),
-            ),
-            Err(e) => warn!(
-                error = format!("{e:#}"),
-                "cannot read the endpoints map's size"
-            ),
-        }
-        add_host_addresses(&mut desired, &self.host_addrs);
-        // Name every identity ever given out, not only those in use, so
-        // that older flow rows still read right.
-        for (id, groups) in self.ids.iter() {
-            state
-                .identities
-                .entry(id)
-                .or_insert_with(|| groups.to_vec());
-        }
-        let report = self.dp.apply(&desired)?;
-        info!(
-            endpoints = desired.endpoints.len(),
-            generation = report.generation,
-            switched = report.switched,
-            attached = report.attached,
-            detached = report.detached,
-            "datapath in step"
-        );
-        state.policy_path = self.opts.policy.clone();
-        state.generation = report.generation;
-        state.updated = unix_now() as u64;
-        state.pid = std::process::id();
-        // Start-up's "reload" is complete with the first apply.
-        if let Some(r) = self.last_reload.as_mut().filter(|r| r.trigger == "start") {
-            r.generation = report.generation;
-        }
-        state.last_resync = self.last_resync;
-        state.last_reload = self.last_reload.clone();
-        state.write(&self.opts.state_dir)?;
-        self.state_tx.send_replace(Arc::new(state));
-        Ok(())
-    }
-
-    /// Logs each unenforceable container once (and again only after it went
-    /// away and came back); the state file lists them all the time.
-    fn report_unenforceable(&mut self, now: &[Unenforceable]) {
-        let keys: BTreeSet<(String, String, String)> = now
-            .iter()
-            .map(|u| (u.container.clone(), u.network.clone(), u.reason.clone()))
-            .collect();
-        for (container, network, reason) in keys.difference(&self.reported) {
-            warn!(%container, %network, %reason, "container cannot be enforced");
-        }
-        self.reported = keys;
     }
 }

@@ -1,0 +1,477 @@
+//! The reconciler: the daemon's view of the running containers and the
+//! policy, kept in step with the datapath through the seam of
+//! [`ports`](super::ports) (resync, Docker events, link announcements,
+//! veth retries, reload with rollback). Uses `observe`, `datapath`,
+//! `host`, `policy` and `model`; the real host only through the seam.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Result};
+use tokio::sync::watch;
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
+
+use crate::daemon::desired::{
+    add_host_addresses, build_desired, fit_endpoints, has_own_netns, no_veth_driver,
+};
+use crate::daemon::options::Options;
+use crate::daemon::ports::{Dataplane, Engine, HostLinks};
+use crate::host::docker::{DockerEvent, NetworkInfo};
+use crate::host::link_watch::LinkEvent;
+use crate::model::Container;
+use crate::observe::state::{ReloadStatus, State, Unenforceable};
+use crate::policy::{self, IdentityAllocator, Policy};
+
+/// Lookups of a missing veth before leaving it to the periodic resync.
+pub(super) const VETH_RETRIES: u32 = 20;
+pub(super) const VETH_RETRY_EVERY: Duration = Duration::from_millis(250);
+
+pub(super) struct Daemon<D, L> {
+    pub(super) opts: Options,
+    state_tx: watch::Sender<Arc<State>>,
+    policy: Policy,
+    ids: IdentityAllocator,
+    pub(super) dp: D,
+    links: L,
+    /// Running containers by id, with their host-side veths resolved.
+    pub(super) containers: BTreeMap<String, Container>,
+    /// The host's own addresses (the `host` peer), read at each resync.
+    host_addrs: Vec<IpAddr>,
+    /// Docker network name -> driver, to explain attachments without a veth.
+    drivers: BTreeMap<String, String>,
+    /// Docker network name -> its bridge device (bridge networks).
+    bridges: BTreeMap<String, String>,
+    /// Veths of fail-closed networks held closed until classified.
+    holds: crate::daemon::fail_closed::Holds,
+    /// Containers whose veth should exist but was not found yet (Docker
+    /// reports some attachments a moment before the veth is in place), with
+    /// the number of lookups left.
+    pub(super) pending: BTreeMap<String, u32>,
+    /// Unenforceable (container, network, reason) already logged.
+    reported: BTreeSet<(String, String, String)>,
+    last_reload: Option<ReloadStatus>,
+    last_resync: u64,
+}
+
+/// Loads and renders a policy for logs and errors.
+pub(super) fn load_policy(path: &std::path::Path) -> Result<Policy> {
+    // A policy a non-root user could change is refused (or only warned
+    // about, when the configuration allows it).
+    for p in crate::daemon::policy_perms::check(path)? {
+        warn!("insecure policy permissions (allowed by configuration): {p}");
+    }
+    let policy = policy::load_path(path).map_err(|e| anyhow!("{e}"))?;
+    for w in &policy.warnings {
+        warn!("{}", policy::render(std::slice::from_ref(w)).trim_end());
+    }
+    Ok(policy)
+}
+
+pub(super) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
+    /// A daemon that knows no container yet; start-up's "reload" is the
+    /// policy it starts with.
+    pub(super) fn new(
+        opts: Options,
+        state_tx: watch::Sender<Arc<State>>,
+        policy: Policy,
+        ids: IdentityAllocator,
+        dp: D,
+        links: L,
+    ) -> Self {
+        let generation = dp.generation();
+        Daemon {
+            opts,
+            state_tx,
+            policy,
+            ids,
+            dp,
+            links,
+            containers: BTreeMap::new(),
+            host_addrs: Vec::new(),
+            drivers: BTreeMap::new(),
+            bridges: BTreeMap::new(),
+            holds: Default::default(),
+            pending: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            last_reload: Some(ReloadStatus {
+                time: unix_now() as u64,
+                trigger: "start".into(),
+                ok: true,
+                error: None,
+                generation,
+            }),
+            last_resync: 0,
+        }
+    }
+
+    pub(super) async fn resync(&mut self, docker: &impl Engine) -> Result<()> {
+        let span = info_span!("resync");
+        async {
+            // Networks only explain and hold; failing to list them must not
+            // stop the containers from being enforced.
+            match docker.networks().await {
+                Ok(n) => self.set_networks(n),
+                Err(e) => warn!(error = format!("{e:#}"), "listing networks failed"),
+            }
+            let listed = docker.running_containers().await?;
+            let mut containers = BTreeMap::new();
+            self.pending.clear();
+            for c in listed {
+                let c = self.links.with_veths(c).await;
+                self.track_missing_veth(&c);
+                containers.insert(c.id.clone(), c);
+            }
+            info!(containers = containers.len(), "listed running containers");
+            self.containers = containers;
+            self.last_resync = unix_now() as u64;
+            self.scan_holds();
+            match self.links.host_addresses() {
+                Ok(addrs) => self.host_addrs = addrs,
+                Err(e) => warn!(error = format!("{e:#}"), "cannot read the host's addresses"),
+            }
+            self.reconcile()
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One batch of Docker events, with the link announcements received
+    /// before it: the links first (a new veth of a fail-closed network is
+    /// held before its container can be classified), then the events, then
+    /// one reconcile.
+    pub(super) async fn on_docker_events(
+        &mut self,
+        docker: &impl Engine,
+        links: impl IntoIterator<Item = LinkEvent>,
+        batch: Vec<DockerEvent>,
+    ) {
+        let mut held = false;
+        for l in links {
+            held |= self.on_link(&l);
+        }
+        if held {
+            self.reconcile_logged();
+        }
+        for ev in batch {
+            self.handle(docker, ev).await;
+        }
+        self.reconcile_logged();
+    }
+
+    async fn handle(&mut self, docker: &impl Engine, ev: DockerEvent) {
+        debug!(?ev, "docker event");
+        let id = match &ev {
+            DockerEvent::ContainerStarted { id }
+            | DockerEvent::ContainerRenamed { id }
+            | DockerEvent::NetworkConnected {
+                container_id: id, ..
+            }
+            | DockerEvent::NetworkDisconnected {
+                container_id: id, ..
+            } => id.clone(),
+            DockerEvent::ContainerStopped { id } | DockerEvent::ContainerRemoved { id } => {
+                self.containers.remove(id);
+                self.pending.remove(id);
+                return;
+            }
+            DockerEvent::NetworkCreated { name } => {
+                match docker.networks().await {
+                    Ok(n) => self.set_networks(n),
+                    Err(e) => {
+                        warn!(network = %name, error = format!("{e:#}"), "listing networks failed")
+                    }
+                }
+                return;
+            }
+            DockerEvent::NetworkRemoved { name } => {
+                // Its containers were disconnected first (their own events).
+                self.drivers.remove(name);
+                self.bridges.remove(name);
+                return;
+            }
+        };
+        self.refresh(docker, &id).await;
+    }
+
+    fn set_networks(&mut self, nets: Vec<NetworkInfo>) {
+        self.drivers = nets
+            .iter()
+            .map(|n| (n.name.clone(), n.driver.clone()))
+            .collect();
+        self.bridges = nets
+            .into_iter()
+            .filter_map(|n| Some((n.name, n.bridge?)))
+            .collect();
+    }
+
+    fn fail_closed_bridges(&self) -> BTreeMap<String, String> {
+        crate::daemon::fail_closed::bridges(&self.policy.fail_closed_networks(), &self.bridges)
+    }
+
+    fn claimed_veths(&self) -> BTreeSet<u32> {
+        self.containers
+            .values()
+            .flat_map(|c| c.networks.iter().filter_map(|a| a.host_ifindex))
+            .collect()
+    }
+
+    /// A link was announced; true when a hold began or ended, or the
+    /// host's addresses changed (a reconcile is due).
+    pub(super) fn on_link(&mut self, ev: &LinkEvent) -> bool {
+        if ev.addresses {
+            return self.refresh_host_addresses();
+        }
+        let fc = self.fail_closed_bridges();
+        if fc.is_empty() && self.holds.is_empty() {
+            return false;
+        }
+        let claimed = self.claimed_veths();
+        let links = &self.links;
+        self.holds
+            .on_link(ev, &fc, &claimed, |ifindex| links.link_name(ifindex))
+    }
+
+    /// Reads the host's addresses again; true when they changed (the
+    /// `host` peer must follow at once, not at the next resync).
+    fn refresh_host_addresses(&mut self) -> bool {
+        match self.links.host_addresses() {
+            Ok(addrs) if addrs != self.host_addrs => {
+                info!(addresses = addrs.len(), "host addresses changed");
+                self.host_addrs = addrs;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "cannot read the host's addresses");
+                false
+            }
+        }
+    }
+
+    /// Holds what the announcements missed (called at each resync).
+    fn scan_holds(&mut self) {
+        let fc = self.fail_closed_bridges();
+        if fc.is_empty() && self.holds.is_empty() {
+            return;
+        }
+        let claimed = self.claimed_veths();
+        match self.links.links() {
+            Ok(links) => {
+                self.holds.scan(&links, &fc, &claimed);
+            }
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "cannot list links for fail-closed holds"
+            ),
+        }
+    }
+
+    /// Inspects one container again and records what it looks like now.
+    async fn refresh(&mut self, docker: &impl Engine, id: &str) {
+        match docker.inspect(id).await {
+            Ok(Some(c)) => {
+                let c = self.links.with_veths(c).await;
+                self.pending.remove(id);
+                self.track_missing_veth(&c);
+                self.containers.insert(c.id.clone(), c);
+            }
+            Ok(None) => {
+                self.containers.remove(id);
+                self.pending.remove(id);
+            }
+            Err(e) => warn!(container = %id, error = format!("{e:#}"), "inspect failed"),
+        }
+    }
+
+    /// Remembers `c` for another look shortly when one of its attachments
+    /// should have a veth (bridge-like driver, a MAC, own namespace) that
+    /// was not found.
+    fn track_missing_veth(&mut self, c: &Container) {
+        let missing = has_own_netns(&c.network_mode)
+            && c.networks.iter().any(|a| {
+                a.mac.is_some()
+                    && a.host_ifindex.is_none()
+                    && !no_veth_driver(self.drivers.get(&a.network).map(String::as_str))
+            });
+        if missing {
+            self.pending.entry(c.id.clone()).or_insert(VETH_RETRIES);
+        }
+    }
+
+    /// Looks again at containers whose veth was missing; reconciles if any
+    /// was found.
+    pub(super) async fn retry_pending(&mut self, docker: &impl Engine) {
+        let ids: Vec<(String, u32)> = std::mem::take(&mut self.pending).into_iter().collect();
+        let mut changed = false;
+        for (id, left) in ids {
+            let before = self.containers.get(&id).cloned();
+            self.refresh(docker, &id).await;
+            changed |= self.containers.get(&id) != before.as_ref();
+            match self.pending.get_mut(&id) {
+                Some(n) if left > 1 => *n = left - 1,
+                Some(_) => {
+                    debug!(container = %id, "veth still missing; the periodic resync will look again");
+                    self.pending.remove(&id);
+                }
+                None => {}
+            }
+        }
+        if changed {
+            self.reconcile_logged();
+        }
+    }
+
+    /// Loads the policy file again and applies it; on any error the running
+    /// policy stays and the error is returned (and logged). The outcome is
+    /// published in the state (`last_reload`); `trigger` says what asked.
+    pub(super) fn reload(&mut self, trigger: &str) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let r = self.reload_once();
+        crate::observe::telemetry::global().reloaded(started.elapsed(), r.clone().err());
+        let generation = self.dp.generation();
+        info!(trigger, ok = r.is_ok(), generation, "reload finished");
+        self.last_reload = Some(ReloadStatus {
+            time: unix_now() as u64,
+            trigger: trigger.into(),
+            ok: r.is_ok(),
+            error: r.as_ref().err().cloned(),
+            generation,
+        });
+        self.publish_reload();
+        r
+    }
+
+    /// Rewrites the published state with the current `last_reload`.
+    fn publish_reload(&mut self) {
+        let mut state = (**self.state_tx.borrow()).clone();
+        state.last_reload = self.last_reload.clone();
+        if let Err(e) = state.write(&self.opts.state_dir) {
+            error!(error = format!("{e:#}"), "cannot write the state file");
+        }
+        self.state_tx.send_replace(Arc::new(state));
+    }
+
+    fn reload_once(&mut self) -> Result<(), String> {
+        let _span = info_span!("reload").entered();
+        match load_policy(&self.opts.policy) {
+            Ok(p) => {
+                let old = std::mem::replace(&mut self.policy, p);
+                if let Err(e) = self.reconcile() {
+                    let msg = format!("{e:#}");
+                    error!(error = %msg, "new policy could not be applied; keeping the old one");
+                    self.policy = old;
+                    self.reconcile_logged();
+                    Err(msg)
+                } else {
+                    info!("policy reloaded");
+                    Ok(())
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                error!("policy rejected, the running policy stays:\n{msg}");
+                Err(msg)
+            }
+        }
+    }
+
+    pub(super) fn reconcile_logged(&mut self) {
+        if let Err(e) = self.reconcile() {
+            error!(error = format!("{e:#}"), "reconcile failed");
+        }
+    }
+
+    fn reconcile(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.reconcile_once();
+        let error = r.as_ref().err().map(|e| format!("{e:#}"));
+        crate::observe::telemetry::global().reconciled(started.elapsed(), error);
+        r
+    }
+
+    fn reconcile_once(&mut self) -> Result<()> {
+        let _span = info_span!("reconcile", containers = self.containers.len()).entered();
+        let containers: Vec<Container> = self.containers.values().cloned().collect();
+        let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
+            .map_err(|e| anyhow!("{e}"))?;
+        let (mut desired, mut state) =
+            build_desired(&compiled, &containers, &self.policy, &self.drivers);
+        self.report_unenforceable(&state.unenforceable);
+        self.holds.apply(
+            &mut desired,
+            &crate::daemon::fail_closed::claimed(&containers),
+            &self.policy.fail_closed_networks(),
+        );
+        state.held = self.holds.state();
+        match self.dp.endpoint_capacity() {
+            Ok(capacity) => fit_endpoints(
+                &mut desired,
+                &mut state,
+                capacity as usize,
+                &self.dp.applied_endpoints(),
+            ),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "cannot read the endpoints map's size"
+            ),
+        }
+        add_host_addresses(&mut desired, &self.host_addrs);
+        // Name every identity ever given out, not only those in use, so
+        // that older flow rows still read right.
+        for (id, groups) in self.ids.iter() {
+            state
+                .identities
+                .entry(id)
+                .or_insert_with(|| groups.to_vec());
+        }
+        let report = self.dp.apply(&desired)?;
+        info!(
+            endpoints = desired.endpoints.len(),
+            generation = report.generation,
+            switched = report.switched,
+            attached = report.attached,
+            detached = report.detached,
+            "datapath in step"
+        );
+        state.policy_path = self.opts.policy.clone();
+        state.generation = report.generation;
+        state.updated = unix_now() as u64;
+        state.pid = std::process::id();
+        // Start-up's "reload" is complete with the first apply.
+        if let Some(r) = self.last_reload.as_mut().filter(|r| r.trigger == "start") {
+            r.generation = report.generation;
+        }
+        state.last_resync = self.last_resync;
+        state.last_reload = self.last_reload.clone();
+        state.write(&self.opts.state_dir)?;
+        self.state_tx.send_replace(Arc::new(state));
+        Ok(())
+    }
+
+    /// Logs each unenforceable container once (and again only after it went
+    /// away and came back); the state file lists them all the time. Returns
+    /// how many were logged now.
+    fn report_unenforceable(&mut self, now: &[Unenforceable]) -> usize {
+        let keys: BTreeSet<(String, String, String)> = now
+            .iter()
+            .map(|u| (u.container.clone(), u.network.clone(), u.reason.clone()))
+            .collect();
+        let mut logged = 0;
+        for (container, network, reason) in keys.difference(&self.reported) {
+            warn!(%container, %network, %reason, "container cannot be enforced");
+            logged += 1;
+        }
+        self.reported = keys;
+        logged
+    }
+}
+
+#[cfg(test)]
+mod tests;
