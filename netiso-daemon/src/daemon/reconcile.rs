@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::observe::clock::unix_now;
 
 use anyhow::{anyhow, Result};
 use tokio::sync::watch;
@@ -68,12 +70,6 @@ pub(super) fn load_policy(path: &std::path::Path) -> Result<Policy> {
     Ok(policy)
 }
 
-pub(super) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
     /// A daemon that knows no container yet; start-up's "reload" is the
     /// policy it starts with.
@@ -101,7 +97,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             pending: BTreeMap::new(),
             reported: BTreeSet::new(),
             last_reload: Some(ReloadStatus {
-                time: unix_now() as u64,
+                time: unix_now(),
                 trigger: "start".into(),
                 ok: true,
                 error: None,
@@ -130,7 +126,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             }
             info!(containers = containers.len(), "listed running containers");
             self.containers = containers;
-            self.last_resync = unix_now() as u64;
+            self.last_resync = unix_now();
             self.scan_holds();
             match self.links.host_addresses() {
                 Ok(addrs) => self.host_addrs = addrs,
@@ -338,7 +334,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         let generation = self.dp.generation();
         info!(trigger, ok = r.is_ok(), generation, "reload finished");
         self.last_reload = Some(ReloadStatus {
-            time: unix_now() as u64,
+            time: unix_now(),
             trigger: trigger.into(),
             ok: r.is_ok(),
             error: r.as_ref().err().cloned(),
@@ -442,7 +438,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         );
         state.policy_path = self.opts.policy.clone();
         state.generation = report.generation;
-        state.updated = unix_now() as u64;
+        state.updated = unix_now();
         state.pid = std::process::id();
         // Start-up's "reload" is complete with the first apply.
         if let Some(r) = self.last_reload.as_mut().filter(|r| r.trigger == "start") {

@@ -13,10 +13,11 @@ use tracing::{debug, info, warn};
 use crate::api::control::{Control, Handles};
 use crate::daemon::options::Options;
 use crate::daemon::ports::Netlink;
-use crate::daemon::reconcile::{load_policy, unix_now, Daemon, VETH_RETRY_EVERY};
+use crate::daemon::reconcile::{load_policy, Daemon, VETH_RETRY_EVERY};
 use crate::daemon::sd_notify::notify_logged;
 use crate::datapath::Datapath;
 use crate::host::docker::DockerClient;
+use crate::observe::clock::unix_now;
 use crate::observe::state::State;
 use crate::policy::IdentityAllocator;
 
@@ -81,7 +82,7 @@ pub async fn run(opts: Options) -> Result<()> {
             let docker = DockerClient::connect().await?;
             // Subscribe from just before the listing so that nothing that
             // happens while we list is missed.
-            let since = unix_now() - 1;
+            let since = unix_now() as i64 - 1;
             let mut events = docker.events(Some(since));
             d.resync(&docker).await?;
             synced = true;
