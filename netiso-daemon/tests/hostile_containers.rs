@@ -48,9 +48,9 @@ use aya::programs::tc::TcAttachType;
 
 use netiso_testkit::docker::DockerEnv;
 use netiso_testkit::frames::{
-    eth as eth_src_dst, ext8, icmpv4_checksummed, icmpv6_checksummed, inet_checksum, ipv4_header,
-    ipv4_packet, ipv6_packet, link_local, multicast_mac, set_l4_checksum, solicited_node,
-    udp_checksummed,
+    eth as eth_src_dst, ext8, hex, icmpv4_checksummed, icmpv6_checksummed, inet_checksum,
+    ipv4_header, ipv4_packet, ipv6_packet, link_local, multicast_mac, set_l4_checksum,
+    solicited_node, udp_checksummed,
 };
 use netiso_testkit::hostile::{
     grown, mac_of, raw_send, reason_counts, tcp_connect_from, tcx_programs, udp_send_bytes, Extra,
@@ -2263,10 +2263,6 @@ fn run_pass(
             + shot.peer.map(|p| sockets.accepted_from(p)).unwrap_or(0);
     }
     outcomes
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[test]

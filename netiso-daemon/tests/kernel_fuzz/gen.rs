@@ -3,6 +3,7 @@
 //! hostile container can send, mutations, and length/checksum fix-ups.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use netiso_testkit::frames::hex;
 pub use netiso_testkit::mutate::Rng;
 
 // ---------------------------------------------------------------------------
@@ -428,13 +429,10 @@ impl Net {
 // ---------------------------------------------------------------------------
 // Header builders.
 
+/// [`frames::eth`](netiso_testkit::frames::eth) with the destination first,
+/// as on the wire.
 pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    netiso_testkit::frames::eth(src, dst, ethertype, payload)
 }
 
 /// IPv4 with `opts` (padded to a multiple of 4); lengths and checksums are
@@ -1621,10 +1619,6 @@ pub fn generate(seed: u64, index: u64, n: &Net, seq: u32) -> Input {
         input.vnet = Some(h);
     }
     input
-}
-
-pub fn hex(f: &[u8]) -> String {
-    f.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
