@@ -21,45 +21,46 @@
 //! is kept in the corpus.
 #![no_main]
 
-#[path = "../../netiso-daemon/tests/common/frames.rs"]
-#[allow(dead_code)]
-mod frames;
-#[path = "../../netiso-daemon/tests/common/reference.rs"]
-#[allow(dead_code)]
-mod reference;
-
 use std::cell::RefCell;
 use std::path::Path;
 
 use aya::maps::PerCpuArray;
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use netiso_common::{defaults, maps, programs, tc, Counter, DropReason, IdentityInfo, IpKey};
-use netiso_daemon::datapath::{Datapath, Desired, EndpointSpec};
+use netiso_common::{maps, programs, tc, Counter, DropReason};
+use netiso_daemon::datapath::Datapath;
+use netiso_testkit::mutate::{self, Edit as TemplateEdit};
+use netiso_testkit::reference::{run_frame, sealed_endpoint, templates, Reference};
 
-use frames::MAC_A;
-use reference::{templates, Reference, A, A6};
-
+/// libFuzzer's input for one [`mutate::Edit`] (whose offsets it takes
+/// modulo what the frame has, so every value is valid).
 #[derive(Arbitrary, Debug)]
 enum Edit {
-    /// Sets a byte past the source MAC (offset taken modulo the length).
-    Byte {
-        at: u16,
-        value: u8,
-    },
-    /// Sets a header field where small changes matter most (IHL, lengths,
-    /// protocol / next header, fragment bits, first extension header).
-    Hot {
-        which: u8,
-        value: u8,
-    },
-    Truncate {
-        keep: u16,
-    },
-    Append {
-        bytes: Vec<u8>,
-    },
+    Byte { at: u16, value: u8 },
+    Hot { which: u8, value: u8 },
+    Truncate { keep: u16 },
+    Append { bytes: Vec<u8> },
+}
+
+impl From<&Edit> for TemplateEdit {
+    fn from(e: &Edit) -> Self {
+        match e {
+            Edit::Byte { at, value } => TemplateEdit::Byte {
+                at: *at as usize,
+                value: *value,
+            },
+            Edit::Hot { which, value } => TemplateEdit::Hot {
+                which: *which as usize,
+                value: *value,
+            },
+            Edit::Truncate { keep } => TemplateEdit::Truncate {
+                keep: *keep as usize,
+            },
+            Edit::Append { bytes } => TemplateEdit::Append {
+                bytes: bytes.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -76,36 +77,18 @@ struct Step {
     frame: Frame,
 }
 
-const HOT: [usize; 12] = [14, 16, 17, 20, 21, 22, 23, 34, 35, 54, 55, 56];
 const MAX_STEPS: usize = 8;
 
 fn build(frame: &Frame, templates: &[Vec<u8>]) -> Vec<u8> {
     match frame {
         Frame::Raw(bytes) => bytes.iter().copied().take(1600).collect(),
         Frame::Template { index, edits } => {
-            let mut f = templates[*index as usize % templates.len()].clone();
-            for e in edits.iter().take(8) {
-                match e {
-                    Edit::Byte { at, value } => {
-                        if f.len() > 12 {
-                            let i = 12 + *at as usize % (f.len() - 12);
-                            f[i] = *value;
-                        }
-                    }
-                    Edit::Hot { which, value } => {
-                        let i = HOT[*which as usize % HOT.len()];
-                        if i < f.len() {
-                            f[i] = *value;
-                        }
-                    }
-                    Edit::Truncate { keep } => {
-                        let keep = (*keep as usize).max(14);
-                        f.truncate(keep);
-                    }
-                    Edit::Append { bytes } => f.extend(bytes.iter().take(64)),
-                }
-            }
-            f
+            let edits: Vec<TemplateEdit> = edits
+                .iter()
+                .take(mutate::MAX_EDITS)
+                .map(TemplateEdit::from)
+                .collect();
+            mutate::apply(&templates[*index as usize % templates.len()], &edits)
         }
     }
 }
@@ -157,27 +140,7 @@ fn setup() -> Harness {
         std::io::Error::last_os_error()
     );
 
-    let mut desired = Desired::default();
-    let deny = defaults::DENY_EGRESS | defaults::DENY_INGRESS;
-    desired.endpoints.insert(
-        1,
-        EndpointSpec {
-            ifname: "lo".into(),
-            identity: 256,
-            flags: deny,
-            ipv4: Some(A),
-            ipv6: Some(A6),
-            mac: Some(MAC_A),
-            ipv4_prefix_len: None,
-        },
-    );
-    desired.identities.insert(
-        IpKey::v4(A.octets(), 0),
-        IdentityInfo {
-            identity: 256,
-            flags: deny,
-        },
-    );
+    let desired = sealed_endpoint();
     let mut dp = Datapath::load(Path::new("/sys/fs/bpf/netiso-fuzz")).expect("load the datapath");
     dp.apply(&desired).expect("apply the endpoint");
     dp.set_allow_non_ip(true).unwrap();
@@ -202,21 +165,6 @@ impl Harness {
             out[r as usize] = v.iter().map(|c| c.packets).sum();
         }
         out
-    }
-
-    fn run(&mut self, prog: &str, frame: &[u8]) -> Result<i32, aya::programs::ProgramError> {
-        let p: &mut SchedClassifier = self
-            .dp
-            .ebpf_mut()
-            .program_mut(prog)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        p.test_run(TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        })
-        .map(|r| r.return_value as i32)
     }
 }
 
@@ -297,7 +245,7 @@ fuzz_target!(|steps: Vec<Step>| {
             } else {
                 programs::FROM_CONTAINER
             };
-            let verdict = match h.run(prog, &frame) {
+            let verdict = match run_frame(&mut h.dp, prog, &frame) {
                 Ok(v) => v,
                 // The kernel's harness refuses frames shorter than the L3
                 // header their ethertype announces.

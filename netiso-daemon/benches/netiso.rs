@@ -1,19 +1,19 @@
 //! `cargo xtask bench` (or `cargo bench -p netiso-daemon --bench netiso`):
 //! program cost, traffic and control-plane figures, written to
 //! `bench/results/<timestamp>.{md,json}` and `bench/results/latest.md`.
-//! Needs root (eBPF, namespaces, Docker). `--help` lists the options.
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod netiso_bench;
-
+//! Needs root (eBPF, namespaces, Docker). `--help` lists the options. The
+//! harness itself is `netiso_testkit::bench` (the `bench_smoke` test runs
+//! it with tiny counts); this is its command line.
 use std::process::ExitCode;
+
+use netiso_testkit::bench;
 
 fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{}", netiso_bench::USAGE);
+        println!("{}", bench::USAGE);
         return ExitCode::SUCCESS;
     }
-    let opts = match netiso_bench::Options::from_args(std::env::args().skip(1)) {
+    let opts = match bench::Options::from_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     };
     if let Some(case) = &opts.profile {
         // For `perf record -e cpu-clock -a -g -- <this binary> --profile CASE`.
-        return match netiso_bench::program::profile(case, 10.0) {
+        return match bench::program::profile(case, 10.0) {
             Ok(ns) => {
                 println!("bench: profiled {case}: {ns:.1} ns per run");
                 ExitCode::SUCCESS
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match netiso_bench::run(&opts) {
+    match bench::run(&opts) {
         Ok((report, path)) => {
             println!("\nbench: report written to {}", path.display());
             for (f, t) in report.targets() {

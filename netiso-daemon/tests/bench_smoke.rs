@@ -2,15 +2,13 @@
 //! cannot rot: every part runs for real (eBPF, namespaces, iptables,
 //! nftables, iperf3, the daemon against Docker) and writes its report. No
 //! timing is asserted: benchmarks report, they do not judge.
-mod common;
-#[path = "../benches/netiso_bench/mod.rs"]
-mod netiso_bench;
+use netiso_testkit::bench;
 
 #[test]
 fn bench_harness_runs_every_part_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = netiso_bench::Options::smoke(dir.path().to_path_buf());
-    let (report, md_path) = netiso_bench::run(&opts).expect("bench harness");
+    let opts = bench::Options::smoke(dir.path().to_path_buf());
+    let (report, md_path) = bench::run(&opts).expect("bench harness");
     let ids: Vec<&str> = report
         .sections
         .iter()
@@ -61,8 +59,8 @@ fn bench_harness_runs_every_part_and_writes_its_report() {
 
 #[test]
 fn bench_statistics_and_timestamps() {
-    use netiso_bench::conditions::{parse_rfc3339_utc_ns, utc_timestamp};
-    use netiso_bench::stats::{median, percentile, summary};
+    use bench::conditions::{parse_rfc3339_utc_ns, utc_timestamp};
+    use bench::stats::{median, percentile, summary};
     assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
     assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     assert_eq!(percentile(&[5.0, 1.0, 4.0, 2.0, 3.0], 99.0), 5.0);

@@ -2,22 +2,21 @@
 //! and counters out. Each test gets its own network namespace (the
 //! programs are attached to its loopback, whose ifindex 1 is what
 //! PROG_TEST_RUN reports) and its own pin directory.
-mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use common::frames::{
-    self, eth, ext8, icmp_echo, icmpv6, ipv4, ipv6, tcp, tcp4, udp, udp4, ACK, MAC_A, SYN,
-};
-use common::{NetNs, PinDir};
 use netiso_common::{
     defaults, endpoint_flags, maps, programs, proto, tc, Action, CtKey, DropReason, FlowKey,
     IdentityInfo, IpKey, PolicyKey, PolicyValue,
 };
 use netiso_daemon::datapath::counters;
 use netiso_daemon::datapath::{Datapath, Desired, EndpointSpec};
+use netiso_testkit::frames::{
+    self, eth, ext8, icmp_echo, icmpv6, ipv4, ipv6, tcp, tcp4, udp, udp4, ACK, MAC_A, SYN,
+};
+use netiso_testkit::{NetNs, PinDir};
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);

@@ -1,14 +1,13 @@
 //! End to end: the real `netiso daemon` against the real Docker engine,
 //! busybox containers on one Docker network, the example policy, and
 //! connectivity checked from inside the containers.
-mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::docker::{tcp_servers, DockerEnv};
-use common::{run_in, DaemonProc};
+use netiso_testkit::docker::{tcp_servers, DockerEnv};
+use netiso_testkit::{run_in, DaemonProc};
 
 /// `policies/default.toml`, with every group narrowed to this test's
 /// containers (an extra label) so that parallel runs never interfere.

@@ -8,7 +8,6 @@
 //! other test's containers, and a test only ends processes it started. The
 //! daemon under test talks to it through `DOCKER_HOST`, the engine
 //! setting every Docker client honours.
-mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
@@ -16,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::docker::{image, require_docker, tcp_servers};
-use common::ops::*;
-use common::{sh, unique};
+use netiso_testkit::docker::{image, require_docker, tcp_servers};
+use netiso_testkit::ops::*;
+use netiso_testkit::{sh, unique};
 
 /// A throw-away dockerd; everything it made is removed on drop, and the
 /// engine is stopped, even when the test fails.

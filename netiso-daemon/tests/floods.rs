@@ -17,24 +17,25 @@
 //!    policy (allowed ones pass, denied ones drop), and the fill level is
 //!    a metric to alert on (`netiso_map_entries / netiso_map_capacity`,
 //!    failed inserts in `netiso_kernel_errors_total`).
-mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::docker::{tcp_servers, DockerEnv};
-use common::fleet::{cpu_seconds, Fleet};
-use common::hostile::netns_of;
-use common::obs::{metrics_addr, sample, scrape};
-use common::ops::{container_ip, container_pid, empty_config, eventually, tcp_from, write_policy};
-use common::{run_in, DaemonProc};
 use netiso_common::{limits, maps, DropReason};
 use netiso_daemon::api;
 use netiso_daemon::datapath::counters;
 use netiso_daemon::observe::events::MonitorMessage;
 use netiso_daemon::observe::filter::Filter;
+use netiso_testkit::docker::{tcp_servers, DockerEnv};
+use netiso_testkit::fleet::{cpu_seconds, Fleet};
+use netiso_testkit::hostile::netns_of;
+use netiso_testkit::obs::{metrics_addr, sample, scrape};
+use netiso_testkit::ops::{
+    container_ip, container_pid, empty_config, eventually, tcp_from, write_policy,
+};
+use netiso_testkit::{run_in, DaemonProc};
 
 const POLICY: &str = r#"
 [groups.flood]
@@ -212,7 +213,7 @@ fn floods_of_containers_drops_and_flows_keep_enforcement_and_counts_exact() {
                     eventually(pid, sink_tcp, true, 15),
                     "{n} -> sink:8080 must pass"
                 );
-                common::obs::udp_burst(pid, SocketAddr::from((sink_ip, 7777)), 3, None);
+                netiso_testkit::obs::udp_burst(pid, SocketAddr::from((sink_ip, 7777)), 3, None);
                 let ip = container_ip(None, n, &network);
                 assert_eq!(
                     flow_rows(pins, ip, sink_ip, Some(7777)),
@@ -391,7 +392,7 @@ fn floods_of_containers_drops_and_flows_keep_enforcement_and_counts_exact() {
         "filler -> sink:8080"
     );
     let before = reasons(&pins);
-    common::obs::udp_burst(spray_pid, SocketAddr::from((sink_ip, 7001)), 5, None);
+    netiso_testkit::obs::udp_burst(spray_pid, SocketAddr::from((sink_ip, 7001)), 5, None);
     assert_eq!(reason_delta(&before, &pins, DropReason::DefaultDeny), 5);
     assert!(!tcp_from(spray_pid, sink_tcp), "spray -> sink stays denied");
     println!("flood test body took {:.0} s", t0.elapsed().as_secs_f64());

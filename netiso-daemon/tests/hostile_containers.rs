@@ -38,7 +38,6 @@
 //! allowed ports over IPv4 and IPv6 (the victim answers although its
 //! egress is denied), IPv6 ping between allowed containers (neighbour
 //! discovery keeps working).
-mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -47,18 +46,18 @@ use std::time::{Duration, Instant};
 
 use aya::programs::tc::TcAttachType;
 
-use common::docker::DockerEnv;
-use common::frames::{
-    eth as eth_src_dst, ext8, icmpv4_checksummed, icmpv6_checksummed, inet_checksum, ipv4_header,
-    ipv4_packet, ipv6_packet, link_local, multicast_mac, set_l4_checksum, solicited_node,
-    udp_checksummed,
+use netiso_testkit::docker::DockerEnv;
+use netiso_testkit::frames::{
+    eth as eth_src_dst, ext8, hex, icmpv4_checksummed, icmpv6_checksummed, inet_checksum,
+    ipv4_header, ipv4_packet, ipv6_packet, link_local, multicast_mac, set_l4_checksum,
+    solicited_node, udp_checksummed,
 };
-use common::hostile::{
+use netiso_testkit::hostile::{
     grown, mac_of, raw_send, reason_counts, tcp_connect_from, tcx_programs, udp_send_bytes, Extra,
     FrameRecorder, Listeners,
 };
-use common::ops::{empty_config, tcp_try, write_policy};
-use common::{run_in, sh, DaemonProc};
+use netiso_testkit::ops::{empty_config, tcp_try, write_policy};
+use netiso_testkit::{run_in, sh, DaemonProc};
 
 const POLICY: &str = r#"
 [groups.victim]
@@ -231,7 +230,10 @@ fn tcp_segment(
     h.extend_from_slice(&0x2000_0001u32.to_be_bytes());
     h.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     h.extend_from_slice(data);
-    let (s, d) = (common::frames::ip_bytes(src), common::frames::ip_bytes(dst));
+    let (s, d) = (
+        netiso_testkit::frames::ip_bytes(src),
+        netiso_testkit::frames::ip_bytes(dst),
+    );
     set_l4_checksum(&s, &d, 6, &mut h, 16);
     h
 }
@@ -374,8 +376,8 @@ fn mld(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, body: &[u8]) -> Vec<u8> {
 /// A segment of [`tcp_segment`] adds its sequence number, so that the
 /// friend's answer to a SYN sent in its name (a RST) is not taken for it.
 fn tcp_sig(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut s = common::frames::ip_bytes(src);
-    s.extend(common::frames::ip_bytes(dst));
+    let mut s = netiso_testkit::frames::ip_bytes(src);
+    s.extend(netiso_testkit::frames::ip_bytes(dst));
     s.extend_from_slice(&sport.to_be_bytes());
     s.extend_from_slice(&dport.to_be_bytes());
     s
@@ -2098,7 +2100,7 @@ fn host(env: &DockerEnv, name: &str) -> Host {
     )
     .parse()
     .unwrap_or_else(|e| panic!("{name} has no global IPv6 address on {net}: {e}"));
-    let ifindex = run_in(&common::hostile::netns_of(pid), || {
+    let ifindex = run_in(&netiso_testkit::hostile::netns_of(pid), || {
         let n = std::ffi::CString::new("eth0").unwrap();
         unsafe { libc::if_nametoindex(n.as_ptr()) }
     });
@@ -2144,7 +2146,7 @@ fn flush_neighbours(hosts: &[&Host]) {
 
 /// Whether the victim echoes a datagram from the friend (allowed port).
 fn udp_echo(from: &Host, to: SocketAddr) -> bool {
-    run_in(&common::hostile::netns_of(from.pid), move || {
+    run_in(&netiso_testkit::hostile::netns_of(from.pid), move || {
         let bind: SocketAddr = if to.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -2200,7 +2202,7 @@ fn fire(n: &Net, shot: &Shot) -> u32 {
         }
         Via::Tcp { from, to } => {
             let (from, to) = (*from, *to);
-            run_in(&common::hostile::netns_of(pid), move || {
+            run_in(&netiso_testkit::hostile::netns_of(pid), move || {
                 tcp_connect_from(from, to, Duration::from_millis(300))
             });
             1
@@ -2263,10 +2265,6 @@ fn run_pass(
     outcomes
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[test]
 fn hostile_containers_cannot_reach_a_denying_peer() {
     let started = Instant::now();
@@ -2298,7 +2296,7 @@ fn hostile_containers_cannot_reach_a_denying_peer() {
         .collect();
     let net_id = inspect(&env.network, "{{.Id}}");
     let bridge = format!("br-{}", &net_id[..12]);
-    let gw_mac = common::hostile::parse_mac(
+    let gw_mac = netiso_testkit::hostile::parse_mac(
         std::fs::read_to_string(format!("/sys/class/net/{bridge}/address"))
             .unwrap_or_else(|e| panic!("{bridge}: {e}"))
             .trim(),
@@ -2394,8 +2392,8 @@ fn hostile_containers_cannot_reach_a_denying_peer() {
     };
     println!("outsider (no group) has programs on its veth: {outsider_enforced}");
     let friend_tcp4 = v4(n.vic.v4, TCP_FRIEND);
-    let enforced = common::ops::eventually(n.fri.pid, friend_tcp4, true, 20)
-        && !common::ops::tcp_from(n.att.pid, friend_tcp4);
+    let enforced = netiso_testkit::ops::eventually(n.fri.pid, friend_tcp4, true, 20)
+        && !netiso_testkit::ops::tcp_from(n.att.pid, friend_tcp4);
     assert!(
         enforced,
         "the policy is not in force (friend -> victim:8080 must pass, attacker -> victim:8080 not); daemon log:\n{}",
@@ -2409,13 +2407,13 @@ fn hostile_containers_cannot_reach_a_denying_peer() {
     let positive: Vec<(&str, bool)> = vec![
         (
             "friend -> victim tcp4 :8080 (victim answers, its egress denied)",
-            run_in(&common::hostile::netns_of(n.fri.pid), || {
+            run_in(&netiso_testkit::hostile::netns_of(n.fri.pid), || {
                 tcp_try(friend_tcp4, Duration::from_secs(2), true)
             }),
         ),
         (
             "friend -> victim tcp6 :8080 (victim answers, its egress denied)",
-            run_in(&common::hostile::netns_of(n.fri.pid), || {
+            run_in(&netiso_testkit::hostile::netns_of(n.fri.pid), || {
                 tcp_try(v6(n.vic.v6, TCP_FRIEND), Duration::from_secs(2), true)
             }),
         ),

@@ -2,16 +2,15 @@
 //! under traffic, containers that come and go while it is down, restarts,
 //! network changes, reloads, drift, readiness, and containers it cannot
 //! enforce. (The engine restart lives alone in `engine_restart.rs`.)
-mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::docker::{image, require_docker, tcp_servers};
-use common::ops::*;
-use common::{sh, unique};
+use netiso_testkit::docker::{image, require_docker, tcp_servers};
+use netiso_testkit::ops::*;
+use netiso_testkit::{sh, unique};
 
 /// Containers and networks of one test on the system engine, removed on drop.
 struct Scene {
@@ -634,7 +633,7 @@ fn periodic_resync_repairs_drift_with_interval_from_config() {
 /// anything, naming file, line and column.
 #[test]
 fn bad_config_file_is_reported_with_its_place() {
-    common::require_root();
+    netiso_testkit::require_root();
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("netiso.toml");
     std::fs::write(&config, "policy = \"/x.toml\"\nresync_intervall = 5\n").unwrap();
@@ -736,7 +735,7 @@ action = "allow"
     let o = base.octets();
     let stray_ip = std::net::Ipv4Addr::new(o[0], o[1], o[2], 250);
     let prefix = subnet.split('/').nth(1).unwrap();
-    let ns = common::NetNs::new("fc");
+    let ns = netiso_testkit::NetNs::new("fc");
     let veth = unique("ntfc");
     sc.links.push(veth.clone());
     sh(&format!("ip link add {veth} type veth peer name {veth}p"));
@@ -760,7 +759,7 @@ action = "allow"
     let to = addr(client_ip, 8080);
     let ns_path = ns.path();
     let reach = || {
-        common::run_in(&ns_path, move || {
+        netiso_testkit::run_in(&ns_path, move || {
             tcp_try(to, Duration::from_millis(700), true)
         })
     };

@@ -1,22 +1,21 @@
 //! Real TCP, UDP and ICMP between namespaces joined by a bridge, with the
 //! programs attached to the host-side veths exactly as the daemon does,
 //! and the policy compiled from `policies/default.toml`.
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::topology::{
-    pings, round_trip, tcp6_talks, tcp_echo_server, tcp_stream_echo_server, tcp_talks,
-    udp_big_echo, udp_echo_server, udp_echoes, Topology,
-};
-use common::PinDir;
 use netiso_common::{maps, DropReason};
 use netiso_daemon::datapath::counters;
 use netiso_daemon::datapath::Datapath;
 use netiso_daemon::datapath::{AttachMode, Desired};
 use netiso_daemon::policy::IdentityAllocator;
 use netiso_daemon::{daemon, policy};
+use netiso_testkit::topology::{
+    pings, round_trip, tcp6_talks, tcp_echo_server, tcp_stream_echo_server, tcp_talks,
+    udp_big_echo, udp_echo_server, udp_echoes, Topology,
+};
+use netiso_testkit::PinDir;
 
 const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 

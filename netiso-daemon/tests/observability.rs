@@ -2,7 +2,6 @@
 //! counters and events equal the drops caused, the kernel rate limit is
 //! accounted for, the control socket admits only root (or its group), and
 //! `verify` catches enforcement that was broken behind the daemon's back.
-mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -10,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::docker::{tcp_servers, DockerEnv};
-use common::obs::{
-    metrics_addr, public_dir, sample, scrape, status_json, udp_burst, wait_for_file, PublicBinary,
-};
-use common::DaemonProc;
 use netiso_daemon::api;
 use netiso_daemon::observe::events::MonitorMessage;
 use netiso_daemon::observe::filter::Filter;
+use netiso_testkit::docker::{tcp_servers, DockerEnv};
+use netiso_testkit::obs::{
+    metrics_addr, public_dir, sample, scrape, status_json, udp_burst, wait_for_file, PublicBinary,
+};
+use netiso_testkit::DaemonProc;
 
 /// Writes a policy whose groups select only this test's containers (label
 /// `netiso.test=<tag>` plus `role`).

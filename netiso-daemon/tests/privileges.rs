@@ -11,16 +11,15 @@
 //!
 //! (That the control socket refuses unprivileged users is tested in
 //! `observability.rs`.)
-mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::docker::{tcp_servers, DockerEnv};
-use common::ops::{eventually, tcp_from, write_policy, Netiso};
 use netiso_daemon::daemon::privileges::{mask, names, threads_of, RUNTIME};
+use netiso_testkit::docker::{tcp_servers, DockerEnv};
+use netiso_testkit::ops::{eventually, tcp_from, write_policy, Netiso};
 
 const POLICY: &str = r#"
 [groups.client]
@@ -125,7 +124,7 @@ fn running_daemon_keeps_only_the_capabilities_it_needs() {
 
 #[test]
 fn policy_writable_by_others_is_refused_at_start() {
-    common::require_root();
+    netiso_testkit::require_root();
     let tmp = tempfile::tempdir().unwrap();
     let policy = write_policy(tmp.path(), "x", POLICY);
     chmod(&policy, 0o666);

@@ -8,12 +8,11 @@
 //! outside the host can reach it; containers on the network reach it there
 //! through docker-proxy (Docker's default) or, without the proxy, through
 //! the engine's NAT rules: both paths must give the same verdicts.
-mod common;
 
-use common::docker::{tcp_servers, DockerEnv};
-use common::hostile::{reason_counts, Extra};
-use common::ops::write_policy;
-use common::{sh, DaemonProc, NetNs};
+use netiso_testkit::docker::{tcp_servers, DockerEnv};
+use netiso_testkit::hostile::{reason_counts, Extra};
+use netiso_testkit::ops::write_policy;
+use netiso_testkit::{sh, DaemonProc, NetNs};
 
 const POLICY: &str = r#"
 [groups.web]
@@ -134,7 +133,7 @@ fn a_published_port_is_judged_as_the_container_behind_it() {
     // link with an address from 198.18.0.0/15, routed to the gateway only.
     let world = NetNs::new("world");
     let n = std::process::id() % 250 + 1;
-    let host_if = common::unique("ntw");
+    let host_if = netiso_testkit::unique("ntw");
     struct Link(String);
     impl Drop for Link {
         fn drop(&mut self) {

@@ -2,11 +2,7 @@
 //! real containers, with the full reachability matrix between the
 //! scenario's containers checked against a matrix written here by hand
 //! from the scenario's description (not derived from the compiler).
-mod common;
-#[path = "common/scenario.rs"]
-mod scenario;
-
-use scenario::{member, probe, Scenario, World};
+use netiso_testkit::scenario::{member, probe, Scenario, World};
 
 const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";

@@ -2,13 +2,12 @@
 //! `systemd-analyze verify` (offline; systemd need not be PID 1), its
 //! sandbox scores as expected, and the daemon enforces with exactly the
 //! capabilities the unit grants (and does not without one of them).
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::docker::{tcp_servers, DockerEnv};
-use common::ops::Netiso;
+use netiso_testkit::docker::{tcp_servers, DockerEnv};
+use netiso_testkit::ops::Netiso;
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/netiso.service");
 
@@ -191,7 +190,7 @@ fn runs_with(caps: &[String], env: &DockerEnv, server: &str, secs: u64) -> (bool
 
 #[test]
 fn daemon_works_with_exactly_the_units_capabilities() {
-    common::require_root();
+    netiso_testkit::require_root();
     let caps = unit_caps();
     let mut env = DockerEnv::new();
     let tag = env.tag.clone();

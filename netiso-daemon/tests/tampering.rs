@@ -17,18 +17,17 @@
 //!
 //! Privileged containers are out of scope (SECURITY.md): they can reach
 //! the host's namespace and detach anything.
-mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::docker::{tcp_servers, DockerEnv};
-use common::hostile::{
+use netiso_testkit::docker::{tcp_servers, DockerEnv};
+use netiso_testkit::hostile::{
     exec, grown, mac_of, mac_text, own_tcx_programs, raw_receiver, raw_send, reason_counts,
     udp_receiver, udp_send, Extra,
 };
-use common::ops::{empty_config, eventually, tcp_from, write_policy};
-use common::DaemonProc;
+use netiso_testkit::ops::{empty_config, eventually, tcp_from, write_policy};
+use netiso_testkit::DaemonProc;
 
 const POLICY: &str = r#"
 [groups.victim]
@@ -294,7 +293,7 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     // While it held the friend's address, the attacker could not answer
     // ARP for it (ARP leaving a container must speak for its own address):
     // the victim never learned the friend's address at another MAC.
-    let neigh = common::sh(&format!("nsenter -t {victim_pid} -n ip neigh show"));
+    let neigh = netiso_testkit::sh(&format!("nsenter -t {victim_pid} -n ip neigh show"));
     let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
     let friend_mac_text = mac_text(friend_mac);
     for line in neigh.lines() {

@@ -2,7 +2,7 @@
 //! workspace, nightly) and runs each for a bounded time, keeping the
 //! corpus in `fuzz/corpus/<target>` and replaying `fuzz/regressions/<target>`
 //! as seeds. The `kernel` target is the kernel fuzzer
-//! (`netiso-daemon/tests/kernel_fuzz.rs`, a privileged test that replays
+//! (`netiso-daemon/tests/kernel_fuzz/`, a privileged test that replays
 //! `fuzz/regressions/kernel` itself). `cargo xtask test` runs it for a few
 //! seconds per target; docs/fuzzing.md says how to run for longer.
 use std::path::{Path, PathBuf};

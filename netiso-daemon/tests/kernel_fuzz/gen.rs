@@ -3,47 +3,8 @@
 //! hostile container can send, mutations, and length/checksum fix-ups.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// xorshift64*: deterministic, so a failure names a seed that reproduces it.
-pub struct Rng(std::cell::Cell<u64>);
-
-impl Rng {
-    /// The generator of frame `index` of the run with `seed` (splitmix64 of
-    /// both): any frame can be rebuilt alone from the seed and its index.
-    pub fn for_frame(seed: u64, index: u64) -> Self {
-        let mut z = seed ^ index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Self(std::cell::Cell::new(z | 1))
-    }
-    pub fn next(&self) -> u64 {
-        let mut x = self.0.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    /// True with probability `num / den`.
-    pub fn chance(&self, num: usize, den: usize) -> bool {
-        self.below(den) < num
-    }
-    pub fn byte(&self) -> u8 {
-        self.next() as u8
-    }
-    pub fn u16(&self) -> u16 {
-        self.next() as u16
-    }
-    pub fn pick<T: Copy>(&self, v: &[T]) -> T {
-        v[self.below(v.len())]
-    }
-    pub fn bytes(&self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
+pub use netiso_testkit::frames::hex;
+pub use netiso_testkit::mutate::Rng;
 
 // ---------------------------------------------------------------------------
 // The marker tag.
@@ -468,13 +429,10 @@ impl Net {
 // ---------------------------------------------------------------------------
 // Header builders.
 
+/// [`frames::eth`](netiso_testkit::frames::eth) with the destination first,
+/// as on the wire.
 pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    netiso_testkit::frames::eth(src, dst, ethertype, payload)
 }
 
 /// IPv4 with `opts` (padded to a multiple of 4); lengths and checksums are
@@ -1661,10 +1619,6 @@ pub fn generate(seed: u64, index: u64, n: &Net, seq: u32) -> Input {
         input.vnet = Some(h);
     }
     input
-}
-
-pub fn hex(f: &[u8]) -> String {
-    f.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {

@@ -17,8 +17,8 @@ use super::report::{Figure, Section};
 use super::stats::{ratios, summary};
 use super::workload::Workload;
 use super::Options;
-use crate::common::topology::{spawn_in, Topology};
-use crate::common::{NetNs, PinDir};
+use crate::topology::{spawn_in, Topology};
+use crate::{NetNs, PinDir};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Filter {

@@ -42,10 +42,7 @@
 //! `NETISO_KFUZZ_SUMMARY` (a file to write the summary to),
 //! `NETISO_KFUZZ_NO_WRITE` (do not write regression files),
 //! `NETISO_KFUZZ_GEN_CHECK` (inputs the generator self-test builds).
-mod common;
-#[path = "kernel_fuzz/gen.rs"]
 mod gen;
-#[path = "kernel_fuzz/rx.rs"]
 mod rx;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,14 +51,14 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::frames::link_local;
-use common::topology::{Guest, Topology};
-use common::{NetNs, PinDir};
 use gen::{fix, generate, hex, placeholder, remark, retag, Input, Net};
 use netiso_common::{limits, maps, DropReason};
 use netiso_daemon::datapath::counters;
 use netiso_daemon::datapath::Datapath;
 use netiso_daemon::{daemon, policy};
+use netiso_testkit::frames::link_local;
+use netiso_testkit::topology::{Guest, Topology};
+use netiso_testkit::{NetNs, PinDir};
 use rx::{Received, Sender, Victim};
 
 const POLICY: &str = r#"
@@ -912,7 +909,7 @@ fn write_regression(c: &Crossing, n: &Net, seed: u64) -> Option<PathBuf> {
 
 #[test]
 fn nothing_crosses_a_denied_pair() {
-    common::require_root();
+    netiso_testkit::require_root();
     let seed = env_u64("NETISO_KFUZZ_SEED").unwrap_or(DEFAULT_SEED);
     let seconds = env_u64("NETISO_KFUZZ_SECONDS");
     let max_inputs = env_u64("NETISO_KFUZZ_FRAMES").unwrap_or(if seconds.is_some() {

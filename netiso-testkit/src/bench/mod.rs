@@ -7,7 +7,6 @@
 //! Benchmarks never assert on timings: a missed target is reported, not
 //! failed. They do fail when a measurement would be meaningless (a filter
 //! that does not filter, a verdict that is not the expected one).
-#![allow(dead_code)]
 
 pub mod conditions;
 pub mod control;
@@ -231,7 +230,7 @@ usage: cargo bench -p netiso-daemon --bench netiso -- [--smoke] [--only program,
 /// Runs the selected parts and writes `<out_dir>/<timestamp>.{md,json}`
 /// and `<out_dir>/latest.md`. Needs root.
 pub fn run(opts: &Options) -> Result<(Report, PathBuf)> {
-    crate::common::require_root();
+    crate::require_root();
     let t0 = Instant::now();
     let mut report = Report::new(opts, conditions::Conditions::collect());
     if opts.parts.traffic {

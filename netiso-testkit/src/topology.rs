@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use netiso_daemon::model::{Attachment, Container};
 
-use super::{sh, NetNs};
+use crate::{sh, NetNs};
 
 pub const NETWORK: &str = "testnet";
 

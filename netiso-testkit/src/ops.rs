@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use netiso_daemon::observe::state::State;
 
-use super::PinDir;
+use crate::{netiso_bin, PinDir};
 
 /// A `netiso daemon` that survives its process: the pin and state
 /// directories belong to this value, the process comes and goes. Every run
@@ -66,7 +66,7 @@ impl Netiso {
                 c.args(args);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_netiso")),
+            None => Command::new(netiso_bin()),
         };
         cmd.arg("daemon")
             .arg("--pin-dir")
@@ -290,7 +290,7 @@ pub fn tcp_try(to: SocketAddr, timeout: Duration, greeting: bool) -> bool {
 
 /// Runs `f` once on a thread inside the network namespace of process `pid`.
 pub fn once_in(pid: u32, f: impl FnOnce() -> bool + Send) -> bool {
-    super::run_in(&PathBuf::from(format!("/proc/{pid}/ns/net")), f)
+    crate::run_in(&PathBuf::from(format!("/proc/{pid}/ns/net")), f)
 }
 
 /// Whether a connection from container process `pid` to `to` gets the

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::docker::image;
+use crate::docker::image;
 
 pub struct Fleet {
     names: Mutex<Vec<String>>,

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use toml_edit::{DocumentMut, Item, Value};
 
-use crate::common::docker::{tcp_servers, DockerEnv};
-use crate::common::{run_in, sh, unique, DaemonProc, NetNs};
+use crate::docker::{tcp_servers, DockerEnv};
+use crate::{netiso_bin, run_in, sh, unique, DaemonProc, NetNs};
 
 /// Label added to every group and container of one test run.
 pub const TEST_LABEL: &str = "netiso.test";
@@ -57,7 +57,6 @@ pub struct Scenario {
     pub members: BTreeMap<&'static str, Running>,
     pub daemon: DaemonProc,
     /// Held for its `Drop`: removes the containers and the network.
-    #[allow(dead_code)]
     pub env: DockerEnv,
     _dir: tempfile::TempDir,
 }
@@ -285,7 +284,7 @@ impl Scenario {
     /// `netiso explain ARGS` against this scenario's daemon state (and so
     /// its narrowed policy).
     pub fn explain(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_netiso"))
+        Command::new(netiso_bin())
             .arg("explain")
             .args(args)
             .arg("--state-dir")
@@ -330,7 +329,6 @@ fn greeted(s: &mut TcpStream) -> bool {
 /// usual outbound path (forwarding and masquerading by the host).
 pub struct World {
     /// Held for its `Drop`: deletes the namespace.
-    #[allow(dead_code)]
     pub ns: NetNs,
     pub host_if: String,
     pub ip: Ipv4Addr,

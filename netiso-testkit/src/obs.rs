@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use super::{run_in, DaemonProc};
+use crate::{netiso_bin, run_in, DaemonProc};
 
 /// Sends `n` UDP datagrams from inside the container with `pid`, without
 /// pausing (as fast as the socket takes them) unless `gap` is given.
@@ -85,7 +85,7 @@ impl PublicBinary {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join("netiso");
-        std::fs::copy(env!("CARGO_BIN_EXE_netiso"), &path).unwrap();
+        std::fs::copy(netiso_bin(), &path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir, path }
     }

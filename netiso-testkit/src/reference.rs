@@ -2,8 +2,9 @@
 //! (both group defaults deny, no rule names it): which frames the sealed
 //! datapath (issue 11) still lets through, and frame templates to mutate.
 //! Shared by the random frame test (`tests/random_frames.rs`) and the
-//! packet fuzzer (`fuzz/fuzz_targets/packet.rs`, which includes this file
-//! by path, so it only uses `super::frames` and std).
+//! packet fuzzer (`fuzz/fuzz_targets/packet.rs`), with the endpoint as the
+//! datapath gets it ([`sealed_endpoint`]) and one program run
+//! ([`run_frame`]); uses `frames`, netiso-common and the daemon's datapath.
 //!
 //! It is a plain reading of the semantics, not a copy of the eBPF code:
 //!
@@ -27,7 +28,11 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::frames::{
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
+use netiso_common::{defaults, IdentityInfo, IpKey};
+use netiso_daemon::datapath::{Datapath, Desired, EndpointSpec};
+
+use crate::frames::{
     arp, eth, ext8, icmp_echo, icmpv6, ipv4, ipv6, link_local, solicited_node, tcp, udp, MAC_A,
     MAC_B, SYN,
 };
@@ -37,6 +42,50 @@ pub const A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 pub const B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 pub const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 pub const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+/// The endpoint this reference describes, on lo (ifindex 1, which
+/// BPF_PROG_TEST_RUN reports): identity 256, addresses A, A6 and MAC_A,
+/// both group defaults deny and no rule names it.
+pub fn sealed_endpoint() -> Desired {
+    let mut desired = Desired::default();
+    let deny = defaults::DENY_EGRESS | defaults::DENY_INGRESS;
+    desired.endpoints.insert(
+        1,
+        EndpointSpec {
+            ifname: "lo".into(),
+            identity: 256,
+            flags: deny,
+            ipv4: Some(A),
+            ipv6: Some(A6),
+            mac: Some(MAC_A),
+            ipv4_prefix_len: None,
+        },
+    );
+    desired.identities.insert(
+        IpKey::v4(A.octets(), 0),
+        IdentityInfo {
+            identity: 256,
+            flags: deny,
+        },
+    );
+    desired
+}
+
+/// Runs `frame` once through the program `prog` of `dp`
+/// (BPF_PROG_TEST_RUN); the TC verdict.
+pub fn run_frame(dp: &mut Datapath, prog: &str, frame: &[u8]) -> Result<i32, ProgramError> {
+    let p: &mut SchedClassifier = dp
+        .ebpf_mut()
+        .program_mut(prog)
+        .expect("the program is loaded")
+        .try_into()
+        .expect("a TC program");
+    p.test_run(TestRunOptions {
+        data_in: Some(frame),
+        ..Default::default()
+    })
+    .map(|r| r.return_value as i32)
+}
 
 /// Link control as sent: `f` with its IPv4 TTL / IPv6 hop limit set (the
 /// builders use 64) and its IGMP / ICMPv6 checksum filled in.

@@ -2,7 +2,7 @@
 //! CLI with unique names and removed on drop.
 use std::process::Command;
 
-use super::{sh, unique};
+use crate::{sh, unique};
 
 pub fn image() -> String {
     std::env::var("NETISO_TEST_IMAGE").unwrap_or_else(|_| "netiso-busybox:test".into())
@@ -11,7 +11,7 @@ pub fn image() -> String {
 /// Fails the test with a clear message unless an engine and the test
 /// image are there.
 pub fn require_docker() {
-    super::require_root();
+    crate::require_root();
     let ok = Command::new("docker")
         .args(["image", "inspect", &image()])
         .output()

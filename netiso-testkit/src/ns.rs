@@ -1,17 +1,7 @@
-//! Support for privileged tests: network namespaces, pin directories and
-//! crafted frames. Every resource gets a unique name and is removed in
-//! `Drop`, so a failing test cleans up and parallel runs never collide.
-#![allow(dead_code)]
-
-pub mod docker;
-pub mod fleet;
-pub mod frames;
-pub mod hostile;
-pub mod obs;
-pub mod ops;
-pub mod reference;
-pub mod topology;
-
+//! Namespaces, pin directories and shell commands for privileged tests:
+//! unique names, `ip netns` namespaces, bpffs pin directories, each removed
+//! in `Drop` so that a failing test cleans up and parallel runs never
+//! collide. Uses std and libc only.
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -142,103 +132,5 @@ impl PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A `netiso daemon` process started by the test, with its own pin and
-/// state directories; killed (by its own pid) on drop.
-pub struct DaemonProc {
-    pub child: std::process::Child,
-    pub pins: PinDir,
-    pub state_dir: tempfile::TempDir,
-    pub policy_path: PathBuf,
-}
-
-impl DaemonProc {
-    pub fn start(policy_path: PathBuf) -> Self {
-        Self::start_with(policy_path, &[])
-    }
-
-    /// Like [`start`](Self::start), with extra `netiso daemon` flags. The
-    /// metrics endpoint gets a free port unless `extra` names one, so that
-    /// parallel daemons never compete for the default.
-    pub fn start_with(policy_path: PathBuf, extra: &[&str]) -> Self {
-        let pins = PinDir::new();
-        let state_dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(state_dir.path().join("daemon.log")).unwrap();
-        let mut extra: Vec<&str> = extra.to_vec();
-        if !extra.contains(&"--metrics-addr") {
-            extra.extend(["--metrics-addr", "127.0.0.1:0"]);
-        }
-        let child = Command::new(env!("CARGO_BIN_EXE_netiso"))
-            .args(["daemon", "--policy"])
-            .arg(&policy_path)
-            .arg("--pin-dir")
-            .arg(&pins.path)
-            .arg("--state-dir")
-            .arg(state_dir.path())
-            .args(&extra)
-            .env("NETISO_LOG", "netiso_daemon=debug,info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start netiso daemon");
-        Self {
-            child,
-            pins,
-            state_dir,
-            policy_path,
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.state_dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    pub fn state(&self) -> netiso_daemon::observe::state::State {
-        netiso_daemon::observe::state::State::read(self.state_dir.path()).unwrap()
-    }
-
-    /// Waits (bounded) until `pred` holds for the published state.
-    pub fn wait_for(
-        &mut self,
-        what: &str,
-        pred: impl Fn(&netiso_daemon::observe::state::State) -> bool,
-    ) {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::time::Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "daemon exited ({status}) waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            if let Ok(s) = netiso_daemon::observe::state::State::read(self.state_dir.path()) {
-                if pred(&s) {
-                    return;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}; daemon log:\n{}", self.log());
-    }
-
-    /// Runs `netiso <args>` against this daemon's directories.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_netiso"))
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&self.pins.path)
-            .arg("--state-dir")
-            .arg(self.state_dir.path())
-            .output()
-            .expect("run netiso")
-    }
-}
-
-impl Drop for DaemonProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

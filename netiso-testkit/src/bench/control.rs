@@ -16,7 +16,7 @@ use super::report::{fmt_num, Figure, Section};
 use super::stats::{percentile, summary};
 use super::workload::{filler_rules, GroupSpec, Workload};
 use super::{mono_ns, real_ns, Options};
-use crate::common::{run_in, unique, PinDir};
+use crate::{run_in, unique, PinDir};
 
 const BG_GROUPS: usize = 50;
 /// The sink never listens: probes only need their packets dropped.
@@ -74,7 +74,7 @@ impl DockerRes {
             format!("netiso.role={role}"),
             "--label".into(),
             format!("netiso.bg=g{bg}"),
-            crate::common::docker::image(),
+            crate::docker::image(),
             "sleep".into(),
             "3600".into(),
         ]
@@ -174,7 +174,6 @@ struct Daemon {
     child: Child,
     state_dir: tempfile::TempDir,
     pins: PinDir,
-    policy: PathBuf,
 }
 
 impl Daemon {
@@ -182,7 +181,7 @@ impl Daemon {
         let pins = PinDir::new();
         let state_dir = tempfile::tempdir()?;
         let log = std::fs::File::create(state_dir.path().join("daemon.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_netiso"))
+        let child = Command::new(crate::netiso_bin())
             .arg("daemon")
             .arg("--policy")
             .arg(&policy)
@@ -199,7 +198,6 @@ impl Daemon {
             child,
             state_dir,
             pins,
-            policy,
         })
     }
 
@@ -379,7 +377,7 @@ struct Start {
 }
 
 pub fn run(opts: &Options) -> Result<Section> {
-    crate::common::docker::require_docker();
+    crate::docker::require_docker();
     let res = DockerRes::new()?;
     let tmp = tempfile::tempdir()?;
     let policy_path = tmp.path().join("policy.toml");
@@ -432,7 +430,7 @@ pub fn run(opts: &Options) -> Result<Section> {
         ),
     );
     sec.cond("other containers on the engine at start", others);
-    sec.cond("image", crate::common::docker::image());
+    sec.cond("image", crate::docker::image());
     sec.cond(
         "start-up policy",
         format!("{} groups, 1 rule", small.groups.len()),

@@ -13,8 +13,8 @@ use super::report::{fmt_num, Figure, Section};
 use super::stats::{median, ratios, summary, Summary};
 use super::workload::{v4, v6, Workload, TCP, UDP};
 use super::{rawbpf, Options};
-use crate::common::frames::{self, eth, ipv4, ipv6, tcp, udp, ACK, MAC_A, SYN};
-use crate::common::{NetNs, PinDir};
+use crate::frames::{self, eth, ipv4, ipv6, tcp, udp, ACK, MAC_A, SYN};
+use crate::{NetNs, PinDir};
 
 const OUT: &str = programs::FROM_CONTAINER;
 const IN: &str = programs::TO_CONTAINER;

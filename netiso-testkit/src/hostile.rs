@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use aya::programs::tc::TcAttachType;
 use aya::programs::SchedClassifier;
 
-use super::docker::{image, DockerEnv};
-use super::{sh, DaemonProc};
+use crate::docker::{image, DockerEnv};
+use crate::{sh, DaemonProc};
 
 /// Containers started with extra `docker run` flags on a [`DockerEnv`]'s
 /// network, removed on drop.
@@ -138,7 +138,7 @@ pub fn udp_receiver(pid: u32, bind: SocketAddr, window: Duration) -> Receiver {
 /// Sends `n` UDP datagrams from `from` (an address local to the namespace
 /// of `pid`, port 0 for any) to `to`, 2 ms apart.
 pub fn udp_send(pid: u32, from: SocketAddr, to: SocketAddr, n: u32) {
-    super::run_in(&netns_of(pid), move || {
+    crate::run_in(&netns_of(pid), move || {
         let s = UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
         for i in 0..n {
             s.send_to(format!("x{i}").as_bytes(), to).unwrap();
@@ -219,7 +219,7 @@ pub fn raw_receiver(pid: u32, ifname: &'static str, ethertype: u16, window: Dura
 /// Sends `frame` `n` times on `ifname` inside the namespace of `pid`
 /// (what any container with Docker's default CAP_NET_RAW can do).
 pub fn raw_send(pid: u32, ifname: &'static str, frame: Vec<u8>, n: u32) {
-    super::run_in(&netns_of(pid), move || {
+    crate::run_in(&netns_of(pid), move || {
         let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
         let (fd, _) = packet_socket(ifname, ethertype);
         for _ in 0..n {
@@ -548,7 +548,7 @@ pub fn tcp_connect_from(local: SocketAddr, to: SocketAddr, timeout: Duration) ->
 /// the namespace of `pid`, 2 ms apart; broadcast allowed.
 pub fn udp_send_bytes(pid: u32, from: SocketAddr, to: SocketAddr, payload: &[u8], n: u32) {
     let payload = payload.to_vec();
-    super::run_in(&netns_of(pid), move || {
+    crate::run_in(&netns_of(pid), move || {
         let s = UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
         s.set_broadcast(true).unwrap();
         for _ in 0..n {

@@ -1,0 +1,125 @@
+//! A `netiso daemon` process started by a test (its own pin and state
+//! directories, killed on drop) and the path of the `netiso` binary cargo
+//! built for the test. Uses `ns` and the daemon's published state.
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use crate::ns::PinDir;
+
+/// The `netiso` binary cargo built for the running integration test or
+/// bench. `CARGO_BIN_EXE_netiso` only exists when compiling a test or bench
+/// of netiso-daemon, not this library, so the path is derived from the
+/// running executable instead: `target/<profile>/deps/<test>-<hash>` sits
+/// next to `target/<profile>/netiso`. `tests/layers.rs` checks that both agree.
+pub fn netiso_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running test");
+    let mut dir = exe.parent().expect("the test's directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("netiso");
+    assert!(
+        bin.is_file(),
+        "{} not found: run the tests of netiso-daemon through cargo (`cargo test -p netiso-daemon`), which builds the binary first",
+        bin.display()
+    );
+    bin
+}
+
+/// A `netiso daemon` process started by the test, with its own pin and
+/// state directories; killed (by its own pid) on drop.
+pub struct DaemonProc {
+    pub child: std::process::Child,
+    pub pins: PinDir,
+    pub state_dir: tempfile::TempDir,
+    pub policy_path: PathBuf,
+}
+
+impl DaemonProc {
+    pub fn start(policy_path: PathBuf) -> Self {
+        Self::start_with(policy_path, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra `netiso daemon` flags. The
+    /// metrics endpoint gets a free port unless `extra` names one, so that
+    /// parallel daemons never compete for the default.
+    pub fn start_with(policy_path: PathBuf, extra: &[&str]) -> Self {
+        let pins = PinDir::new();
+        let state_dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(state_dir.path().join("daemon.log")).unwrap();
+        let mut extra: Vec<&str> = extra.to_vec();
+        if !extra.contains(&"--metrics-addr") {
+            extra.extend(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        let child = Command::new(netiso_bin())
+            .args(["daemon", "--policy"])
+            .arg(&policy_path)
+            .arg("--pin-dir")
+            .arg(&pins.path)
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .args(&extra)
+            .env("NETISO_LOG", "netiso_daemon=debug,info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start netiso daemon");
+        Self {
+            child,
+            pins,
+            state_dir,
+            policy_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn state(&self) -> netiso_daemon::observe::state::State {
+        netiso_daemon::observe::state::State::read(self.state_dir.path()).unwrap()
+    }
+
+    /// Waits (bounded) until `pred` holds for the published state.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&netiso_daemon::observe::state::State) -> bool,
+    ) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "daemon exited ({status}) waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(s) = netiso_daemon::observe::state::State::read(self.state_dir.path()) {
+                if pred(&s) {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; daemon log:\n{}", self.log());
+    }
+
+    /// Runs `netiso <args>` against this daemon's directories.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(netiso_bin())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pins.path)
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .output()
+            .expect("run netiso")
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
