@@ -68,6 +68,16 @@ pub const PACKAGES: &[Package] = &[
         why: "`systemd-analyze verify` checks the unit file offline (systemd need not be PID 1)",
     },
     Package {
+        name: "debootstrap",
+        required: true,
+        why: "makes the Debian 12 root that tests/systemd_boot.rs boots (cached in target/systemd-root)",
+    },
+    Package {
+        name: "systemd-container",
+        required: true,
+        why: "`systemd-nspawn -b` boots that root with systemd as PID 1 (tests/systemd_boot.rs)",
+    },
+    Package {
         name: "bpftool",
         required: false,
         why: "inspecting loaded programs, maps and links (nice to have)",
