@@ -15,7 +15,6 @@
 //! `/sys/fs/bpf` (systemd mounts it on a real host, not in a container).
 //! The host's PID 1 need not be systemd: the machine is not registered with
 //! machined, and commands run inside it through `nsenter` into its PID 1.
-mod common;
 
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -23,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_root, unique};
+use netiso_testkit::{require_root, unique};
 
 /// What the cached root is made of; a change makes a new root.
 const SUITE: &str = "bookworm";
