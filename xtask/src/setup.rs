@@ -68,6 +68,11 @@ pub const PACKAGES: &[Package] = &[
         why: "`systemd-analyze verify` checks the unit file offline (systemd need not be PID 1)",
     },
     Package {
+        name: "debootstrap",
+        required: true,
+        why: "makes the roots of the newer Docker engines `cargo xtask engines` tests against",
+    },
+    Package {
         name: "bpftool",
         required: false,
         why: "inspecting loaded programs, maps and links (nice to have)",
