@@ -48,8 +48,17 @@ const DEBOOTSTRAP_SCRIPT: &str = "/usr/share/debootstrap/scripts/sid";
 const MARKER: &str = ".netiso-engine-root";
 /// Bumped when the way roots are made changes.
 const ROOT_VERSION: &str = "1";
-/// The test binaries that run against each engine.
-pub const TESTS: &[&str] = &["docker_e2e", "scenarios", "hostile_containers"];
+/// The test binaries that run against each engine: end to end, the
+/// scenarios, hostile containers; and what most depends on the engine's
+/// behaviour: its events and MACs across restarts, reconnects and renames
+/// (lifecycle), its firewall's port publishing (published_ports).
+pub const TESTS: &[&str] = &[
+    "docker_e2e",
+    "scenarios",
+    "hostile_containers",
+    "lifecycle",
+    "published_ports",
+];
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -770,7 +779,8 @@ mod tests {
         assert!(
             shown.ends_with(
                 "tests /t/sys cargo test --workspace --exclude netiso-ebpf --no-fail-fast \
-                 --test docker_e2e --test scenarios --test hostile_containers policy"
+                 --test docker_e2e --test scenarios --test hostile_containers --test lifecycle \
+                 --test published_ports policy"
             ),
             "{shown}"
         );

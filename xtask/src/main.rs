@@ -45,8 +45,8 @@ enum Cmd {
     Package(package::PackageArgs),
     /// Setup, then the benchmarks: program cost, traffic, control plane (report in bench/results/)
     Bench(bench::BenchArgs),
-    /// Setup, then the Docker end-to-end, scenario and hostile-container
-    /// tests against newer engines (Debian 13's and Debian testing's
+    /// Setup, then the Docker end-to-end, scenario, hostile-container,
+    /// lifecycle and published-port tests against newer engines (Debian 13's and Debian testing's
     /// docker.io), each a private dockerd from a debootstrapped root
     /// (cached in target/engines/)
     Engines(engines::EnginesArgs),
