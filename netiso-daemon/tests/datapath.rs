@@ -675,9 +675,14 @@ fn arp_is_checked_and_other_ethertypes_are_dropped() {
     for (i, frame) in bad_out.iter().enumerate() {
         assert_eq!(f.run(OUT, frame), tc::ACT_SHOT, "bad ARP {i} leaving A");
     }
-    // Into A: only about A's own address.
+    // Into A: about A's own address, or B announcing its own (what Engine
+    // 28 sends when B gets a new MAC).
     assert_eq!(
         f.run(IN, &into(frames::arp(1, frames::MAC_B, B, [0; 6], A))),
+        tc::PASS
+    );
+    assert_eq!(
+        f.run(IN, &into(frames::arp(1, frames::MAC_B, B, [0; 6], B))),
         tc::PASS
     );
     assert_eq!(
@@ -698,10 +703,19 @@ fn arp_is_checked_and_other_ethertypes_are_dropped() {
     for (i, frame) in bad_in.iter().enumerate() {
         assert_eq!(f.run(IN, frame), tc::ACT_SHOT, "bad ARP {i} into A");
     }
+    // Not announcements: a reply, a target MAC, 0.0.0.0.
+    let not_announcements = [
+        into(frames::arp(2, frames::MAC_B, B, [0; 6], B)),
+        into(frames::arp(1, frames::MAC_B, B, frames::MAC_B, B)),
+        into(frames::arp(1, frames::MAC_B, z, [0; 6], z)),
+    ];
+    for (i, frame) in not_announcements.iter().enumerate() {
+        assert_eq!(f.run(IN, frame), tc::ACT_SHOT, "not an announcement {i}");
+    }
     // A request for someone else's address is the link's chatter, not a
     // malformed message.
     assert_eq!(f.dropped(DropReason::Control), 8);
-    assert_eq!(f.dropped(DropReason::NotForEndpoint), 1);
+    assert_eq!(f.dropped(DropReason::NotForEndpoint), 4);
     // Other ethertypes are dropped unless re-opened; VLAN tags always.
     let lldp = eth(MAC_A, [0x01, 0x80, 0xc2, 0, 0, 0x0e], 0x88cc, &[0; 32]);
     assert_eq!(f.run(OUT, &lldp), tc::ACT_SHOT);

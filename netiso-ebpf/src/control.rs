@@ -67,7 +67,8 @@ const ARP_LEN: usize = 28;
 
 /// ARP for IPv4 over Ethernet, requests and replies only. Leaving a
 /// container it must speak for the container's own MAC and address;
-/// entering one it must be about the container's own address.
+/// entering one it must be about the container's own address, or be an
+/// announcement (RFC 5227) of the sender's own address.
 #[inline(always)]
 pub fn arp_check(ctx: &TcContext, ep: &Endpoint, dir: Direction) -> Check {
     let Some(a) = ptr_at::<[u8; ARP_LEN]>(ctx, ETH_HLEN) else {
@@ -88,6 +89,13 @@ pub fn arp_check(ctx: &TcContext, ep: &Endpoint, dir: Direction) -> Check {
             sha == ep.mac && (spa == ep.ipv4 || (op == 1 && spa == [0; 4])),
             false,
         )
+    } else if op == 1 && spa == tpa && spa != [0; 4] && tha == [0; 6] {
+        // Docker Engine 28 gives an endpoint a new random MAC each time it
+        // joins a network and announces it so that peers update their
+        // neighbour entry; without it a peer keeps sending to the old MAC
+        // of a restarted container for seconds. Leaving its sender, an
+        // announcement was checked like any request (own MAC, own address).
+        Check::Pass
     } else if tpa != ep.ipv4 {
         Check::Foreign
     } else {

@@ -505,7 +505,8 @@ impl Reference {
 
 /// ARP in the form the link needs: Ethernet/IPv4, request or reply, 42
 /// bytes or zero padding up to 60; leaving, it speaks for A (or probes
-/// from 0.0.0.0); entering, it is about A.
+/// from 0.0.0.0); entering, it is about A, or announces its sender's own
+/// address (RFC 5227: a request from and for the same address).
 fn arp_ok(f: &[u8], leaving: bool) -> bool {
     if f.len() < 42 || f.len() > 60 {
         return false;
@@ -521,7 +522,8 @@ fn arp_ok(f: &[u8], leaving: bool) -> bool {
     if leaving {
         sha == MAC_A && (spa == A || (op == 1 && spa == Ipv4Addr::UNSPECIFIED))
     } else {
-        tpa == A && (tha == MAC_A || (op == 1 && tha == [0; 6]))
+        let announcement = op == 1 && spa == tpa && !spa.is_unspecified() && tha == [0; 6];
+        announcement || (tpa == A && (tha == MAC_A || (op == 1 && tha == [0; 6])))
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod docker;
+mod engines;
 mod fuzz;
 mod install;
 mod package;
@@ -44,6 +45,11 @@ enum Cmd {
     Package(package::PackageArgs),
     /// Setup, then the benchmarks: program cost, traffic, control plane (report in bench/results/)
     Bench(bench::BenchArgs),
+    /// Setup, then the Docker end-to-end, scenario, hostile-container,
+    /// lifecycle and published-port tests against newer engines (Debian 13's and Debian testing's
+    /// docker.io), each a private dockerd from a debootstrapped root
+    /// (cached in target/engines/)
+    Engines(engines::EnginesArgs),
     /// Build the cargo-fuzz targets (fuzz/) and run each for a bounded time
     /// (corpora in fuzz/corpus/; see docs/fuzzing.md)
     Fuzz(fuzz::FuzzArgs),
@@ -93,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Package(args) => package::package(&root, args).map(|_| ()),
         Cmd::Bench(args) => bench::bench(&root, args),
         Cmd::Fuzz(args) => fuzz::fuzz(&root, args),
+        Cmd::Engines(args) => engines::engines(&root, args),
     }
 }
 

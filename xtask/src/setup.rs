@@ -70,7 +70,7 @@ pub const PACKAGES: &[Package] = &[
     Package {
         name: "debootstrap",
         required: true,
-        why: "makes the Debian 12 root that tests/systemd_boot.rs boots (cached in target/systemd-root)",
+        why: "makes the Debian roots: the Debian 12 that tests/systemd_boot.rs boots (target/systemd-root) and the newer Docker engines `cargo xtask engines` tests against (target/engines)",
     },
     Package {
         name: "systemd-container",

@@ -49,6 +49,13 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
     .args(extra)
     .env(docker::TEST_IMAGE_ENV, docker::TEST_IMAGE)
     .env("RUST_BACKTRACE", "1");
+    // The Docker tests again, against the newer engines (after the main
+    // tests: the same test binaries, not rebuilt).
+    let mut engines = cargo();
+    engines.args(["xtask", "engines"]);
+    if !extra.is_empty() {
+        engines.arg("--").args(extra);
+    }
     // The .deb from the binary the tests just built (a release build would
     // cost minutes): the packaging is checked, not the optimiser.
     let mut package = cargo();
@@ -64,6 +71,11 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
         ),
         ("clippy", clippy, "fix the lints above"),
         ("tests", test, "see the failing tests above"),
+        (
+            "engines",
+            engines,
+            "see the failing engine above; `cargo xtask engines --suite NAME` runs one",
+        ),
         (
             "package",
             package,
@@ -123,7 +135,10 @@ mod tests {
         let extra = vec!["policy".to_string(), "--".into(), "--nocapture".into()];
         let stages = stages(&extra);
         let names: Vec<_> = stages.iter().map(|s| s.0).collect();
-        assert_eq!(names, ["rustfmt", "clippy", "tests", "package", "fuzz"]);
+        assert_eq!(
+            names,
+            ["rustfmt", "clippy", "tests", "engines", "package", "fuzz"]
+        );
         let test = &stages[2].1;
         let shown = cmd::display(test);
         assert!(
@@ -138,5 +153,8 @@ mod tests {
             "{shown}"
         );
         assert!(cmd::display(&stages[1].1).ends_with("-- -D warnings"));
+        assert!(
+            cmd::display(&stages[3].1).ends_with("cargo xtask engines -- policy -- --nocapture")
+        );
     }
 }
