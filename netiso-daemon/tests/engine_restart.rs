@@ -30,6 +30,8 @@ struct Engine {
     child: Option<Child>,
     /// iptables rules to delete on drop (as `-D` arguments).
     rules: Vec<Vec<String>>,
+    /// The engine's default bridge, made by this test (see `start`).
+    default_bridge: String,
 }
 
 impl Engine {
@@ -48,6 +50,7 @@ impl Engine {
             exec_root,
             child: None,
             rules: Vec::new(),
+            default_bridge: String::new(),
         }
     }
 
@@ -59,6 +62,17 @@ impl Engine {
     /// output appended to the log) and waits until it answers.
     fn start(&mut self) -> Duration {
         let t = Instant::now();
+        if self.default_bridge.is_empty() {
+            // A default bridge of our own: `--bridge=none` would make this
+            // engine delete the system engine's docker0 at start-up, and a
+            // bridge named by `--bridge` must exist with its address.
+            let bridge = format!("{}d", self.tag);
+            let octet = 100 + std::process::id() % 100;
+            sh(&format!(
+                "ip link add {bridge} type bridge && ip addr add 10.253.{octet}.1/24 dev {bridge} && ip link set {bridge} up"
+            ));
+            self.default_bridge = bridge;
+        }
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -78,7 +92,8 @@ impl Engine {
             .arg(format!("--containerd-namespace={}", self.tag))
             .arg(format!("--containerd-plugins-namespace={}p", self.tag))
             // The system engine owns docker0 and the iptables chains.
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .arg(format!("--bridge={}", self.default_bridge))
+            .args(["--iptables=false", "--ip6tables=false"])
             .arg("--shutdown-timeout=5")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -206,14 +221,28 @@ impl Drop for Engine {
         let _ = std::fs::remove_dir_all(&self.data_root);
         let _ = std::fs::remove_dir_all(&self.exec_root);
         let _ = std::fs::remove_file(&self.socket);
+        if !self.default_bridge.is_empty() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.default_bridge])
+                .output();
+        }
     }
 }
 
 #[test]
 fn engine_restart_reconnects_and_enforces_the_restarted_containers() {
+    let docker0 = || {
+        Command::new("ip")
+            .args(["link", "show", "docker0"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let had_docker0 = docker0();
     let mut engine = Engine::new();
     let took = engine.start();
     println!("private engine answered after {took:?}");
+    // A second engine must leave the system engine's bridge alone.
+    assert_eq!(docker0(), had_docker0, "the private engine touched docker0");
     // The test image, from the system engine (nothing can be pulled).
     let img = image();
     sh(&format!(

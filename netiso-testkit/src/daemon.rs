@@ -1,8 +1,9 @@
 //! A `netiso daemon` process started by a test (its own pin and state
 //! directories, killed on drop) and the path of the `netiso` binary cargo
 //! built for the test. Uses `ns` and the daemon's published state.
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use crate::ns::PinDir;
 
@@ -26,6 +27,45 @@ pub fn netiso_bin() -> PathBuf {
     bin
 }
 
+/// `netiso daemon` on a test's own pin and state directories, output to
+/// `log`: the flags every daemon a test or bench starts shares. `program`
+/// is `netiso` or a wrapper that execs it. The machine's configuration,
+/// socket and metrics port are never used: unless `args` name `--config`
+/// (a test that brings its own file sets them there), an empty
+/// configuration, the socket in the state directory and, unless `args` name
+/// `--metrics-addr`, no metrics endpoint.
+pub fn daemon_command(
+    mut program: Command,
+    pins: &Path,
+    state_dir: &Path,
+    args: &[String],
+    log: &File,
+) -> Command {
+    program
+        .arg("daemon")
+        .arg("--pin-dir")
+        .arg(pins)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .env("NETISO_LOG", "netiso_daemon=debug,info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup the log file"))
+        .stderr(log.try_clone().expect("dup the log file"));
+    let named = |flag: &str| args.iter().any(|a| a == flag);
+    if !named("--config") {
+        program
+            .arg("--config")
+            .arg(crate::ops::empty_config())
+            .arg("--socket")
+            .arg(state_dir.join("netiso.sock"));
+        if !named("--metrics-addr") {
+            program.args(["--metrics-addr", "off"]);
+        }
+    }
+    program
+}
+
 /// A `netiso daemon` process started by the test, with its own pin and
 /// state directories; killed (by its own pid) on drop.
 pub struct DaemonProc {
@@ -46,24 +86,21 @@ impl DaemonProc {
     pub fn start_with(policy_path: PathBuf, extra: &[&str]) -> Self {
         let pins = PinDir::new();
         let state_dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(state_dir.path().join("daemon.log")).unwrap();
-        let mut extra: Vec<&str> = extra.to_vec();
+        let log = File::create(state_dir.path().join("daemon.log")).unwrap();
+        let mut args: Vec<String> = vec!["--policy".into(), policy_path.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
         if !extra.contains(&"--metrics-addr") {
-            extra.extend(["--metrics-addr", "127.0.0.1:0"]);
+            args.extend(["--metrics-addr".into(), "127.0.0.1:0".into()]);
         }
-        let child = Command::new(netiso_bin())
-            .args(["daemon", "--policy"])
-            .arg(&policy_path)
-            .arg("--pin-dir")
-            .arg(&pins.path)
-            .arg("--state-dir")
-            .arg(state_dir.path())
-            .args(&extra)
-            .env("NETISO_LOG", "netiso_daemon=debug,info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start netiso daemon");
+        let child = daemon_command(
+            Command::new(netiso_bin()),
+            &pins.path,
+            state_dir.path(),
+            &args,
+            &log,
+        )
+        .spawn()
+        .expect("start netiso daemon");
         Self {
             child,
             pins,

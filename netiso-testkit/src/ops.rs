@@ -60,7 +60,7 @@ impl Netiso {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut cmd = match self.wrapper.split_first() {
+        let program = match self.wrapper.split_first() {
             Some((prog, args)) => {
                 let mut c = Command::new(prog);
                 c.args(args);
@@ -68,25 +68,13 @@ impl Netiso {
             }
             None => Command::new(netiso_bin()),
         };
-        cmd.arg("daemon")
-            .arg("--pin-dir")
-            .arg(&self.pins.path)
-            .arg("--state-dir")
-            .arg(self.state_dir.path())
-            .args(&self.args)
-            .env("NETISO_LOG", "netiso_daemon=debug,info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // Never the machine's own configuration, socket or metrics port; a
-        // test that brings its own --config sets them there.
-        if !self.args.iter().any(|a| a == "--config") {
-            cmd.arg("--config")
-                .arg(empty_config())
-                .args(["--metrics-addr", "off"])
-                .arg("--socket")
-                .arg(self.state_dir.path().join("netiso.sock"));
-        }
+        let mut cmd = crate::daemon::daemon_command(
+            program,
+            &self.pins.path,
+            self.state_dir.path(),
+            &self.args,
+            &log,
+        );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

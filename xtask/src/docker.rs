@@ -638,14 +638,29 @@ mod tests {
 
     /// The whole start path (no engine → spawn dockerd detached → wait for
     /// /_ping) against a second, throw-away engine with its own socket,
-    /// data and exec roots, and no bridge or iptables changes, so the
-    /// system's engine is left alone. Needs root and docker.io (as
+    /// data and exec roots, containerd namespace and default bridge, and no
+    /// iptables changes, so the system's engine is left alone. Needs root and docker.io (as
     /// `cargo xtask test` has); takes about 2 s.
     #[test]
     fn starts_a_second_engine_detached() {
         let dir = temp();
         let root = &dir.0;
         let arg = |flag: &str, p: &str| format!("--{flag}={}", root.join(p).display());
+        // A default bridge of its own: with `--bridge=none` dockerd deletes
+        // the host's docker0 at start-up, the system engine's bridge.
+        let tag = format!("xte{}", std::process::id() % 100_000);
+        let bridge = Bridge(format!("{tag}d"));
+        let octet = 100 + std::process::id() % 100;
+        let made = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip link add {b} type bridge && ip addr add 10.254.{octet}.1/24 dev {b} && ip link set {b} up",
+                b = bridge.0
+            ))
+            .status()
+            .unwrap();
+        assert!(made.success(), "could not create bridge {}", bridge.0);
+        let had_docker0 = Path::new("/sys/class/net/docker0").exists();
         let engine = Engine {
             socket: root.join("d.sock"),
             dockerd_args: vec![
@@ -653,7 +668,9 @@ mod tests {
                 arg("data-root", "data"),
                 arg("exec-root", "x"),
                 arg("pidfile", "d.pid"),
-                "--bridge=none".into(),
+                format!("--bridge={}", bridge.0),
+                format!("--containerd-namespace={tag}"),
+                format!("--containerd-plugins-namespace={tag}p"),
                 "--iptables=false".into(),
                 "--ip6tables=false".into(),
             ],
@@ -687,5 +704,19 @@ mod tests {
         assert!(status.starts_with("started (dockerd pid"), "{status}");
         assert!(pid.is_some(), "dockerd wrote its pid file");
         assert!(again.unwrap().starts_with("ok ("));
+        assert_eq!(
+            Path::new("/sys/class/net/docker0").exists(),
+            had_docker0,
+            "the second engine touched the system engine's docker0"
+        );
+    }
+
+    /// A bridge this test made, deleted on drop.
+    struct Bridge(String);
+
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! `cargo xtask setup | run | test | install | package | bench`.
 mod bench;
 mod cmd;
+mod disk;
 mod docker;
 mod engines;
 mod fuzz;

@@ -5,7 +5,12 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::{cmd, docker, root, setup};
+use crate::{cmd, disk, docker, root, setup};
+
+/// `CI` is set (to anything but empty or `false`), as CI systems do.
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
 
 /// The eBPF crate only builds for bpfel-unknown-none (netiso-daemon's
 /// build.rs builds it); host-side lint and test runs leave it out.
@@ -103,7 +108,13 @@ pub fn test(args: TestArgs) -> Result<()> {
 
     let mut results = Vec::new();
     for (i, (name, command, hint)) in stages.iter_mut().enumerate() {
-        println!("==> [{}/{total}] {name}", i + 2);
+        // Free disk space in every header: a full disk shows up as odd
+        // build errors far from the cause.
+        println!("==> [{}/{total}] {name} ({})", i + 2, disk::free_line());
+        if ci() {
+            // CI builds each crate once: incremental caches only cost disk.
+            command.env("CARGO_INCREMENTAL", "0");
+        }
         let result = cmd::run(command, hint);
         if let Err(e) = &result {
             println!("error: {e:#}");
@@ -119,7 +130,11 @@ pub fn test(args: TestArgs) -> Result<()> {
         .iter()
         .map(|(n, ok)| format!("{n} {}", if *ok { "ok" } else { "FAILED" }))
         .collect();
-    println!("==> summary: setup ok, {}", summary.join(", "));
+    println!(
+        "==> summary: setup ok, {} ({})",
+        summary.join(", "),
+        disk::free_line()
+    );
     if !failed.is_empty() {
         bail!("cargo xtask test failed: {}", failed.join(", "));
     }

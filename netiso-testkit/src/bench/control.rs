@@ -181,19 +181,18 @@ impl Daemon {
         let pins = PinDir::new();
         let state_dir = tempfile::tempdir()?;
         let log = std::fs::File::create(state_dir.path().join("daemon.log"))?;
-        let child = Command::new(crate::netiso_bin())
-            .arg("daemon")
-            .arg("--policy")
-            .arg(&policy)
-            .arg("--pin-dir")
-            .arg(&pins.path)
-            .arg("--state-dir")
-            .arg(state_dir.path())
-            .env("NETISO_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting netiso daemon")?;
+        let args = ["--policy".to_string(), policy.display().to_string()];
+        let child = crate::daemon::daemon_command(
+            Command::new(crate::netiso_bin()),
+            &pins.path,
+            state_dir.path(),
+            &args,
+            &log,
+        )
+        // Measured: less logging than the tests' debug level.
+        .env("NETISO_LOG", "info")
+        .spawn()
+        .context("starting netiso daemon")?;
         Ok(Self {
             child,
             state_dir,
