@@ -270,11 +270,14 @@ fn a_flood_is_rate_limited_in_the_kernel_and_the_rest_is_counted() {
     let socket = p.daemon.state_dir.path().join(api::SOCKET_FILE);
     let mut sub = api::subscribe(&socket, Filter::default()).expect("subscribe");
     assert_eq!(sub.hello["event_rate"], 5);
+    // Spread over 1.5 s: the host's own MLD reports into the new veths may
+    // spend a whole second's budget just before the burst (seen in CI: 0 UDP
+    // events), so the burst must reach into the next second's budget.
     udp_burst(
         p.env.pid(&p.guest),
         SocketAddr::from((p.env.ip(&p.back), 7778)),
         N as u32,
-        None,
+        Some(Duration::from_millis(25)),
     );
     let accounted = |m: &[MonitorMessage]| {
         udp_events(m, 7778)
@@ -288,8 +291,9 @@ fn a_flood_is_rate_limited_in_the_kernel_and_the_rest_is_counted() {
     let msgs = collect(&mut sub, Duration::from_secs(10), |m| accounted(m) >= N);
     let events = udp_events(&msgs, 7778);
     let cpus = std::thread::available_parallelism().map_or(64, |n| n.get());
+    // At most 5 per CPU in each of the (at most three) seconds the burst touches.
     assert!(
-        events >= 1 && events <= 10 * cpus,
+        events >= 1 && events <= 15 * cpus,
         "{events} events for a limit of 5/s per CPU: {msgs:#?}"
     );
     // Suppressed counts cover every drop of the window, the link's own

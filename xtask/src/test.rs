@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, rustfmt, clippy, then the whole test suite
 //! (privileged tests included: they are never skipped).
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -94,6 +95,42 @@ pub fn stages(extra: &[String]) -> Vec<(&'static str, Command, &'static str)> {
     ]
 }
 
+/// The Debian roots a stage debootstraps into the target directory, kept
+/// there as caches for the next local run.
+fn caches_of(stage: &str) -> &'static [&'static str] {
+    match stage {
+        "tests" => &["systemd-root"],
+        "engines" => &["engines"],
+        _ => &[],
+    }
+}
+
+/// In CI (a clean clone that never runs again) a stage's Debian roots go
+/// once it is done, for the disk of the later stages; never one with
+/// anything still mounted below it (that would reach into the mount).
+fn drop_caches_of(stage: &str) {
+    let target = crate::run::target_dir(Path::new("."), |k| std::env::var(k).ok());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for name in caches_of(stage) {
+        let dir = match target.join(name).canonicalize() {
+            Ok(d) => d,
+            Err(_) => continue,
+        };
+        let busy = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|m| Path::new(m).starts_with(&dir));
+        if busy {
+            println!("  kept {} (something is mounted below it)", dir.display());
+            continue;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => println!("  removed {} (CI: not used again)", dir.display()),
+            Err(e) => println!("  could not remove {}: {e}", dir.display()),
+        }
+    }
+}
+
 pub fn test(args: TestArgs) -> Result<()> {
     root::require_root(
         "cargo xtask test",
@@ -118,6 +155,9 @@ pub fn test(args: TestArgs) -> Result<()> {
         let result = cmd::run(command, hint);
         if let Err(e) = &result {
             println!("error: {e:#}");
+        }
+        if ci() {
+            drop_caches_of(name);
         }
         results.push((*name, result.is_ok()));
     }
@@ -144,6 +184,19 @@ pub fn test(args: TestArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ci_drops_the_roots_of_real_stages_only() {
+        let names: Vec<_> = stages(&[]).into_iter().map(|s| s.0).collect();
+        for stage in ["tests", "engines"] {
+            assert!(names.contains(&stage), "{stage}");
+            assert!(!caches_of(stage).is_empty());
+        }
+        // The paths tests/systemd_boot.rs and engines.rs debootstrap into.
+        assert_eq!(caches_of("tests"), ["systemd-root"]);
+        assert_eq!(caches_of("engines"), ["engines"]);
+        assert!(caches_of("fuzz").is_empty() && caches_of("package").is_empty());
+    }
 
     #[test]
     fn test_stage_gets_the_image_and_extra_args() {
