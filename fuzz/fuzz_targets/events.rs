@@ -53,9 +53,12 @@ fn fallback_state() -> State {
 }
 
 /// Plain-old-data from bytes (the layouts are integers and byte arrays only).
-fn pod<T: Copy>(bytes: &[u8]) -> T {
+fn pod<T: aya::Pod>(bytes: &[u8]) -> T {
     assert_eq!(bytes.len(), size_of::<T>());
-    // SAFETY: T is one of the repr(C) integer-only map types; length checked.
+    // SAFETY: `bytes` holds exactly size_of::<T>() bytes (asserted above),
+    // and `T: aya::Pod` promises any bytes are a valid T (netiso-common's
+    // repr(C), integer-only map types); read_unaligned because a byte slice
+    // has no alignment.
     unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
 }
 

@@ -108,14 +108,21 @@ struct Harness {
 /// (ifindex 1, which BPF_PROG_TEST_RUN reports).
 fn setup() -> Harness {
     assert_eq!(
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
         unsafe { libc::geteuid() },
         0,
         "the packet fuzzer loads eBPF programs: run it as root"
     );
     // Namespaces are per thread: libFuzzer runs every input on this one.
+    // SAFETY: unshare takes integer flags only and touches no memory of
+    // ours; it changes the namespaces of this thread, the one that runs
+    // every input.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
     let root = c"/";
+    // SAFETY: `root` is a NUL-terminated 'static C string; source, type and
+    // data may be null for a propagation change (MS_PRIVATE), and mount
+    // only reads what it is given.
     let rc = unsafe {
         libc::mount(
             std::ptr::null(),
@@ -132,6 +139,8 @@ fn setup() -> Harness {
         std::io::Error::last_os_error()
     );
     let (bpf, at) = (c"bpf", c"/sys/fs/bpf");
+    // SAFETY: source, target and type are NUL-terminated 'static C strings,
+    // bpffs takes no data (null is allowed), and mount only reads them.
     let rc = unsafe { libc::mount(bpf.as_ptr(), at.as_ptr(), bpf.as_ptr(), 0, std::ptr::null()) };
     assert_eq!(
         rc,

@@ -632,24 +632,64 @@ pub mod tc {
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    // SAFETY: all of these are `repr(C)`, `Copy`, contain only integers and
-    // byte arrays, and have explicit padding fields (no implicit padding).
+    // `aya::Pod` lets aya copy these to and from the kernel as raw bytes:
+    // sound only for `Copy` types that are valid for every bit pattern and
+    // have no implicit padding (uninitialised bytes). Every type below is
+    // `#[repr(C)]` with only integer and byte-array fields (any bit pattern
+    // is valid) and explicit `_pad` fields where alignment would leave a
+    // gap. `tests::layouts_have_no_implicit_padding` (below) pins each size
+    // to the sum of its fields, so a layout change that adds padding fails.
+
+    // SAFETY: repr(C), u32/u8 fields only: 8 + 8 + 4 + 4 + 6 + 2 (`_pad`)
+    // + 16 + 16 = 64 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: repr(C), u8 fields only (align 1, so no padding possible):
+    // 16 + 1 + 1 + 2 (`_pad`) = 20 bytes.
     unsafe impl aya::Pod for IpKey {}
+    // SAFETY: repr(C), two u32 fields: 8 bytes, no padding.
     unsafe impl aya::Pod for IdentityInfo {}
+    // SAFETY: repr(C), integer fields only: 4 + 4 + 2 + 1 + 1 = 12 bytes at
+    // align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PolicyKey {}
+    // SAFETY: repr(C), integer fields only: 1 + 3 (`_pad`) + 4 = 8 bytes at
+    // align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: repr(C), integer fields only: 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2
+    // (`_pad`) = 44 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for CtKey {}
+    // SAFETY: repr(C), integer fields only: 8 + 4 + 4 + 4 + 4 (`_pad`) = 24
+    // bytes at align 8, no implicit padding (size test below).
     unsafe impl aya::Pod for CtValue {}
+    // SAFETY: repr(C), integer fields only: 16 + 16 + 4 + 2 + 1 + 1 + 1 + 1
+    // + 2 (`_pad`) + 4 + 4 = 52 bytes at align 4, no implicit padding (size
+    // test below).
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: repr(C), integer fields only: 4 + 16 + 16 + 2 + 1 + 1 = 40
+    // bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for FragKey {}
+    // SAFETY: repr(C), integer fields only: 4 * 8 + 4 + 4 (`_pad`) = 40 bytes
+    // at align 8, no implicit padding (size test below).
     unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: repr(C), two u64 fields: 16 bytes, no padding.
     unsafe impl aya::Pod for Counter {}
+    // SAFETY: repr(C, align(8)), six u32 fields (the last `_pad`): 24 bytes,
+    // a multiple of 8, so no implicit padding (size test below).
     unsafe impl aya::Pod for Settings {}
+    // SAFETY: repr(C), u8 fields only (align 1, so no padding possible):
+    // 1 + 1 + 2 (`_pad`) + 16 = 20 bytes.
     unsafe impl aya::Pod for CidrKey {}
+    // SAFETY: repr(C): a u64, a `FlowKey` (itself padding-free, 52 bytes at
+    // offset 8), then u32 fields at offsets 60, 64 and 68 (`_pad`): 72 bytes
+    // at align 8, no implicit padding (size test below).
     unsafe impl aya::Pod for Event {}
+    // SAFETY: repr(C), integer fields only: 8 + 4 + 4 = 16 bytes at align 8,
+    // no padding.
     unsafe impl aya::Pod for RateState {}
+    // SAFETY: repr(C), integer fields only: 2 + 1 + 1 = 4 bytes at align 2,
+    // no padding.
     unsafe impl aya::Pod for PublishedKey {}
+    // SAFETY: repr(C), integer fields only: 4 + 4 + 2 + 2 (`_pad`) = 12 bytes
+    // at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PublishedValue {}
 
     impl core::fmt::Display for DropReason {

@@ -1366,7 +1366,10 @@ fn drain_events(f: &mut Fixture) -> Vec<netiso_common::Event> {
     let mut rb = aya::maps::RingBuf::try_from(map).unwrap();
     let mut out = Vec::new();
     while let Some(item) = rb.next() {
-        assert_eq!(item.len(), std::mem::size_of::<netiso_common::Event>());
+        assert_eq!(item.len(), size_of::<netiso_common::Event>());
+        // SAFETY: the record is exactly size_of::<Event>() bytes (asserted
+        // above) and Event is repr(C) with integer fields only, so any bytes
+        // are a valid Event; ring records need not be aligned.
         out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
     }
     out
@@ -1375,10 +1378,15 @@ fn drain_events(f: &mut Fixture) -> Vec<netiso_common::Event> {
 #[test]
 fn drops_send_rate_limited_events() {
     // One CPU, so one rate-limit window applies to every run.
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU 0 is within the set's fixed capacity (CPU_SETSIZE) and
+    // `set` is a live, writable local.
     unsafe { libc::CPU_SET(0, &mut set) };
     assert_eq!(
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) },
+        // SAFETY: `set` is a live cpu_set_t and the length passed is its
+        // size; sched_setaffinity only reads it (pid 0: this thread).
+        unsafe { libc::sched_setaffinity(0, size_of_val(&set), &set) },
         0
     );
     let mut f = Fixture::new(DENY_BOTH);

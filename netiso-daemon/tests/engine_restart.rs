@@ -134,6 +134,8 @@ impl Engine {
         let Some(mut c) = self.child.take() else {
             return;
         };
+        // SAFETY: kill takes integers only; `c` is our child and not yet
+        // waited for, so its pid still names it (it cannot be reused).
         unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
         let end = Instant::now() + Duration::from_secs(30);
         while c.try_wait().unwrap().is_none() {

@@ -2102,6 +2102,8 @@ fn host(env: &DockerEnv, name: &str) -> Host {
     .unwrap_or_else(|e| panic!("{name} has no global IPv6 address on {net}: {e}"));
     let ifindex = run_in(&netiso_testkit::hostile::netns_of(pid), || {
         let n = std::ffi::CString::new("eth0").unwrap();
+        // SAFETY: `n` is a NUL-terminated CString that lives across the
+        // call; if_nametoindex only reads it.
         unsafe { libc::if_nametoindex(n.as_ptr()) }
     });
     assert!(ifindex > 0, "{name}: no eth0");

@@ -42,6 +42,8 @@ fn chmod(p: &Path, mode: u32) {
 
 fn chown(p: &Path, uid: u32, gid: u32) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString that lives across the call;
+    // chown only reads the path.
     assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
 }
 

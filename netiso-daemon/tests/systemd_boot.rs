@@ -113,6 +113,8 @@ fn systemd_root() -> PathBuf {
     let mark = root.join("etc/netiso-test-root");
     let lock_path = target.join("systemd-root.lock");
     let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock takes integers only; the fd belongs to `lock`, which
+    // stays open (holding the lock) until this function returns.
     let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     assert_eq!(rc, 0, "flock {}", lock_path.display());
     if std::fs::read_to_string(&mark).is_ok_and(|m| m.trim() == RECIPE) {
@@ -397,12 +399,17 @@ impl Drop for Machine {
     fn drop(&mut self) {
         if let Some(mut c) = self.nspawn.take() {
             // SIGTERM asks nspawn for a clean poweroff of the machine.
+            // SAFETY: kill takes integers only; `c` is our child and not yet
+            // waited for, so its pid still names it.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
             let end = Instant::now() + Duration::from_secs(45);
             while c.try_wait().ok().flatten().is_none() {
                 if Instant::now() > end {
                     if self.leader != 0 {
                         // Its PID namespace dies with its PID 1.
+                        // SAFETY: kill takes integers only. `leader` is the
+                        // machine's PID 1, a child of nspawn, which has not
+                        // exited (try_wait above): that pid is not reused.
                         unsafe { libc::kill(self.leader as libc::pid_t, libc::SIGKILL) };
                     }
                     let _ = c.kill();

@@ -33,6 +33,8 @@ fn tail_ok(ctx: &TcContext, end: usize) -> bool {
         // Two bytes ending at `off`: the verifier tracks a one-byte
         // window badly once the compiler turns `+ 1 >` into `>=`.
         match ptr_at::<[u8; 2]>(ctx, off - 1) {
+            // SAFETY: ptr_at checked that these 2 bytes lie inside the linear
+            // packet data; a byte array (align 1, any value), read at once.
             Some(b) if unsafe { (*b)[1] } == 0 => {}
             _ => return false,
         }
@@ -74,6 +76,8 @@ pub fn arp_check(ctx: &TcContext, ep: &Endpoint, dir: Direction) -> Check {
     let Some(a) = ptr_at::<[u8; ARP_LEN]>(ctx, ETH_HLEN) else {
         return Check::Bad;
     };
+    // SAFETY: ptr_at checked that the 28-byte ARP message lies inside the
+    // linear packet data; a byte array (align 1, any value), copied out at once.
     let a = unsafe { *a };
     let op = u16::from_be_bytes([a[6], a[7]]);
     if a[0..6] != [0, 1, 8, 0, 6, 4] || !(op == 1 || op == 2) {
@@ -121,6 +125,11 @@ pub fn own_v6(ep: &Endpoint, a: &[u8; 16]) -> bool {
 #[inline(always)]
 fn sum<const N: usize>(ctx: &TcContext, off: usize, seed: u32) -> Option<u32> {
     let p = ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: bpf_csum_diff with an empty `from` (null, size 0, which the
+    // helper allows) only reads the N bytes at `to`, which ptr_at checked lie
+    // inside the linear packet data (the `*mut` is the helper's signature;
+    // nothing is written). The helper has no alignment needs and fails with
+    // a negative value, checked below, for an N that is not a multiple of 4.
     let s = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, seed) };
     if s < 0 {
         None
@@ -192,6 +201,8 @@ fn igmp_csum_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
 /// class and flow label are the sender's bits to choose, not the link's.
 #[inline(always)]
 fn plain_v6_header(ctx: &TcContext) -> bool {
+    // SAFETY: ptr_at checked that the first 4 bytes of the IPv6 header lie
+    // inside the linear packet data; a byte array, read at once.
     matches!(ptr_at::<[u8; 4]>(ctx, ETH_HLEN), Some(h) if (unsafe { *h }) == [0x60, 0, 0, 0])
 }
 
@@ -231,6 +242,8 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction, foreign: &m
     let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
         return false;
     };
+    // SAFETY: ptr_at checked that the 8-byte ICMPv6 header lies inside the
+    // linear packet data; a byte array, copied out at once.
     let h = unsafe { *h };
     // Code 0, and reserved bits zero: the only free bits left are the
     // advertisement's three flags.
@@ -259,6 +272,10 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction, foreign: &m
         let Some(t) = ptr_at::<[u8; 16]>(ctx, l4 + 8) else {
             return false;
         };
+        // SAFETY: ptr_at checked that the 16-byte target address lies inside
+        // the linear packet data; a byte array (align 1, any value). The
+        // reference is only read, and nothing in this function pulls or
+        // changes the packet.
         let target = unsafe { &*t };
         let must_be_own = match (p.icmp_type, dir) {
             // Asking for someone else is fine; checking its own address
@@ -296,6 +313,8 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction, foreign: &m
     let Some(src) = ptr_at::<[u8; 6]>(ctx, 6) else {
         return false;
     };
+    // SAFETY: ptr_at checked that the source MAC (bytes 6..12) lies inside
+    // the linear packet data; a byte array, copied out at once.
     let src = unsafe { *src };
     let mut off = l4 + fixed;
     let mut i = 0;
@@ -307,6 +326,8 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction, foreign: &m
         let Some(o) = ptr_at::<[u8; 8]>(ctx, off) else {
             return false;
         };
+        // SAFETY: ptr_at checked that this 8-byte option lies inside the
+        // linear packet data; a byte array, copied out at once.
         let o = unsafe { *o };
         if o[1] != 1 {
             return false;
@@ -365,12 +386,17 @@ fn query_destination_ok(ctx: &TcContext, p: &Packet, at: usize, n: usize) -> boo
         let Some(g) = ptr_at::<[u8; 16]>(ctx, p.l4_off + at) else {
             return false;
         };
+        // SAFETY: ptr_at checked that the 16-byte group address lies inside
+        // the linear packet data; a byte array (align 1, any value), only
+        // read in the next line.
         let g = unsafe { &*g };
         (p.daddr == ALL_NODES && *g == [0; 16]) || p.daddr == *g
     } else {
         let Some(g) = ptr_at::<[u8; 4]>(ctx, p.l4_off + at) else {
             return false;
         };
+        // SAFETY: ptr_at checked that the 4-byte group address lies inside
+        // the linear packet data; a byte array, copied out at once.
         let g = unsafe { *g };
         (p.daddr[..4] == [224, 0, 0, 1] && g == [0; 4]) || p.daddr[..4] == g
     }
@@ -387,6 +413,8 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> b
     let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
         return false;
     };
+    // SAFETY: ptr_at checked that the 8-byte IGMP header lies inside the
+    // linear packet data; a byte array, its first byte read at once.
     let ty = unsafe { (*h)[0] };
     let len = p.l3_end.saturating_sub(p.l4_off);
     *foreign = dir == Direction::Ingress;
@@ -408,6 +436,8 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> b
 #[inline(always)]
 fn sources_zero(ctx: &TcContext, p: &Packet, at: usize) -> bool {
     match ptr_at::<[u8; 2]>(ctx, p.l4_off + at) {
+        // SAFETY: ptr_at checked that the 2-byte count lies inside the linear
+        // packet data; a byte array, read at once.
         Some(n) => (unsafe { *n }) == [0, 0],
         None => false,
     }

@@ -10,7 +10,10 @@
 // Atomic adds on shared map values: core's AtomicU64 has no fetch_add on
 // the BPF target, the intrinsic lowers to BPF_ATOMIC_ADD.
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics for atomic_xadd: the only atomic add that lowers to BPF_ATOMIC_ADD"
+)]
 
 mod conntrack;
 mod control;
@@ -49,21 +52,35 @@ pub fn netiso_bench_empty(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn judge(ctx: &TcContext, dir: Direction) -> i32 {
+    // SAFETY: `ctx.skb.skb` is the `__sk_buff` context pointer the kernel
+    // passed to this program: non-null, aligned and valid for reads for the
+    // whole run (the verifier checks each field access); only read here.
     let skb = unsafe { &*ctx.skb.skb };
     let ifindex = skb.ifindex;
     // Veths netiso does not manage pass untouched.
+    // SAFETY: Endpoint is Pod and the reference is only read, in this run;
+    // an entry the daemon replaces meanwhile can at worst read as another
+    // entry's bytes (maps.rs).
     let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
         return tc::PASS;
     };
     let Some(settings) = SETTINGS.get_ptr(0) else {
         return tc::PASS;
     };
+    // SAFETY: a non-null pointer to the only element of an array map:
+    // aligned, never freed, valid for the run. Settings is Pod and only read
+    // here, so a concurrent update by the daemon leaves a valid value
+    // (maps.rs).
     let settings = unsafe { &*settings };
     if settings.layout_version != LAYOUT_VERSION {
         return tc::PASS;
     }
     // Slot and generation in one load: a packet is judged by one policy
     // and stamps state with that policy's generation.
+    // SAFETY: `active_slot` sits at offset 8 of the align(8) Settings, with
+    // `generation` right after it (offsets pinned by netiso-common's layout
+    // test): the u64 at its address lies inside `settings`, is 8-byte
+    // aligned, and any bits are a valid u64.
     let word = unsafe {
         core::ptr::read_volatile(core::ptr::addr_of!(settings.active_slot) as *const u64)
     };
@@ -109,6 +126,12 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         return tc::ACT_SHOT;
     };
+    // SAFETY: a non-null pointer to this CPU's slot of the per-CPU SCRATCH
+    // array, aligned and valid for the run, and exclusively ours: TC
+    // programs do not nest on a CPU and user space never touches SCRATCH
+    // (maps.rs). It holds zeroes (a fresh map: Control::None, false and,
+    // with rustc's tag layout, `related: None`) or a Packet an earlier run
+    // on this CPU wrote; `parse` writes every field it later reads.
     let pkt = unsafe { &mut *pkt };
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
@@ -171,6 +194,8 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     if pkt.later_fragment {
         // Later fragments carry no ports: they follow the verdict this
         // endpoint gave the first fragment, and are dropped without one.
+        // SAFETY: only whether the entry exists is used; the value (a Pod
+        // u32) is never read.
         if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some() {
             return tc::PASS;
         }
@@ -178,6 +203,8 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
+    // SAFETY: a BPF helper without arguments; it only reads the kernel's
+    // coarse monotonic clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     // An ICMP error passes only with a live connection of this endpoint,
@@ -198,6 +225,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 None
             };
             if let Some(k) = key {
+                // SAFETY: CtValue is Pod and only read, in this run; an entry
+                // evicted or replaced meanwhile can at worst read as another
+                // entry's bytes (maps.rs).
                 if let Some(ct) = unsafe { CONNTRACK.get(&k) } {
                     if ct.generation == generation && !conntrack::expired(ct, k.proto, now) {
                         return tc::PASS;
@@ -213,6 +243,12 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     if pkt.tracked && unicast {
         let key = conntrack::key(ifindex, pkt, dir);
         if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+            // SAFETY: a non-null pointer to a live LRU element, aligned and
+            // valid for the run (it is not used after the `remove` calls
+            // below); CtValue is Pod. Another CPU handling the same flow may
+            // update the entry at once (maps.rs): `track` and the generation
+            // write are single aligned stores, so a race loses an update at
+            // worst.
             let ct = unsafe { &mut *ct };
             let reply = conntrack::is_reply(ct, dir);
             // An echo request never stands in for a reply, nor the reverse.
@@ -365,6 +401,8 @@ fn dest_mac_ok(ctx: &TcContext, ep: &Endpoint, ip: Option<(&Packet, bool)>) -> b
     let Some(d) = parse::ptr_at::<[u8; 6]>(ctx, 0) else {
         return false;
     };
+    // SAFETY: ptr_at checked that the destination MAC (bytes 0..6) lies
+    // inside the linear packet data; a byte array, copied out at once.
     let d = unsafe { *d };
     const BCAST: [u8; 6] = [0xff; 6];
     let Some((p, unicast)) = ip else {
@@ -396,7 +434,7 @@ fn frag_key(ifindex: u32, p: &Packet) -> FragKey {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

@@ -12,6 +12,29 @@ use netiso_common::{
 
 use crate::parse::Packet;
 
+// What makes touching map values in place sound; each `unsafe` block that
+// does so names its case:
+// - Pod values: every key and value type of the pinned maps is
+//   `#[repr(C)]` with integer fields only (netiso-common), so whatever bytes
+//   a reader sees form a valid value.
+// - Lifetime: an element a lookup returned stays allocated and readable
+//   while the program runs (RCU; the hash and array maps here are
+//   preallocated, flags 0). What the kernel does not promise (aya's caveat
+//   on `HashMap::get`) is that an element the daemon or another CPU
+//   replaces or removes meanwhile keeps its contents: a reader may then
+//   see another entry's bytes, a wrong but valid value for one packet,
+//   never memory outside the element.
+// - Per-CPU values (`PerCpuArray`): TC programs run with bottom halves
+//   disabled and never nest on a CPU, so a `&mut` to this CPU's slot is
+//   exclusive for the run; user space only reads the counters, and never
+//   touches `SCRATCH`.
+// - Shared values the programs write (`CONNTRACK`, `FLOWS`): another CPU
+//   may write the same element at the same time (one flow on two CPUs), so
+//   a `&mut` to it is not exclusive across CPUs, as in any BPF program that
+//   updates shared map values in place. Counters there use atomic adds; the
+//   other fields are single aligned stores, so a race loses an update at
+//   worst.
+
 #[map(name = "NETISO_ENDPOINTS")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(limits::ENDPOINTS, 0);
 

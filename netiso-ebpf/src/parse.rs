@@ -94,11 +94,17 @@ pub enum Parsed {
     Other,
 }
 
+/// A pointer to the `T` at `offset` in the frame, if all of its bytes lie
+/// inside the linear packet data (`data..data_end`, the window the verifier
+/// lets the program read directly). It stays valid for reads until a helper
+/// that may move the packet data (`bpf_skb_pull_data`) runs. Callers use
+/// byte arrays for `T` (align 1, every value valid) and copy them out at
+/// once, or keep a reference only until the next pull.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
+    if start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *const T)
@@ -107,6 +113,8 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 #[inline(always)]
 fn u16_at(ctx: &TcContext, offset: usize) -> Option<u16> {
     let p = ptr_at::<[u8; 2]>(ctx, offset)?;
+    // SAFETY: ptr_at checked that these 2 bytes lie inside the linear
+    // packet data; a byte array (align 1, any value), copied out at once.
     Some(u16::from_be_bytes(unsafe { *p }))
 }
 
@@ -115,6 +123,8 @@ fn u16_at(ctx: &TcContext, offset: usize) -> Option<u16> {
 #[inline(always)]
 pub fn src_mac(ctx: &TcContext) -> Option<[u8; 6]> {
     let p = ptr_at::<[u8; 6]>(ctx, 6)?;
+    // SAFETY: ptr_at checked that bytes 6..12 lie inside the linear packet
+    // data; a byte array (align 1, any value), copied out at once.
     Some(unsafe { *p })
 }
 
@@ -173,6 +183,8 @@ fn reset(p: &mut Packet, family: u8, proto: u8) {
 fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let l3 = ETH_HLEN;
     let hdr = ptr_at::<[u8; 20]>(ctx, l3).ok_or(DropReason::MalformedL3)?;
+    // SAFETY: ptr_at checked that the 20-byte IPv4 header lies inside the
+    // linear packet data (pulled in by `parse`); copied out at once.
     let hdr = unsafe { *hdr };
     let version = hdr[0] >> 4;
     let ihl = (hdr[0] & 0x0f) as usize * 4;
@@ -208,6 +220,9 @@ fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
 fn parse_ipv6(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     let l3 = ETH_HLEN;
     let hdr = ptr_at::<[u8; 40]>(ctx, l3).ok_or(DropReason::MalformedL3)?;
+    // SAFETY: ptr_at checked that the 40-byte IPv6 header lies inside the
+    // linear packet data; a byte array (align 1, any value). The reference
+    // is only read, and nothing below pulls or changes the packet.
     let hdr = unsafe { &*hdr };
     let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
     // Jumbograms (payload length 0) are not something containers send.
@@ -229,18 +244,24 @@ fn parse_ipv6(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
         let len = match p.proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let h = ptr_at::<[u8; 2]>(ctx, off).ok_or(DropReason::MalformedL3)?;
+                // SAFETY: ptr_at checked that these 2 bytes lie inside the
+                // linear packet data; copied out at once.
                 let h = unsafe { *h };
                 p.proto = h[0];
                 (h[1] as usize + 1) * 8
             }
             IPPROTO_AH => {
                 let h = ptr_at::<[u8; 2]>(ctx, off).ok_or(DropReason::MalformedL3)?;
+                // SAFETY: ptr_at checked that these 2 bytes lie inside the
+                // linear packet data; copied out at once.
                 let h = unsafe { *h };
                 p.proto = h[0];
                 (h[1] as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
                 let h = ptr_at::<[u8; 8]>(ctx, off).ok_or(DropReason::MalformedL3)?;
+                // SAFETY: ptr_at checked that the 8-byte fragment header
+                // lies inside the linear packet data; copied out at once.
                 let h = unsafe { *h };
                 p.proto = h[0];
                 let frag = u16::from_be_bytes([h[2], h[3]]);
@@ -290,6 +311,8 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
     match p.proto {
         proto::TCP => {
             let h = ptr_at::<[u8; 20]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
+            // SAFETY: ptr_at checked that the 20-byte TCP header lies inside
+            // the linear packet data; copied out at once.
             let h = unsafe { *h };
             if ((h[12] >> 4) as usize) < 5 {
                 return Err(DropReason::MalformedL4);
@@ -303,6 +326,8 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
         }
         proto::UDP => {
             let h = ptr_at::<[u8; 8]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
+            // SAFETY: ptr_at checked that the 8-byte UDP header lies inside
+            // the linear packet data; copied out at once.
             let h = unsafe { *h };
             p.sport = u16::from_be_bytes([h[0], h[1]]);
             p.dport = u16::from_be_bytes([h[2], h[3]]);
@@ -314,6 +339,8 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
         // ICMP in IPv6) is just another protocol number, judged by policy.
         n if n == icmp => {
             let h = ptr_at::<[u8; 8]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
+            // SAFETY: ptr_at checked that the 8-byte ICMP header lies inside
+            // the linear packet data; copied out at once.
             let h = unsafe { *h };
             let id = u16::from_be_bytes([h[4], h[5]]);
             let ty = h[0];
@@ -373,6 +400,8 @@ fn parse_quoted(ctx: &TcContext, off: usize, p: &mut Packet) {
 #[inline(always)]
 fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
     let (l4, icmp) = if fam == family::V4 {
+        // SAFETY: ptr_at checked that the quoted 20-byte IPv4 header lies
+        // inside the linear packet data; copied out at once.
         let h = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
         if h[0] >> 4 != 4 || (h[0] & 0x0f) < 5 {
             return None;
@@ -382,6 +411,9 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
         r.daddr[..4].copy_from_slice(&h[16..20]);
         (off + (h[0] & 0x0f) as usize * 4, proto::ICMP)
     } else {
+        // SAFETY: ptr_at checked that the quoted 40-byte IPv6 header lies
+        // inside the linear packet data; a byte array (align 1, any value),
+        // only read, and nothing below pulls or changes the packet.
         let h = unsafe { &*ptr_at::<[u8; 40]>(ctx, off)? };
         if h[0] >> 4 != 6 {
             return None;
@@ -392,6 +424,8 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
         (off + 40, proto::ICMPV6)
     };
     if r.proto == proto::TCP || r.proto == proto::UDP {
+        // SAFETY: ptr_at checked that the quoted ports (4 bytes) lie inside
+        // the linear packet data; copied out at once.
         let h = unsafe { *ptr_at::<[u8; 4]>(ctx, l4)? };
         r.sport = u16::from_be_bytes([h[0], h[1]]);
         r.dport = u16::from_be_bytes([h[2], h[3]]);
@@ -399,6 +433,8 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
     } else if r.proto == icmp {
         // Only a quoted echo request names a flow: its identifier is the
         // requester's "port".
+        // SAFETY: ptr_at checked that the quoted 8-byte ICMP header lies
+        // inside the linear packet data; copied out at once.
         let h = unsafe { *ptr_at::<[u8; 8]>(ctx, l4)? };
         let request = if fam == family::V4 { 8 } else { 128 };
         if h[0] != request {

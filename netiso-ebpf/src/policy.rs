@@ -42,6 +42,9 @@ impl Eval {
             slot: self.slot,
             _pad: [0; 2],
         };
+        // SAFETY: IdentityInfo is Pod and only its `identity` is copied out
+        // at once; an entry the daemon replaces meanwhile can at worst read
+        // as another entry's bytes (maps.rs).
         unsafe { IDENTITIES.get(&ip_key) }.map(|i| i.identity)
     }
 
@@ -54,6 +57,9 @@ impl Eval {
             slot: self.slot,
             _pad: [0; 2],
         };
+        // SAFETY: IdentityInfo is Pod and both fields are copied out at once;
+        // an entry the daemon replaces meanwhile can at worst read as another
+        // entry's bytes (maps.rs).
         if let Some(info) = unsafe { IDENTITIES.get(&ip_key) } {
             return (info.identity, info.flags);
         }
@@ -88,6 +94,9 @@ impl Eval {
                 proto: self.proto,
                 slot: self.slot,
             };
+            // SAFETY: PublishedValue is Pod and its fields are copied out at
+            // once; an entry the daemon replaces meanwhile can at worst read
+            // as another entry's bytes (maps.rs).
             if let Some(p) = unsafe { PUBLISHED.get(&key) } {
                 return ((p.identity, p.flags), p.port);
             }
@@ -114,14 +123,22 @@ impl Eval {
         };
         let mut hit = None;
         if port != 0 {
+            // SAFETY: PolicyValue is Pod and `hit` is only read below, in
+            // this run; an entry the daemon replaces meanwhile can at worst
+            // read as another entry's bytes (maps.rs), and an unknown action
+            // byte denies.
             hit = unsafe { POLICY.get(&key) };
         }
         if hit.is_none() {
             key.dport = 0;
+            // SAFETY: PolicyValue is Pod and only read below, in this run; a
+            // replaced entry reads as valid bytes at worst (maps.rs).
             hit = unsafe { POLICY.get(&key) };
         }
         if hit.is_none() {
             key.proto = proto::ANY;
+            // SAFETY: PolicyValue is Pod and only read below, in this run; a
+            // replaced entry reads as valid bytes at worst (maps.rs).
             hit = unsafe { POLICY.get(&key) };
         }
         if let Some(v) = hit {

@@ -26,6 +26,10 @@ pub struct Verdict {
 pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
     if let Some(c) = map.get_ptr_mut(index) {
         // Per-CPU slot: no other writer, no atomics needed.
+        // SAFETY: a non-null pointer to this CPU's slot of a per-CPU array,
+        // aligned and valid for the run; exclusively ours while the program
+        // runs (TC programs do not nest on a CPU; user space only reads),
+        // and Counter is Pod (maps.rs).
         let c = unsafe { &mut *c };
         c.packets += 1;
         c.bytes += bytes as u64;
@@ -69,6 +73,10 @@ pub fn record(
     // space may hold an earlier packet's).
     if v.parsed {
         if let Some(p) = SCRATCH.get_ptr(0) {
+            // SAFETY: this CPU's scratch slot, which `parse` filled with this
+            // packet's headers in this run (`v.parsed`); the caller holds it
+            // only as a shared `&Packet` by now, so a second shared
+            // reference, only read, aliases nothing mutable (maps.rs).
             let p = unsafe { &*p };
             key.family = p.family;
             key.saddr = p.saddr;
@@ -79,9 +87,16 @@ pub fn record(
     }
     let flow = &key;
     let bytes = ctx.len() as u64;
+    // SAFETY: a BPF helper without arguments; it only reads the kernel's
+    // coarse monotonic clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     count(&REASON_STATS, reason as u32, ctx.len());
     if let Some(row) = FLOWS.get_ptr_mut(flow) {
+        // SAFETY: a non-null pointer to a live LRU element, aligned and valid
+        // for the run; FlowValue is Pod. Another CPU may update the same row
+        // at once (maps.rs): the counters use atomic adds, and the other two
+        // fields are single aligned stores, so a race loses one of two
+        // timestamps or rule ids at worst.
         let row = unsafe { &mut *row };
         add(&mut row.packets, 1);
         add(&mut row.bytes, bytes);
@@ -100,6 +115,9 @@ pub fn record(
             // Another CPU created the row first: add to it.
             match FLOWS.get_ptr_mut(flow) {
                 Some(row) => {
+                    // SAFETY: as above: a live LRU element, valid for the
+                    // run, and only its counters are touched, with atomic
+                    // adds, so a racing CPU's update is not lost.
                     let row = unsafe { &mut *row };
                     add(&mut row.packets, 1);
                     add(&mut row.bytes, bytes);
@@ -133,6 +151,10 @@ fn emit(settings: &Settings, flow: &FlowKey, len: u32, rule_id: u32, now: u64) {
     let Some(rate) = EVENT_RATE.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: a non-null pointer to this CPU's slot of the per-CPU
+    // EVENT_RATE array, aligned and valid for the run; exclusively ours while
+    // the program runs (TC programs do not nest on a CPU; user space only
+    // reads it), and RateState is Pod (maps.rs).
     let rate = unsafe { &mut *rate };
     if now.saturating_sub(rate.window_start_ns) >= 1_000_000_000 {
         rate.window_start_ns = now;
@@ -161,5 +183,8 @@ fn emit(settings: &Settings, flow: &FlowKey, len: u32, rule_id: u32, now: u64) {
 
 #[inline(always)]
 fn add(counter: &mut u64, n: u64) {
+    // SAFETY: `counter` comes from a reference, so the pointer is non-null,
+    // 8-byte aligned and valid for reads and writes; the atomic add is what
+    // keeps concurrent adds from other CPUs to the same shared value intact.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }

@@ -1065,7 +1065,7 @@ action = "allow"
             proptest::collection::vec(0..BLOCKS.len(), 0..=2),
         )
             .prop_map(|(cidrs, except)| {
-                let parsed = |i: usize| super::cidr::Cidr::parse(BLOCKS[i]).unwrap();
+                let parsed = |i: usize| cidr::Cidr::parse(BLOCKS[i]).unwrap();
                 // Keep only exceptions strictly inside a chosen block.
                 let except: Vec<usize> = except
                     .into_iter()

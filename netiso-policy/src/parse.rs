@@ -1236,7 +1236,6 @@ impl Walker<'_> {
     }
 
     /// The rule's ports: `None` for every protocol and port (`"any"`).
-    #[allow(clippy::type_complexity)]
     fn ports(&mut self, key: &Key, item: &Item) -> Option<(Option<Vec<PortSpec>>, String)> {
         let entries = self.strings(key, item, "[\"443/tcp\", \"53/udp\"]")?;
         if entries.is_empty() {

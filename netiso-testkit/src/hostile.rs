@@ -88,6 +88,9 @@ pub fn netns_of(pid: u32) -> PathBuf {
 /// Enters the network namespace of `pid` on the calling thread.
 fn enter(pid: u32) {
     let f = std::fs::File::open(netns_of(pid)).expect("open netns");
+    // SAFETY: setns only reads the fd of `f`, opened just above and held
+    // across the call; CLONE_NEWNET moves only the calling thread, and every
+    // caller is a thread spawned to work inside that namespace.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
@@ -150,6 +153,7 @@ pub fn udp_send(pid: u32, from: SocketAddr, to: SocketAddr, n: u32) {
 /// An AF_PACKET socket for `ethertype` bound to `ifname` in the current
 /// namespace.
 fn packet_socket(ifname: &str, ethertype: u16) -> (OwnedFd, i32) {
+    // SAFETY: socket() takes integers only; it returns a new fd or -1.
     let fd = unsafe {
         libc::socket(
             libc::AF_PACKET,
@@ -158,19 +162,27 @@ fn packet_socket(ifname: &str, ethertype: u16) -> (OwnedFd, i32) {
         )
     };
     assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    // SAFETY: fd >= 0 (asserted above): a fresh socket, open and owned by
+    // nothing else, so OwnedFd may close it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: `name` is a NUL-terminated CString that lives across the call;
+    // if_nametoindex only reads it.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
     assert!(ifindex > 0, "no {ifname} here");
+    // SAFETY: sockaddr_ll is a C struct of integers and a byte array;
+    // all-zero is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = ethertype.to_be();
     sll.sll_ifindex = ifindex;
+    // SAFETY: `sll` is a live sockaddr_ll and the length passed is its size;
+    // bind only reads it. The fd is owned by `fd`.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
             (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            size_of::<libc::sockaddr_ll>() as u32,
         )
     };
     assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
@@ -188,13 +200,15 @@ pub fn raw_receiver(pid: u32, ifname: &'static str, ethertype: u16, window: Dura
             tv_sec: 0,
             tv_usec: 50_000,
         };
+        // SAFETY: `tv` is a live timeval and the length passed is its size;
+        // setsockopt only reads it. The fd is owned by `fd`.
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
+                size_of::<libc::timeval>() as u32,
             )
         };
         ready_tx.send(()).unwrap();
@@ -202,6 +216,8 @@ pub fn raw_receiver(pid: u32, ifname: &'static str, ethertype: u16, window: Dura
         let mut n = 0;
         let mut buf = [0u8; 2048];
         while Instant::now() < end {
+            // SAFETY: `buf` is a live, writable local of `buf.len()` bytes and
+            // recv writes at most that many. The fd is owned by `fd`.
             let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             // Only frames that arrived, not our own outgoing copies.
             if r > 0 {
@@ -223,6 +239,8 @@ pub fn raw_send(pid: u32, ifname: &'static str, frame: Vec<u8>, n: u32) {
         let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
         let (fd, _) = packet_socket(ifname, ethertype);
         for _ in 0..n {
+            // SAFETY: `frame` is a live Vec and the length passed is its own;
+            // send only reads it. The fd is owned by `fd`.
             let r = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
             assert_eq!(
                 r,
@@ -249,7 +267,10 @@ pub fn tcx_programs(ifname: &str, dir: TcAttachType) -> Vec<(u32, String)> {
 /// The TCX programs of one daemon (the links pinned under `pins`) on the
 /// host interface `ifname` with index `ifindex`, per direction: other
 /// daemons (parallel tests) may have programs of their own there.
-#[allow(clippy::type_complexity)]
+#[expect(
+    clippy::type_complexity,
+    reason = "one (id, name) list per direction; a named type would be used here only"
+)]
 pub fn own_tcx_programs(
     pins: &std::path::Path,
     ifname: &str,
@@ -355,6 +376,8 @@ impl FrameRecorder {
             let (fd, _) = packet_socket(ifname, libc::ETH_P_ALL as u16);
             set_timeout(&fd, Duration::from_millis(50));
             let big: i32 = 16 << 20;
+            // SAFETY: `big` is a live i32 and 4 is its size; setsockopt only
+            // reads it. The fd is owned by `fd`.
             unsafe {
                 libc::setsockopt(
                     fd.as_raw_fd(),
@@ -369,8 +392,13 @@ impl FrameRecorder {
             // Bounded even if nobody stops it.
             let end = Instant::now() + Duration::from_secs(600);
             while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                // SAFETY: sockaddr_ll is a C struct of integers and a byte
+                // array; all-zero is valid.
                 let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let mut len = size_of::<libc::sockaddr_ll>() as u32;
+                // SAFETY: `buf` is writable for `buf.len()` bytes and `sll`
+                // for `len`, both live; recvfrom writes at most that. The fd
+                // is owned by `fd`.
                 let r = unsafe {
                     libc::recvfrom(
                         fd.as_raw_fd(),
@@ -430,19 +458,23 @@ fn set_timeout(fd: &OwnedFd, t: Duration) {
         tv_sec: t.as_secs() as i64,
         tv_usec: t.subsec_micros() as i64,
     };
+    // SAFETY: `tv` is a live timeval and the length passed is its size;
+    // setsockopt only reads it. The fd is borrowed from `fd`, open.
     unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
+            size_of::<libc::timeval>() as u32,
         )
     };
 }
 
 /// A socket address as the kernel wants it (IPv6 scope ids included).
 fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: sockaddr_storage is a C struct of integers and padding
+    // bytes; all-zero is valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match a {
         SocketAddr::V4(a) => {
@@ -454,8 +486,11 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
                 },
                 sin_zero: [0; 8],
             };
+            // SAFETY: sockaddr_storage is large (128 bytes) and aligned
+            // enough for any sockaddr, sockaddr_in included: `ss` is valid
+            // for this write, and both types are plain integer data.
             unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
+            size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
@@ -467,8 +502,9 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
                 },
                 sin6_scope_id: a.scope_id(),
             };
+            // SAFETY: as above, for sockaddr_in6 (28 bytes, align 4).
             unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
+            size_of::<libc::sockaddr_in6>()
         }
     };
     (ss, len as u32)
@@ -483,10 +519,15 @@ fn bound_socket(ty: i32, bind: SocketAddr) -> OwnedFd {
     } else {
         libc::AF_INET6
     };
+    // SAFETY: socket() takes integers only; it returns a new fd or -1.
     let fd = unsafe { libc::socket(fam, ty | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd >= 0 (asserted above): a fresh socket, open and owned by
+    // nothing else, so OwnedFd may close it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: i32 = 1;
+    // SAFETY: `one` is a live i32 (captured by reference) and 4 is its
+    // size; setsockopt only reads it. The fd is owned by `fd`.
     let opt = |level, name| unsafe {
         libc::setsockopt(fd.as_raw_fd(), level, name, (&one as *const i32).cast(), 4)
     };
@@ -495,6 +536,8 @@ fn bound_socket(ty: i32, bind: SocketAddr) -> OwnedFd {
         opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
     }
     let (ss, len) = sockaddr(bind);
+    // SAFETY: `ss` is a live sockaddr_storage holding an address of `len`
+    // bytes (at most its size); bind only reads it. The fd is owned by `fd`.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
@@ -512,6 +555,9 @@ fn bound_socket(ty: i32, bind: SocketAddr) -> OwnedFd {
 pub fn tcp_connect_from(local: SocketAddr, to: SocketAddr, timeout: Duration) -> bool {
     let fd = bound_socket(libc::SOCK_STREAM | libc::SOCK_NONBLOCK, local);
     let (ss, len) = sockaddr(to);
+    // SAFETY: `ss` is a live sockaddr_storage holding an address of `len`
+    // bytes (at most its size); connect only reads it. The fd is owned by
+    // `fd`.
     let rc = unsafe {
         libc::connect(
             fd.as_raw_fd(),
@@ -527,11 +573,15 @@ pub fn tcp_connect_from(local: SocketAddr, to: SocketAddr, timeout: Duration) ->
         events: libc::POLLOUT,
         revents: 0,
     };
+    // SAFETY: `pfd` is one live, writable pollfd (count 1); poll writes
+    // only its `revents`. Its fd is owned by `fd`.
     if unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) } <= 0 {
         return false;
     }
     let mut err: i32 = 0;
     let mut elen = 4u32;
+    // SAFETY: `err` is a live, writable i32 and `elen` (4) its size;
+    // SO_ERROR writes at most that. The fd is owned by `fd`.
     unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -608,6 +658,8 @@ impl Listeners {
                 enter(pid);
                 let s = UdpSocket::from(bound_socket(libc::SOCK_DGRAM, wild(v6, port)));
                 let name = std::ffi::CString::new(ifname).unwrap();
+                // SAFETY: `name` is a NUL-terminated CString that lives
+                // across the call; if_nametoindex only reads it.
                 let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
                 for g in groups {
                     match g {
@@ -641,6 +693,8 @@ impl Listeners {
                 use std::io::Write as _;
                 enter(pid);
                 let fd = bound_socket(libc::SOCK_STREAM, wild(v6, port));
+                // SAFETY: listen takes integers only; the fd is owned by
+                // `fd`, a bound socket that outlives the call.
                 assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 64) }, 0);
                 let l = std::net::TcpListener::from(fd);
                 l.set_nonblocking(true).unwrap();

@@ -7,9 +7,11 @@
 //! netiso-daemon's library and netiso-common; nothing in netiso's
 //! production code may use it (netiso-daemon takes it as a dev-dependency).
 
-// `new` of these types creates a resource (a Docker network, a pin
-// directory, containers) that `Drop` removes: a `Default` would hide that.
-#![allow(clippy::new_without_default)]
+#![expect(
+    clippy::new_without_default,
+    reason = "`new` of these types creates a resource (a Docker network, a pin \
+              directory, containers) that `Drop` removes: a `Default` would hide that"
+)]
 
 pub mod bench;
 pub mod daemon;

@@ -20,6 +20,7 @@ pub fn unique(tag: &str) -> String {
 /// Fails the test with a clear message unless we run as root.
 pub fn require_root() {
     assert_eq!(
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
         unsafe { libc::geteuid() },
         0,
         "privileged tests need root (BPF, netns, Docker): run `cargo xtask test` as root"
@@ -58,6 +59,9 @@ pub fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> 
     std::thread::scope(|s| {
         s.spawn(move || {
             let ns = File::open(path).expect("open netns");
+            // SAFETY: setns only reads the fd of `ns`, a file we just opened
+            // and hold across the call; CLONE_NEWNET moves only this thread,
+            // a scoped thread of ours that ends with `f`.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             f()

@@ -97,6 +97,9 @@ impl Netiso {
 
     /// Sends `sig` to the daemon (by its pid).
     pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill takes integers only. `self.child` is Some only until
+        // the daemon is reaped (every wait takes it out or panics), so the
+        // pid still names our child.
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
@@ -316,6 +319,9 @@ impl Prober {
         let start = Instant::now();
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
+            // SAFETY: setns only reads the fd of `ns`, a file opened above
+            // and moved into this thread, open across the call; CLONE_NEWNET
+            // moves only this thread, the prober's own.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             let mut out = Vec::new();

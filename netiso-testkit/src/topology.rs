@@ -116,6 +116,9 @@ pub fn spawn_in<T: Send + 'static>(
     let path = ns.path();
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: setns only reads the fd of `file`, which we just opened and
+        // hold across the call; CLONE_NEWNET moves only this thread, spawned
+        // here to run `f`.
         let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns");
         f()

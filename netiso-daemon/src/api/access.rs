@@ -56,7 +56,9 @@ pub fn peer_of(fd: &impl AsRawFd) -> std::io::Result<Peer> {
         gid: 0,
     };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: valid buffer and length for SO_PEERCRED.
+    // SAFETY: `cred` is a live, writable `ucred` and `len` holds its size:
+    // SO_PEERCRED writes at most `len` bytes into it and updates `len`. The
+    // fd is borrowed from a socket the caller keeps open across the call.
     let rc = unsafe {
         libc::getsockopt(
             fd,
@@ -72,7 +74,9 @@ pub fn peer_of(fd: &impl AsRawFd) -> std::io::Result<Peer> {
     // Supplementary groups as they were at connect time (Linux >= 4.13).
     let mut groups = vec![0 as libc::gid_t; 256];
     let mut glen = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
-    // SAFETY: valid buffer and length.
+    // SAFETY: `groups` owns `glen` bytes of writable gid_t storage (its
+    // length times the element size); SO_PEERGROUPS writes at most `glen`
+    // bytes and fails with ERANGE rather than overrun it. Same fd as above.
     let rc = unsafe {
         libc::getsockopt(
             fd,
@@ -102,11 +106,15 @@ pub fn group_id(name: &str) -> Result<u32> {
         return Ok(n);
     }
     let c = std::ffi::CString::new(name).context("group name contains NUL")?;
-    // SAFETY: `group` is plain C data, valid all-zero.
+    // SAFETY: `libc::group` is a C struct of integers and raw pointers, for
+    // which all-zero (null pointers) is a valid value; getgrnam_r fills it.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: valid pointers and buffer length; getgrnam_r is thread-safe.
+    // SAFETY: `c` is NUL-terminated and outlives the call; `grp`, `out` and
+    // `buf` (with its true length) are live and writable, and the strings
+    // getgrnam_r stores point into `buf`. The reentrant variant keeps no
+    // static state, so concurrent calls from other threads are fine.
     let rc =
         unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
@@ -116,16 +124,21 @@ pub fn group_id(name: &str) -> Result<u32> {
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    // SAFETY: `group` is plain C data, valid all-zero.
+    // SAFETY: `libc::group` is a C struct of integers and raw pointers, for
+    // which all-zero (null pointers) is a valid value; getgrgid_r fills it.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: valid pointers and buffer length.
+    // SAFETY: `grp`, `out` and `buf` (with its true length) are live and
+    // writable for the call; getgrgid_r is the reentrant variant (no static
+    // state) and stores its strings in `buf`.
     let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
         return None;
     }
-    // SAFETY: getgrgid_r filled gr_name with a NUL-terminated string in buf.
+    // SAFETY: on success (rc 0, `out` non-null) getgrgid_r set gr_name to a
+    // NUL-terminated string inside `buf`, which is still alive here; the
+    // borrow ends with `into_owned` before `buf` is dropped.
     Some(
         unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }
             .to_string_lossy()

@@ -50,7 +50,8 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener> {
     let set_up = || -> Result<()> {
         let c = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes())?;
         let gid = access.group.unwrap_or(0);
-        // SAFETY: valid C string.
+        // SAFETY: `c` is a NUL-terminated CString that lives across the call;
+        // chown only reads the path.
         if unsafe { libc::chown(c.as_ptr(), 0, gid) } != 0 {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("chown root:{gid} {}", tmp.display()));

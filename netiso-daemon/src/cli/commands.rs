@@ -158,9 +158,11 @@ pub struct MonitorArgs {
 fn clock(unix: f64) -> String {
     let secs = unix.floor() as libc::time_t;
     let ms = ((unix - unix.floor()) * 1000.0) as u32;
-    // SAFETY: `tm` is plain C data, valid all-zero.
+    // SAFETY: `libc::tm` is a C struct of integers and one `tm_zone` raw
+    // pointer, for all of which zero (null) is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: localtime_r reads `secs` and writes into the tm we pass.
+    // SAFETY: both pointers come from live locals: localtime_r reads `secs`
+    // and writes only into `tm` (the reentrant variant: no shared static).
     unsafe { libc::localtime_r(&secs, &mut tm) };
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{ms:03}",

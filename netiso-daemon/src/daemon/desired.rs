@@ -67,7 +67,7 @@ pub fn fit_endpoints(d: &mut Desired, state: &mut State, capacity: usize, applie
     if d.endpoints.len() <= capacity {
         return;
     }
-    let rank = |ifindex: &u32, spec: &crate::datapath::EndpointSpec| {
+    let rank = |ifindex: &u32, spec: &EndpointSpec| {
         if spec.flags & netiso_common::endpoint_flags::FAIL_CLOSED != 0 {
             0
         } else if applied.contains(ifindex) {
@@ -383,7 +383,7 @@ mod tests {
         // identity's allow defaults: Docker's behaviour for its traffic.
         let plain = &d.endpoints[&11];
         assert_eq!((plain.identity, plain.flags), (identity::UNMANAGED, 0));
-        let cidr = |a: [u8; 4], len| d.cidrs[&(std::net::IpAddr::from(a), len)].identity;
+        let cidr = |a: [u8; 4], len| d.cidrs[&(IpAddr::from(a), len)].identity;
         assert_eq!(cidr([198, 18, 0, 0], 15), FIRST_CIDR_IDENTITY);
         assert_eq!(cidr([198, 18, 1, 0], 24), identity::WORLD);
         assert_eq!(d.cidrs.len(), 2);
@@ -396,7 +396,7 @@ mod tests {
             (plain.identity, plain.flags),
             (identity::UNMANAGED, defaults::DENY_INGRESS)
         );
-        let ip = netiso_common::IpKey::v4([172, 20, 0, 3], 0);
+        let ip = IpKey::v4([172, 20, 0, 3], 0);
         assert_eq!(d.identities[&ip].flags, defaults::DENY_INGRESS);
     }
 }

@@ -50,7 +50,7 @@ pub enum PermsError {
 /// What is wrong with one file or directory, if anything. `sticky_ok`: a
 /// sticky, world-writable directory owned by root is fine (an ancestor).
 fn problem(path: &Path, meta: &std::fs::Metadata, sticky_ok: bool) -> Option<String> {
-    // SAFETY: geteuid cannot fail and touches no memory.
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
     let me = unsafe { libc::geteuid() };
     let mode = meta.mode();
     let kind = if meta.is_dir() { "directory" } else { "file" };
@@ -143,11 +143,14 @@ mod tests {
 
     fn chown(p: &Path, uid: u32, gid: u32) {
         let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated CString that lives across the
+        // call; chown only reads the path.
         assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
     }
 
     #[test]
     fn only_root_may_be_able_to_write_the_policy() {
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
         assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (chown)");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("policy.toml");

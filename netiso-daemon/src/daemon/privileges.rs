@@ -171,8 +171,12 @@ struct CapData {
 /// system calls: it also runs in a signal handler.
 fn drop_on_this_thread(keep: u64) -> Result<(), i32> {
     let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    // SAFETY: plain prctl/capset calls with valid arguments; no memory is
-    // shared with the kernel beyond the two local structs.
+    // SAFETY: the prctl calls take integers only. capget writes one
+    // CapHeader and, for _LINUX_CAPABILITY_VERSION_3 (`CAPS_V3`), two
+    // CapData: `header` and `now` are live, writable locals of exactly those
+    // repr(C) layouts. capset only reads `header` and the two-element
+    // `data`. Nothing here allocates or takes locks, so it may also run in
+    // the signal handler.
     unsafe {
         for cap in 0..=LAST_CAP.load(Ordering::Relaxed) {
             // The bounding set first: dropping from it needs CAP_SETPCAP,
@@ -251,15 +255,16 @@ fn drop_on_this_thread(keep: u64) -> Result<(), i32> {
 
 extern "C" fn on_signal(_: libc::c_int) {
     // Keep errno as the interrupted code left it.
-    // SAFETY: __errno_location is the calling thread's errno.
-    // SAFETY: __errno_location is this thread's errno; a signal handler
-    // must leave errno as it found it.
+    // SAFETY: __errno_location returns a valid, aligned pointer to the
+    // calling thread's errno, which only this thread (and so, while the
+    // handler runs, only the handler) touches.
     let saved = unsafe { *libc::__errno_location() };
     match drop_on_this_thread(KEEP.load(Ordering::SeqCst)) {
         Ok(()) => DONE.fetch_add(1, Ordering::SeqCst),
         Err(_) => FAILED.fetch_add(1, Ordering::SeqCst),
     };
-    // SAFETY: as above.
+    // SAFETY: as above: this thread's own errno, restored to the value the
+    // interrupted code left there.
     unsafe { *libc::__errno_location() = saved };
 }
 
@@ -269,7 +274,8 @@ fn signal_number() -> libc::c_int {
 }
 
 fn gettid() -> i32 {
-    // SAFETY: gettid cannot fail.
+    // SAFETY: the gettid system call takes no arguments, touches no memory
+    // and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
@@ -282,7 +288,12 @@ pub fn restrict_process(keep: &[Capability]) -> Result<(), PrivilegeError> {
         }
     }
     KEEP.store(keep, Ordering::SeqCst);
-    // SAFETY: installs a handler that only makes raw system calls.
+    // SAFETY: `sigaction` is a C struct for which all-zero is valid (no
+    // flags, empty mask, no restorer); `sa` is a live local that
+    // sigemptyset and sigaction only access for the call. The handler,
+    // `on_signal`, is an `extern "C" fn(c_int)` as SA_SIGINFO-less
+    // sigaction expects, and is async-signal-safe: raw system calls and
+    // atomics only, with errno saved and restored.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
@@ -313,7 +324,9 @@ pub fn restrict_process(keep: &[Capability]) -> Result<(), PrivilegeError> {
         let before = DONE.load(Ordering::SeqCst) + FAILED.load(Ordering::SeqCst);
         let mut sent = 0;
         for &tid in &stragglers {
-            // SAFETY: tgkill to a thread of our own process.
+            // SAFETY: tgkill takes integers only. It targets our own pid, so
+            // the signal (whose handler was installed above) can only reach a
+            // thread of this process, even if `tid` exited meanwhile.
             if unsafe { libc::syscall(libc::SYS_tgkill, pid as i32, tid, signal_number()) } == 0 {
                 sent += 1;
             }
@@ -367,10 +380,15 @@ mod tests {
     /// every thread, including one started before, ends up with the set.
     #[test]
     fn every_thread_drops() {
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             panic!("needs root: run `cargo xtask test` as root");
         }
-        // SAFETY: the child only runs Rust code of this test and exits.
+        // SAFETY: fork takes no arguments. The child is a copy of this
+        // multi-threaded test runner with only this thread: it runs just
+        // this test's code (glibc resets malloc's locks in a forked child, so
+        // it may allocate) and leaves with `_exit`, never returning into the
+        // harness or touching state another thread was changing.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
@@ -397,9 +415,13 @@ mod tests {
                 }
                 Err(_) => 2,
             };
+            // SAFETY: _exit takes an integer and never returns: the forked
+            // child ends here without running the parent's atexit handlers.
             unsafe { libc::_exit(code) };
         }
         let mut status = 0;
+        // SAFETY: `status` is a live, writable c_int; waitpid writes only it,
+        // for `pid`, the child forked above.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status), "child crashed: {status}");
         assert_eq!(

@@ -181,7 +181,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
                 match docker.networks().await {
                     Ok(n) => self.set_networks(n),
                     Err(e) => {
-                        warn!(network = %name, error = format!("{e:#}"), "listing networks failed")
+                        warn!(network = %name, error = format!("{e:#}"), "listing networks failed");
                     }
                 }
                 return;

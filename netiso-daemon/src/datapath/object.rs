@@ -446,7 +446,7 @@ impl Datapath {
             for ifindex in keys {
                 match desired.endpoints.get(&ifindex) {
                     Some(spec) => {
-                        eps.insert(ifindex, endpoint_value(spec, spec.identity, spec.flags), 0)?
+                        eps.insert(ifindex, endpoint_value(spec, spec.identity, spec.flags), 0)?;
                     }
                     None => remove_ok(eps.remove(&ifindex))?,
                 }
@@ -896,11 +896,18 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let path = std::ffi::CString::new(BPFFS)?;
+    // SAFETY: `libc::statfs` is a C struct of integers only; all-zero is a
+    // valid value (statfs fills it below).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated CString and `st` a live, writable
+    // statfs, both outliving the call; statfs reads the one, writes the other.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
     let fstype = std::ffi::CString::new("bpf")?;
+    // SAFETY: source, target and type are NUL-terminated CStrings that live
+    // across the call, and bpffs takes no data (null is allowed); mount only
+    // reads them.
     let rc = unsafe {
         libc::mount(
             fstype.as_ptr(),
@@ -920,6 +927,7 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 
 /// Fails with a clear message when not running as root.
 pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
     }

@@ -151,7 +151,9 @@ fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Resul
         std::thread::Builder::new()
             .name("netiso-netns".into())
             .spawn_scoped(s, move || {
-                // SAFETY: plain syscall on a valid fd we own for the duration.
+                // SAFETY: setns only reads the fd of `ns`, opened above and
+                // moved into this thread, open across the call; CLONE_NEWNET
+                // moves only this thread, which runs `f` and then ends.
                 let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
                 if rc != 0 {
                     return Err(std::io::Error::last_os_error())

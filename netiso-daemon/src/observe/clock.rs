@@ -23,7 +23,8 @@ pub fn monotonic_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid pointer to a timespec.
+    // SAFETY: `ts` is a live, writable timespec; clock_gettime writes only
+    // it (and CLOCK_MONOTONIC is always supported on Linux).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -73,8 +73,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     if bytes.len() < size_of::<Event>() {
         return None;
     }
-    // SAFETY: Event is plain old data (repr(C), integers only) and the
-    // length was checked; the record may not be aligned.
+    // SAFETY: `bytes` holds at least size_of::<Event>() bytes (checked
+    // above), and Event is repr(C) with integer fields only, so any bytes are
+    // a valid Event; read_unaligned because the record may not be aligned.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
@@ -316,7 +317,9 @@ mod tests {
     use netiso_common::{family, proto, Direction, FlowKey};
 
     fn bytes_of(ev: &Event) -> Vec<u8> {
-        // SAFETY: Event is POD without implicit padding.
+        // SAFETY: `ev` is a live Event, so its size_of::<Event>() bytes are
+        // readable for the borrow; Event has no implicit padding (its
+        // `aya::Pod` impl in netiso-common), so every byte is initialised.
         unsafe {
             std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), size_of::<Event>())
                 .to_vec()

@@ -46,19 +46,25 @@ fn check(rc: i32, what: &str) {
 }
 
 fn socket(domain: i32, ty: i32, proto: i32) -> OwnedFd {
+    // SAFETY: socket() takes integers only; it returns a new fd or -1.
     let fd = unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) };
     check(fd, "socket");
+    // SAFETY: `check` panicked unless fd >= 0: a fresh socket, open and
+    // owned by nothing else, so OwnedFd may close it.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, v: &T) {
+    // SAFETY: `v` is a live reference, so size_of::<T>() bytes are readable
+    // at it for the call, and setsockopt only reads that many (it rejects a
+    // length wrong for the option). The fd is owned by `fd`.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
             (v as *const T).cast(),
-            std::mem::size_of::<T>() as u32,
+            size_of::<T>() as u32,
         )
     };
     check(rc, "setsockopt");
@@ -70,34 +76,44 @@ fn big_buffer(fd: &OwnedFd) {
 
 fn ifindex(name: &str) -> i32 {
     let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString that lives across the call;
+    // if_nametoindex only reads it.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
     assert!(i > 0, "no interface {name} here");
     i
 }
 
 fn bind4(fd: &OwnedFd, port: u16) {
+    // SAFETY: sockaddr_in is a C struct of integers; all-zero is valid (the
+    // unspecified address).
     let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     sa.sin_family = libc::AF_INET as u16;
     sa.sin_port = port.to_be();
+    // SAFETY: `sa` is a live sockaddr_in and the length passed is its size;
+    // bind only reads it. The fd is owned by `fd`.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
             (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
+            size_of::<libc::sockaddr_in>() as u32,
         )
     };
     check(rc, "bind udp4");
 }
 
 fn bind6(fd: &OwnedFd, port: u16) {
+    // SAFETY: sockaddr_in6 is a C struct of integers and byte arrays;
+    // all-zero is valid (the unspecified address).
     let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     sa.sin6_family = libc::AF_INET6 as u16;
     sa.sin6_port = port.to_be();
+    // SAFETY: `sa` is a live sockaddr_in6 and the length passed is its
+    // size; bind only reads it. The fd is owned by `fd`.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
             (&sa as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+            size_of::<libc::sockaddr_in6>() as u32,
         )
     };
     check(rc, "bind udp6");
@@ -107,15 +123,19 @@ fn bind6(fd: &OwnedFd, port: u16) {
 fn packet_socket(ifname: &str, proto: u16) -> (OwnedFd, i32) {
     let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be()));
     let idx = ifindex(ifname);
+    // SAFETY: sockaddr_ll is a C struct of integers and a byte array;
+    // all-zero is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = proto.to_be();
     sll.sll_ifindex = idx;
+    // SAFETY: `sll` is a live sockaddr_ll and the length passed is its
+    // size; bind only reads it. The fd is owned by `fd`.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
             (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            size_of::<libc::sockaddr_ll>() as u32,
         )
     };
     check(rc, "bind AF_PACKET");
@@ -153,6 +173,9 @@ impl Victim {
         let (stop2, snap2) = (stop.clone(), snapshot.clone());
         let handle = std::thread::spawn(move || {
             let ns = std::fs::File::open(&netns).expect("open netns");
+            // SAFETY: setns only reads the fd of `ns`, a file we just opened
+            // and hold across the call; CLONE_NEWNET moves only this thread,
+            // which we spawned for the receivers and which ends with them.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             check(rc, "setns");
             let rx = Sockets::open(ifname);
@@ -300,6 +323,9 @@ impl Sockets {
         };
         loop {
             let stopping = stop.load(Ordering::Relaxed);
+            // SAFETY: `fds` is a live Vec of `fds.len()` pollfds; poll
+            // writes only their `revents`. Every fd in it is owned by `self`,
+            // open until `self` is dropped after this loop.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, 20) };
             if n <= 0 {
                 if stopping {
@@ -313,8 +339,14 @@ impl Sockets {
                 }
                 p.revents = 0;
                 loop {
+                    // SAFETY: sockaddr_ll is a C struct of integers and a
+                    // byte array; all-zero is valid.
                     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                    let mut len = size_of::<libc::sockaddr_ll>() as u32;
+                    // SAFETY: `buf` is writable for `buf.len()` bytes and
+                    // `sll` for `len`, both live locals; recvfrom writes at
+                    // most that (truncating a longer address). `p.fd` is
+                    // owned by `self`, still open.
                     let r = unsafe {
                         libc::recvfrom(
                             p.fd,
@@ -350,7 +382,10 @@ impl Sockets {
             tp_packets: 0,
             tp_drops: 0,
         };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as u32;
+        let mut len = size_of::<libc::tpacket_stats>() as u32;
+        // SAFETY: `st` is a live, writable tpacket_stats and `len` its size;
+        // PACKET_STATISTICS writes at most `len` bytes. The fd is owned by
+        // `self.packet`.
         let rc = unsafe {
             libc::getsockopt(
                 self.packet.as_raw_fd(),
@@ -378,21 +413,28 @@ pub struct Sender {
 }
 
 fn bound_packet_socket(ifname: &str, vnet: bool) -> OwnedFd {
+    // SAFETY: socket() takes integers only; it returns a new fd or -1.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     check(fd, "AF_PACKET socket");
+    // SAFETY: `check` panicked unless fd >= 0: a fresh socket, open and
+    // owned by nothing else, so OwnedFd may close it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if vnet {
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1i32);
     }
+    // SAFETY: sockaddr_ll is a C struct of integers and a byte array;
+    // all-zero is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = 0;
     sll.sll_ifindex = ifindex(ifname);
+    // SAFETY: `sll` is a live sockaddr_ll and the length passed is its
+    // size; bind only reads it. The fd is owned by `fd`.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
             (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            size_of::<libc::sockaddr_ll>() as u32,
         )
     };
     check(rc, "bind the sender");
@@ -421,6 +463,8 @@ impl Sender {
             None => (&self.fd, frame.to_vec()),
         };
         for _ in 0..50 {
+            // SAFETY: `buf` is a live Vec and the length passed is its own;
+            // send only reads it. The fd is owned by `self`.
             let r = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
             if r == buf.len() as isize {
                 return true;

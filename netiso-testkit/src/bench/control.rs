@@ -270,6 +270,8 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SAFETY: kill takes integers only; the daemon is our child and not
+        // yet waited for, so its pid still names it (it cannot be reused).
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
@@ -289,6 +291,7 @@ fn proc_usage(pid: u32) -> Result<(f64, f64, f64)> {
     // Fields after the command name (which may contain spaces).
     let rest = &stat[stat.rfind(')').context("stat")? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf takes an integer name and touches no memory of ours.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu = (f[11].parse::<f64>()? + f[12].parse::<f64>()?) / ticks;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -479,7 +482,7 @@ pub fn run(opts: &Options) -> Result<Section> {
                         let _ = s.send_to(b"netiso-bench-probe", to);
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                })
+                });
             })
         };
         let mut state_seen = None;
@@ -664,6 +667,9 @@ pub fn run(opts: &Options) -> Result<Section> {
         let (c0, _, _) = proc_usage(d.pid())?;
         let t0 = Instant::now();
         write_atomic(&policy_path, &big[k % 2])?;
+        // SAFETY: kill takes integers only. `d` owns the daemon, our child,
+        // which is reaped only when `d.alive()` bails out or `d` drops: its
+        // pid still names it here.
         unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
         let mut stamp = d.state_stamp();
         let end = Instant::now() + Duration::from_secs(60);

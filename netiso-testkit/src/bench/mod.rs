@@ -260,6 +260,8 @@ pub fn mono_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a live, writable timespec; clock_gettime writes only
+    // it (and CLOCK_MONOTONIC is always supported on Linux).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -50,7 +50,16 @@ const EMPTY: [u64; 2] = [
     0x0000_0000_0000_0095,
 ];
 
-fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> io::Result<i64> {
+/// The bpf() system call.
+///
+/// # Safety
+///
+/// `attr` must point at `size` readable bytes laid out as `union bpf_attr`
+/// expects for `cmd`, and every pointer inside them must be valid for what
+/// the kernel does with it under `cmd`, for the duration of the call.
+unsafe fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> io::Result<i64> {
+    // SAFETY: the caller guarantees `attr`, `size` and the pointers in the
+    // attr fit `cmd` (this function's contract).
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -72,12 +81,22 @@ pub fn load_empty_classifier(pin: &Path) -> Result<SchedClassifier> {
         prog_name: name,
         ..Default::default()
     };
-    let fd = bpf(
-        BPF_PROG_LOAD,
-        &attr as *const _ as *const u8,
-        std::mem::size_of::<ProgLoadAttr>(),
-    )
+    // SAFETY: `attr` is a live repr(C) head of bpf_attr for BPF_PROG_LOAD,
+    // passed with its own size. Its pointers are valid for reading during
+    // the call: `insns` at the promoted ('static) EMPTY, `insn_cnt`
+    // instructions long; `license` at the NUL-terminated `license`, alive
+    // until the end of this function. `log_buf` is 0 with `log_size` 0, so
+    // the kernel writes nothing.
+    let fd = unsafe {
+        bpf(
+            BPF_PROG_LOAD,
+            &attr as *const _ as *const u8,
+            size_of::<ProgLoadAttr>(),
+        )
+    }
     .context("loading the empty TC program (BPF_PROG_LOAD)")?;
+    // SAFETY: a successful BPF_PROG_LOAD returns a new program fd, open and
+    // owned by nothing else, so OwnedFd may close it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     if let Some(parent) = pin.parent() {
         std::fs::create_dir_all(parent)?;
@@ -88,11 +107,17 @@ pub fn load_empty_classifier(pin: &Path) -> Result<SchedClassifier> {
         bpf_fd: fd.as_raw_fd() as u32,
         file_flags: 0,
     };
-    bpf(
-        BPF_OBJ_PIN,
-        &pin_attr as *const _ as *const u8,
-        std::mem::size_of::<ObjPinAttr>(),
-    )
+    // SAFETY: `pin_attr` is a live repr(C) head of bpf_attr for BPF_OBJ_PIN,
+    // passed with its own size; `pathname` points at the NUL-terminated
+    // `path`, alive until the end of this function, and `bpf_fd` is the
+    // program fd owned by `fd`, open across the call.
+    unsafe {
+        bpf(
+            BPF_OBJ_PIN,
+            &pin_attr as *const _ as *const u8,
+            size_of::<ObjPinAttr>(),
+        )
+    }
     .with_context(|| format!("pinning the empty program at {}", pin.display()))?;
     SchedClassifier::from_pin(pin).context("opening the pinned empty program with aya")
 }

@@ -182,13 +182,15 @@ fn start_servers(b: &NetNs) -> Servers {
         handles.push(spawn_in(b, move || {
             let s = UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("bind udp");
             let size: libc::c_int = 32 << 20;
+            // SAFETY: `size` is a live c_int and the length passed is its
+            // size; setsockopt only reads it. The fd is owned by `s`.
             unsafe {
                 libc::setsockopt(
                     s.as_raw_fd(),
                     libc::SOL_SOCKET,
                     libc::SO_RCVBUFFORCE,
                     &size as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as u32,
+                    size_of::<libc::c_int>() as u32,
                 );
             }
             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -205,6 +207,8 @@ fn start_servers(b: &NetNs) -> Servers {
             let mut msgs: Vec<libc::mmsghdr> = iovs
                 .iter_mut()
                 .map(|iov| {
+                    // SAFETY: mmsghdr is a C struct of integers and raw
+                    // pointers; all-zero (null, empty) is a valid value.
                     let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                     m.msg_hdr.msg_iov = iov;
                     m.msg_hdr.msg_iovlen = 1;
@@ -212,6 +216,10 @@ fn start_servers(b: &NetNs) -> Servers {
                 })
                 .collect();
             while !stop.load(Ordering::Relaxed) {
+                // SAFETY: `msgs` holds N headers, each naming one iovec of
+                // `iovs` that points at 64 writable bytes of `bufs`; all three
+                // Vecs live (unmoved) across the call, and recvmmsg writes
+                // only into them. Null timeout: none. The fd is owned by `s`.
                 let n = unsafe {
                     libc::recvmmsg(
                         s.as_raw_fd(),
@@ -234,6 +242,8 @@ fn start_servers(b: &NetNs) -> Servers {
             // std listens with a backlog of 128: a server thread that the
             // machine's other load keeps off the CPU for a moment would
             // overflow it and turn the test into one of SYN retransmits.
+            // SAFETY: listen takes integers only; the fd is owned by `l`, a
+            // bound listener that outlives the call.
             unsafe { libc::listen(l.as_raw_fd(), 4096) };
             l.set_nonblocking(true).unwrap();
             tx.send(()).unwrap();
@@ -251,6 +261,9 @@ fn start_servers(b: &NetNs) -> Servers {
                             events: libc::POLLIN,
                             revents: 0,
                         };
+                        // SAFETY: `pfd` is one live, writable pollfd (count
+                        // 1); poll writes only its `revents`. Its fd is
+                        // owned by `l`.
                         unsafe { libc::poll(&mut pfd, 1, 20) };
                     }
                     Err(_) => {}
@@ -296,6 +309,8 @@ fn udp_pps(a: &NetNs, to: SocketAddr, rx: &AtomicU64, secs: f64) -> (f64, f64) {
             let mut msgs: Vec<libc::mmsghdr> = iovs
                 .iter_mut()
                 .map(|iov| {
+                    // SAFETY: mmsghdr is a C struct of integers and raw
+                    // pointers; all-zero (null, empty) is a valid value.
                     let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                     m.msg_hdr.msg_iov = iov;
                     m.msg_hdr.msg_iovlen = 1;
@@ -303,6 +318,10 @@ fn udp_pps(a: &NetNs, to: SocketAddr, rx: &AtomicU64, secs: f64) -> (f64, f64) {
                 })
                 .collect();
             while !stop.load(Ordering::Relaxed) {
+                // SAFETY: `msgs` holds N headers, each naming one iovec of
+                // `iovs` that points at `payload`; all live across the call.
+                // sendmmsg only reads the data (the `*mut` is the C type's)
+                // and writes the headers' `msg_len`. The fd is owned by `s`.
                 let n = unsafe { libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), N as u32, 0) };
                 if n > 0 {
                     sent.fetch_add(n as u64, Ordering::Relaxed);

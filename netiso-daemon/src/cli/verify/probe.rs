@@ -17,10 +17,13 @@ fn enter(netns: &Option<PathBuf>, home: &File) -> Result<()> {
     let rc = match netns {
         Some(path) => {
             let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: plain syscall on a valid fd; affects this thread only.
+            // SAFETY: setns only reads the fd of `f`, a file we just opened
+            // and hold across the call; CLONE_NEWNET moves only the calling
+            // thread, a probe thread of ours that ends with the probe.
             unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }
         }
-        // SAFETY: as above, back to the namespace we started in.
+        // SAFETY: as above, with the fd of `home`, a file the caller keeps
+        // open: back to the namespace this thread started in.
         None => unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) },
     };
     if rc != 0 {
@@ -151,7 +154,8 @@ fn checksum(data: &[u8]) -> u16 {
 
 fn probe_icmp(to: Ipv4Addr, timeout: Duration) -> Observed {
     let id = NONCE.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: socket() returns a new fd or -1.
+    // SAFETY: socket() takes no pointers; it returns a new fd (owned by
+    // nothing else yet) or -1, which is checked below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
     if fd < 0 {
         return Observed::Error(format!(
@@ -159,7 +163,8 @@ fn probe_icmp(to: Ipv4Addr, timeout: Duration) -> Observed {
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: fd is a fresh socket we own.
+    // SAFETY: `fd` is non-negative (checked above) and was just returned by
+    // socket(): open, and owned by nothing else, so OwnedFd may close it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut pkt = [0u8; 16];
     pkt[0] = 8; // echo request
@@ -176,7 +181,8 @@ fn probe_icmp(to: Ipv4Addr, timeout: Duration) -> Observed {
         },
         sin_zero: [0; 8],
     };
-    // SAFETY: valid buffer and address.
+    // SAFETY: `pkt` and `sa` are live locals and the lengths passed are
+    // their sizes; sendto only reads them. The fd is owned by `fd`.
     let rc = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
@@ -197,7 +203,8 @@ fn probe_icmp(to: Ipv4Addr, timeout: Duration) -> Observed {
             tv_sec: left.as_secs() as libc::time_t,
             tv_usec: left.subsec_micros().max(1000) as libc::suseconds_t,
         };
-        // SAFETY: valid option buffer.
+        // SAFETY: `tv` is a live timeval and the length is its size;
+        // setsockopt only reads it. The fd is owned by `fd`.
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -207,7 +214,8 @@ fn probe_icmp(to: Ipv4Addr, timeout: Duration) -> Observed {
                 size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
-        // SAFETY: valid buffer.
+        // SAFETY: `buf` is a live, writable local of `buf.len()` bytes, and
+        // recv writes at most that many. The fd is owned by `fd`.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n <= 0 {
             break;
