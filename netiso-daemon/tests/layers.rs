@@ -251,3 +251,30 @@ fn the_policy_crate_has_no_module_cycles() {
     }
     assert!(bad.is_empty(), "netiso-policy modules:\n{}", bad.join("\n"));
 }
+
+/// Every crate holds the workspace lints, and the fuzz workspace (its own
+/// workspace, so it carries a copy) holds the same ones.
+#[test]
+fn every_crate_holds_the_workspace_lints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let read = |p: &Path| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(p).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let workspace = read(&root.join("Cargo.toml"));
+    let lints = &workspace["workspace"]["lints"];
+    for member in workspace["workspace"]["members"].as_array().unwrap() {
+        let manifest = read(&root.join(member.as_str().unwrap()).join("Cargo.toml"));
+        assert_eq!(
+            manifest.get("lints").and_then(|l| l.get("workspace")),
+            Some(&toml::Value::Boolean(true)),
+            "{member}/Cargo.toml needs `[lints] workspace = true`"
+        );
+    }
+    let fuzz = read(&root.join("fuzz/Cargo.toml"));
+    assert_eq!(
+        fuzz.get("lints"),
+        Some(lints),
+        "fuzz/Cargo.toml's [lints] must equal [workspace.lints]"
+    );
+}
