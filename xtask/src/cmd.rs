@@ -71,6 +71,27 @@ pub fn run(cmd: &mut Command, hint: &str) -> Result<()> {
     Ok(())
 }
 
+/// Echoes and runs `cmd` with stdout and stderr captured together; returns
+/// that text, or prints it and fails with `hint` unless it exits 0 (for
+/// tools whose report we parse).
+pub fn combined(cmd: &mut Command, hint: &str) -> Result<String> {
+    echo(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| spawn_error(cmd))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        println!("{text}");
+        bail!("`{}` failed ({}); {hint}", display(cmd), out.status);
+    }
+    Ok(text)
+}
+
 /// Runs `cmd` quietly and returns its stdout; fails (with its stderr) unless
 /// it exits 0.
 pub fn output(cmd: &mut Command) -> Result<String> {

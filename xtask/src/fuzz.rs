@@ -6,7 +6,7 @@
 //! `fuzz/regressions/kernel` itself). `cargo xtask test` runs it for a few
 //! seconds per target; docs/fuzzing.md says how to run for longer.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
@@ -118,24 +118,11 @@ fn run_kernel(root: &Path, seconds: u64) -> Result<RunStats> {
         ])
         .env("NETISO_KFUZZ_SECONDS", seconds.to_string())
         .env("RUST_BACKTRACE", "1");
-    cmd::echo(&c);
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .context("running the kernel fuzzer")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        println!("{text}");
-        bail!(
-            "the kernel fuzzer found a crossing or failed ({}): see the report above; \
-             new regression files are under fuzz/regressions/kernel/",
-            out.status
-        );
-    }
+    let text = cmd::combined(
+        &mut c,
+        "the kernel fuzzer found a crossing or failed: see the report above; \
+         new regression files are under fuzz/regressions/kernel/",
+    )?;
     Ok(parse_kernel_stats(&text))
 }
 
@@ -229,25 +216,14 @@ pub fn fuzz(root: &Path, args: FuzzArgs) -> Result<()> {
         if args.jobs > 1 {
             c.arg(format!("-fork={}", args.jobs));
         }
-        cmd::echo(&c);
         let started = Instant::now();
-        let out = c
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running cargo fuzz run {t}"))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            println!("{text}");
-            bail!(
-                "fuzz target {t} failed ({}); the input that broke it is under fuzz/artifacts/{t}/ \
-                 (replay: cd fuzz && cargo +nightly fuzz run {t} fuzz/artifacts/{t}/<file>)",
-                out.status
-            );
-        }
+        let text = cmd::combined(
+            &mut c,
+            &format!(
+                "the input that broke it is under fuzz/artifacts/{t}/ \
+                 (replay: cd fuzz && cargo +nightly fuzz run {t} fuzz/artifacts/{t}/<file>)"
+            ),
+        )?;
         let mut stats = parse_stats(&text);
         if stats.seconds == 0 {
             stats.seconds = started.elapsed().as_secs();
