@@ -341,6 +341,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             generation,
         });
         self.publish_reload();
+        trim_heap();
         r
     }
 
@@ -471,3 +472,16 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
 
 #[cfg(test)]
 mod tests;
+
+/// Hands memory freed by a reload or the first resync back to the kernel.
+/// glibc keeps freed chunks in its arenas (one per thread that allocated),
+/// so the parse tree and compile tables of a big policy stayed resident
+/// after they were dropped: 92 MiB with a 10 000-rule policy.
+pub(super) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes a plain integer and only walks glibc's own
+    // free lists, under its own locks; no pointer of ours is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

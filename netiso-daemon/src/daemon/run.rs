@@ -90,6 +90,7 @@ pub async fn run(opts: Options) -> Result<()> {
             let status = format!("STATUS=enforcing; {} containers", d.containers.len());
             if !ready {
                 ready = true;
+                super::reconcile::trim_heap();
                 notify_logged(&format!("READY=1\n{status}"));
             } else {
                 notify_logged(&status);
