@@ -32,8 +32,8 @@ pub fn netiso_bin() -> PathBuf {
 /// is `netiso` or a wrapper that execs it. The machine's configuration,
 /// socket and metrics port are never used: unless `args` name `--config`
 /// (a test that brings its own file sets them there), an empty
-/// configuration, the socket in the state directory and, unless `args` name
-/// `--metrics-addr`, no metrics endpoint.
+/// configuration and, unless `args` name them, the socket in the state
+/// directory and no metrics endpoint.
 pub fn daemon_command(
     mut program: Command,
     pins: &Path,
@@ -54,16 +54,25 @@ pub fn daemon_command(
         .stderr(log.try_clone().expect("dup the log file"));
     let named = |flag: &str| args.iter().any(|a| a == flag);
     if !named("--config") {
-        program
-            .arg("--config")
-            .arg(crate::ops::empty_config())
-            .arg("--socket")
-            .arg(state_dir.join("netiso.sock"));
+        program.arg("--config").arg(empty_config());
+        if !named("--socket") {
+            program.arg("--socket").arg(state_dir.join("netiso.sock"));
+        }
         if !named("--metrics-addr") {
             program.args(["--metrics-addr", "off"]);
         }
     }
     program
+}
+
+/// An empty configuration file, so that tests never read the machine's
+/// /etc/netiso/netiso.toml.
+pub fn empty_config() -> PathBuf {
+    let p = std::env::temp_dir().join("netiso-test-empty-config.toml");
+    if !p.exists() {
+        std::fs::write(&p, "# every key at its default\n").unwrap();
+    }
+    p
 }
 
 /// A `netiso daemon` process started by the test, with its own pin and

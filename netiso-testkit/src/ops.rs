@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use netiso_daemon::observe::state::State;
 
+pub use crate::daemon::empty_config;
 use crate::{netiso_bin, PinDir};
 
 /// A `netiso daemon` that survives its process: the pin and state
@@ -188,16 +189,6 @@ impl Drop for Netiso {
             let _ = c.wait();
         }
     }
-}
-
-/// An empty configuration file, so that tests never read the machine's
-/// /etc/netiso/netiso.toml.
-pub fn empty_config() -> PathBuf {
-    let p = std::env::temp_dir().join("netiso-test-empty-config.toml");
-    if !p.exists() {
-        std::fs::write(&p, "# every key at its default\n").unwrap();
-    }
-    p
 }
 
 /// The ifindexes of one container's endpoints in a state.
