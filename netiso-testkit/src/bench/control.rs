@@ -714,7 +714,7 @@ pub fn run(opts: &Options) -> Result<Section> {
             "first reload",
             format!("from the start-up policy: {} ms", fmt_num(reload[0])),
         )
-        .target("every reload ≤ 1 s", worst <= 1000.0),
+        .target("every reload ≤ 300 ms", worst <= 300.0),
     );
     sec.figures.push(Figure::new(
         "control.reload.cpu",
