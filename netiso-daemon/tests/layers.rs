@@ -278,3 +278,52 @@ fn every_crate_holds_the_workspace_lints() {
         "fuzz/Cargo.toml's [lints] must equal [workspace.lints]"
     );
 }
+
+/// ARCHITECTURE.md names every module of every crate (by its file name,
+/// or its folder for a folder of one concern such as the bench harness):
+/// a new file without a line there fails here.
+#[test]
+fn architecture_names_every_module() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let crates = [
+        "netiso-common",
+        "netiso-ebpf",
+        "netiso-policy",
+        "netiso-daemon",
+        "netiso-testkit",
+        "xtask",
+    ];
+    let mut missing = Vec::new();
+    for krate in crates {
+        let src = root.join(krate).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        for (full, _) in files {
+            let rel = Path::new(&full)
+                .strip_prefix(&src)
+                .unwrap()
+                .display()
+                .to_string();
+            let path = Path::new(&rel);
+            let name = path.file_name().unwrap().to_str().unwrap();
+            if ["lib.rs", "main.rs", "mod.rs"].contains(&name) {
+                continue;
+            }
+            let folder = path
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|f| format!("`{}/`", f.to_str().unwrap()));
+            let named = doc.contains(&format!("`{name}`"))
+                || doc.contains(&format!("`{rel}`"))
+                || folder.is_some_and(|f| doc.contains(&f));
+            if !named {
+                missing.push(format!("{krate}/src/{rel}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md does not name these modules: {missing:?}"
+    );
+}
