@@ -304,6 +304,20 @@ fn csum6(mut frame: Vec<u8>) -> Vec<u8> {
     frame
 }
 
+/// MLD's one hop-by-hop header as Linux sends it (router alert, PadN),
+/// then `rest`.
+fn ra(next: u8, rest: &[u8]) -> Vec<u8> {
+    [&[next, 0, 5, 2, 0, 0, 1, 0][..], rest].concat()
+}
+
+/// An MLDv2 report as a container's kernel sends it: one record (change to
+/// exclude, i.e. join ff02::fb), no sources, no auxiliary data.
+fn mld2_report() -> Vec<u8> {
+    let mut m = vec![143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0];
+    m.extend_from_slice(&"ff02::fb".parse::<Ipv6Addr>().unwrap().octets());
+    m
+}
+
 /// Fills in the checksum of an IGMP message in an IPv4 frame.
 fn csum_igmp(mut frame: Vec<u8>) -> Vec<u8> {
     let l4 = 14 + (frame[14] & 0x0f) as usize * 4;
@@ -579,6 +593,74 @@ fn a_published_port_is_judged_as_the_container_behind_it() {
     assert_eq!(k.dst_identity, netiso_common::identity::HOST);
 }
 
+/// A broadcast or multicast datagram reaches the host as well, where a
+/// published UDP port (docker-proxy on the wildcard address) relays it to
+/// the container behind: it is judged as reaching that container, as a
+/// unicast to the host's port is (found by review: it was judged as the
+/// host only, so a container that may reach the host reached any
+/// container behind a published UDP port).
+#[test]
+fn a_broadcast_or_multicast_to_a_published_port_is_judged_as_the_container_behind_it() {
+    let mut d = desired(DENY_BOTH);
+    let published = |port: u16, behind: u16| {
+        (
+            netiso_common::PublishedKey {
+                port,
+                proto: proto::UDP,
+                slot: 0,
+            },
+            netiso_common::PublishedValue {
+                identity: ID_B,
+                flags: 0,
+                port: behind,
+                _pad: [0; 2],
+            },
+        )
+    };
+    // 30053 is B's 53/udp (A may reach it), 30009 is B's 9/udp (A may not).
+    for (k, v) in [published(30053, 53), published(30009, 9)] {
+        d.published.insert(k, v);
+    }
+    let mut f = Fixture::with(d);
+    let datagram = |dst: Ipv4Addr, mac: [u8; 6], dport: u16| {
+        eth(
+            MAC_A,
+            mac,
+            0x0800,
+            &ipv4(A, dst, 17, 1, 0, &udp(40000, dport, b"x")),
+        )
+    };
+    let all_hosts = Ipv4Addr::new(224, 0, 0, 1);
+    let mc_mac = [0x01, 0, 0x5e, 0, 0, 1];
+    for (dst, mac) in [(Ipv4Addr::BROADCAST, BCAST), (all_hosts, mc_mac)] {
+        // A's egress default denies the host: without the published port,
+        // denied; through B's published 53/udp, allowed as A -> B:53.
+        assert_eq!(
+            f.run(OUT, &datagram(dst, mac, 30054)),
+            tc::ACT_SHOT,
+            "{dst}:30054"
+        );
+        assert_eq!(
+            f.run(OUT, &datagram(dst, mac, 30053)),
+            tc::PASS,
+            "{dst}:30053"
+        );
+        assert_eq!(
+            f.run(OUT, &datagram(dst, mac, 30009)),
+            tc::ACT_SHOT,
+            "{dst}:30009"
+        );
+    }
+    let rows = f.flows();
+    let (k, _) = rows.iter().find(|(k, _)| k.dport == 30009).expect("a row");
+    assert_eq!(
+        (k.dst_identity, k.reason),
+        (ID_B, DropReason::DefaultDeny as u8)
+    );
+    let (k, _) = rows.iter().find(|(k, _)| k.dport == 30054).expect("a row");
+    assert_eq!(k.dst_identity, netiso_common::identity::HOST);
+}
+
 #[test]
 fn allow_defaults_pass_unknown_peers() {
     let mut f = Fixture::new(0);
@@ -782,6 +864,36 @@ fn fragments_follow_their_first_fragment() {
     );
     assert_eq!(f.run(OUT, &orphan), tc::ACT_SHOT);
     assert_eq!(f.dropped(DropReason::Fragment), 2);
+
+    // A datagram whose first fragment passed under the old policy: after a
+    // reload its later fragments are dropped, whatever the new policy says
+    // (found by review: they followed the old verdict, so fragments staged
+    // before a revoking reload still completed their datagram after it).
+    let first_old = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 17, 80, 0x2000, &udp(5000, 53, &[0; 16])),
+    );
+    let later_old = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, B, 17, 80, 3, &[0; 16]),
+    );
+    assert_eq!(f.run(OUT, &first_old), tc::PASS);
+    let mut d = desired(DENY_BOTH);
+    d.policy
+        .retain(|k, _| !(k.proto == proto::UDP && k.dport == 53));
+    let dp = f.dp.take().unwrap();
+    let dp = f.ns.run(move || {
+        let mut dp = dp;
+        assert!(dp.apply(&d).expect("apply").switched);
+        dp
+    });
+    f.dp = Some(dp);
+    assert_eq!(f.run(OUT, &later_old), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::Fragment), 3);
 }
 
 #[test]
@@ -909,7 +1021,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
                 ll_a,
                 "ff02::16".parse().unwrap(),
                 0,
-                &ext8(58, &icmpv6(143)),
+                &ra(58, &mld2_report()),
             ),
             1,
         ),
@@ -921,6 +1033,26 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
             "control message {i} leaving A"
         );
     }
+    // Unicast neighbour discovery goes to a link-local address or a node
+    // netiso knows (a solicitation checking that B is still there, B's
+    // answer). Addressed to anyone else, the host routes it on: a channel
+    // out of a container whose egress is denied (found by review).
+    let nud_b = hop(ipv6(A6, B6, 58, &nd(135, B6, &lla(1, MAC_A))), 255);
+    assert_eq!(f.run(OUT, &out(nud_b)), tc::PASS, "A checks B by unicast");
+    let before = f.dropped(DropReason::Control);
+    let off_link: Ipv6Addr = "2001:db8:6e74:1::42".parse().unwrap();
+    // A solicitation about the far address, and an advertisement of A's
+    // own address sent to it: both well formed, both for the link only.
+    let ns_far = hop(
+        ipv6(A6, off_link, 58, &nd(135, off_link, &lla(1, MAC_A))),
+        255,
+    );
+    let na_far = hop(ipv6(A6, off_link, 58, &nd(136, A6, &lla(2, MAC_A))), 255);
+    assert_eq!(f.run(OUT, &out(ns_far)), tc::ACT_SHOT, "NS off the link");
+    assert_eq!(f.run(OUT, &out(na_far)), tc::ACT_SHOT, "NA off the link");
+    let p = hop(ipv6(A6, WORLD6, 58, &nd(135, WORLD6, &lla(1, MAC_A))), 255);
+    assert_eq!(f.run(OUT, &out(p)), tc::ACT_SHOT, "ND to the world");
+    assert_eq!(f.dropped(DropReason::Control), before + 3);
     let good_in = [
         hop(
             ipv6(
@@ -940,7 +1072,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
                 "fe80::1".parse().unwrap(),
                 "ff02::1".parse().unwrap(),
                 0,
-                &ext8(
+                &ra(
                     58,
                     &[
                         130, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -955,7 +1087,20 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
     }
     // Anything else: wrong hop limit, extra options or bytes, routers,
     // other people's addresses, reports into containers.
+    let mld_routers: Ipv6Addr = "ff02::16".parse().unwrap();
+    let report_with = |hbh: Vec<u8>| hop(ipv6(ll_a, mld_routers, 0, &hbh), 1);
     let bad_out = [
+        // MLDv2 reports carried any bytes after their header, and any
+        // hop-by-hop options (found by review): now only the exact form.
+        report_with(ext8(58, &mld2_report())),
+        report_with(ra(58, &[&mld2_report()[..], MARKER].concat())),
+        report_with(ra(58, &{
+            let mut r = mld2_report();
+            r[9] = 1; // one word of auxiliary data
+            [&r[..], &[1, 2, 3, 4]].concat()
+        })),
+        report_with(ra(58, &icmpv6(143))),
+        report_with(ra(60, &ra(58, &mld2_report()))),
         hop(ipv6(ll_a, frames::solicited_node(B6), 58, &ns_b), 64),
         hop(
             ipv6(
@@ -991,7 +1136,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
                 ll_a,
                 "ff02::16".parse().unwrap(),
                 0,
-                &ext8(58, &icmpv6(143)),
+                &ra(58, &mld2_report()),
             ),
             64,
         ),
@@ -1044,7 +1189,7 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
                 ll_b,
                 "ff02::16".parse().unwrap(),
                 0,
-                &ext8(58, &icmpv6(143)),
+                &ra(58, &mld2_report()),
             ),
             1,
         ),
@@ -1058,8 +1203,10 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
         );
     }
     // A solicitation for B and a report for the router entering A are the
-    // link's chatter (not for A); the rest are malformed.
-    assert_eq!(f.dropped(DropReason::Control), 13);
+    // link's chatter (not for A); the rest are malformed (13, and 5 MLDv2
+    // reports not in their exact form), or neighbour discovery off the
+    // link (3, above).
+    assert_eq!(f.dropped(DropReason::Control), 13 + 5 + 3);
     assert_eq!(f.dropped(DropReason::NotForEndpoint), 2);
     // Only A's own sources, link-local included.
     let forged_ll = hop(
@@ -1124,12 +1271,37 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
         ),
         tc::PASS
     );
+    // An IGMPv3 report as a container's kernel sends it: one record
+    // (change to exclude, i.e. join), no sources, no auxiliary data.
+    let record = |ty: u8, aux: u8, nsrc: u8| [ty, aux, 0, nsrc, 224, 0, 0, 251];
+    let v3_report = |records: &[[u8; 8]], extra: &[u8]| {
+        let mut m = vec![0x22, 0, 0, 0, 0, 0, 0, records.len() as u8];
+        for r in records {
+            m.extend_from_slice(r);
+        }
+        m.extend_from_slice(extra);
+        m
+    };
+    let join = v3_report(&[record(4, 0, 0)], &[]);
     assert_eq!(
         f.run(
             OUT,
-            &eth(MAC_A, BCAST, 0x0800, &igmp(A, group, 1, &[0x22; 8]))
+            &csum_igmp(eth(MAC_A, BCAST, 0x0800, &igmp(A, group, 1, &join)))
         ),
         tc::PASS
+    );
+    let two = v3_report(&[record(4, 0, 0), record(3, 0, 0)], &[]);
+    assert_eq!(
+        f.run(
+            OUT,
+            &csum_igmp(eth(MAC_A, BCAST, 0x0800, &igmp(A, group, 1, &two)))
+        ),
+        tc::PASS
+    );
+    // The same with a wrong checksum: bits of the sender's choosing.
+    assert_eq!(
+        f.run(OUT, &eth(MAC_A, BCAST, 0x0800, &igmp(A, group, 1, &join))),
+        tc::ACT_SHOT
     );
     let query = [0x11, 100, 0, 0, 0, 0, 0, 0];
     assert_eq!(
@@ -1147,6 +1319,27 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
         (OUT, igmp(A, all, 1, &query)),
         (IN, igmp(B, group, 1, &v2_report)),
         (IN, igmp(B, all, 1, &[&query[..], MARKER].concat())),
+        // IGMPv3 reports carried any bytes after their header (found by
+        // review): now only their exact form leaves.
+        (OUT, igmp(A, group, 1, &[0x22; 8])),
+        (
+            OUT,
+            igmp(A, group, 1, &v3_report(&[record(4, 0, 0)], MARKER)),
+        ),
+        (
+            OUT,
+            igmp(A, group, 1, &v3_report(&[record(4, 0, 1)], &[1, 2, 3, 4])),
+        ),
+        (
+            OUT,
+            igmp(A, group, 1, &v3_report(&[record(4, 1, 0)], &[1, 2, 3, 4])),
+        ),
+        (OUT, igmp(A, group, 1, &v3_report(&[record(9, 0, 0)], &[]))),
+        (OUT, igmp(A, group, 1, &v3_report(&[], &[]))),
+        (
+            OUT,
+            igmp(A, group, 1, &v3_report(&[record(4, 0, 0); 9], &[])),
+        ),
     ];
     for (i, (prog, p)) in bad_igmp.into_iter().enumerate() {
         assert_eq!(
@@ -1155,7 +1348,9 @@ fn ipv6_control_is_checked_and_l4_is_found_behind_extension_headers() {
             "bad IGMP {i}"
         );
     }
-    assert_eq!(f.dropped(DropReason::Control), 18);
+    // 18 as before, 5 MLDv2 reports, 3 neighbour discovery off the link,
+    // 1 + 7 IGMPv3 reports.
+    assert_eq!(f.dropped(DropReason::Control), 18 + 5 + 3 + 1 + 7);
     assert_eq!(f.dropped(DropReason::NotForEndpoint), 3);
 }
 
@@ -1250,7 +1445,7 @@ fn link_layer_destination_and_control_details_are_checked() {
             frames::MAC_B,
             [0; 6],
             0x86dd,
-            &hop(ipv6("fe80::1".parse().unwrap(), dst, 0, &ext8(58, &m)), 1),
+            &hop(ipv6("fe80::1".parse().unwrap(), dst, 0, &ra(58, &m)), 1),
         ))
     };
     let all: Ipv6Addr = "ff02::1".parse().unwrap();

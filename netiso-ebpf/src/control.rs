@@ -148,6 +148,19 @@ fn fold(mut s: u64) -> u16 {
     s as u16
 }
 
+/// `p.l4_off` bounded for the verifier: it comes back from the scratch
+/// map unbounded, and pointer arithmetic needs a bound. Every control
+/// message starts within the first 128 bytes (a plain IPv6 header ends at
+/// 54, one hop-by-hop header later at 62, an IPv4 one by 74).
+#[inline(always)]
+fn l4_of(p: &Packet) -> Option<usize> {
+    if p.l4_off > 120 {
+        None
+    } else {
+        Some(p.l4_off & 0x7f)
+    }
+}
+
 /// Whether the ICMPv6 message of `len` bytes at `p.l4_off` has a correct
 /// checksum (over the pseudo header and the message): a wrong one would be
 /// bits of the sender's choosing that the receiver's raw sockets still see.
@@ -171,6 +184,9 @@ fn icmpv6_csum_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
         28 => sum::<28>(ctx, l4, addrs),
         32 => sum::<32>(ctx, l4, addrs),
         40 => sum::<40>(ctx, l4, addrs),
+        48 => sum::<48>(ctx, l4, addrs),
+        68 => sum::<68>(ctx, l4, addrs),
+        88 => sum::<88>(ctx, l4, addrs),
         _ => None,
     };
     let Some(msg) = msg else {
@@ -238,7 +254,9 @@ fn nd_ok(ctx: &TcContext, p: &Packet, ep: &Endpoint, dir: Direction, foreign: &m
     if p.family != family::V6 || p.hop_limit != 255 || p.ext_headers || !plain_v6_header(ctx) {
         return false;
     }
-    let l4 = p.l4_off;
+    let Some(l4) = l4_of(p) else {
+        return false;
+    };
     let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
         return false;
     };
@@ -360,13 +378,23 @@ fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> bo
     if !(link_local(&p.saddr) || (p.icmp_type == 143 && p.saddr == [0; 16])) {
         return false;
     }
+    // MLD goes with exactly one hop-by-hop header: a router alert and two
+    // bytes of padding, as Linux sends it; nothing else may ride along.
+    if p.l4_off != ETH_HLEN + 40 + 8
+        || !matches!(ptr_at::<[u8; 8]>(ctx, ETH_HLEN + 40),
+            // SAFETY: ptr_at checked that the 8-byte hop-by-hop header lies
+            // inside the linear packet data; a byte array, read at once.
+            Some(h) if (unsafe { *h }) == [58, 0, 5, 2, 0, 0, 1, 0])
+    {
+        return false;
+    }
     let len = p.l3_end.saturating_sub(p.l4_off);
     // Reports entering a container are meant for the router: well formed,
     // they are the link's chatter, dropped as not for this endpoint.
     *foreign = dir == Direction::Ingress;
     let shape = match (p.icmp_type, dir) {
         (131 | 132, _) => len == 24,
-        (143, _) => len >= 8,
+        (143, _) => mldv2_report_ok(ctx, p, len),
         (130, Direction::Ingress) => {
             *foreign = false;
             (len == 24 || (len == 28 && sources_zero(ctx, p, 26)))
@@ -376,6 +404,48 @@ fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> bo
         _ => false,
     };
     shape && tail_ok(ctx, p.l3_end)
+}
+
+/// Group records an MLDv2 report may carry here.
+const MLDV2_MAX_RECORDS: usize = 4;
+
+/// An MLDv2 report in its exact form: 1 to `MLDV2_MAX_RECORDS` records,
+/// each a multicast group with no sources and no auxiliary data, nothing
+/// after them, a correct checksum.
+#[inline(always)]
+fn mldv2_report_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
+    let Some(l4) = l4_of(p) else {
+        return false;
+    };
+    let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked that the 8-byte report header lies inside the
+    // linear packet data; a byte array, copied out at once.
+    let h = unsafe { *h };
+    if h[1] != 0 || h[4] != 0 || h[5] != 0 {
+        return false;
+    }
+    let records = usize::from(u16::from_be_bytes([h[6], h[7]]));
+    if records == 0 || records > MLDV2_MAX_RECORDS || len != 8 + 20 * records {
+        return false;
+    }
+    for i in 0..MLDV2_MAX_RECORDS {
+        if i >= records {
+            break;
+        }
+        let Some(r) = ptr_at::<[u8; 5]>(ctx, l4 + 8 + 20 * i) else {
+            return false;
+        };
+        // SAFETY: ptr_at checked that the record's first 5 bytes lie inside
+        // the linear packet data; a byte array, copied out at once.
+        let r = unsafe { *r };
+        // Record type 1..=6, no auxiliary data, no sources, a multicast group.
+        if !(1..=6).contains(&r[0]) || r[1] != 0 || r[2] != 0 || r[3] != 0 || r[4] != 0xff {
+            return false;
+        }
+    }
+    icmpv6_csum_ok(ctx, p, len)
 }
 
 /// A query goes to all nodes (a general query) or to the group it asks
@@ -408,28 +478,87 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> b
     if p.family != family::V4 || p.hop_limit != 1 || p.daddr[0] & 0xf0 != 0xe0 {
         return false;
     }
-    let l4 = p.l4_off;
+    let Some(l4) = l4_of(p) else {
+        return false;
+    };
     // Every IGMP message has at least 8 bytes.
     let Some(h) = ptr_at::<[u8; 8]>(ctx, l4) else {
         return false;
     };
     // SAFETY: ptr_at checked that the 8-byte IGMP header lies inside the
-    // linear packet data; a byte array, its first byte read at once.
-    let ty = unsafe { (*h)[0] };
+    // linear packet data; a byte array, copied out at once (every field
+    // below is read from this copy, not from the packet again).
+    let h = unsafe { *h };
     let len = p.l3_end.saturating_sub(p.l4_off);
     *foreign = dir == Direction::Ingress;
-    let shape = match (ty, dir) {
+    let shape = match (h[0], dir) {
         (0x12 | 0x16 | 0x17, _) => len == 8,
-        (0x22, _) => len >= 8,
+        (0x22, _) => igmpv3_report_ok(ctx, l4, &h, len),
         (0x11, Direction::Ingress) => {
             *foreign = false;
-            (len == 8 || (len == 12 && sources_zero(ctx, p, 10)))
-                && query_destination_ok(ctx, p, 4, 4)
-                && igmp_csum_ok(ctx, p, len)
+            let group = [h[4], h[5], h[6], h[7]];
+            // A general query goes to all hosts, a group query to its group.
+            let dest_ok =
+                (p.daddr[..4] == [224, 0, 0, 1] && group == [0; 4]) || p.daddr[..4] == group;
+            let sources_ok = len == 8
+                || (len == 12
+                    && ptr_at::<[u8; 12]>(ctx, l4)
+                        // SAFETY: ptr_at checked that the 12-byte IGMPv3
+                        // query lies inside the linear packet data; a byte
+                        // array, its source count read at once.
+                        .is_some_and(|q| unsafe { (*q)[10] == 0 && (*q)[11] == 0 }));
+            dest_ok && sources_ok && igmp_csum_ok(ctx, p, len)
         }
         _ => false,
     };
     shape && tail_ok(ctx, p.l3_end)
+}
+
+/// Group records an IGMPv3 report may carry here (a container joins few
+/// groups; a report of more is dropped as malformed control).
+const IGMPV3_MAX_RECORDS: usize = 8;
+
+/// An IGMPv3 membership report in its exact form: 1 to
+/// `IGMPV3_MAX_RECORDS` group records, each a multicast group with no
+/// sources and no auxiliary data (what a container's kernel sends when it
+/// joins or leaves a group), nothing after them, a correct checksum. So a
+/// report carries no bytes of the sender's choosing beyond group addresses.
+#[inline(always)]
+fn igmpv3_report_ok(ctx: &TcContext, l4: usize, h: &[u8; 8], len: usize) -> bool {
+    if h[1] != 0 || h[4] != 0 || h[5] != 0 {
+        return false;
+    }
+    let records = usize::from(u16::from_be_bytes([h[6], h[7]]));
+    if records == 0 || records > IGMPV3_MAX_RECORDS || len != 8 + 8 * records {
+        return false;
+    }
+    for i in 0..IGMPV3_MAX_RECORDS {
+        if i >= records {
+            break;
+        }
+        let Some(r) = ptr_at::<[u8; 8]>(ctx, l4 + 8 + 8 * i) else {
+            return false;
+        };
+        // SAFETY: ptr_at checked that the 8-byte group record lies inside the
+        // linear packet data; a byte array, copied out at once.
+        let r = unsafe { *r };
+        // Record type 1..=6, no auxiliary data, no sources, a multicast group.
+        if !(1..=6).contains(&r[0]) || r[1] != 0 || r[2] != 0 || r[3] != 0 || r[4] & 0xf0 != 0xe0 {
+            return false;
+        }
+    }
+    let s = match records {
+        1 => sum::<16>(ctx, l4, 0),
+        2 => sum::<24>(ctx, l4, 0),
+        3 => sum::<32>(ctx, l4, 0),
+        4 => sum::<40>(ctx, l4, 0),
+        5 => sum::<48>(ctx, l4, 0),
+        6 => sum::<56>(ctx, l4, 0),
+        7 => sum::<64>(ctx, l4, 0),
+        8 => sum::<72>(ctx, l4, 0),
+        _ => None,
+    };
+    s.is_some_and(|s| fold(u64::from(s)) == 0xffff)
 }
 
 /// The two-byte source count at `at` (from the L4 header) is zero.

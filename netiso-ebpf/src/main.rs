@@ -182,6 +182,19 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
     }
     if pkt.control != Control::None {
+        // Neighbour discovery is for the link: a unicast one leaving a
+        // container goes to a link-local address or to a node netiso knows
+        // (the host, a container). Addressed to anyone else, the host would
+        // route it on: a channel out that no policy judges.
+        if dir == Direction::Egress
+            && pkt.control == Control::Nd
+            && unicast
+            && !control::link_local(&pkt.daddr)
+            && eval.known(&pkt.daddr).is_none()
+        {
+            name_peer(&eval, pkt, unicast, dir, &mut v);
+            return drop(ctx, settings, &mut v, DropReason::Control, 0);
+        }
         let reason = match control::control_check(ctx, pkt, ep, dir) {
             Check::Pass => return tc::PASS,
             Check::Foreign => DropReason::NotForEndpoint,
@@ -194,9 +207,13 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     if pkt.later_fragment {
         // Later fragments carry no ports: they follow the verdict this
         // endpoint gave the first fragment, and are dropped without one.
-        // SAFETY: only whether the entry exists is used; the value (a Pod
-        // u32) is never read.
-        if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some() {
+        // ... and only under the policy that judged it: after a reload the
+        // port the verdict was about is unknown, so they are dropped (the
+        // datagram is lost, never let through unjudged).
+        // SAFETY: FRAGS values are Pod u32 (the policy generation), copied
+        // out at once; an entry replaced meanwhile can at worst read as
+        // another entry's value (maps.rs).
+        if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some_and(|g| *g == generation) {
             return tc::PASS;
         }
         name_peer(&eval, pkt, unicast, dir, &mut v);
@@ -295,7 +312,12 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     } else if unicast {
         eval.destination(&pkt.daddr, pkt.policy_port)
     } else {
-        ((identity::HOST, 0), pkt.policy_port)
+        // The host receives a broadcast or multicast too, and a port it
+        // publishes relays it to the container behind it (docker-proxy
+        // listens on the wildcard address): judged as reaching that
+        // container, exactly as a unicast to the host's port is.
+        eval.published(pkt.policy_port)
+            .unwrap_or(((identity::HOST, 0), pkt.policy_port))
     };
     let d = eval.run(dir, peer, port);
     v.src = d.src;

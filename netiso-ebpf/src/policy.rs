@@ -88,20 +88,30 @@ impl Eval {
     #[inline(always)]
     pub fn destination(&self, addr: &[u8; 16], port: u16) -> ((u32, u32), u16) {
         let peer = self.peer_identity(addr);
-        if peer.0 == identity::HOST && (self.proto == proto::TCP || self.proto == proto::UDP) {
-            let key = PublishedKey {
-                port,
-                proto: self.proto,
-                slot: self.slot,
-            };
-            // SAFETY: PublishedValue is Pod and its fields are copied out at
-            // once; an entry the daemon replaces meanwhile can at worst read
-            // as another entry's bytes (maps.rs).
-            if let Some(p) = unsafe { PUBLISHED.get(&key) } {
-                return ((p.identity, p.flags), p.port);
+        if peer.0 == identity::HOST {
+            if let Some(behind) = self.published(port) {
+                return behind;
             }
         }
         (peer, port)
+    }
+
+    /// The container behind a TCP or UDP port the host publishes, with its
+    /// own port, if `port` is one.
+    #[inline(always)]
+    pub fn published(&self, port: u16) -> Option<((u32, u32), u16)> {
+        if !(self.proto == proto::TCP || self.proto == proto::UDP) {
+            return None;
+        }
+        let key = PublishedKey {
+            port,
+            proto: self.proto,
+            slot: self.slot,
+        };
+        // SAFETY: PublishedValue is Pod and its fields are copied out at
+        // once; an entry the daemon replaces meanwhile can at worst read as
+        // another entry's bytes (maps.rs).
+        unsafe { PUBLISHED.get(&key) }.map(|p| ((p.identity, p.flags), p.port))
     }
 
     /// Judges a flow between the local endpoint and a peer of the given

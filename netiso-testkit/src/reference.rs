@@ -535,10 +535,30 @@ fn igmp_ok(f: &[u8], p: &Ip, leaving: bool) -> bool {
     }
     let len = p.end - p.l4;
     match f[p.l4] {
-        0x12 | 0x16 | 0x17 | 0x22 => leaving,
+        0x12 | 0x16 | 0x17 => leaving,
+        0x22 => leaving && report_ok(&f[p.l4..p.end], 8, 8, 0xe0),
         0x11 => !leaving && (len == 8 || (len == 12 && f[p.l4 + 10..p.l4 + 12] == [0, 0])),
         _ => false,
     }
+}
+
+/// An IGMPv3 / MLDv2 report `m` in its exact form: 1 to `max` records of
+/// `size` bytes, each of type 1..=6 with no auxiliary data and no sources
+/// about a group whose first byte is `group` (masked by 0xf0 for IPv4),
+/// nothing after them. (Checksums are the kernel's business here: a
+/// reference may let more pass, never less.)
+fn report_ok(m: &[u8], max: usize, size: usize, group: u8) -> bool {
+    if m.len() < 8 || m[1] != 0 || m[4] != 0 || m[5] != 0 {
+        return false;
+    }
+    let n = usize::from(be16(m, 6));
+    if n == 0 || n > max || m.len() != 8 + size * n {
+        return false;
+    }
+    m[8..].chunks(size).all(|r| {
+        let g = if group == 0xff { r[4] } else { r[4] & 0xf0 };
+        (1..=6).contains(&r[0]) && r[1] == 0 && r[2] == 0 && r[3] == 0 && g == group
+    })
 }
 
 /// Neighbour discovery: hop limit 255, a fixed part, then only
@@ -586,9 +606,14 @@ fn mld_ok(f: &[u8], p: &Ip, leaving: bool) -> bool {
     if p.hops != 1 || !(link_local_src || (ty == 143 && p.src == [0; 16])) {
         return false;
     }
+    // One hop-by-hop header: router alert and padding, nothing else.
+    if p.l4 != 62 || f[54..62] != [58, 0, 5, 2, 0, 0, 1, 0] {
+        return false;
+    }
     let len = p.end - p.l4;
     match ty {
-        131 | 132 | 143 => leaving,
+        131 | 132 => leaving,
+        143 => leaving && report_ok(&f[p.l4..p.end], 4, 20, 0xff),
         130 => !leaving && (len == 24 || (len == 28 && f[p.l4 + 26..p.l4 + 28] == [0, 0])),
         _ => false,
     }
