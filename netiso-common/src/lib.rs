@@ -89,6 +89,12 @@ pub mod identity {
     pub const WORLD: u32 = 2;
     /// A container that is in no group.
     pub const UNMANAGED: u32 = 3;
+    /// What a host port published for two different containers (or two
+    /// container ports) stands for: published ports are keyed by port, not
+    /// by host address, so netiso cannot tell which container a packet to
+    /// that port reaches. No rule names it and it denies ingress, so
+    /// reaching that port through the host is denied to everyone.
+    pub const AMBIGUOUS_PUBLISHED: u32 = 4;
     pub const FIRST_GROUP_IDENTITY: u32 = 256;
 }
 

@@ -718,6 +718,26 @@ fn malformed_headers_are_dropped_with_a_reason() {
     assert_eq!(f.run(OUT, &short_udp), tc::ACT_SHOT);
     assert_eq!(f.dropped(DropReason::MalformedL3), 2);
     assert_eq!(f.dropped(DropReason::MalformedL4), 2);
+
+    // Ports are read inside the IP packet only: a packet that ends after
+    // 4 bytes of its UDP header, with a whole header (of an allowed port)
+    // in the frame's trailer behind it (found by review: the ports came
+    // from the trailer). The same for TCP, and for IPv6.
+    let mut g = Fixture::new(DENY_BOTH);
+    for (proto, l4) in [(17u8, udp(5000, 53, &[0; 8])), (6, tcp(5000, 80, SYN))] {
+        let mut cut = ipv4(A, B, proto, 1, 0, &l4);
+        cut[2..4].copy_from_slice(&24u16.to_be_bytes());
+        let frame = eth(MAC_A, frames::MAC_B, 0x0800, &cut);
+        assert_eq!(g.run(OUT, &frame), tc::ACT_SHOT, "proto {proto} cut at 24");
+        // The whole packet passes (the port is allowed).
+        let whole = eth(MAC_A, frames::MAC_B, 0x0800, &ipv4(A, B, proto, 2, 0, &l4));
+        assert_eq!(g.run(OUT, &whole), tc::PASS, "proto {proto} whole");
+    }
+    let mut cut6 = ipv6(A6, B6, 17, &udp(5000, 53, &[0; 8]));
+    cut6[4..6].copy_from_slice(&4u16.to_be_bytes());
+    let frame = eth(MAC_A, frames::MAC_B, 0x86dd, &cut6);
+    assert_eq!(g.run(OUT, &frame), tc::ACT_SHOT, "udp6 cut at 4");
+    assert_eq!(g.dropped(DropReason::MalformedL4), 3);
 }
 
 const BCAST: [u8; 6] = [0xff; 6];

@@ -308,6 +308,17 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
     } else {
         proto::ICMPV6
     };
+    // The header must lie inside the IP packet, not only inside the frame:
+    // bytes after the packet's end (an Ethernet trailer) are not its ports.
+    let header = match p.proto {
+        proto::TCP => 20,
+        proto::UDP => 8,
+        n if n == icmp => 8,
+        _ => 0,
+    };
+    if l4 + header > p.l3_end {
+        return Err(DropReason::MalformedL4);
+    }
     match p.proto {
         proto::TCP => {
             let h = ptr_at::<[u8; 20]>(ctx, l4).ok_or(DropReason::MalformedL4)?;
@@ -385,6 +396,7 @@ fn parse_l4(ctx: &TcContext, l4: usize, p: &mut Packet) -> Result<(), DropReason
 #[inline(always)]
 fn parse_quoted(ctx: &TcContext, off: usize, p: &mut Packet) {
     let fam = p.family;
+    let end = p.l3_end;
     let r = p.related.insert(Related {
         saddr: [0; 16],
         daddr: [0; 16],
@@ -392,13 +404,17 @@ fn parse_quoted(ctx: &TcContext, off: usize, p: &mut Packet) {
         dport: 0,
         proto: 0,
     });
-    if quoted(ctx, off, fam, r).is_none() {
+    if quoted(ctx, off, fam, end, r).is_none() {
         p.related = None;
     }
 }
 
 #[inline(always)]
-fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
+fn quoted(ctx: &TcContext, off: usize, fam: u8, end: usize, r: &mut Related) -> Option<()> {
+    // Everything quoted lies inside the error's own IP packet (`end`).
+    if off + if fam == family::V4 { 20 } else { 40 } > end {
+        return None;
+    }
     let (l4, icmp) = if fam == family::V4 {
         // SAFETY: ptr_at checked that the quoted 20-byte IPv4 header lies
         // inside the linear packet data; copied out at once.
@@ -423,6 +439,10 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8, r: &mut Related) -> Option<()> {
         r.daddr.copy_from_slice(&h[24..40]);
         (off + 40, proto::ICMPV6)
     };
+    let quoted_l4 = if r.proto == icmp { 8 } else { 4 };
+    if l4 + quoted_l4 > end {
+        return None;
+    }
     if r.proto == proto::TCP || r.proto == proto::UDP {
         // SAFETY: ptr_at checked that the quoted ports (4 bytes) lie inside
         // the linear packet data; copied out at once.

@@ -167,6 +167,7 @@ impl Compiled {
             identity::HOST => HOST.to_string(),
             identity::WORLD => WORLD.to_string(),
             identity::UNMANAGED => "unmanaged".to_string(),
+            identity::AMBIGUOUS_PUBLISHED => "a host port published for two containers".to_string(),
             _ => match self.identities.get(&id) {
                 Some(def) => format!("{id} ({})", def.groups.join(", ")),
                 None => format!("{id} (unknown)"),

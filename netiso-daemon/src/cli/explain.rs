@@ -214,6 +214,26 @@ pub fn explain(
         // A container reaching a port the host publishes is judged, in the
         // kernel, as reaching the container behind it on its own port.
         let via = published_behind(state, &compiled, &from, &to, proto, port);
+        if let Some((p, identity::AMBIGUOUS_PUBLISHED, _)) = &via {
+            // As the daemon programs it (daemon/desired.rs): a port published
+            // for two containers cannot be told apart, and is denied.
+            verdicts.push(Verdict {
+                packet,
+                proto,
+                port,
+                action: Action::Deny.as_str(),
+                rule_id: 0,
+                location: None,
+                description: None,
+                why: format!(
+                    "the host publishes {}/{} for more than one container (on different \
+                     host addresses): netiso tells published ports apart by port only, so \
+                     reaching it through the host is denied",
+                    p.host_port, p.proto
+                ),
+            });
+            continue;
+        }
         let (dst_identity, dst_names, dst_port) = match &via {
             Some((p, identity, names)) => (*identity, names.clone(), p.container_port),
             None => (to.identity, to.names.clone(), port),
@@ -453,6 +473,17 @@ fn published_behind<'a>(
         .rev()
         .find(|p| p.host_port == port && p.proto == name)?;
     let identity = *compiled.container_identity.get(&p.container_id)?;
+    let ambiguous = state
+        .published
+        .iter()
+        .filter(|o| o.host_port == port && o.proto == name)
+        .any(|o| {
+            compiled.container_identity.get(&o.container_id) != Some(&identity)
+                || o.container_port != p.container_port
+        });
+    if ambiguous {
+        return Some((p, identity::AMBIGUOUS_PUBLISHED, Vec::new()));
+    }
     let groups = state
         .endpoints
         .iter()

@@ -173,15 +173,38 @@ pub fn build_desired(
                 proto: p.proto,
                 slot: 0,
             };
-            if let Some(other) = d.published.get(&key) {
-                if other.identity != id {
-                    warn!(
-                        port = p.host_port,
-                        container = %c.name,
-                        "a host port is published for two containers; the last one listed wins"
-                    );
+            let value = match d.published.get(&key) {
+                // The same container port of the same identity (IPv4 and
+                // IPv6 bindings of one port, replicas of one group): one
+                // meaning.
+                Some(other)
+                    if other.identity == identity::AMBIGUOUS_PUBLISHED
+                        || (other.identity, other.port) != (id, p.container_port) =>
+                {
+                    if other.identity != identity::AMBIGUOUS_PUBLISHED {
+                        warn!(
+                            port = p.host_port,
+                            proto = crate::observe::flow::proto_name(p.proto),
+                            container = %c.name,
+                            "a host port is published for two containers (on different host \
+                             addresses): netiso tells published ports apart by port only, so \
+                             reaching this port through the host is denied to every container"
+                        );
+                    }
+                    PublishedValue {
+                        identity: identity::AMBIGUOUS_PUBLISHED,
+                        flags: netiso_common::defaults::DENY_INGRESS,
+                        port: p.host_port,
+                        _pad: [0; 2],
+                    }
                 }
-            }
+                _ => PublishedValue {
+                    identity: id,
+                    flags,
+                    port: p.container_port,
+                    _pad: [0; 2],
+                },
+            };
             state.published.push(PublishedState {
                 proto: crate::observe::flow::proto_name(p.proto),
                 host_port: p.host_port,
@@ -189,15 +212,7 @@ pub fn build_desired(
                 container_id: c.id.clone(),
                 container_port: p.container_port,
             });
-            d.published.insert(
-                key,
-                PublishedValue {
-                    identity: id,
-                    flags,
-                    port: p.container_port,
-                    _pad: [0; 2],
-                },
-            );
+            d.published.insert(key, value);
         }
         let groups = policy.groups_of(c);
         // Host, none and container: modes have no veth of their own: one
@@ -352,6 +367,62 @@ mod tests {
     /// The daemon side of unmanaged defaults and address blocks: containers in
     /// no group get programs exactly when `[settings] unmanaged` denies
     /// something, and the CIDR entries reach the datapath.
+    /// A host port published for two containers (on two host addresses)
+    /// cannot be told apart by port: reaching it through the host is
+    /// denied to everyone instead of standing for the last one listed
+    /// (found by review: a container allowed to reach one reached the
+    /// other through docker-proxy). One container publishing one port on
+    /// IPv4 and IPv6 keeps its meaning.
+    #[test]
+    fn a_host_port_published_for_two_containers_is_denied() {
+        use crate::model::Published;
+        use netiso_common::{defaults, proto, PublishedKey};
+        let publishing = |name: &str, app: &str, ports: &[(u16, u16)]| {
+            let mut c = container(name, &[("app", app)], &["n"]);
+            c.published = ports
+                .iter()
+                .map(|&(host_port, container_port)| Published {
+                    proto: proto::TCP,
+                    host_port,
+                    container_port,
+                })
+                .collect();
+            c
+        };
+        let cs = [
+            // 8080 twice for `a` (0.0.0.0 and ::), 9090 for `a` and for `b`,
+            // 7070 for `a` on two container ports.
+            publishing(
+                "a",
+                "a",
+                &[(8080, 80), (8080, 80), (9090, 90), (7070, 70), (7070, 71)],
+            ),
+            publishing("b", "b", &[(9090, 90)]),
+        ];
+        let text = "[groups.a]\nlabels = { app = \"a\" }\n[groups.b]\nlabels = { app = \"b\" }\n";
+        let p = parse_str(text, "d.toml").unwrap();
+        let compiled = compile(&p, &cs, &mut IdentityAllocator::new()).unwrap();
+        let (d, _) = build_desired(&compiled, &cs, &p, &BTreeMap::new());
+        let at = |port| {
+            let v = d.published[&PublishedKey {
+                port,
+                proto: proto::TCP,
+                slot: 0,
+            }];
+            (v.identity, v.flags, v.port)
+        };
+        let a = compiled.container_identity["id-a"];
+        assert_eq!(at(8080).0, a);
+        assert_eq!(at(8080).2, 80);
+        for port in [9090, 7070] {
+            assert_eq!(
+                at(port),
+                (identity::AMBIGUOUS_PUBLISHED, defaults::DENY_INGRESS, port),
+                "{port}"
+            );
+        }
+    }
+
     #[test]
     fn unmanaged_defaults_and_blocks_reach_the_datapath() {
         use netiso_common::{defaults, identity};

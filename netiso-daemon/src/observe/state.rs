@@ -158,6 +158,7 @@ impl State {
                 netiso_common::identity::HOST => "host".into(),
                 netiso_common::identity::WORLD => "world".into(),
                 netiso_common::identity::UNMANAGED => "unmanaged".into(),
+                netiso_common::identity::AMBIGUOUS_PUBLISHED => "ambiguous-published-port".into(),
                 // Dropped before its peer could be named (a frame netiso
                 // could not parse, ARP).
                 netiso_common::identity::ANY => "-".into(),
