@@ -320,3 +320,89 @@ fn reload_cuts_a_revoked_live_connection_and_keeps_the_other() {
     // New connections on the revoked port are refused by the new policy.
     assert!(!tcp_talks(&client.ns, addr(server.ip, 8080)));
 }
+
+/// Unicast neighbour discovery addressed off the link, judged by what a
+/// receiver behind the host gets: a "world" namespace the host routes
+/// 2001:db8:77::/48 to. Without netiso the host forwards a neighbour
+/// solicitation sent to such an address (the kernel path is real); with
+/// netiso it is dropped as `control` on the sender's veth, also from a
+/// container whose egress is denied (found by review: it was a channel out
+/// that no policy judged).
+#[test]
+fn neighbour_discovery_never_leaves_the_link() {
+    use netiso_testkit::frames::{eth, icmpv6_checksummed, ipv6_packet};
+    use netiso_testkit::hostile::{raw_send_in, FrameRecorder};
+    use netiso_testkit::{unique, NetNs};
+
+    let topo = Topology::new(&[("att", "sealed")]);
+    let att = topo.guest("att");
+    let world = NetNs::new("w");
+    let wif = unique("nw");
+    netiso_testkit::sh(&format!(
+        "ip link add {wif} netns {} type veth peer name eth0 netns {}",
+        topo.host.name, world.name
+    ));
+    topo.host.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add fd77::1/64 dev br0 nodad \
+         && ip link set {wif} up && ip -6 addr add fd99::1/64 dev {wif} nodad \
+         && ip -6 route add 2001:db8:77::/48 via fd99::2"
+    ));
+    world.sh("ip link set eth0 up && ip -6 addr add fd99::2/64 dev eth0 nodad");
+    // The host knows the world's address before anything is forwarded.
+    let world_mac = String::from_utf8(world.sh("cat /sys/class/net/eth0/address").stdout).unwrap();
+    topo.host.sh(&format!(
+        "ip -6 neigh replace fd99::2 lladdr {} dev {wif} nud permanent",
+        world_mac.trim()
+    ));
+    att.ns.sh("ip -6 route add default via fd77::1");
+    let br_mac: Vec<u8> = String::from_utf8(topo.host.sh("cat /sys/class/net/br0/address").stdout)
+        .unwrap()
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let br_mac: [u8; 6] = br_mac.try_into().unwrap();
+    // A solicitation about (and to) an address that carries a marker.
+    let far: std::net::Ipv6Addr = "2001:db8:77::4e45:5449:534f".parse().unwrap();
+    let mut body = vec![0, 0, 0, 0];
+    body.extend_from_slice(&far.octets());
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&att.mac);
+    let msg = icmpv6_checksummed(att.ip6, far, 135, 0, &body);
+    let frame = eth(
+        att.mac,
+        br_mac,
+        0x86dd,
+        &ipv6_packet(att.ip6, far, 58, 255, 0, &msg),
+    );
+    let arrived = |rec: &FrameRecorder| {
+        let mark = rec.mark();
+        raw_send_in(&att.ns.path(), "eth0", frame.clone(), 3);
+        std::thread::sleep(Duration::from_millis(300));
+        rec.containing_since(mark, &far.octets()).len()
+    };
+
+    let rec = FrameRecorder::start_in(world.path(), "eth0");
+    let n = arrived(&rec);
+    assert!(
+        n > 0,
+        "without netiso the host should forward the solicitation to the world namespace \
+         (the path this test guards); nothing arrived:\n{}\n{}",
+        String::from_utf8_lossy(&topo.host.sh("grep -e Ip6InReceives -e Ip6OutForw -e Ip6InDiscards -e Ip6InNoRoutes -e NeighborSolicits -e Ip6InAddrErrors /proc/net/snmp6; ip -6 route; ip -6 neigh; ip -s link").stdout),
+        String::from_utf8_lossy(&world.sh("ip -s link show eth0").stdout)
+    );
+
+    let pins = PinDir::new();
+    let policy = "[groups.sealed]\nlabels = { \"netiso.group\" = \"sealed\" }\n\
+                  ingress = \"deny\"\negress = \"deny\"\n";
+    let desired = desired_for(policy, &topo, &mut IdentityAllocator::default());
+    let dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&desired).expect("apply");
+        dp
+    });
+    assert_eq!(arrived(&rec), 0, "a solicitation left the link with netiso");
+    assert!(dropped(&dp, DropReason::Control) >= 3);
+    drop(rec);
+    drop(dp);
+}

@@ -87,7 +87,12 @@ pub fn netns_of(pid: u32) -> PathBuf {
 
 /// Enters the network namespace of `pid` on the calling thread.
 fn enter(pid: u32) {
-    let f = std::fs::File::open(netns_of(pid)).expect("open netns");
+    enter_path(&netns_of(pid));
+}
+
+/// Enters the network namespace at `netns` on the calling thread.
+fn enter_path(netns: &std::path::Path) {
+    let f = std::fs::File::open(netns).expect("open netns");
     // SAFETY: setns only reads the fd of `f`, opened just above and held
     // across the call; CLONE_NEWNET moves only the calling thread, and every
     // caller is a thread spawned to work inside that namespace.
@@ -235,7 +240,12 @@ pub fn raw_receiver(pid: u32, ifname: &'static str, ethertype: u16, window: Dura
 /// Sends `frame` `n` times on `ifname` inside the namespace of `pid`
 /// (what any container with Docker's default CAP_NET_RAW can do).
 pub fn raw_send(pid: u32, ifname: &'static str, frame: Vec<u8>, n: u32) {
-    crate::run_in(&netns_of(pid), move || {
+    raw_send_in(&netns_of(pid), ifname, frame, n);
+}
+
+/// [`raw_send`] inside the network namespace at `netns`.
+pub fn raw_send_in(netns: &std::path::Path, ifname: &'static str, frame: Vec<u8>, n: u32) {
+    crate::run_in(netns, move || {
         let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
         let (fd, _) = packet_socket(ifname, ethertype);
         for _ in 0..n {
@@ -366,13 +376,18 @@ pub struct FrameRecorder {
 impl FrameRecorder {
     /// Returns once the socket is bound.
     pub fn start(pid: u32, ifname: &'static str) -> Self {
+        Self::start_in(netns_of(pid), ifname)
+    }
+
+    /// [`start`](Self::start) inside the network namespace at `netns`.
+    pub fn start_in(netns: PathBuf, ifname: &'static str) -> Self {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (flag, out) = (stop.clone(), frames.clone());
         let handle = std::thread::spawn(move || {
-            enter(pid);
+            enter_path(&netns);
             let (fd, _) = packet_socket(ifname, libc::ETH_P_ALL as u16);
             set_timeout(&fd, Duration::from_millis(50));
             let big: i32 = 16 << 20;
