@@ -406,3 +406,146 @@ fn neighbour_discovery_never_leaves_the_link() {
     drop(rec);
     drop(dp);
 }
+
+/// A broadcast datagram to a port the host publishes, judged by what the
+/// container behind the port receives. A relay in the host namespace plays
+/// docker-proxy (bound to the wildcard address, it gets the host's copy of
+/// a broadcast and forwards it from the host). Without netiso the
+/// attacker's broadcast reaches the victim through it; with netiso it is
+/// judged as the attacker reaching the victim (denied), though the
+/// attacker may reach the host and the victim lets the host in (found by
+/// review: it was judged as reaching the host).
+#[test]
+fn a_broadcast_to_a_published_port_reaches_no_denied_container() {
+    use netiso_daemon::model::Published;
+    use netiso_testkit::topology::spawn_in;
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::time::Instant;
+
+    const HOST_PORT: u16 = 30099;
+    const PORT: u16 = 9099;
+    const MARKER: &[u8] = b"NETISO-BCAST-RELAY";
+    let topo = Topology::new(&[("att", "att"), ("vic", "vic")]);
+    let (att, vic) = (topo.guest("att"), topo.guest("vic"));
+    // Both threads stop when the test is done (or after a minute).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let life = Duration::from_secs(60);
+    // The victim counts marked datagrams; the relay forwards what it gets.
+    let received = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done = done.clone();
+        let h = spawn_in(&vic.ns, move || {
+            let stop = || done.load(std::sync::atomic::Ordering::Relaxed);
+            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let end = Instant::now() + life;
+            let mut buf = [0u8; 2048];
+            while Instant::now() < end && !stop() {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    if buf[..n].starts_with(MARKER) {
+                        got.push(Instant::now());
+                    }
+                }
+            }
+            got
+        });
+        rx.recv().unwrap();
+        h
+    };
+    let to = addr(vic.ip, PORT);
+    let _relay = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done = done.clone();
+        let h = spawn_in(&topo.host, move || {
+            let stop = || done.load(std::sync::atomic::Ordering::Relaxed);
+            let s = UdpSocket::bind(("0.0.0.0", HOST_PORT)).expect("bind relay");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let out = UdpSocket::bind("0.0.0.0:0").unwrap();
+            tx.send(()).unwrap();
+            let end = Instant::now() + life;
+            let mut buf = [0u8; 2048];
+            while Instant::now() < end && !stop() {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    let _ = out.send_to(&buf[..n], to);
+                }
+            }
+        });
+        rx.recv().unwrap();
+        h
+    };
+    let broadcast = |n: u32| {
+        att.ns.run(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_broadcast(true).unwrap();
+            for _ in 0..n {
+                s.send_to(MARKER, (Ipv4Addr::new(10, 77, 0, 255), HOST_PORT))
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    broadcast(3);
+
+    let policy = policy::parse_str(
+        "[groups.att]\nlabels = { \"netiso.group\" = \"att\" }\n\
+         [groups.vic]\nlabels = { \"netiso.group\" = \"vic\" }\ningress = \"deny\"\n\
+         [[rules]]\nfrom = \"host\"\nto = \"vic\"\nports = [\"9099/udp\"]\naction = \"allow\"\n",
+        "t.toml",
+    )
+    .expect("policy");
+    let mut containers = topo.containers();
+    // Docker names every endpoint's prefix: 10.77.0.255 is the network's
+    // broadcast address.
+    for c in &mut containers {
+        c.networks[0].ipv4_prefix_len = Some(24);
+    }
+    for c in containers.iter_mut().filter(|c| c.name == "vic") {
+        c.published = vec![Published {
+            proto: netiso_common::proto::UDP,
+            host_port: HOST_PORT,
+            container_port: PORT,
+        }];
+    }
+    let compiled = policy::compile(&policy, &containers, &mut Default::default()).expect("compile");
+    let (mut desired, _) =
+        daemon::build_desired(&compiled, &containers, &policy, &Default::default());
+    // The host's address on the bridge, as the daemon adds it: the relay's
+    // datagrams come from `host`, which the victim lets in.
+    daemon::add_host_addresses(&mut desired, &[Ipv4Addr::new(10, 77, 0, 1).into()]);
+    let pins = PinDir::new();
+    let dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&desired).expect("apply");
+        dp
+    });
+    // The path stays open with netiso for what the policy allows: the host
+    // (the relay) reaches the victim.
+    topo.host.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(MARKER, to).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let enforced = Instant::now();
+    broadcast(3);
+    drop(dp);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got = received.join().unwrap();
+    // Everything before `enforced`: the broadcasts without netiso and the
+    // host's own datagram with it.
+    let before = got.iter().filter(|t| **t < enforced).count();
+    let after = got.iter().filter(|t| **t >= enforced).count();
+    assert!(
+        before >= 2,
+        "without netiso the relay should bring the broadcast to the victim (the path this test \
+         guards), and with it the host still reaches the victim: {before} datagrams"
+    );
+    assert_eq!(
+        after, 0,
+        "a broadcast reached the victim through the published port"
+    );
+}
