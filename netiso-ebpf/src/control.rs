@@ -398,7 +398,7 @@ fn mld_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> bo
         (130, Direction::Ingress) => {
             *foreign = false;
             (len == 24 || (len == 28 && sources_zero(ctx, p, 26)))
-                && query_destination_ok(ctx, p, 8, 16)
+                && mld_query_destination_ok(ctx, p)
                 && icmpv6_csum_ok(ctx, p, len)
         }
         _ => false,
@@ -423,53 +423,24 @@ fn mldv2_report_ok(ctx: &TcContext, p: &Packet, len: usize) -> bool {
     // SAFETY: ptr_at checked that the 8-byte report header lies inside the
     // linear packet data; a byte array, copied out at once.
     let h = unsafe { *h };
-    if h[1] != 0 || h[4] != 0 || h[5] != 0 {
+    if !source_less_records::<MLDV2_MAX_RECORDS, 20>(ctx, l4, &h, len, 0xff, 0xff) {
         return false;
-    }
-    let records = usize::from(u16::from_be_bytes([h[6], h[7]]));
-    if records == 0 || records > MLDV2_MAX_RECORDS || len != 8 + 20 * records {
-        return false;
-    }
-    for i in 0..MLDV2_MAX_RECORDS {
-        if i >= records {
-            break;
-        }
-        let Some(r) = ptr_at::<[u8; 5]>(ctx, l4 + 8 + 20 * i) else {
-            return false;
-        };
-        // SAFETY: ptr_at checked that the record's first 5 bytes lie inside
-        // the linear packet data; a byte array, copied out at once.
-        let r = unsafe { *r };
-        // Record type 1..=6, no auxiliary data, no sources, a multicast group.
-        if !(1..=6).contains(&r[0]) || r[1] != 0 || r[2] != 0 || r[3] != 0 || r[4] != 0xff {
-            return false;
-        }
     }
     icmpv6_csum_ok(ctx, p, len)
 }
 
-/// A query goes to all nodes (a general query) or to the group it asks
-/// about (the group field at `at` from the L4 header, `n` bytes).
+/// An MLD query goes to all nodes (a general query) or to the group it
+/// asks about (the group field, 8 bytes into the message).
 #[inline(always)]
-fn query_destination_ok(ctx: &TcContext, p: &Packet, at: usize, n: usize) -> bool {
-    if n == 16 {
-        let Some(g) = ptr_at::<[u8; 16]>(ctx, p.l4_off + at) else {
-            return false;
-        };
-        // SAFETY: ptr_at checked that the 16-byte group address lies inside
-        // the linear packet data; a byte array (align 1, any value), only
-        // read in the next line.
-        let g = unsafe { &*g };
-        (p.daddr == ALL_NODES && *g == [0; 16]) || p.daddr == *g
-    } else {
-        let Some(g) = ptr_at::<[u8; 4]>(ctx, p.l4_off + at) else {
-            return false;
-        };
-        // SAFETY: ptr_at checked that the 4-byte group address lies inside
-        // the linear packet data; a byte array, copied out at once.
-        let g = unsafe { *g };
-        (p.daddr[..4] == [224, 0, 0, 1] && g == [0; 4]) || p.daddr[..4] == g
-    }
+fn mld_query_destination_ok(ctx: &TcContext, p: &Packet) -> bool {
+    let Some(g) = ptr_at::<[u8; 16]>(ctx, p.l4_off + 8) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked that the 16-byte group address lies inside the
+    // linear packet data; a byte array (align 1, any value), only read in
+    // the next line.
+    let g = unsafe { &*g };
+    (p.daddr == ALL_NODES && *g == [0; 16]) || p.daddr == *g
 }
 
 /// IGMP: reports leave containers, queries enter them.
@@ -518,6 +489,44 @@ fn igmp_ok(ctx: &TcContext, p: &Packet, dir: Direction, foreign: &mut bool) -> b
 /// groups; a report of more is dropped as malformed control).
 const IGMPV3_MAX_RECORDS: usize = 8;
 
+/// The records of an IGMPv3 or MLDv2 report whose header is `h` (at `l4`,
+/// the message `len` bytes): 1 to `MAX` records of `SIZE` bytes, nothing
+/// after them, each of record type 1..=6 with no auxiliary data and no
+/// sources, about a multicast group (its first byte masked by `mask` is
+/// `group`); the header's reserved bytes zero.
+#[inline(always)]
+fn source_less_records<const MAX: usize, const SIZE: usize>(
+    ctx: &TcContext,
+    l4: usize,
+    h: &[u8; 8],
+    len: usize,
+    mask: u8,
+    group: u8,
+) -> bool {
+    if h[1] != 0 || h[4] != 0 || h[5] != 0 {
+        return false;
+    }
+    let records = usize::from(u16::from_be_bytes([h[6], h[7]]));
+    if records == 0 || records > MAX || len != 8 + SIZE * records {
+        return false;
+    }
+    for i in 0..MAX {
+        if i >= records {
+            break;
+        }
+        let Some(r) = ptr_at::<[u8; 5]>(ctx, l4 + 8 + SIZE * i) else {
+            return false;
+        };
+        // SAFETY: ptr_at checked that the record's first 5 bytes lie inside
+        // the linear packet data; a byte array, copied out at once.
+        let r = unsafe { *r };
+        if !(1..=6).contains(&r[0]) || r[1] != 0 || r[2] != 0 || r[3] != 0 || r[4] & mask != group {
+            return false;
+        }
+    }
+    true
+}
+
 /// An IGMPv3 membership report in its exact form: 1 to
 /// `IGMPV3_MAX_RECORDS` group records, each a multicast group with no
 /// sources and no auxiliary data (what a container's kernel sends when it
@@ -525,28 +534,10 @@ const IGMPV3_MAX_RECORDS: usize = 8;
 /// report carries no bytes of the sender's choosing beyond group addresses.
 #[inline(always)]
 fn igmpv3_report_ok(ctx: &TcContext, l4: usize, h: &[u8; 8], len: usize) -> bool {
-    if h[1] != 0 || h[4] != 0 || h[5] != 0 {
+    if !source_less_records::<IGMPV3_MAX_RECORDS, 8>(ctx, l4, h, len, 0xf0, 0xe0) {
         return false;
     }
     let records = usize::from(u16::from_be_bytes([h[6], h[7]]));
-    if records == 0 || records > IGMPV3_MAX_RECORDS || len != 8 + 8 * records {
-        return false;
-    }
-    for i in 0..IGMPV3_MAX_RECORDS {
-        if i >= records {
-            break;
-        }
-        let Some(r) = ptr_at::<[u8; 8]>(ctx, l4 + 8 + 8 * i) else {
-            return false;
-        };
-        // SAFETY: ptr_at checked that the 8-byte group record lies inside the
-        // linear packet data; a byte array, copied out at once.
-        let r = unsafe { *r };
-        // Record type 1..=6, no auxiliary data, no sources, a multicast group.
-        if !(1..=6).contains(&r[0]) || r[1] != 0 || r[2] != 0 || r[3] != 0 || r[4] & 0xf0 != 0xe0 {
-            return false;
-        }
-    }
     let s = match records {
         1 => sum::<16>(ctx, l4, 0),
         2 => sum::<24>(ctx, l4, 0),
