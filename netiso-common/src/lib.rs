@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -29,9 +29,10 @@ pub mod maps {
     pub const EVENT_RATE: &str = "NETISO_EVENT_RATE";
     pub const ERRORS: &str = "NETISO_ERRORS";
     pub const PUBLISHED: &str = "NETISO_PUBLISHED";
+    pub const LEARN: &str = "NETISO_LEARN";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -46,6 +47,7 @@ pub mod maps {
         EVENT_RATE,
         ERRORS,
         PUBLISHED,
+        LEARN,
     ];
 }
 
@@ -75,6 +77,9 @@ pub mod limits {
     pub const DEFAULT_EVENT_RATE: u32 = 1000;
     /// Ports the host publishes for containers (`docker run -p`), both slots.
     pub const PUBLISHED: u32 = 8192;
+    /// Distinct new flows learn mode remembers between two drains by the
+    /// daemon (every 2 s); a full table counts `errors::LEARN_FULL`.
+    pub const LEARN: u32 = 65536;
     /// Rule ids run from 1 to `RULES - 1`; 0 stands for "a group default".
     pub const RULES: u32 = 16384;
 }
@@ -126,6 +131,9 @@ pub mod defaults {
 pub mod endpoint_flags {
     /// Not yet classified: every packet is dropped (fail-closed groups).
     pub const FAIL_CLOSED: u32 = 1 << 8;
+    /// Learn mode: every new flow this endpoint lets through is recorded
+    /// in `maps::LEARN` (its first packet only).
+    pub const LEARN: u32 = 1 << 9;
 }
 
 /// The verdict a policy entry gives.
@@ -495,13 +503,17 @@ pub mod errors {
     pub const FRAG_INSERT: u32 = 3;
     /// A conntrack entry expired and its flow was judged again.
     pub const CT_EXPIRED: u32 = 4;
+    /// Learn mode: a new flow found the learn table full (not recorded;
+    /// the packet's verdict is unchanged).
+    pub const LEARN_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
-    pub const NAMES: [&str; 5] = [
+    pub const NAMES: [&str; 6] = [
         "ct-insert-failed",
         "flow-insert-failed",
         "event-lost",
         "frag-insert-failed",
         "ct-expired",
+        "learn-table-full",
     ];
 }
 
@@ -516,6 +528,41 @@ pub struct FragKey {
     pub id: u16,
     pub proto: u8,
     pub family: u8,
+}
+
+/// Key of the learn table: one row per endpoint, direction, peer address,
+/// protocol and port of the new flows it let through (learn mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnKey {
+    /// The host-side veth that saw the flow's first packet.
+    pub ifindex: u32,
+    /// The other side: the destination leaving the container, the source
+    /// entering it (IPv4 in the first four bytes).
+    pub peer: [u8; 16],
+    /// Destination port as on the wire, host order (0 for ICMP).
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the learn table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnValue {
+    /// New flows (connections, first packets) seen.
+    pub flows: u64,
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC) of the first and last.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// The peer identity and port the policy judged (a port the host
+    /// publishes stands for the container behind it and its own port).
+    pub judged_identity: u32,
+    pub judged_port: u16,
+    pub _pad: u16,
 }
 
 /// Key of the flow table: one row per distinct dropped flow and reason.
@@ -697,6 +744,12 @@ mod user {
     // SAFETY: repr(C), integer fields only: 4 + 4 + 2 + 2 (`_pad`) = 12 bytes
     // at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PublishedValue {}
+    // SAFETY: repr(C), integer fields only: 4 + 16 + 2 + 1 + 1 + 1 + 3
+    // (`_pad`) = 28 bytes at align 4, no implicit padding (size test below).
+    unsafe impl aya::Pod for LearnKey {}
+    // SAFETY: repr(C), integer fields only: 3 * 8 + 4 + 2 + 2 (`_pad`) = 32
+    // bytes at align 8, no implicit padding (size test below).
+    unsafe impl aya::Pod for LearnValue {}
 
     impl core::fmt::Display for DropReason {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -735,9 +788,11 @@ mod tests {
         assert_eq!(size_of::<PublishedKey>(), 4);
         assert_eq!(size_of::<PublishedValue>(), 12);
         assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<LearnKey>(), 28);
+        assert_eq!(size_of::<LearnValue>(), 32);
         assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
         assert_eq!(core::mem::offset_of!(Settings, generation), 12);
-        assert_eq!(LAYOUT_VERSION, 3);
+        assert_eq!(LAYOUT_VERSION, 4);
     }
 
     #[test]

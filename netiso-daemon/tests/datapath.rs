@@ -1837,3 +1837,67 @@ fn a_restarted_datapath_readopts_links_without_duplicates() {
     assert!(!pins.path.join("maps-v0").exists());
     drop(dp);
 }
+
+/// Learn mode: the first packet of each allowed new flow leaves one row
+/// per (endpoint, direction, peer, protocol, port), counted per flow;
+/// established packets, replies and denied flows add nothing; an endpoint
+/// not in learn mode records nothing; verdicts do not change.
+#[test]
+fn learn_mode_records_new_allowed_flows_only() {
+    let mut f = Fixture::new(DENY_BOTH | endpoint_flags::LEARN);
+    let drain = |f: &mut Fixture| f.dp.as_mut().unwrap().drain_learned().unwrap();
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, SYN)), tc::PASS);
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, B, A, 80, 40000, SYN | ACK)),
+        tc::PASS
+    );
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, ACK)), tc::PASS);
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40001, 80, SYN)), tc::PASS);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, B, 5353, 53)), tc::PASS);
+    // Denied: recorded as drops (stats), not as learned flows.
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, B, 40002, 8080, SYN)),
+        tc::ACT_SHOT
+    );
+    let rows = drain(&mut f);
+    let mut seen: Vec<_> = rows
+        .iter()
+        .map(|(k, v)| {
+            let peer = [k.peer[0], k.peer[1], k.peer[2], k.peer[3]];
+            (
+                k.ifindex,
+                k.direction,
+                k.proto,
+                k.port,
+                peer,
+                v.flows,
+                v.judged_identity,
+            )
+        })
+        .collect();
+    seen.sort();
+    let out = netiso_common::Direction::Egress as u8;
+    assert_eq!(
+        seen,
+        vec![
+            (1, out, proto::TCP, 80, B.octets(), 2, ID_B),
+            (1, out, proto::UDP, 53, B.octets(), 1, ID_B),
+        ]
+    );
+    assert!(rows
+        .iter()
+        .all(|(k, v)| k.family == 4 && v.first_seen_ns > 0 && v.last_seen_ns >= v.first_seen_ns));
+    // Drained means gone; established traffic adds nothing new.
+    assert!(drain(&mut f).is_empty());
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, ACK)), tc::PASS);
+    assert!(drain(&mut f).is_empty());
+    // Off: nothing recorded, same verdicts.
+    f.apply(desired(DENY_BOTH));
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40005, 80, SYN)), tc::PASS);
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, B, 40006, 8080, SYN)),
+        tc::ACT_SHOT
+    );
+    assert!(drain(&mut f).is_empty());
+    assert_eq!(f.error_counter(netiso_common::errors::LEARN_FULL), 0);
+}

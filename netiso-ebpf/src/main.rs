@@ -331,6 +331,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         // Passes, but is recorded exactly like a drop would be.
         record(ctx, settings, &mut v, DropReason::Audit, d.rule_id);
     }
+    if ep_flags & endpoint_flags::LEARN != 0 {
+        let judged = if dir == Direction::Egress {
+            d.dst
+        } else {
+            d.src
+        };
+        record::learn(pkt, ifindex, dir as u8, judged, port);
+    }
     if pkt.opens && unicast {
         let key = conntrack::key(ifindex, pkt, dir);
         if !conntrack::open(&key, dir, pkt, generation, d.rule_id, audit, now) {

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use netiso_common::{
     errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, FlowKey, FlowValue, FragKey,
-    IdentityInfo, IpKey, PolicyKey, PolicyValue, PublishedKey, PublishedValue, RateState, Settings,
-    DROP_REASONS,
+    IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue, PublishedKey,
+    PublishedValue, RateState, Settings, DROP_REASONS,
 };
 
 use crate::parse::Packet;
@@ -28,7 +28,7 @@ use crate::parse::Packet;
 //   disabled and never nest on a CPU, so a `&mut` to this CPU's slot is
 //   exclusive for the run; user space only reads the counters, and never
 //   touches `SCRATCH`.
-// - Shared values the programs write (`CONNTRACK`, `FLOWS`): another CPU
+// - Shared values the programs write (`CONNTRACK`, `FLOWS`, `LEARN`): another CPU
 //   may write the same element at the same time (one flow on two CPUs), so
 //   a `&mut` to it is not exclusive across CPUs, as in any BPF program that
 //   updates shared map values in place. Counters there use atomic adds; the
@@ -58,6 +58,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(limits::FL
 
 #[map(name = "NETISO_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::pinned(limits::FRAGS, 0);
+
+/// Learn mode's new flows; a plain hash (not LRU): a full table refuses
+/// and counts, it never evicts what the daemon has not read yet.
+#[map(name = "NETISO_LEARN")]
+pub static LEARN: HashMap<LearnKey, LearnValue> = HashMap::pinned(limits::LEARN, 0);
 
 #[map(name = "NETISO_RULE_STATS")]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(limits::RULES, 0);

@@ -5,10 +5,12 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use aya_log_ebpf::debug;
 use netiso_common::{
-    errors, settings_flags, tc, Counter, DropReason, Event, FlowKey, FlowValue, Settings,
+    errors, settings_flags, tc, Counter, Direction, DropReason, Event, FlowKey, FlowValue,
+    LearnKey, LearnValue, Settings,
 };
 
-use crate::maps::{ERRORS, EVENTS, EVENT_RATE, FLOWS, REASON_STATS, SCRATCH};
+use crate::maps::{ERRORS, EVENTS, EVENT_RATE, FLOWS, LEARN, REASON_STATS, SCRATCH};
+use crate::parse::Packet;
 use aya_ebpf::maps::PerCpuArray;
 
 /// What is known about a packet for recording its drop, kept small so the
@@ -178,6 +180,58 @@ fn emit(settings: &Settings, flow: &FlowKey, len: u32, rule_id: u32, now: u64) {
             entry.submit(0);
         }
         None => count(&ERRORS, errors::EVENT_LOST, len),
+    }
+}
+
+/// Learn mode: notes a new flow the endpoint let through, one row per
+/// endpoint, direction, peer, protocol and port (the daemon drains the
+/// table every few seconds). Only a flow's first packet gets here, and only
+/// on endpoints in learn mode; a full table is counted, never a reason to
+/// change the verdict. Not inlined: the hot path does not carry it.
+#[inline(never)]
+pub fn learn(p: &Packet, ifindex: u32, dir: u8, judged_identity: u32, judged_port: u16) {
+    let key = LearnKey {
+        ifindex,
+        peer: if dir == Direction::Egress as u8 {
+            p.daddr
+        } else {
+            p.saddr
+        },
+        port: p.policy_port,
+        proto: p.proto,
+        family: p.family,
+        direction: dir,
+        _pad: [0; 3],
+    };
+    // SAFETY: a BPF helper without arguments; it only reads the kernel's
+    // coarse monotonic clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(row) = LEARN.get_ptr_mut(&key) {
+        // SAFETY: a non-null pointer to a live hash element, aligned and
+        // valid for the run; LearnValue is Pod. Another CPU may update the
+        // same row at once (maps.rs): the count is an atomic add, the rest
+        // single aligned stores.
+        let row = unsafe { &mut *row };
+        add(&mut row.flows, 1);
+        row.last_seen_ns = now;
+        row.judged_identity = judged_identity;
+        row.judged_port = judged_port;
+        return;
+    }
+    let row = LearnValue {
+        flows: 1,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        judged_identity,
+        judged_port,
+        _pad: 0,
+    };
+    if LEARN.insert(&key, &row, BPF_NOEXIST as u64).is_err() {
+        match LEARN.get_ptr_mut(&key) {
+            // SAFETY: as above; another CPU created the row first.
+            Some(row) => add(unsafe { &mut (*row).flows }, 1),
+            None => count(&ERRORS, errors::LEARN_FULL, 0),
+        }
     }
 }
 

@@ -30,6 +30,8 @@
 //! - `eval`: the reference semantics. Uses `model`.
 //! - `compile`: map contents and the kernel's lookup. Uses `cidr`, `container`, `diagnostic`,
 //!   `eval`, `model`, `ports` (its tests also `parse`).
+//! - `suggest`: a policy from observed flows (learn mode) and what a policy would drop of
+//!   them. Uses `container`, `eval`, `model`, `parse`, `selector`.
 //! - `testing` (tests, feature `testing`): fixtures. Uses `container`.
 //!
 //! `netiso-daemon/tests/layers.rs` checks these arrows and this crate's dependencies.
@@ -45,6 +47,7 @@ mod model;
 mod parse;
 mod ports;
 mod selector;
+pub mod suggest;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -217,6 +217,7 @@ fn unused_groups(policy: &Policy, out: &mut Vec<Diagnostic>) {
             || group.ingress == Action::Deny
             || group.egress == Action::Deny
             || group.fail_closed
+            || group.learn
         {
             continue;
         }

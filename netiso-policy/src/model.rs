@@ -49,6 +49,10 @@ pub struct Settings {
     pub unmanaged: Defaults,
     /// Where `unmanaged` is written, if it is.
     pub unmanaged_location: Option<Location>,
+    /// Learn mode for every container veth (see [`Group::learn`]).
+    pub learn: bool,
+    /// Where `learn` is written, if it is.
+    pub learn_location: Option<Location>,
 }
 
 impl Default for Settings {
@@ -56,6 +60,8 @@ impl Default for Settings {
         Self {
             unmanaged: Defaults::ALLOW,
             unmanaged_location: None,
+            learn: false,
+            learn_location: None,
         }
     }
 }
@@ -71,6 +77,10 @@ pub struct Group {
     /// A new container of the group is held with no connectivity until the
     /// daemon has classified it.
     pub fail_closed: bool,
+    /// Learn mode: every new flow a container of the group lets through
+    /// (either direction) is recorded for `netiso policy suggest`. Verdicts
+    /// do not change.
+    pub learn: bool,
     /// Where the group's name is written (`[groups.NAME]`).
     pub location: Location,
 }
@@ -195,6 +205,12 @@ impl Policy {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Whether the container's new flows are recorded (learn mode): `[settings]
+    /// learn`, or `learn` in one of its groups.
+    pub fn learns(&self, c: &Container) -> bool {
+        self.settings.learn || self.groups.iter().any(|g| g.learn && g.selects(c))
     }
 
     pub fn group(&self, name: &str) -> Option<&Group> {

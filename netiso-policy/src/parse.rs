@@ -18,7 +18,7 @@ use crate::ports::{parse_port, PortSpec};
 use crate::selector::{LabelMatch, LabelTest, Selector, COMPOSE_PROJECT, COMPOSE_SERVICE};
 
 const ROOT_KEYS: &[&str] = &["settings", "groups", "rules"];
-const SETTINGS_KEYS: &[&str] = &["unmanaged"];
+const SETTINGS_KEYS: &[&str] = &["unmanaged", "learn"];
 const UNMANAGED_KEYS: &[&str] = &["ingress", "egress"];
 /// Criteria a selector (a group, or an entry of `all` / `any`) may give.
 const SELECTOR_KEYS: &[&str] = &[
@@ -35,6 +35,7 @@ const GROUP_KEYS: &[&str] = &[
     "ingress",
     "egress",
     "fail_closed",
+    "learn",
 ];
 const COMPOSE_KEYS: &[&str] = &["project", "service"];
 const RULE_KEYS: &[&str] = &["from", "to", "ports", "action", "description"];
@@ -117,18 +118,31 @@ pub(crate) fn parse_sources(
     let mut seen: BTreeMap<String, Location> = BTreeMap::new();
     for file in files {
         if let Some(settings) = file.settings {
-            match (
-                &policy.settings.unmanaged_location,
-                &settings.unmanaged_location,
-            ) {
-                (Some(first), Some(again)) => diags.push(
-                    Diagnostic::error(Kind::DuplicateSetting, "\"unmanaged\" is set in two places")
-                        .at(again.clone())
-                        .label("set again here")
-                        .note("first set here", Some(first.clone()))
-                        .help("settings are shared by all policy files: keep one of them"),
-                ),
-                (_, Some(_)) => policy.settings = settings,
+            let twice = |name: &str, first: &Location, again: &Location| {
+                Diagnostic::error(
+                    Kind::DuplicateSetting,
+                    format!("\"{name}\" is set in two places"),
+                )
+                .at(again.clone())
+                .label("set again here")
+                .note("first set here", Some(first.clone()))
+                .help("settings are shared by all policy files: keep one of them")
+            };
+            let merged = &mut policy.settings;
+            match (&merged.unmanaged_location, &settings.unmanaged_location) {
+                (Some(first), Some(again)) => diags.push(twice("unmanaged", first, again)),
+                (_, Some(_)) => {
+                    merged.unmanaged = settings.unmanaged;
+                    merged.unmanaged_location = settings.unmanaged_location.clone();
+                }
+                _ => {}
+            }
+            match (&merged.learn_location, &settings.learn_location) {
+                (Some(first), Some(again)) => diags.push(twice("learn", first, again)),
+                (_, Some(_)) => {
+                    merged.learn = settings.learn;
+                    merged.learn_location = settings.learn_location;
+                }
                 _ => {}
             }
         }
@@ -283,7 +297,7 @@ fn unknown_group(name: &str, groups: &[&str], rule: u32, key: &str, at: Location
 
 /// Whether a peer written as a string means an address block: it parses
 /// as one, or it is digits, dots and a slash (a block with a typo).
-fn looks_like_cidr(s: &str) -> bool {
+pub(crate) fn looks_like_cidr(s: &str) -> bool {
     Cidr::parse(s).is_ok()
         || (s.contains('/') && s.chars().next().is_some_and(|c| c.is_ascii_digit()))
         || (s.contains(':')
@@ -561,6 +575,12 @@ impl Walker<'_> {
                         settings.unmanaged_location = Some(self.key_loc(k));
                     }
                 }
+                "learn" => {
+                    if let Some(b) = self.boolean(k, v) {
+                        settings.learn = b;
+                        settings.learn_location = Some(self.key_loc(k));
+                    }
+                }
                 _ => self.unknown_key(k, SETTINGS_KEYS, "in [settings]"),
             }
         }
@@ -676,6 +696,7 @@ impl Walker<'_> {
             ingress: Action::Allow,
             egress: Action::Allow,
             fail_closed: false,
+            learn: false,
             location: location.clone(),
         };
         let mut selector_body = Vec::new();
@@ -688,6 +709,10 @@ impl Walker<'_> {
                 },
                 "egress" => match self.action(k, v, false) {
                     Some(a) => group.egress = a,
+                    None => ok = false,
+                },
+                "learn" => match self.boolean(k, v) {
+                    Some(b) => group.learn = b,
                     None => ok = false,
                 },
                 "fail_closed" => match self.boolean(k, v) {

@@ -25,6 +25,10 @@ pub enum Control {
         on: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Learn mode: drain the learn table into the record file now.
+    Learned {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Events per second per CPU sent to user space.
     EventRate {
         per_second: u32,

@@ -45,6 +45,9 @@ pub enum Request {
     Reload,
     /// Turn kernel debug logging on or off.
     DebugLog { on: bool },
+    /// Learn mode: bring the record file up to date (what the kernel
+    /// noted so far); `policy suggest` then reads it.
+    Learned,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

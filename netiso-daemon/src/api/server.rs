@@ -136,6 +136,7 @@ async fn handle(mut stream: UnixStream, access: Access, ctx: &ServerContext) -> 
         Request::Stats => stats(ctx).await,
         Request::Reload => ask(ctx, |reply| Control::Reload { reply: Some(reply) }).await,
         Request::DebugLog { on } => ask(ctx, |reply| Control::DebugLog { on, reply }).await,
+        Request::Learned => ask(ctx, |reply| Control::Learned { reply }).await,
     };
     write_line(&mut stream, &resp).await
 }

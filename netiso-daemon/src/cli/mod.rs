@@ -2,6 +2,7 @@
 pub mod commands;
 pub mod explain;
 pub mod graph;
+pub mod suggest;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -80,6 +81,9 @@ enum Command {
 enum PolicyCommand {
     /// Draw groups and rules as Mermaid or Graphviz DOT.
     Graph(graph::GraphArgs),
+    /// Write a policy from what learn mode recorded, or show what a
+    /// policy would drop of it (`--against`).
+    Suggest(suggest::SuggestArgs),
     /// Validate policy files or directories; no daemon needed.
     Check {
         #[arg(required = true)]
@@ -158,6 +162,9 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
         Command::Policy {
             command: PolicyCommand::Graph(args),
         } => graph::command(&args),
+        Command::Policy {
+            command: PolicyCommand::Suggest(args),
+        } => suggest::run(args),
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => {

@@ -215,6 +215,12 @@ pub fn build_desired(
             d.published.insert(key, value);
         }
         let groups = policy.groups_of(c);
+        // Learn mode records this container's new flows; verdicts stay.
+        let learn = if policy.learns(c) {
+            netiso_common::endpoint_flags::LEARN
+        } else {
+            0
+        };
         // Host, none and container: modes have no veth of their own: one
         // entry for the container, not one per pseudo-network.
         let own_netns = has_own_netns(&c.network_mode);
@@ -257,7 +263,7 @@ pub fn build_desired(
                             EndpointSpec {
                                 ifname: ifname.clone(),
                                 identity: id,
-                                flags,
+                                flags: flags | learn,
                                 ipv4: a.ipv4,
                                 ipv6: a.ipv6,
                                 mac: a.mac,
@@ -290,6 +296,7 @@ pub fn build_desired(
                 ip: a.ipv4.map(Into::into),
                 enforced,
                 guarded,
+                learning: guarded && learn != 0,
             });
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use anyhow::Result;
+use netiso_common::{LearnKey, LearnValue};
 use tracing::warn;
 
 use crate::datapath::{ApplyReport, Datapath, Desired};
@@ -43,6 +44,8 @@ pub(crate) trait Dataplane {
     fn endpoint_capacity(&self) -> Result<u32>;
     fn applied_endpoints(&self) -> BTreeSet<u32>;
     fn apply(&mut self, desired: &Desired) -> Result<ApplyReport>;
+    /// Learn mode: the new flows noted since the last call.
+    fn drain_learned(&mut self) -> Result<Vec<(LearnKey, LearnValue)>>;
 }
 
 impl Engine for DockerClient {
@@ -110,5 +113,9 @@ impl Dataplane for Datapath {
 
     fn apply(&mut self, desired: &Desired) -> Result<ApplyReport> {
         Datapath::apply(self, desired)
+    }
+
+    fn drain_learned(&mut self) -> Result<Vec<(LearnKey, LearnValue)>> {
+        Datapath::drain_learned(self)
     }
 }

@@ -22,12 +22,16 @@ use crate::daemon::ports::{Dataplane, Engine, HostLinks};
 use crate::host::docker::{DockerEvent, NetworkInfo};
 use crate::host::link_watch::LinkEvent;
 use crate::model::Container;
+use crate::observe::learned::Recorder;
 use crate::observe::state::{ReloadStatus, State, Unenforceable};
 use crate::policy::{self, IdentityAllocator, Policy};
 
 /// Lookups of a missing veth before leaving it to the periodic resync.
 pub(super) const VETH_RETRIES: u32 = 20;
 pub(super) const VETH_RETRY_EVERY: Duration = Duration::from_millis(250);
+/// How often learn mode's table is drained into the record: the table
+/// holds `limits::LEARN` distinct rows between two drains.
+pub(super) const LEARN_DRAIN_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) struct Daemon<D, L> {
     pub(super) opts: Options,
@@ -54,6 +58,8 @@ pub(super) struct Daemon<D, L> {
     reported: BTreeSet<(String, String, String)>,
     last_reload: Option<ReloadStatus>,
     last_resync: u64,
+    /// Learn mode's record of new flows (`learned.json`).
+    pub(super) learned: Recorder,
 }
 
 /// Loads and renders a policy for logs and errors.
@@ -82,6 +88,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         links: L,
     ) -> Self {
         let generation = dp.generation();
+        let learned = Recorder::open(&opts.state_dir);
         Daemon {
             opts,
             state_tx,
@@ -104,6 +111,24 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
                 generation,
             }),
             last_resync: 0,
+            learned,
+        }
+    }
+
+    /// Learn mode: takes the new flows the datapath noted, names them with
+    /// the containers they were noted for, and saves the record.
+    pub(super) fn drain_learned(&mut self) {
+        let _span = info_span!("learn").entered();
+        match self.dp.drain_learned() {
+            Ok(rows) if !rows.is_empty() => {
+                debug!(rows = rows.len(), "learned flows drained");
+                self.learned.add(&rows);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = format!("{e:#}"), "cannot read the learn table"),
+        }
+        if let Err(e) = self.learned.save() {
+            warn!(error = format!("{e:#}"), "cannot save the learn record");
         }
     }
 
@@ -396,6 +421,14 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
     fn reconcile_once(&mut self) -> Result<()> {
         let _span = info_span!("reconcile", containers = self.containers.len()).entered();
         let containers: Vec<Container> = self.containers.values().cloned().collect();
+        // Rows noted so far are named with the containers they were noted
+        // for, before any veth changes hands.
+        if self.learned.active() {
+            self.drain_learned();
+        }
+        let policy = &self.policy;
+        self.learned
+            .note(&containers, |c| policy.learns(c), &self.host_addrs);
         let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
             .map_err(|e| anyhow!("{e}"))?;
         let (mut desired, mut state) =

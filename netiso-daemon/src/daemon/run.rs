@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::api::control::{Control, Handles};
 use crate::daemon::options::Options;
 use crate::daemon::ports::Netlink;
-use crate::daemon::reconcile::{load_policy, Daemon, VETH_RETRY_EVERY};
+use crate::daemon::reconcile::{load_policy, Daemon, LEARN_DRAIN_EVERY, VETH_RETRY_EVERY};
 use crate::daemon::sd_notify::notify_logged;
 use crate::datapath::Datapath;
 use crate::host::docker::DockerClient;
@@ -106,6 +106,8 @@ pub async fn run(opts: Options) -> Result<()> {
             resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut retry_tick = tokio::time::interval(VETH_RETRY_EVERY);
             retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut learn_tick = tokio::time::interval(LEARN_DRAIN_EVERY);
+            learn_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
@@ -141,6 +143,9 @@ pub async fn run(opts: Options) -> Result<()> {
                     _ = retry_tick.tick(), if !d.pending.is_empty() => {
                         d.retry_pending(&docker).await;
                     }
+                    _ = learn_tick.tick(), if d.learned.active() => {
+                        d.drain_learned();
+                    }
                     Some(cmd) = control_rx.recv() => match cmd {
                         Control::PolicyFileChanged => {
                             let _ = d.reload("file-change");
@@ -155,12 +160,22 @@ pub async fn run(opts: Options) -> Result<()> {
                         Control::DebugLog { on, reply } => {
                             let _ = reply.send(d.dp.set_debug_log(on).map_err(|e| format!("{e:#}")));
                         }
+                        Control::Learned { reply } => {
+                            d.drain_learned();
+                            let _ = reply.send(Ok(()));
+                        }
                         Control::EventRate { per_second, reply } => {
                             let _ = reply.send(d.dp.set_event_rate(per_second).map_err(|e| format!("{e:#}")));
                         }
                     },
-                    _ = term.recv() => return Ok::<bool, anyhow::Error>(true),
-                    _ = int.recv() => return Ok(true),
+                    _ = term.recv() => {
+                        d.drain_learned();
+                        return Ok::<bool, anyhow::Error>(true);
+                    }
+                    _ = int.recv() => {
+                        d.drain_learned();
+                        return Ok(true);
+                    }
                 }
             }
         };

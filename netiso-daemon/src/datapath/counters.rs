@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use netiso_common::{maps, Counter, DropReason, FlowKey, FlowValue, LAYOUT_VERSION};
+use netiso_common::{
+    maps, Counter, DropReason, FlowKey, FlowValue, LearnKey, LearnValue, LAYOUT_VERSION,
+};
 
 /// Opens one pinned map of the current layout.
 pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -24,6 +26,19 @@ pub fn flows(map: &Map) -> Result<Vec<(FlowKey, FlowValue)>> {
     let table: BpfHashMap<&MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
     // Rows evicted while we iterate are simply skipped.
     Ok(table.iter().flatten().collect())
+}
+
+/// Takes every row out of the learn table: read, then delete each key
+/// read. A flow the kernel adds to a row between the two is lost to the
+/// count (one new flow), never to the record: the next flow re-creates it.
+pub fn drain_learn(map: &mut Map) -> Result<Vec<(LearnKey, LearnValue)>> {
+    let mut table: BpfHashMap<&mut MapData, LearnKey, LearnValue> = BpfHashMap::try_from(map)?;
+    let rows: Vec<(LearnKey, LearnValue)> = table.iter().flatten().collect();
+    for (k, _) in &rows {
+        // Already gone (deleted by a second reader): nothing to do.
+        let _ = table.remove(k);
+    }
+    Ok(rows)
 }
 
 /// Sum over CPUs of a per-CPU counter array, index -> counter, zero rows left out.

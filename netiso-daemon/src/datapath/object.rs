@@ -292,6 +292,18 @@ impl Datapath {
     }
 
     /// How many entries the endpoints map holds.
+    /// Learn mode: takes the new flows the programs noted since the last
+    /// call.
+    pub fn drain_learned(
+        &mut self,
+    ) -> Result<Vec<(netiso_common::LearnKey, netiso_common::LearnValue)>> {
+        let map = self
+            .ebpf
+            .map_mut(maps::LEARN)
+            .context("the eBPF object has no learn map")?;
+        crate::datapath::counters::drain_learn(map)
+    }
+
     pub fn endpoint_capacity(&self) -> Result<u32> {
         let map = self
             .ebpf

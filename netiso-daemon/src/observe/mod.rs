@@ -4,6 +4,7 @@ pub mod defaults;
 pub mod events;
 pub mod filter;
 pub mod flow;
+pub mod learned;
 pub mod metrics;
 pub mod state;
 pub mod stats;

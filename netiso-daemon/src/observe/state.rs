@@ -97,6 +97,9 @@ pub struct EndpointState {
     /// what netiso does not understand.
     #[serde(default)]
     pub guarded: bool,
+    /// Learn mode: its new flows are recorded (`learned.json`).
+    #[serde(default)]
+    pub learning: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

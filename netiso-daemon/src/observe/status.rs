@@ -102,6 +102,9 @@ pub struct EndpointStatus {
     pub attach: Option<Attach>,
     /// Per direction, when not simply attached.
     pub detail: Option<String>,
+    /// Learn mode records its new flows.
+    #[serde(default)]
+    pub learning: bool,
 }
 
 /// One direction of one veth.
@@ -220,6 +223,7 @@ pub fn report(pin_dir: &Path, socket: &Path, state: &State) -> StatusReport {
                 container: e.container.clone(),
                 container_id: e.container_id.clone(),
                 groups: e.groups.clone(),
+                learning: e.learning,
                 network: e.network.clone(),
                 ifname: e.ifname.clone(),
                 ifindex: e.ifindex,
@@ -412,11 +416,15 @@ pub fn render(r: &StatusReport) -> String {
     } else {
         let lines = r.endpoints.iter().map(|e| EndpointLine {
             container: e.container.clone(),
-            groups: if e.groups.is_empty() {
-                "-".into()
-            } else {
-                e.groups.join(",")
-            },
+            groups: format!(
+                "{}{}",
+                if e.groups.is_empty() {
+                    "-".into()
+                } else {
+                    e.groups.join(",")
+                },
+                if e.learning { " (learning)" } else { "" }
+            ),
             network: e.network.clone(),
             veth: match (&e.ifname, e.ifindex) {
                 (Some(n), Some(i)) => format!("{n} ({i})"),

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::net::Ipv4Addr;
 
 use anyhow::bail;
-use netiso_common::{endpoint_flags, identity, IpKey};
+use netiso_common::{endpoint_flags, identity, IpKey, LearnKey, LearnValue};
 use tempfile::TempDir;
 
 use super::*;
@@ -79,6 +79,8 @@ struct FakeDatapath {
     attempts: u32,
     fail: u32,
     generation: u32,
+    /// Rows the next `drain_learned` returns.
+    learned: Vec<(LearnKey, LearnValue)>,
 }
 
 impl FakeDatapath {
@@ -90,6 +92,10 @@ impl FakeDatapath {
 impl Dataplane for FakeDatapath {
     fn generation(&self) -> u32 {
         self.generation
+    }
+
+    fn drain_learned(&mut self) -> Result<Vec<(LearnKey, LearnValue)>> {
+        Ok(std::mem::take(&mut self.learned))
     }
 
     fn endpoint_capacity(&self) -> Result<u32> {
