@@ -1792,6 +1792,53 @@ fn full_tables_evict_the_least_recent_and_totals_stay_exact() {
     drop(dp);
 }
 
+/// A full learn table refuses new rows and counts them; verdicts stay, and
+/// rows already there keep counting.
+#[test]
+fn a_full_learn_table_counts_and_never_changes_a_verdict() {
+    let pins = PinDir::new();
+    let ns = NetNs::new("lfull");
+    let mut dp = ns.run(|| {
+        let mut dp = Datapath::load_with_sizes(&pins.path, &[(maps::LEARN, 4)]).expect("load");
+        // Allow defaults: flows to the world are allowed, so learned.
+        dp.apply(&desired(endpoint_flags::LEARN)).expect("apply");
+        dp
+    });
+    let run = |dp: &mut Datapath, frame: &[u8]| -> i32 {
+        let p: &mut SchedClassifier = dp.ebpf_mut().program_mut(OUT).unwrap().try_into().unwrap();
+        p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .unwrap()
+        .return_value as i32
+    };
+    // Ten allowed new flows to ten ports of the world, four rows of room.
+    for port in 0..10u16 {
+        assert_eq!(
+            run(
+                &mut dp,
+                &tcp4(MAC_A, A, WORLD, 30_000 + port, 1000 + port, SYN)
+            ),
+            tc::PASS
+        );
+    }
+    assert_eq!(
+        run(&mut dp, &tcp4(MAC_A, A, WORLD, 31_000, 1000, SYN)),
+        tc::PASS
+    );
+    let errors = counters::per_cpu_totals(dp.ebpf().map(maps::ERRORS).unwrap()).unwrap();
+    assert_eq!(errors[&netiso_common::errors::LEARN_FULL].packets, 6);
+    let rows = dp.drain_learned().unwrap();
+    assert_eq!(rows.len(), 4);
+    let port_1000 = rows
+        .iter()
+        .find(|(k, _)| k.port == 1000)
+        .expect("the first flow's row");
+    assert_eq!(port_1000.1.flows, 2, "a row already there keeps counting");
+    drop(dp);
+}
+
 #[test]
 fn a_restarted_datapath_readopts_links_without_duplicates() {
     let pins = PinDir::new();

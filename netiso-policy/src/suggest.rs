@@ -521,7 +521,12 @@ fn write_rules(out: &mut String, rules: &BTreeMap<RuleKey<Written>, Stat>) {
             continue;
         };
         let _ = writeln!(out, "[[rules]]");
-        let _ = writeln!(out, "# {} new flows{span}", s.flows);
+        let _ = writeln!(
+            out,
+            "# {} new flow{}{span}",
+            s.flows,
+            if s.flows == 1 { "" } else { "s" }
+        );
         let _ = writeln!(out, "from = {}", from.toml());
         let _ = writeln!(out, "to = {}", to.toml());
         let _ = writeln!(out, "ports = [{}]", quote(&ports));
@@ -611,8 +616,9 @@ pub fn against(
     }
     let _ = writeln!(
         out,
-        "\n# Added by `netiso policy suggest --against`: {} recorded flow rows this policy drops.",
-        fixable.len()
+        "\n# Added by `netiso policy suggest --against`: {} recorded flow row{} this policy drops.",
+        fixable.len(),
+        if fixable.len() == 1 { "" } else { "s" }
     );
     for g in &defs {
         out.push('\n');

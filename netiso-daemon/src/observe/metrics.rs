@@ -201,6 +201,7 @@ impl KernelSnapshot {
             maps::FLOWS,
             maps::FRAGS,
             maps::CIDRS,
+            maps::LEARN,
         ] {
             let r = open_pinned(pin_dir, name).and_then(|m| {
                 let data = match &m {

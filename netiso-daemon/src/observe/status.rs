@@ -410,6 +410,16 @@ pub fn render(r: &StatusReport) -> String {
             },
         );
     }
+    let learning = r.endpoints.iter().filter(|e| e.learning).count();
+    if learning > 0 {
+        line(
+            "Learn:",
+            format!(
+                "{learning} veth{} recording new flows (netiso policy suggest)",
+                if learning == 1 { "" } else { "s" }
+            ),
+        );
+    }
     out.push('\n');
     if r.endpoints.is_empty() {
         out.push_str("No endpoints.\n");
