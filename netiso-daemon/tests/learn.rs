@@ -370,3 +370,106 @@ fn remove_rule(text: &str, body: &str) -> String {
     let end = at + body.len();
     format!("{}{}", &text[..start], text[end..].trim_start_matches('\n'))
 }
+
+/// `policy suggest --record`: an empty record gives an empty valid policy;
+/// a record of 20,000 flow rows (200 containers of 20 services, each
+/// talking to 100 addresses beyond the host) gives a short one, at once.
+#[test]
+fn suggest_on_empty_and_big_records() {
+    use netiso_daemon::observe::learned::{ContainerFacts, FlowRow, Record, SideRow};
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, serde_json::to_vec(&Record::default()).unwrap()).unwrap();
+    let out = netiso(&["policy", "suggest", "--record", empty.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let policy = write(
+        dir.path(),
+        "empty.toml",
+        &String::from_utf8_lossy(&out.stdout),
+    );
+    let check = netiso(&["policy", "check", policy.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("(0 groups, 0 rules, 0 warnings)"),
+        "{}",
+        text(&check)
+    );
+
+    let mut record = Record::default();
+    for c in 0..200u32 {
+        let service = format!("svc{}", c % 20);
+        record.containers.insert(
+            format!("big-{service}-{c}"),
+            ContainerFacts {
+                labels: [
+                    ("com.docker.compose.project".to_string(), "big".to_string()),
+                    ("com.docker.compose.service".to_string(), service),
+                ]
+                .into(),
+                learned: true,
+                ..ContainerFacts::default()
+            },
+        );
+    }
+    let names: Vec<String> = record.containers.keys().cloned().collect();
+    for (i, n) in names.iter().enumerate() {
+        for a in 0..100u32 {
+            let [_, _, b, d] = (i as u32 * 100 + a).to_be_bytes();
+            record.flows.push(FlowRow {
+                from: SideRow::Container(n.clone()),
+                to: SideRow::Address(std::net::IpAddr::from([198, 18, b, d])),
+                proto: 6,
+                port: 443,
+                sent: 1,
+                received: 0,
+                first: 1_796_000_000,
+                last: 1_796_000_000 + a as u64,
+            });
+        }
+        let next = &names[(i + 1) % names.len()];
+        record.flows.push(FlowRow {
+            from: SideRow::Container(n.clone()),
+            to: SideRow::Container(next.clone()),
+            proto: 17,
+            port: 5000 + (i % 7) as u16,
+            sent: 3,
+            received: 3,
+            first: 1_796_000_000,
+            last: 1_796_000_100,
+        });
+    }
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, serde_json::to_vec(&record).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let out = netiso(&["policy", "suggest", "--record", big.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    let suggestion = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "{} flow rows -> {} bytes, {} rules, in {took:?}",
+        record.flows.len(),
+        suggestion.len(),
+        suggestion.matches("[[rules]]").count()
+    );
+    let policy = write(dir.path(), "big.toml", &suggestion);
+    let check = netiso(&["policy", "check", policy.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("(20 groups, ")
+            && String::from_utf8_lossy(&check.stdout).contains(" 0 warnings"),
+        "{}",
+        text(&check)
+    );
+    // One rule per service to what lies beyond the host (`world`, or at
+    // most four /24 blocks where its 1,000 addresses fall in so few), not
+    // 20,000 address rules.
+    assert_eq!(
+        suggestion.matches("ports = [\"443/tcp\"]").count(),
+        20,
+        "{suggestion}"
+    );
+    assert!(
+        suggestion.matches("to = \"world\"").count() >= 10,
+        "{suggestion}"
+    );
+    assert!(!suggestion.contains("/32"), "{suggestion}");
+    assert!(suggestion.len() < 40_000, "{} bytes", suggestion.len());
+}

@@ -51,13 +51,15 @@ const ROOT_VERSION: &str = "1";
 /// The test binaries that run against each engine: end to end, the
 /// scenarios, hostile containers; and what most depends on the engine's
 /// behaviour: its events and MACs across restarts, reconnects and renames
-/// (lifecycle), its firewall's port publishing (published_ports).
+/// (lifecycle), its firewall's port publishing (published_ports); learn
+/// mode's naming of what containers do (learn).
 pub const TESTS: &[&str] = &[
     "docker_e2e",
     "scenarios",
     "hostile_containers",
     "lifecycle",
     "published_ports",
+    "learn",
 ];
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -780,7 +782,7 @@ mod tests {
             shown.ends_with(
                 "tests /t/sys cargo test --workspace --exclude netiso-ebpf --no-fail-fast \
                  --test docker_e2e --test scenarios --test hostile_containers --test lifecycle \
-                 --test published_ports policy"
+                 --test published_ports --test learn policy"
             ),
             "{shown}"
         );

@@ -130,6 +130,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         if let Err(e) = self.learned.save() {
             warn!(error = format!("{e:#}"), "cannot save the learn record");
         }
+        self.learned.drained();
     }
 
     pub(super) async fn resync(&mut self, docker: &impl Engine) -> Result<()> {

@@ -152,6 +152,10 @@ pub struct Recorder {
     published: HashMap<(u8, u16), String>,
     host: Vec<IpAddr>,
     dirty: bool,
+    /// Drains still due although no veth learns now: rows noted before
+    /// learn mode went off (or before a restart) are read while their
+    /// veths still name the same containers.
+    tail: u8,
 }
 
 impl Recorder {
@@ -187,6 +191,7 @@ impl Recorder {
             published: HashMap::new(),
             host: Vec::new(),
             dirty: false,
+            tail: 1,
         }
     }
 
@@ -194,9 +199,24 @@ impl Recorder {
         &self.record
     }
 
-    /// Whether any veth is in learn mode (or the record has unsaved rows).
+    /// Whether the learn table should be drained: a veth is in learn mode,
+    /// or was until lately, or the record has unsaved rows.
     pub fn active(&self) -> bool {
-        self.dirty || self.known.values().any(|c| c.learned)
+        self.dirty || self.tail > 0 || self.learning()
+    }
+
+    fn learning(&self) -> bool {
+        self.known.values().any(|c| c.learned)
+    }
+
+    /// A drain happened: when nothing learns any more, the drains due wind
+    /// down.
+    pub fn drained(&mut self) {
+        if self.learning() {
+            self.tail = 2;
+        } else {
+            self.tail = self.tail.saturating_sub(1);
+        }
     }
 
     /// The containers as they are now: rows drained from here on are named
@@ -244,6 +264,9 @@ impl Recorder {
                 self.remember(&c.name, &facts);
             }
             self.known.insert(c.name.clone(), facts);
+        }
+        if self.learning() {
+            self.tail = 2;
         }
     }
 
@@ -475,6 +498,28 @@ mod tests {
             Record::read(&Record::path(dir.path())).unwrap(),
             *r.record()
         );
+    }
+
+    /// Drains go on for a while after learn mode goes off (rows noted just
+    /// before are still named right), then stop; a new recorder drains
+    /// once (rows left from before a restart).
+    #[test]
+    fn drains_wind_down_after_learn_mode_goes_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Recorder::open(dir.path());
+        assert!(r.active(), "leftovers from before a restart");
+        r.drained();
+        assert!(!r.active());
+        let web = [container("web", [10, 0, 0, 2], 12)];
+        r.note(&web, |_| true, &[]);
+        r.save().unwrap();
+        r.drained();
+        assert!(r.active());
+        r.note(&web, |_| false, &[]);
+        r.drained();
+        assert!(r.active(), "one more after learning stopped");
+        r.drained();
+        assert!(!r.active());
     }
 
     /// A full record refuses new rows and counts them; old rows still grow.
