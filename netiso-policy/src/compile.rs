@@ -16,6 +16,7 @@ use crate::cidr::{self, CidrEntry};
 use crate::container::Container;
 use crate::diagnostic::{Diagnostic, Kind, PolicyError};
 use crate::eval::Decision;
+use crate::fqdn::FqdnPeer;
 use crate::model::{Policy, Rule, HOST, WORLD};
 use crate::ports::{PortSpec, NAMED_NUMBERS};
 
@@ -153,6 +154,30 @@ pub struct Compiled {
     pub cidrs: Vec<CidrEntry>,
     /// `rules[rule_id - 1]`; rule_id 0 means "a default decided".
     pub rules: Vec<RuleInfo>,
+    /// One identity per peer by name (`world` and the name, flags 0): an
+    /// address a container learned for the name is judged with it too.
+    pub fqdns: Vec<FqdnEntry>,
+    /// Identities that some rule lets reach a peer by name: their
+    /// containers' DNS traffic is watched to learn addresses.
+    pub fqdn_senders: BTreeSet<u32>,
+}
+
+/// A peer by name and its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FqdnEntry {
+    pub identity: u32,
+    pub peer: FqdnPeer,
+}
+
+impl Compiled {
+    /// The identities of the peers by name that `name` is one of.
+    pub fn fqdn_identities_of(&self, name: &str) -> Vec<u32> {
+        self.fqdns
+            .iter()
+            .filter(|e| e.peer.matches(name))
+            .map(|e| e.identity)
+            .collect()
+    }
 }
 
 impl Compiled {
@@ -340,6 +365,17 @@ pub fn compile_members(
         compiled.container_identity.insert(key.clone(), id);
     }
     compile_cidrs(policy, ids, &mut compiled)?;
+    for peer in policy.fqdn_peers() {
+        let id = ids.cidr_identity_of(std::slice::from_ref(&peer.name));
+        compiled.identities.entry(id).or_insert(IdentityDef {
+            groups: vec![peer.name.clone()],
+            flags: 0,
+        });
+        compiled.fqdns.push(FqdnEntry {
+            identity: id,
+            peer: peer.clone(),
+        });
+    }
 
     // The names a rule can use to mean each identity.
     let peers: Vec<(u32, Vec<String>)> = compiled
@@ -360,6 +396,9 @@ pub fn compile_members(
     for (i, rule) in policy.rules.iter().enumerate() {
         let (srcs, dsts) = (with_name(rule.from.name()), with_name(rule.to.name()));
         pairs_of_rule[i] = srcs.len() * dsts.len();
+        if matches!(rule.to, crate::model::Peer::Fqdn(_)) {
+            compiled.fqdn_senders.extend(srcs.iter().copied());
+        }
         for &s in &srcs {
             for &d in &dsts {
                 pairs.entry((s, d)).or_default().push(rule);

@@ -43,6 +43,9 @@ pub enum Kind {
     BadCidr,
     /// A `fail_closed` group without a `network` criterion.
     FailClosedNetwork,
+    /// A peer by name that is not a valid name or pattern, or used where
+    /// names cannot be (a source, a deny rule).
+    BadFqdn,
     /// The compiled policy does not fit in the kernel maps.
     TooLarge,
     /// Warning: a rule that can never decide a packet.
@@ -72,6 +75,7 @@ impl Kind {
             Self::DuplicateSetting => "duplicate-setting",
             Self::BadCidr => "bad-cidr",
             Self::FailClosedNetwork => "fail-closed-network",
+            Self::BadFqdn => "bad-fqdn",
             Self::TooLarge => "too-large",
             Self::ShadowedRule => "shadowed-rule",
             Self::UnusedGroup => "unused-group",

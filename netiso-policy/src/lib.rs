@@ -20,12 +20,14 @@
 //! - `glob`: `*` patterns of names and images. Uses nothing.
 //! - `diagnostic`: errors and warnings with their place, rendered. Uses nothing.
 //! - `cidr`: address blocks and the peers they make. Uses nothing.
+//! - `fqdn`: peers by name, their patterns and matching. Uses nothing.
 //! - `ports`: port and protocol specs. Uses `diagnostic`.
 //! - `selector`: which containers a group selects. Uses `container`, `diagnostic`, `glob`.
 //! - `model`: the validated policy (groups, rules, settings). Uses `cidr`, `container`,
-//!   `diagnostic`, `ports`, `selector`.
+//!   `diagnostic`, `fqdn`, `ports`, `selector`.
 //! - `lint`: warnings about a valid policy. Uses `diagnostic`, `model`, `ports`.
-//! - `parse`: TOML text to `model`. Uses `cidr`, `diagnostic`, `lint`, `model`, `ports`, `selector`.
+//! - `parse`: TOML text to `model`. Uses `cidr`, `diagnostic`, `fqdn`, `lint`, `model`, `ports`,
+//!   `selector`.
 //! - `load`: files and directories to `parse` (the only I/O). Uses `diagnostic`, `model`, `parse`.
 //! - `eval`: the reference semantics. Uses `model`.
 //! - `compile`: map contents and the kernel's lookup. Uses `cidr`, `container`, `diagnostic`,
@@ -40,6 +42,7 @@ mod compile;
 pub mod container;
 mod diagnostic;
 mod eval;
+pub mod fqdn;
 mod glob;
 mod lint;
 mod load;
@@ -53,7 +56,7 @@ pub mod testing;
 
 pub use cidr::{Cidr, CidrEntry, CidrPeer};
 pub use compile::{
-    compile, compile_members, Compiled, IdentityAllocator, IdentityDef, RuleInfo,
+    compile, compile_members, Compiled, FqdnEntry, IdentityAllocator, IdentityDef, RuleInfo,
     FIRST_CIDR_IDENTITY,
 };
 pub use diagnostic::{

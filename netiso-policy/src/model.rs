@@ -8,6 +8,7 @@ use netiso_common::{defaults, Action};
 use crate::cidr::CidrPeer;
 use crate::container::Container;
 use crate::diagnostic::{Diagnostic, Location};
+use crate::fqdn::FqdnPeer;
 use crate::ports::PortSpec;
 use crate::selector::Selector;
 
@@ -113,6 +114,9 @@ pub enum Peer {
     /// Address blocks; part of the world (a rule naming `world` applies to
     /// them too).
     Cidr(CidrPeer),
+    /// Names (`fqdn = …`): the addresses a container learned for them from
+    /// DNS answers it received, while they last; part of the world too.
+    Fqdn(FqdnPeer),
 }
 
 impl Peer {
@@ -123,6 +127,7 @@ impl Peer {
             Self::World => WORLD,
             Self::Host => HOST,
             Self::Cidr(c) => &c.name,
+            Self::Fqdn(f) => &f.name,
         }
     }
 
@@ -211,6 +216,19 @@ impl Policy {
     /// learn`, or `learn` in one of its groups.
     pub fn learns(&self, c: &Container) -> bool {
         self.settings.learn || self.groups.iter().any(|g| g.learn && g.selects(c))
+    }
+
+    /// Every distinct peer by name the rules use, in rule order.
+    pub fn fqdn_peers(&self) -> Vec<&FqdnPeer> {
+        let mut out: Vec<&FqdnPeer> = Vec::new();
+        for r in &self.rules {
+            if let Peer::Fqdn(f) = &r.to {
+                if !out.iter().any(|o| o.name == f.name) {
+                    out.push(f);
+                }
+            }
+        }
+        out
     }
 
     pub fn group(&self, name: &str) -> Option<&Group> {

@@ -12,6 +12,7 @@ use toml_edit::{ImDocument, Item, Key, Value};
 
 use crate::cidr::{Cidr, CidrPeer};
 use crate::diagnostic::{did_you_mean, Diagnostic, Kind, Location, PolicyError, SourceFile};
+use crate::fqdn::{self, FqdnPeer};
 use crate::lint;
 use crate::model::{Defaults, Group, Peer, Policy, Rule, Settings, HOST, RESERVED, WORLD};
 use crate::ports::{parse_port, PortSpec};
@@ -39,7 +40,7 @@ const GROUP_KEYS: &[&str] = &[
 ];
 const COMPOSE_KEYS: &[&str] = &["project", "service"];
 const RULE_KEYS: &[&str] = &["from", "to", "ports", "action", "description"];
-const CIDR_PEER_KEYS: &[&str] = &["cidr", "except"];
+const CIDR_PEER_KEYS: &[&str] = &["cidr", "except", "fqdn"];
 
 /// A value and where it was written.
 struct Sp<T> {
@@ -52,6 +53,7 @@ enum RawPeer {
     /// A group name, `world` or `host`.
     Named(String),
     Cidr(CidrPeer),
+    Fqdn(FqdnPeer),
 }
 
 /// A rule as read from one file, before group names are checked.
@@ -198,6 +200,27 @@ pub(crate) fn parse_sources(
                     peers.push(Peer::Cidr(c));
                     continue;
                 }
+                RawPeer::Fqdn(_) if key == "from" => {
+                    complete = false;
+                    diags.push(
+                        Diagnostic::error(
+                            Kind::BadFqdn,
+                            format!("rule {}: a name can only be a destination", raw.id),
+                        )
+                        .at(peer.loc)
+                        .label("`fqdn` in \"from\"")
+                        .help(
+                            "netiso learns a name's addresses from the DNS answers a container \
+                             receives, so names work in \"to\"; for traffic coming in, name \
+                             address blocks",
+                        ),
+                    );
+                    continue;
+                }
+                RawPeer::Fqdn(f) => {
+                    peers.push(Peer::Fqdn(f));
+                    continue;
+                }
                 RawPeer::Named(name) => name,
             };
             match name.as_str() {
@@ -224,6 +247,32 @@ pub(crate) fn parse_sources(
                 .label("\"action\" is missing")
                 .help("add `action = \"allow\"`, `action = \"deny\"` or `action = \"audit\"`"),
             );
+        }
+        if let (true, [from, Peer::Fqdn(_)], Some(action)) = (complete, &peers[..], raw.action) {
+            let problem = if !matches!(from, Peer::Group(_)) {
+                Some((
+                    format!("rule {}: a name needs a group on the \"from\" side", raw.id),
+                    "the addresses behind a name are learned per container, from the answers \
+                     it receives: name the group whose containers resolve it",
+                ))
+            } else if action == Action::Deny {
+                Some((
+                    format!("rule {}: a name cannot be denied", raw.id),
+                    "a container can reach an address without asking DNS, and then the name \
+                     is unknown: deny by default (`egress = \"deny\"`) and allow names",
+                ))
+            } else {
+                None
+            };
+            if let Some((message, help)) = problem {
+                complete = false;
+                diags.push(
+                    Diagnostic::error(Kind::BadFqdn, message)
+                        .at(raw.location.clone())
+                        .label("this rule")
+                        .help(help),
+                );
+            }
         }
         if let (true, [from, to], Some(action)) = (complete, &peers[..], raw.action) {
             debug_assert!(!raw.broken);
@@ -1155,6 +1204,9 @@ impl Walker<'_> {
             return None;
         };
         let loc = self.item_loc(key, item);
+        if body.iter().any(|(k, _)| k.get() == "fqdn") {
+            return self.fqdn_peer(key, body, loc);
+        }
         let (mut cidrs, mut except) = (Vec::new(), Vec::new());
         let mut ok = true;
         let mut except_at = Vec::new();
@@ -1241,6 +1293,67 @@ impl Walker<'_> {
         }
         ok.then(|| Sp {
             value: RawPeer::Cidr(CidrPeer::new(cidrs, except)),
+            loc,
+        })
+    }
+
+    /// `{ fqdn = "api.example.com" }` or `{ fqdn = ["a.example", "*.b.example"] }`.
+    fn fqdn_peer(
+        &mut self,
+        key: &Key,
+        body: Vec<(&Key, &Item)>,
+        loc: Location,
+    ) -> Option<Sp<RawPeer>> {
+        let mut ok = true;
+        let mut patterns = Vec::new();
+        for (k, v) in body {
+            if k.get() != "fqdn" {
+                ok = false;
+                self.diags.push(
+                    Diagnostic::error(
+                        Kind::UnknownKey,
+                        format!(
+                            "\"{}\" cannot go with \"fqdn\" in \"{}\"",
+                            k.get(),
+                            key.get()
+                        ),
+                    )
+                    .at(self.key_loc(k))
+                    .label("not a key of a peer by name")
+                    .help("a peer is names (`fqdn`) or address blocks (`cidr`): write two rules"),
+                );
+                continue;
+            }
+            let Some(list) = self.one_or_more(k, v, "\"api.example.com\"") else {
+                ok = false;
+                continue;
+            };
+            for s in list {
+                match fqdn::check_pattern(&s.value) {
+                    Ok(p) => patterns.push(p),
+                    Err((message, help)) => {
+                        ok = false;
+                        self.diags.push(
+                            Diagnostic::error(Kind::BadFqdn, message)
+                                .at(s.loc)
+                                .label("not a DNS name or pattern")
+                                .help(help),
+                        );
+                    }
+                }
+            }
+        }
+        if ok && patterns.is_empty() {
+            self.diags.push(
+                Diagnostic::error(Kind::BadFqdn, format!("\"{}\" names no name", key.get()))
+                    .at(loc.clone())
+                    .label("empty list")
+                    .help("give at least one name: fqdn = \"api.example.com\""),
+            );
+            return None;
+        }
+        ok.then(|| Sp {
+            value: RawPeer::Fqdn(FqdnPeer::new(patterns)),
             loc,
         })
     }

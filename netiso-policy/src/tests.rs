@@ -1572,3 +1572,103 @@ fn the_linear_shadow_lint_matches_the_definition() {
         "the generator must make shadowed rules: {warned}"
     );
 }
+
+/// Peers by name: parsed and normalized, one identity per peer (with the
+/// world's rules), senders known; misuse is an error at its place.
+#[test]
+fn peers_by_name() {
+    let text = r#"
+[groups.pay]
+labels = { app = "pay" }
+egress = "deny"
+
+[[rules]]
+from = "pay"
+to = { fqdn = ["API.Stripe.com.", "*.stripe.network"] }
+ports = ["443/tcp"]
+action = "allow"
+
+[[rules]]
+from = "pay"
+to = "world"
+ports = ["53/udp"]
+action = "allow"
+"#;
+    let p = parse_str(text, "p.toml").unwrap();
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(p.rules[0].to.name(), "fqdn:*.stripe.network,api.stripe.com");
+    let mut ids = IdentityAllocator::new();
+    let c = compile(
+        &p,
+        &[container("pay-1", &[("app", "pay")], &["n"])],
+        &mut ids,
+    )
+    .unwrap();
+    assert_eq!(c.fqdns.len(), 1);
+    let fq = c.fqdns[0].identity;
+    assert!(fq >= FIRST_CIDR_IDENTITY);
+    let pay = c.container_identity["id-pay-1"];
+    assert_eq!(c.fqdn_senders, [pay].into());
+    assert_eq!(c.fqdn_identities_of("api.stripe.com"), vec![fq]);
+    assert_eq!(c.fqdn_identities_of("m.stripe.network"), vec![fq]);
+    assert!(c.fqdn_identities_of("stripe.network").is_empty());
+    // The name's rule, and the world's rules too.
+    assert_eq!(c.lookup(pay, fq, proto::TCP, 443).action, Action::Allow);
+    assert_eq!(c.lookup(pay, fq, proto::UDP, 53).action, Action::Allow);
+    assert_eq!(c.lookup(pay, fq, proto::TCP, 80).action, Action::Deny);
+    assert_eq!(
+        c.lookup(pay, netiso_common::identity::WORLD, proto::TCP, 443)
+            .action,
+        Action::Deny
+    );
+
+    let rule = |from: &str, to: &str, action: &str| {
+        format!(
+            "[groups.pay]\nlabels = {{ app = \"pay\" }}\n\n[[rules]]\nfrom = {from}\nto = {to}\naction = \"{action}\"\n"
+        )
+    };
+    for (text, needle) in [
+        (
+            rule("{ fqdn = \"a.example\" }", "\"pay\"", "allow"),
+            "a name can only be a destination",
+        ),
+        (
+            rule("\"world\"", "{ fqdn = \"a.example\" }", "allow"),
+            "a name needs a group",
+        ),
+        (
+            rule("\"pay\"", "{ fqdn = \"a.example\" }", "deny"),
+            "a name cannot be denied",
+        ),
+        (
+            rule("\"pay\"", "{ fqdn = \"*.com\" }", "allow"),
+            "every name under a top-level domain",
+        ),
+        (
+            rule(
+                "\"pay\"",
+                "{ fqdn = \"a.example\", cidr = \"10.0.0.0/8\" }",
+                "allow",
+            ),
+            "cannot go with \"fqdn\"",
+        ),
+        (
+            rule("\"pay\"", "{ fqdn = [] }", "allow"),
+            "\"fqdn\" is empty",
+        ),
+    ] {
+        let e = errors(&text);
+        assert!(e.contains(needle), "{needle:?} not in:\n{e}");
+    }
+    assert_eq!(
+        kinds(&rule("\"pay\"", "{ fqdn = \"a*.example.com\" }", "allow")),
+        vec![Kind::BadFqdn]
+    );
+    // The error points at the pattern.
+    let e = errors(&rule(
+        "\"pay\"",
+        "{ fqdn = [\"ok.example\", \"bad..example\"] }",
+        "allow",
+    ));
+    assert!(e.contains("p.toml:6:"), "{e}");
+}
