@@ -31,7 +31,7 @@
 //! - `load`: files and directories to `parse` (the only I/O). Uses `diagnostic`, `model`, `parse`.
 //! - `eval`: the reference semantics. Uses `model`.
 //! - `compile`: map contents and the kernel's lookup. Uses `cidr`, `container`, `diagnostic`,
-//!   `eval`, `model`, `ports` (its tests also `parse`).
+//!   `eval`, `fqdn`, `model`, `ports` (its tests also `parse`).
 //! - `suggest`: a policy from observed flows (learn mode) and what a policy would drop of
 //!   them. Uses `container`, `eval`, `model`, `parse`, `selector`.
 //! - `testing` (tests, feature `testing`): fixtures. Uses `container`.
