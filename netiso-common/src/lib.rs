@@ -30,9 +30,11 @@ pub mod maps {
     pub const ERRORS: &str = "NETISO_ERRORS";
     pub const PUBLISHED: &str = "NETISO_PUBLISHED";
     pub const LEARN: &str = "NETISO_LEARN";
+    pub const FQDN: &str = "NETISO_FQDN";
+    pub const DNS: &str = "NETISO_DNS";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -48,6 +50,8 @@ pub mod maps {
         ERRORS,
         PUBLISHED,
         LEARN,
+        FQDN,
+        DNS,
     ];
 }
 
@@ -80,6 +84,11 @@ pub mod limits {
     /// Distinct new flows learn mode remembers between two drains by the
     /// daemon (every 2 s); a full table counts `errors::LEARN_FULL`.
     pub const LEARN: u32 = 65536;
+    /// Addresses learned for peers by name, over all endpoints.
+    pub const FQDN: u32 = 65536;
+    /// The DNS copies ring buffer (queries leaving, answers entering
+    /// endpoints that resolve names some rule allows).
+    pub const DNS_BYTES: u32 = 1 << 22;
     /// Rule ids run from 1 to `RULES - 1`; 0 stands for "a group default".
     pub const RULES: u32 = 16384;
 }
@@ -100,6 +109,10 @@ pub mod identity {
     /// that port reaches. No rule names it and it denies ingress, so
     /// reaching that port through the host is denied to everyone.
     pub const AMBIGUOUS_PUBLISHED: u32 = 4;
+    /// Identities of address-block peers and of peers by name start here
+    /// (an address's identity from the CIDR trie is at least this, or
+    /// WORLD).
+    pub const FIRST_ADDRESS_PEER: u32 = 1 << 24;
     pub const FIRST_GROUP_IDENTITY: u32 = 256;
 }
 
@@ -134,6 +147,10 @@ pub mod endpoint_flags {
     /// Learn mode: every new flow this endpoint lets through is recorded
     /// in `maps::LEARN` (its first packet only).
     pub const LEARN: u32 = 1 << 9;
+    /// The endpoint's container may reach peers by name: its DNS queries
+    /// are copied to the daemon, and the answers held until the daemon
+    /// has learned their addresses (`maps::DNS`).
+    pub const FQDN: u32 = 1 << 10;
 }
 
 /// The verdict a policy entry gives.
@@ -506,14 +523,21 @@ pub mod errors {
     /// Learn mode: a new flow found the learn table full (not recorded;
     /// the packet's verdict is unchanged).
     pub const LEARN_FULL: u32 = 5;
+    /// A DNS answer held for the daemon (it sends it on once learned).
+    pub const DNS_HELD: u32 = 6;
+    /// A DNS message not copied (ring buffer full, or bigger than
+    /// `DNS_CAPTURE`): it passes, and nothing is learned from it.
+    pub const DNS_MISSED: u32 = 7;
     pub const COUNT: u32 = 8;
-    pub const NAMES: [&str; 6] = [
+    pub const NAMES: [&str; 8] = [
         "ct-insert-failed",
         "flow-insert-failed",
         "event-lost",
         "frag-insert-failed",
         "ct-expired",
         "learn-table-full",
+        "dns-held",
+        "dns-missed",
     ];
 }
 
@@ -563,6 +587,56 @@ pub struct LearnValue {
     pub judged_identity: u32,
     pub judged_port: u16,
     pub _pad: u16,
+}
+
+/// The mark of a DNS answer the daemon sends on after learning from it:
+/// the programs let it through instead of holding it again. A container
+/// cannot set it on what reaches another (the mark is cleared when a
+/// packet leaves a network namespace), and nothing is gained by it: it
+/// only skips the copy.
+pub const DNS_REINJECT_MARK: u32 = 0x6e69_5344;
+/// Frame bytes a DNS copy carries at most (longer ones are not copied).
+pub const DNS_CAPTURE: usize = 2048;
+/// Peers by name one learned address can stand for at once.
+pub const FQDN_PEERS: usize = 4;
+
+/// Key of the learned-address map: an endpoint and an address its
+/// container resolved (through a name some rule names).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FqdnKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Value of the learned-address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnValue {
+    /// `bpf_ktime_get_coarse_ns()` clock: new flows to the address are
+    /// judged as the names' until then (TTL, at least the minimum, plus
+    /// the grace period).
+    pub expires_ns: u64,
+    /// Identities of the peers by name (0: unused).
+    pub identities: [u32; FQDN_PEERS],
+}
+
+/// A DNS message copied to the daemon: the frame as it passed the veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsCopy {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Bytes of `data` filled (the whole frame).
+    pub len: u32,
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    /// The frame was held: the daemon must send it on.
+    pub held: u8,
+    pub _pad: [u8; 6],
+    pub data: [u8; DNS_CAPTURE],
 }
 
 /// Key of the flow table: one row per distinct dropped flow and reason.
@@ -750,6 +824,12 @@ mod user {
     // SAFETY: repr(C), integer fields only: 3 * 8 + 4 + 2 + 2 (`_pad`) = 32
     // bytes at align 8, no implicit padding (size test below).
     unsafe impl aya::Pod for LearnValue {}
+    // SAFETY: repr(C), integer fields only: 4 + 1 + 3 (`_pad`) + 16 = 24
+    // bytes at align 4, no implicit padding (size test below).
+    unsafe impl aya::Pod for FqdnKey {}
+    // SAFETY: repr(C), integer fields only: 8 + 4 * 4 = 24 bytes at align
+    // 8, no implicit padding (size test below).
+    unsafe impl aya::Pod for FqdnValue {}
 
     impl core::fmt::Display for DropReason {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -790,6 +870,9 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<LearnKey>(), 28);
         assert_eq!(size_of::<LearnValue>(), 32);
+        assert_eq!(size_of::<FqdnKey>(), 24);
+        assert_eq!(size_of::<FqdnValue>(), 24);
+        assert_eq!(size_of::<DnsCopy>(), 24 + DNS_CAPTURE);
         assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
         assert_eq!(core::mem::offset_of!(Settings, generation), 12);
         assert_eq!(LAYOUT_VERSION, 4);

@@ -4,7 +4,8 @@
 //!
 //! One file per concern: `parse` (headers), `control` (ARP, ND, MLD, IGMP
 //! in their exact form), `conntrack` (per-endpoint state), `policy`
-//! (identities and rules), `record` (drops, counters, events), `maps`.
+//! (identities and rules), `dns` (copies and holds for names), `record`
+//! (drops, counters, events), `maps`.
 #![no_std]
 #![no_main]
 // Atomic adds on shared map values: core's AtomicU64 has no fetch_add on
@@ -17,6 +18,7 @@
 
 mod conntrack;
 mod control;
+mod dns;
 mod maps;
 mod parse;
 mod policy;
@@ -274,7 +276,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 if !conntrack::expired(ct, pkt.proto, now) {
                     if ct.generation == generation {
                         conntrack::track(ct, reply, pkt, now);
-                        return pass(ctx, ifindex, pkt, generation);
+                        return pass(ctx, ifindex, pkt, generation, ep_flags, dir);
                     }
                     // The policy changed since the flow was admitted: judge
                     // it again as it was opened, and cut it if it is no
@@ -290,7 +292,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                     if d.action != Action::Deny as u8 {
                         ct.generation = generation;
                         conntrack::track(ct, reply, pkt, now);
-                        return pass(ctx, ifindex, pkt, generation);
+                        return pass(ctx, ifindex, pkt, generation, ep_flags, dir);
                     }
                     let _ = CONNTRACK.remove(&key);
                     v.src = d.src;
@@ -319,7 +321,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         eval.published(pkt.policy_port)
             .unwrap_or(((identity::HOST, 0), pkt.policy_port))
     };
-    let d = eval.run(dir, peer, port);
+    let mut d = eval.run(dir, peer, port);
+    if dir == Direction::Egress
+        && unicast
+        && ep_flags & endpoint_flags::FQDN != 0
+        && Eval::beyond_host(peer.0)
+    {
+        eval.by_name(&eval.fqdn_key(ifindex, &pkt.daddr), port, &mut d, now);
+    }
     v.src = d.src;
     v.dst = d.dst;
     count(&RULE_STATS, d.rule_id, ctx.len());
@@ -345,19 +354,34 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             count(&ERRORS, errors::CT_INSERT, ctx.len());
         }
     }
-    pass(ctx, ifindex, pkt, generation)
+    pass(ctx, ifindex, pkt, generation, ep_flags, dir)
 }
 
 /// Lets a packet through. A first fragment leaves a note so that the
-/// datagram's later fragments (which carry no ports) follow it.
+/// datagram's later fragments (which carry no ports) follow it. DNS of an
+/// endpoint that resolves names is copied to the daemon, and an answer
+/// held until the daemon sends it on.
 #[inline(always)]
-fn pass(ctx: &TcContext, ifindex: u32, pkt: &Packet, generation: u32) -> i32 {
+fn pass(
+    ctx: &TcContext,
+    ifindex: u32,
+    pkt: &Packet,
+    generation: u32,
+    ep_flags: u32,
+    dir: Direction,
+) -> i32 {
     if pkt.first_fragment
         && FRAGS
             .insert(&frag_key(ifindex, pkt), &generation, 0)
             .is_err()
     {
         count(&ERRORS, errors::FRAG_INSERT, ctx.len());
+    }
+    if ep_flags & endpoint_flags::FQDN != 0
+        && dns::is_dns(ctx, pkt, dir as u8)
+        && dns::watch(ctx, ifindex, dir as u8)
+    {
+        return tc::ACT_SHOT;
     }
     tc::PASS
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use netiso_common::{
     errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, FlowKey, FlowValue, FragKey,
-    IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue, PublishedKey,
+    FqdnKey, FqdnValue, IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue, PublishedKey,
     PublishedValue, RateState, Settings, DROP_REASONS,
 };
 
@@ -63,6 +63,15 @@ pub static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::pinned(limits::FRAGS, 0
 /// and counts, it never evicts what the daemon has not read yet.
 #[map(name = "NETISO_LEARN")]
 pub static LEARN: HashMap<LearnKey, LearnValue> = HashMap::pinned(limits::LEARN, 0);
+
+/// Addresses containers learned for peers by name (written by the daemon
+/// from the DNS answers they received).
+#[map(name = "NETISO_FQDN")]
+pub static FQDN: HashMap<FqdnKey, FqdnValue> = HashMap::pinned(limits::FQDN, 0);
+
+/// DNS messages of endpoints that resolve names, for the daemon.
+#[map(name = "NETISO_DNS")]
+pub static DNS: RingBuf = RingBuf::pinned(limits::DNS_BYTES, 0);
 
 #[map(name = "NETISO_RULE_STATS")]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(limits::RULES, 0);

@@ -4,13 +4,14 @@
 //! first hit decides; no hit falls back to the group defaults.
 use aya_ebpf::maps::lpm_trie::Key;
 use netiso_common::{
-    defaults, family, identity, proto, Action, CidrKey, Direction, DropReason, IpKey, PolicyKey,
-    PublishedKey, CIDR_KEY_PREFIX_BITS,
+    defaults, family, identity, proto, Action, CidrKey, Direction, DropReason, FqdnKey, IpKey,
+    PolicyKey, PublishedKey, CIDR_KEY_PREFIX_BITS, FQDN_PEERS,
 };
 
-use crate::maps::{CIDRS, IDENTITIES, POLICY, PUBLISHED};
+use crate::maps::{CIDRS, FQDN, IDENTITIES, POLICY, PUBLISHED};
 
 /// The identities and verdict of one policy evaluation.
+#[derive(Clone, Copy)]
 pub struct Decision {
     pub action: u8,
     pub reason: DropReason,
@@ -114,6 +115,53 @@ impl Eval {
         unsafe { PUBLISHED.get(&key) }.map(|p| ((p.identity, p.flags), p.port))
     }
 
+    /// Whether a peer identity is an address beyond the host (the world or
+    /// an address block): one a container may have learned for a name.
+    #[inline(always)]
+    pub fn beyond_host(peer: u32) -> bool {
+        peer == identity::WORLD || peer >= identity::FIRST_ADDRESS_PEER
+    }
+
+    /// A flow leaving the endpoint for an address its container learned
+    /// for peers by name (`FQDN[key]`): judged as each of those peers too,
+    /// and the strongest decision stands in `d` (a rule's deny, then audit,
+    /// then allow, then the defaults), as if the address had all these
+    /// names. `now`: entries that expired before it do not count (0: they
+    /// do, for a live connection judged again after a reload).
+    #[inline(never)]
+    pub fn by_name(&self, key: &FqdnKey, port: u16, d: &mut Decision, now: u64) {
+        // SAFETY: FqdnValue is Pod and copied out at once; an entry the
+        // daemon replaces meanwhile can at worst read as another entry's
+        // bytes (maps.rs).
+        let Some(v) = (unsafe { FQDN.get(key) }).copied() else {
+            return;
+        };
+        if now != 0 && now > v.expires_ns {
+            return;
+        }
+        for i in 0..FQDN_PEERS {
+            let id = v.identities[i];
+            if id == 0 {
+                break;
+            }
+            let by = self.run(Direction::Egress, (id, 0), port);
+            if rank(&by) > rank(d) {
+                *d = by;
+            }
+        }
+    }
+
+    /// The learned-address key of `addr` on endpoint `ifindex`.
+    #[inline(always)]
+    pub fn fqdn_key(&self, ifindex: u32, addr: &[u8; 16]) -> FqdnKey {
+        FqdnKey {
+            ifindex,
+            family: self.family,
+            _pad: [0; 3],
+            addr: *addr,
+        }
+    }
+
     /// Judges a flow between the local endpoint and a peer of the given
     /// identity; `dir` says who sends: `Egress` means the endpoint sends.
     #[inline(always)]
@@ -177,5 +225,19 @@ impl Eval {
             src,
             dst,
         }
+    }
+}
+
+/// How strongly a decision decides: a rule's deny, audit, allow, then a
+/// default (the order `evaluate` gives them).
+#[inline(always)]
+fn rank(d: &Decision) -> u8 {
+    if d.rule_id == 0 {
+        return 0;
+    }
+    match d.action {
+        a if a == Action::Deny as u8 => 3,
+        a if a == Action::Audit as u8 => 2,
+        _ => 1,
     }
 }

@@ -22,7 +22,7 @@ use crate::ports::{PortSpec, NAMED_NUMBERS};
 
 /// Identities of address-block peers start here, far from group-set
 /// identities, so that the two ranges never meet.
-pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
+pub const FIRST_CIDR_IDENTITY: u32 = identity::FIRST_ADDRESS_PEER;
 
 /// Keeps group-set → identity numbers stable across compiles, so that a
 /// reload does not renumber (and so re-judge) every container; likewise
