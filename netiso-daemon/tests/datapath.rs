@@ -1948,3 +1948,152 @@ fn learn_mode_records_new_allowed_flows_only() {
     assert!(drain(&mut f).is_empty());
     assert_eq!(f.error_counter(netiso_common::errors::LEARN_FULL), 0);
 }
+
+/// Peers by name: an address the container learned for a name is judged
+/// as the name too (the name's rule allows; an explicit deny of the
+/// address still wins; expired entries do not count); DNS queries leaving
+/// are copied, answers entering are copied and held, unless the daemon
+/// sends them on with its mark.
+#[test]
+fn names_allow_learned_addresses_and_dns_answers_are_held() {
+    use netiso_common::{DnsCopy, FqdnKey, FqdnValue, DNS_REINJECT_MARK};
+    const ID_F: u32 = netiso_common::identity::FIRST_ADDRESS_PEER + 7;
+    let world = netiso_common::identity::WORLD;
+    let mut d = desired(DENY_BOTH | endpoint_flags::FQDN);
+    let allow = |src, dst, p, port, action: Action, rule_id| {
+        (
+            PolicyKey {
+                src,
+                dst,
+                dport: port,
+                proto: p,
+                slot: 0,
+            },
+            PolicyValue {
+                action: action as u8,
+                _pad: [0; 3],
+                rule_id,
+            },
+        )
+    };
+    d.policy.extend([
+        allow(ID_A, ID_F, proto::TCP, 443, Action::Allow, 5),
+        allow(ID_A, world, proto::UDP, 53, Action::Allow, 6),
+        allow(ID_A, ID_F, proto::UDP, 53, Action::Allow, 6),
+        allow(ID_A, world, proto::TCP, 8443, Action::Deny, 7),
+        allow(ID_A, ID_F, proto::TCP, 8443, Action::Deny, 7),
+    ]);
+    let mut f = Fixture::with(d);
+    let key = FqdnKey {
+        ifindex: 1,
+        family: 4,
+        _pad: [0; 3],
+        addr: {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&WORLD.octets());
+            a
+        },
+    };
+    let set = |f: &mut Fixture, expires_ns: u64| {
+        let map = f.dp().ebpf_mut().map_mut(maps::FQDN).unwrap();
+        let mut m: aya::maps::HashMap<_, FqdnKey, FqdnValue> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        m.insert(
+            key,
+            FqdnValue {
+                expires_ns,
+                identities: [ID_F, 0, 0, 0],
+            },
+            0,
+        )
+        .unwrap();
+    };
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41000, 443, SYN)),
+        tc::ACT_SHOT,
+        "not learned"
+    );
+    set(&mut f, u64::MAX / 2);
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41001, 443, SYN)),
+        tc::PASS,
+        "learned"
+    );
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41002, 80, SYN)),
+        tc::ACT_SHOT,
+        "no rule for 80"
+    );
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41003, 8443, SYN)),
+        tc::ACT_SHOT,
+        "a deny of the address wins"
+    );
+    let denied = f
+        .flows()
+        .into_iter()
+        .find(|(k, _)| k.dport == 8443)
+        .unwrap();
+    assert_eq!(denied.1.rule_id, 7);
+    set(&mut f, 1);
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41004, 443, SYN)),
+        tc::ACT_SHOT,
+        "expired"
+    );
+    // The connection admitted while learned keeps going.
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41001, 443, ACK)),
+        tc::PASS
+    );
+
+    // DNS: the query is copied and passes; the answer is copied and held;
+    // sent on with the daemon's mark, it passes and is not copied again.
+    let query = udp4(MAC_A, A, WORLD, 5353, 53);
+    assert_eq!(f.run(OUT, &query), tc::PASS);
+    let answer = addressed(&udp4(frames::MAC_B, WORLD, A, 53, 5353), MAC_A);
+    assert_eq!(f.run_exact(IN, &answer), tc::ACT_SHOT, "held");
+    let mut ctx = [0u8; 44];
+    ctx[8..12].copy_from_slice(&DNS_REINJECT_MARK.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
+    let p: &mut SchedClassifier = f
+        .dp()
+        .ebpf_mut()
+        .program_mut(IN)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(&answer),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value as i32, tc::PASS, "sent on by the daemon");
+    let map = f.dp().ebpf_mut().map_mut(maps::DNS).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(map).unwrap();
+    let mut copies = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<DnsCopy>());
+        // SAFETY: the record is a DnsCopy the program wrote (size checked
+        // above); read unaligned from the ring's bytes.
+        let c: DnsCopy = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DnsCopy) };
+        copies.push((
+            c.direction,
+            c.held,
+            c.len as usize,
+            c.data[..c.len as usize].to_vec(),
+        ));
+    }
+    let out = netiso_common::Direction::Egress as u8;
+    let inn = netiso_common::Direction::Ingress as u8;
+    assert_eq!(
+        copies,
+        vec![
+            (out, 0, query.len(), query.clone()),
+            (inn, 1, answer.len(), answer.clone())
+        ]
+    );
+    assert_eq!(f.error_counter(netiso_common::errors::DNS_HELD), 1);
+}

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use netiso_common::{errors, proto, DnsCopy, Direction, DNS_CAPTURE, DNS_REINJECT_MARK};
+use netiso_common::{errors, proto, Direction, DnsCopy, DNS_CAPTURE, DNS_REINJECT_MARK};
 
 use crate::maps::{DNS, ERRORS};
 use crate::parse::{ptr_at, Packet};

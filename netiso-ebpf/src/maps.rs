@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netiso_common::{
-    errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, FlowKey, FlowValue, FragKey,
-    FqdnKey, FqdnValue, IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue, PublishedKey,
-    PublishedValue, RateState, Settings, DROP_REASONS,
+    errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, FlowKey, FlowValue, FqdnKey,
+    FqdnValue, FragKey, IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue,
+    PublishedKey, PublishedValue, RateState, Settings, DROP_REASONS,
 };
 
 use crate::parse::Packet;
