@@ -76,7 +76,9 @@ pub fn parse_query(msg: &[u8]) -> Option<Query> {
 /// class IN with a hostname (see [`name_of`]), the TC bit clear (a
 /// truncated answer is retried over TCP, and that one teaches); `None`
 /// otherwise or when the bytes do not decode as a whole message (cut short,
-/// malformed, bytes left over inside a record).
+/// malformed, a record's data longer or shorter than its length says).
+/// Bytes after the last record the header announces are ignored, as stub
+/// resolvers ignore them.
 ///
 /// The addresses: starting at the question's name, follow CNAME records of
 /// the answer section (class IN, owner compared case-insensitively) for at

@@ -593,3 +593,20 @@ fn a_tcp_stream_of_answers_parses() {
     let names: Vec<_> = msgs.iter().map(|m| parse_answer(m).unwrap().name).collect();
     assert_eq!(names, ["a.example", "b.example"]);
 }
+
+#[test]
+fn bytes_after_the_message_are_ignored_as_a_stub_resolver_does() {
+    let mut msg = bytes(&response(
+        "a.example.",
+        RecordType::A,
+        vec![a("a.example.", 5, [198, 18, 0, 4])],
+    ));
+    msg.extend([0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(parse_answer(&msg).unwrap().addresses.len(), 1);
+    // Fewer answers announced than present: the rest is such bytes.
+    msg[7] = 0;
+    assert_eq!(parse_answer(&msg).unwrap().addresses, []);
+    // More announced than present, or a record longer than it says: refused.
+    msg[7] = 2;
+    assert_eq!(parse_answer(&msg), None);
+}
