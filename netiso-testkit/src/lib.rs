@@ -2,10 +2,11 @@
 //! fuzz targets of netiso share, one copy each. Crafted frames and the
 //! reference evaluator for the sealed datapath (pure, std only), the frame
 //! mutator, network namespaces / pins / veth topologies, Docker resources,
-//! a daemon process, helpers of the hostile, observability and lifecycle
-//! tests, the example-policy scenarios, and the bench harness. It may use
-//! netiso-daemon's library and netiso-common; nothing in netiso's
-//! production code may use it (netiso-daemon takes it as a dev-dependency).
+//! a daemon process, a DNS server and client, helpers of the hostile,
+//! observability and lifecycle tests, the example-policy scenarios, and
+//! the bench harness. It may use netiso-daemon's library and
+//! netiso-common; nothing in netiso's production code may use it
+//! (netiso-daemon takes it as a dev-dependency).
 
 #![expect(
     clippy::new_without_default,
@@ -15,6 +16,7 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod dns;
 pub mod docker;
 pub mod fleet;
 pub mod frames;

@@ -1,4 +1,5 @@
-//! Host adapters: Docker (bollard) and netlink (veths, links, addresses); they may use `model` only.
+//! Host adapters: Docker (bollard), netlink (veths, links, addresses) and DNS messages (hickory-proto); they may use `model` only.
+pub mod dns;
 pub mod docker;
 pub mod link_watch;
 pub mod netlink;
