@@ -2075,7 +2075,7 @@ fn names_allow_learned_addresses_and_dns_answers_are_held() {
     let mut ring = aya::maps::RingBuf::try_from(map).unwrap();
     let mut copies = Vec::new();
     while let Some(item) = ring.next() {
-        assert_eq!(item.len(), std::mem::size_of::<DnsCopy>());
+        assert_eq!(item.len(), size_of::<DnsCopy>());
         // SAFETY: the record is a DnsCopy the program wrote (size checked
         // above); read unaligned from the ring's bytes.
         let c: DnsCopy = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DnsCopy) };

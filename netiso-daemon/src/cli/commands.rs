@@ -129,6 +129,10 @@ pub fn run_status(a: StatusArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", status::render(&r));
+        // Addresses learned for peers by name (the daemon's names.json).
+        if let Ok(names) = crate::observe::names::Names::read(&a.conn.state_dir) {
+            print!("{}", status::render_names(&names));
+        }
     }
     Ok(if r.problems().is_empty() {
         ExitCode::SUCCESS

@@ -221,6 +221,12 @@ pub fn build_desired(
         } else {
             0
         };
+        // A container some rule lets reach names: its DNS is watched.
+        let names = if compiled.fqdn_senders.contains(&id) {
+            netiso_common::endpoint_flags::FQDN
+        } else {
+            0
+        };
         // Host, none and container: modes have no veth of their own: one
         // entry for the container, not one per pseudo-network.
         let own_netns = has_own_netns(&c.network_mode);
@@ -263,7 +269,7 @@ pub fn build_desired(
                             EndpointSpec {
                                 ifname: ifname.clone(),
                                 identity: id,
-                                flags: flags | learn,
+                                flags: flags | learn | names,
                                 ipv4: a.ipv4,
                                 ipv6: a.ipv6,
                                 mac: a.mac,
@@ -297,9 +303,19 @@ pub fn build_desired(
                 enforced,
                 guarded,
                 learning: guarded && learn != 0,
+                resolves_names: guarded && names != 0,
             });
         }
     }
+    state.fqdns = compiled
+        .fqdns
+        .iter()
+        .map(|e| crate::observe::state::FqdnState {
+            identity: e.identity,
+            name: e.peer.name.clone(),
+            patterns: e.peer.patterns.clone(),
+        })
+        .collect();
     state.rules = compiled
         .rules
         .iter()

@@ -2,6 +2,7 @@
 pub mod config;
 pub mod desired;
 pub mod fail_closed;
+pub mod fqdn;
 pub mod options;
 pub mod policy_perms;
 pub mod policy_watch;

@@ -35,4 +35,27 @@ pub struct ServiceOptions {
     /// are counted as suppressed. 0 turns events off [default: 1000].
     #[arg(long)]
     pub event_rate: Option<u32>,
+    /// Peers by name: an answer's addresses count at least this long,
+    /// whatever its TTL [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub fqdn_min_ttl: Option<u64>,
+    /// Peers by name: and this much longer than the TTL [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub fqdn_grace: Option<u64>,
+    /// Peers by name: addresses one container may have learned at once;
+    /// more are refused and counted [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub fqdn_max_per_container: Option<usize>,
+}
+
+impl ServiceOptions {
+    /// The name learner's settings, defaults filled in.
+    pub fn fqdn(&self) -> crate::daemon::fqdn::FqdnOptions {
+        let d = crate::daemon::fqdn::FqdnOptions::default();
+        crate::daemon::fqdn::FqdnOptions {
+            min_ttl: self.fqdn_min_ttl.map_or(d.min_ttl, Duration::from_secs),
+            grace: self.fqdn_grace.map_or(d.grace, Duration::from_secs),
+            per_container: self.fqdn_max_per_container.unwrap_or(d.per_container),
+        }
+    }
 }

@@ -27,6 +27,24 @@ pub fn spawn(opts: &Options, handles: Handles) -> Result<()> {
     let listener = api::bind(&socket, access)
         .with_context(|| format!("cannot create the control socket {}", socket.display()))?;
 
+    // The packet socket that sends held DNS answers on is opened now,
+    // while the daemon still has CAP_NET_RAW (dropped after start).
+    match crate::host::packet::Injector::new(netiso_common::DNS_REINJECT_MARK) {
+        Ok(injector) => {
+            tokio::spawn(crate::daemon::fqdn::run(
+                opts.pin_dir.clone(),
+                opts.state_dir.clone(),
+                handles.state.clone(),
+                sopts.fqdn(),
+                injector,
+            ));
+        }
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "peers by name cannot work: DNS answers held for learning could not be sent on"
+        ),
+    }
+
     let hub = EventHub::new();
     tokio::spawn(events::run_reader(
         opts.pin_dir.clone(),

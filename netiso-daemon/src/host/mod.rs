@@ -3,4 +3,5 @@ pub mod dns;
 pub mod docker;
 pub mod link_watch;
 pub mod netlink;
+pub mod packet;
 pub mod rtnl;

@@ -6,6 +6,7 @@ pub mod filter;
 pub mod flow;
 pub mod learned;
 pub mod metrics;
+pub mod names;
 pub mod state;
 pub mod stats;
 pub mod status;

@@ -39,6 +39,17 @@ pub struct State {
     /// judged as reaching the container behind it (`explain` needs this).
     #[serde(default)]
     pub published: Vec<PublishedState>,
+    /// Peers by name and their identities.
+    #[serde(default)]
+    pub fqdns: Vec<FqdnState>,
+}
+
+/// A peer by name of the policy and its identity.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FqdnState {
+    pub identity: u32,
+    pub name: String,
+    pub patterns: Vec<String>,
 }
 
 /// A port the host publishes (`docker run -p`) and the container behind it.
@@ -100,6 +111,9 @@ pub struct EndpointState {
     /// Learn mode: its new flows are recorded (`learned.json`).
     #[serde(default)]
     pub learning: bool,
+    /// The container may reach peers by name: its DNS is watched.
+    #[serde(default)]
+    pub resolves_names: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -484,6 +484,26 @@ impl UpperIf for str {
     }
 }
 
+/// The addresses containers learned for peers by name, for people.
+pub fn render_names(n: &crate::observe::names::Names) -> String {
+    if n.containers.values().all(Vec::is_empty) {
+        return String::new();
+    }
+    let mut out = String::from("\nLearned for peers by name:\n");
+    for (container, names) in &n.containers {
+        for l in names {
+            let addrs: Vec<String> = l.addresses.iter().map(ToString::to_string).collect();
+            let left = l.expires.saturating_sub(crate::observe::clock::unix_now());
+            out.push_str(&format!(
+                "  {container}  {} -> {} (for {left}s more)\n",
+                l.name,
+                addrs.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

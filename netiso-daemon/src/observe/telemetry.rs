@@ -56,6 +56,13 @@ pub struct Telemetry {
     pub reloads: Family<Vec<(String, String)>, Counter>,
     pub docker_reconnects: Counter,
     pub docker_connected: Gauge,
+    /// DNS answers of containers that resolve names, by `result`.
+    pub fqdn_answers: Family<Vec<(String, String)>, Counter>,
+    pub fqdn_learned: Counter,
+    pub fqdn_expired: Counter,
+    pub fqdn_refused: Counter,
+    /// From an answer's copy to it being sent on (learned first).
+    pub fqdn_hold_seconds: Histogram,
 }
 
 /// The process-wide instance.
@@ -85,6 +92,17 @@ impl Telemetry {
             reloads,
             docker_reconnects: Counter::default(),
             docker_connected: Gauge::default(),
+            fqdn_answers: {
+                let f: Family<Vec<(String, String)>, Counter> = Family::default();
+                for result in ["learned", "unnamed", "unmatched", "unparsed"] {
+                    let _ = f.get_or_create(&vec![("result".into(), result.into())]);
+                }
+                f
+            },
+            fqdn_learned: Counter::default(),
+            fqdn_expired: Counter::default(),
+            fqdn_refused: Counter::default(),
+            fqdn_hold_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
         }
     }
 
@@ -195,6 +213,32 @@ impl Telemetry {
             "docker_connected",
             "1 while the daemon is connected to the Docker engine",
             self.docker_connected.clone(),
+        );
+        registry.register(
+            "fqdn_answers",
+            "DNS answers of containers that resolve names, by result (learned, unnamed: \
+             no rule names it, unmatched: no query of the container's asked it, unparsed)",
+            self.fqdn_answers.clone(),
+        );
+        registry.register(
+            "fqdn_addresses_learned",
+            "Addresses learned for peers by name (per container and answer)",
+            self.fqdn_learned.clone(),
+        );
+        registry.register(
+            "fqdn_addresses_expired",
+            "Learned addresses whose TTL and grace period ran out",
+            self.fqdn_expired.clone(),
+        );
+        registry.register(
+            "fqdn_addresses_refused",
+            "Addresses not learned: the container's or the map's limit was reached",
+            self.fqdn_refused.clone(),
+        );
+        registry.register(
+            "fqdn_answer_hold_seconds",
+            "Time a DNS answer was held for learning before it was sent on",
+            self.fqdn_hold_seconds.clone(),
         );
     }
 }
