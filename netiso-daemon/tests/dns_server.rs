@@ -172,6 +172,13 @@ fn the_test_dns_server_serves_ipv6_and_stops_on_drop() {
         .queries()
         .iter()
         .all(|q| q.2.ip() == IpAddr::V6(CLIENT6)));
+    // A name that is no hostname (one label "v6.example"): refused, logged.
+    let mut odd = vec![0, 42, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10];
+    odd.extend(b"v6.example\0\0\x1c\0\x01");
+    let (reply, _) = exchange(&client_ns.path(), at, &odd, false).unwrap();
+    assert_eq!((reply[0], reply[1], reply[3] & 0x0f), (0, 42, 5), "REFUSED");
+    let last = dns.queries().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1), ("v6\\.example", AAAA_TYPE));
     drop(dns);
     for tcp in [false, true] {
         assert!(resolve(&client_ns.path(), at, "v6.example", AAAA_TYPE, tcp).is_err());

@@ -45,8 +45,9 @@ pub enum Rr {
     Cname(String, u32),
 }
 
-/// A query the server saw: name (lowercase, no trailing dot), type,
-/// client, over TCP.
+/// A query the server saw: name (lowercase, no trailing dot; a name
+/// that is no hostname in its escaped form, e.g. `a\.b.example`, and
+/// answered REFUSED), type, client, over TCP.
 pub type Logged = (String, u16, SocketAddr, bool);
 
 type Zone = HashMap<String, Vec<Rr>>;
@@ -227,14 +228,14 @@ impl Shared {
         };
         out.add_query(q.clone());
         let qtype = u16::from(q.query_type);
-        let Some(qname) = name_of(&q.name) else {
+        let qname = name_of(&q.name);
+        // A name that is no hostname is logged in its escaped form.
+        let logged = qname.clone().unwrap_or_else(|| key(&q.name.to_ascii()));
+        self.log.lock().unwrap().push((logged, qtype, peer, tcp));
+        let Some(qname) = qname else {
             out.metadata.response_code = ResponseCode::Refused;
             return out.to_vec().ok();
         };
-        self.log
-            .lock()
-            .unwrap()
-            .push((qname.clone(), qtype, peer, tcp));
         if query.metadata.op_code != OpCode::Query || q.query_class != DNSClass::IN {
             out.metadata.response_code = ResponseCode::NotImp;
             return out.to_vec().ok();

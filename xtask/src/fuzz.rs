@@ -16,7 +16,7 @@ use crate::{cmd, root, setup};
 
 /// Every target, in the order they run. The packet and kernel targets
 /// load eBPF programs (root).
-pub const TARGETS: [&str; 5] = ["policy", "packet", "events", "control", "kernel"];
+pub const TARGETS: [&str; 6] = ["policy", "packet", "events", "control", "dns", "kernel"];
 
 /// Not a cargo-fuzz target: frames through a real bridge between network
 /// namespaces (`cargo test -p netiso-daemon --test kernel_fuzz`).
@@ -28,7 +28,7 @@ pub struct FuzzArgs {
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
     /// Only these targets (default: all of policy, packet, events, control,
-    /// kernel)
+    /// dns, kernel)
     #[arg(long = "target", value_name = "TARGET")]
     pub targets: Vec<String>,
     /// Parallel fuzzing processes per target (libFuzzer -fork)
