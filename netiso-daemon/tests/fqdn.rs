@@ -162,3 +162,400 @@ fn the_learner_learns_only_what_the_container_asked() {
         .any(|n| n.name == "c.allowed.test" && n.addresses == vec![IpAddr::V4(w2)]));
     assert!(!app.iter().any(|n| n.name == "a.allowed.test"));
 }
+
+mod end_to_end {
+    use std::collections::BTreeMap;
+    use std::io::{Read as _, Write as _};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use netiso_testkit::dns::{answer_bytes, resolve, DnsServer, Rr};
+    use netiso_testkit::docker::{image, require_docker};
+    use netiso_testkit::scenario::{World, TEST_LABEL};
+    use netiso_testkit::{run_in, sh, unique, DaemonProc};
+
+    const GREET: u16 = 9443;
+    const ECHO: u16 = 9444;
+
+    /// Removes what the test added outside its namespaces, even on failure.
+    struct Cleanup {
+        containers: Vec<String>,
+        network: String,
+        route: String,
+    }
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for c in &self.containers {
+                let _ = Command::new("docker").args(["rm", "-f", c]).output();
+            }
+            let _ = Command::new("docker")
+                .args(["network", "rm", &self.network])
+                .output();
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("ip route del {}", self.route))
+                .output();
+        }
+    }
+
+    fn serve(listener: TcpListener, stop: Arc<AtomicBool>, echo: bool) {
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        if echo {
+                            std::thread::spawn(move || {
+                                let _ = s.set_nonblocking(false);
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                                let mut buf = [0u8; 256];
+                                while let Ok(n) = s.read(&mut buf) {
+                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        } else {
+                            let _ = s.write_all(b"netiso-ok\n");
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+    }
+
+    fn exec(container: &str, script: &str) -> (bool, String) {
+        let o = Command::new("docker")
+            .args(["exec", container, "sh", "-c", script])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    fn greeted(container: &str, target: &str) -> bool {
+        exec(
+            container,
+            &format!("nc -w 2 {target} {GREET} </dev/null | grep -q netiso-ok"),
+        )
+        .0
+    }
+
+    fn pid(container: &str) -> u32 {
+        let o = sh(&format!(
+            "docker inspect -f '{{{{.State.Pid}}}}' {container}"
+        ));
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    }
+
+    fn percentile(v: &mut [Duration], p: f64) -> Duration {
+        v.sort();
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+
+    /// Containers resolve through Docker's embedded resolver, which
+    /// forwards to a DNS server in the routed "world" namespace from the
+    /// container's own namespace: the programs see the query and the
+    /// answer, and the daemon learns. Every case of the issue, checked by
+    /// what the container can reach.
+    #[test]
+    fn names_allow_what_was_resolved() {
+        require_docker();
+        let tag = unique("fq");
+        let world = World::new(8080);
+        let stop = Arc::new(AtomicBool::new(false));
+        let wpath = world.ns.path();
+        // Addresses of the world, one per name, in a /24 of their own.
+        let n = (std::process::id() % 200 + 20) as u8;
+        let net = format!("198.18.{n}.0/24");
+        let addr = |i: u8| Ipv4Addr::new(198, 18, n, i);
+        let mut batch = String::new();
+        for i in 1..=254u8 {
+            batch.push_str(&format!("addr add {}/32 dev lo\n", addr(i)));
+        }
+        std::fs::write(std::env::temp_dir().join(format!("{tag}.batch")), &batch).unwrap();
+        world.ns.sh(&format!(
+            "ip link set lo up && ip -batch {}",
+            std::env::temp_dir().join(format!("{tag}.batch")).display()
+        ));
+        let mut cleanup = Cleanup {
+            containers: Vec::new(),
+            network: format!("netiso-{tag}"),
+            route: net.clone(),
+        };
+        sh(&format!(
+            "ip route add {net} via {} dev {}",
+            world.ip, world.host_if
+        ));
+        let greet = run_in(&wpath, || TcpListener::bind(("0.0.0.0", GREET)).unwrap());
+        serve(greet, stop.clone(), false);
+        let echo = run_in(&wpath, || TcpListener::bind(("0.0.0.0", ECHO)).unwrap());
+        serve(echo, stop.clone(), true);
+        let dns = DnsServer::start_in(&wpath, IpAddr::V4(world.ip));
+        let resolver = SocketAddr::from((world.ip, 53));
+
+        sh(&format!("docker network create {}", cleanup.network));
+        let run = |name: &str, role: &str| -> String {
+            let full = format!("{name}-{tag}");
+            sh(&format!(
+                "docker run -d --name {full} --network {} --dns {} --label {TEST_LABEL}={tag} \
+                 --label role={role} {} sleep 3600",
+                cleanup.network,
+                world.ip,
+                image()
+            ));
+            full
+        };
+        let app = run("app", "app");
+        let attacker = run("attacker", "attacker");
+        let control = run("control", "control");
+        cleanup.containers = vec![app.clone(), attacker.clone(), control.clone()];
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                r#"
+[groups.app]
+labels = {{ "{TEST_LABEL}" = "{tag}", role = "app" }}
+egress = "deny"
+
+[groups.control]
+labels = {{ "{TEST_LABEL}" = "{tag}", role = "control" }}
+
+[[rules]]
+from = "app"
+to = "{wip}/32"
+ports = ["53/udp", "53/tcp"]
+action = "allow"
+
+[[rules]]
+from = "app"
+to = {{ fqdn = "*.allowed.netiso.test" }}
+ports = ["{GREET}/tcp", "{ECHO}/tcp"]
+action = "allow"
+
+[[rules]]
+from = "app"
+to = {{ fqdn = "alias.netiso.test" }}
+ports = ["{GREET}/tcp"]
+action = "allow"
+"#,
+                wip = world.ip
+            ),
+        )
+        .unwrap();
+        let mut daemon =
+            DaemonProc::start_with(policy, &["--fqdn-min-ttl", "1", "--fqdn-grace", "1"]);
+        daemon.wait_for("app watched for names", |s| {
+            s.endpoints
+                .iter()
+                .any(|e| e.container == app && e.resolves_names && e.enforced)
+        });
+        let mut report = BTreeMap::new();
+        // The world is reachable (a container that may go anywhere).
+        assert!(
+            greeted(&control, &addr(250).to_string()),
+            "the world's routing"
+        );
+
+        // 1. Resolve and connect at once, 200 fresh names, each to an
+        // address nobody learned before, TTL 1 s: no first-connection
+        // failure.
+        for i in 1..=200u8 {
+            dns.set(
+                &format!("n{i}.allowed.netiso.test"),
+                vec![Rr::A(addr(i), 1)],
+            );
+        }
+        let started = Instant::now();
+        let (_, out) = exec(
+            &app,
+            &format!(
+                "for i in $(seq 1 {count}); do nc -w 2 n$i.allowed.netiso.test {GREET} </dev/null \
+                 | grep -q netiso-ok || echo FAIL $i; done; echo DONE",
+                count = std::env::var("NETISO_FQDN_NAMES").unwrap_or_else(|_| "200".into())
+            ),
+        );
+        report.insert(
+            "200 names, resolve + connect",
+            format!("{:?}", started.elapsed()),
+        );
+        if out.contains("FAIL") {
+            dns.set("dbg.allowed.netiso.test", vec![Rr::A(addr(240), 60)]);
+            let (_, a) = exec(&app, "nslookup dbg.allowed.netiso.test 2>&1; nc -w 2 dbg.allowed.netiso.test 9443 </dev/null 2>&1; echo rc=$?");
+            let (_, b) = exec(
+                &app,
+                &format!("nc -w 2 {} 9443 </dev/null 2>&1; echo rc=$?", addr(240)),
+            );
+            eprintln!(
+                "DEBUG-A {a}\nDEBUG-B {b}\n{}",
+                String::from_utf8_lossy(&daemon.cli(&["stats"]).stdout)
+            );
+        }
+        assert!(
+            out.contains("DONE") && !out.contains("FAIL"),
+            "failed first connections:\n{out}\n{}\n{}\n{}",
+            String::from_utf8_lossy(&daemon.cli(&["stats"]).stdout),
+            std::fs::read_to_string(daemon.state_dir.path().join("names.json")).unwrap_or_default(),
+            daemon.log()
+        );
+
+        // 2. A name no rule names, and an address never resolved: blocked.
+        dns.set("x.other.netiso.test", vec![Rr::A(addr(230), 60)]);
+        assert!(!greeted(&app, "x.other.netiso.test"), "unlisted name");
+        assert!(!greeted(&app, &addr(231).to_string()), "direct address");
+
+        // 3. A forged answer from another container, and one replayed
+        // from the resolver's address with an id nobody asked: nothing
+        // learned, the addresses stay blocked.
+        let app_ip: Ipv4Addr = {
+            let o = sh(&format!(
+                "docker inspect -f '{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}' {app}",
+                cleanup.network
+            ));
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+        };
+        let forged = answer_bytes(
+            0x4242,
+            "evil.allowed.netiso.test",
+            1,
+            &[Rr::A(addr(232), 300)],
+        );
+        let apid = pid(&attacker);
+        run_in(&PathBuf::from(format!("/proc/{apid}/ns/net")), || {
+            let s = UdpSocket::bind(("0.0.0.0", 53)).unwrap();
+            for port in [33000u16, 40000, 50000, 60000] {
+                s.send_to(&forged, (app_ip, port)).unwrap();
+            }
+        });
+        let replayed = answer_bytes(
+            0x4343,
+            "evil2.allowed.netiso.test",
+            1,
+            &[Rr::A(addr(233), 300)],
+        );
+        run_in(&wpath, || {
+            let s = UdpSocket::bind((world.ip, 53))
+                .ok()
+                .or_else(|| UdpSocket::bind((world.ip, 0)).ok())
+                .unwrap();
+            for port in [33000u16, 40000, 50000, 60000] {
+                let _ = s.send_to(&replayed, (app_ip, port));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !greeted(&app, &addr(232).to_string()),
+            "a forged answer taught an address"
+        );
+        assert!(
+            !greeted(&app, &addr(233).to_string()),
+            "a replayed answer taught an address"
+        );
+
+        // 4. TTL expiry: a connection opened while the name was fresh
+        // lives on past the TTL (1 s, +1 s grace); a new one to the same
+        // address without a fresh query is blocked.
+        dns.set("ttl.allowed.netiso.test", vec![Rr::A(addr(234), 1)]);
+        let (ok, out) = exec(
+            &app,
+            &format!("(echo one; sleep 4; echo two) | nc -w 6 ttl.allowed.netiso.test {ECHO}"),
+        );
+        assert!(
+            ok && out.contains("one") && out.contains("two"),
+            "the live connection was cut: {out}"
+        );
+        assert!(
+            !greeted(&app, &addr(234).to_string()),
+            "expired, and not asked again"
+        );
+        assert!(
+            greeted(&app, "ttl.allowed.netiso.test"),
+            "asked again: allowed again"
+        );
+
+        // 5. A CNAME chain: the alias's rule allows the final address.
+        dns.set(
+            "alias.netiso.test",
+            vec![Rr::Cname("edge.cdn.netiso.test".into(), 60)],
+        );
+        dns.set("edge.cdn.netiso.test", vec![Rr::A(addr(235), 60)]);
+        assert!(greeted(&app, "alias.netiso.test"), "CNAME chain");
+
+        // 6. DNS over TCP, straight to the resolver from the container's
+        // namespace: blocked before, allowed after the answer.
+        dns.set("tcp.allowed.netiso.test", vec![Rr::A(addr(236), 60)]);
+        let app_ns = PathBuf::from(format!("/proc/{}/ns/net", pid(&app)));
+        let connect = |to: Ipv4Addr| {
+            run_in(&app_ns, move || {
+                TcpStream::connect_timeout(&SocketAddr::from((to, GREET)), Duration::from_secs(1))
+                    .is_ok()
+            })
+        };
+        assert!(!connect(addr(236)), "before the answer");
+        let (got, _) = resolve(&app_ns, resolver, "tcp.allowed.netiso.test", 1, true).unwrap();
+        assert_eq!(got, vec![IpAddr::V4(addr(236))]);
+        assert!(connect(addr(236)), "after an answer over TCP");
+
+        // Added DNS latency: answers held for learning (app) against
+        // answers that are not (control), interleaved.
+        let control_ns = PathBuf::from(format!("/proc/{}/ns/net", pid(&control)));
+        let (mut held, mut plain) = (Vec::new(), Vec::new());
+        for i in 0..100u8 {
+            let name = format!("lat{i}.allowed.netiso.test");
+            dns.set(&name, vec![Rr::A(addr(237 + i % 10), 60)]);
+            held.push(resolve(&app_ns, resolver, &name, 1, false).unwrap().1);
+            plain.push(resolve(&control_ns, resolver, &name, 1, false).unwrap().1);
+        }
+        report.insert(
+            "DNS round trip p50/p99, held for learning",
+            format!(
+                "{:?} / {:?}",
+                percentile(&mut held, 0.5),
+                percentile(&mut held, 0.99)
+            ),
+        );
+        report.insert(
+            "DNS round trip p50/p99, not held",
+            format!(
+                "{:?} / {:?}",
+                percentile(&mut plain, 0.5),
+                percentile(&mut plain, 0.99)
+            ),
+        );
+
+        // Observable: status lists the learned names of the app.
+        // (names.json is rewritten once a second.)
+        let mut status = String::new();
+        for _ in 0..30 {
+            status = String::from_utf8_lossy(&daemon.cli(&["status"]).stdout).to_string();
+            if status.contains("tcp.allowed.netiso.test") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            status.contains("Learned for peers by name:")
+                && status.contains("tcp.allowed.netiso.test"),
+            "{status}"
+        );
+        eprintln!("{report:#?}");
+        stop.store(true, Ordering::Relaxed);
+        drop(daemon);
+        drop(dns);
+        drop(cleanup);
+    }
+}

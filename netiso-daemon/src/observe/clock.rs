@@ -29,12 +29,15 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Unix seconds of a `bpf_ktime_get_ns` timestamp.
+/// Unix seconds of a `bpf_ktime_get_ns` timestamp, past or future.
 pub fn mono_to_unix(ns: u64) -> u64 {
-    let age = Duration::from_nanos(monotonic_ns().saturating_sub(ns));
-    SystemTime::now()
-        .checked_sub(age)
-        .unwrap_or(UNIX_EPOCH)
+    let now = monotonic_ns();
+    let at = if ns >= now {
+        SystemTime::now().checked_add(Duration::from_nanos(ns - now))
+    } else {
+        SystemTime::now().checked_sub(Duration::from_nanos(now - ns))
+    };
+    at.unwrap_or(UNIX_EPOCH)
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
