@@ -552,7 +552,10 @@ action = "allow"
                 && status.contains("tcp.allowed.netiso.test"),
             "{status}"
         );
-        eprintln!("{report:#?}");
+        eprintln!(
+            "{report:#?}\n$ netiso status (the names part)\n{}",
+            &status[status.find("Learned for").unwrap_or(0)..]
+        );
         stop.store(true, Ordering::Relaxed);
         drop(daemon);
         drop(dns);
