@@ -151,6 +151,44 @@ fn the_learner_learns_only_what_the_container_asked() {
         2,
         "one more address fits, on two veths: {out:?}"
     );
+    // AAAA, over IPv6: learned with the IPv6 family and address.
+    let app6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+    let res6: std::net::Ipv6Addr = "2001:db8::53".parse().unwrap();
+    let w6: std::net::Ipv6Addr = "2001:db8::443".parse().unwrap();
+    use netiso_testkit::frames::ipv6;
+    let q6 = eth(
+        MAC_A,
+        MAC_B,
+        0x86dd,
+        &ipv6(
+            app6,
+            res6,
+            17,
+            &udp(5004, 53, &query_bytes(12, "v6.allowed.test", 28)),
+        ),
+    );
+    l.on_copy(&st, OUT, 10, &q6, now);
+    let a6 = eth(
+        MAC_B,
+        MAC_A,
+        0x86dd,
+        &ipv6(
+            res6,
+            app6,
+            17,
+            &udp(
+                53,
+                5004,
+                &answer_bytes(12, "v6.allowed.test", 28, &[Rr::Aaaa(w6, 60)]),
+            ),
+        ),
+    );
+    let out = l.on_copy(&st, IN, 10, &a6, now);
+    assert_eq!(
+        out.writes.len(),
+        0,
+        "the container's per-container limit is full: {out:?}"
+    );
     // Expiry: w1 goes after 7 s, w2 after 302 s.
     let gone = l.expire(now + 8 * S);
     assert_eq!(gone.len(), 2);
@@ -161,6 +199,12 @@ fn the_learner_learns_only_what_the_container_asked() {
         .iter()
         .any(|n| n.name == "c.allowed.test" && n.addresses == vec![IpAddr::V4(w2)]));
     assert!(!app.iter().any(|n| n.name == "a.allowed.test"));
+    // With room again (w1 expired), the IPv6 answer teaches.
+    l.on_copy(&st, OUT, 10, &q6, now + 8 * S);
+    let out = l.on_copy(&st, IN, 10, &a6, now + 8 * S);
+    assert_eq!(out.writes.len(), 2, "{out:?}");
+    assert_eq!(out.writes[0].0.family, 6);
+    assert_eq!(out.writes[0].0.addr, w6.octets());
 }
 
 mod end_to_end {
