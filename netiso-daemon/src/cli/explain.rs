@@ -171,6 +171,8 @@ struct Resolved {
     /// Key in `compile_members`, for containers and group stand-ins.
     member: Option<(String, Vec<String>)>,
     addr: Option<IpAddr>,
+    /// A DNS name (`api.example.com`): an address a container learned for it.
+    dns_name: Option<String>,
 }
 
 /// The pure part: answers from a loaded policy and state.
@@ -297,6 +299,7 @@ fn resolve(
         },
         member: None,
         addr: None,
+        dns_name: None,
     };
     if let Ok(ip) = text.parse::<IpAddr>() {
         if let Some(e) = state.container_by_ip(ip) {
@@ -376,6 +379,14 @@ fn resolve(
         r.member = Some((format!("group:{name}"), groups));
         return Ok(r);
     }
+    // A DNS name: what an address a container learned for it is judged as.
+    if prefix.is_none() && name.contains('.') && !name.starts_with("*.") {
+        if let Ok(n) = policy::fqdn::check_pattern(name) {
+            let mut r = plain("name", Vec::new(), identity::WORLD, String::new());
+            r.dns_name = Some(n);
+            return Ok(r);
+        }
+    }
     let mut candidates: Vec<&str> = policy.groups.iter().map(|g| g.name.as_str()).collect();
     candidates.extend(state.endpoints.iter().map(|e| e.container.as_str()));
     candidates.extend(["world", "host", "unmanaged"]);
@@ -447,6 +458,7 @@ fn container(text: &str, id: &str, state: &State) -> Resolved {
         },
         member: Some((first.container_id.clone(), first.groups.clone())),
         addr: None,
+        dns_name: None,
     }
 }
 
@@ -498,6 +510,37 @@ fn finish(r: Resolved, compiled: &Compiled, policy: &Policy) -> Result<Endpoint,
     let mut e = r.endpoint;
     if let Some((key, _)) = &r.member {
         e.identity = compiled.container_identity[key];
+    }
+    if let Some(n) = &r.dns_name {
+        let peers: Vec<_> = compiled
+            .fqdns
+            .iter()
+            .filter(|f| f.peer.matches(n))
+            .collect();
+        match peers.first() {
+            None => {
+                e.names = vec![policy::WORLD.to_string()];
+                e.description = "a name no rule names: its addresses are judged as the world \
+                                 (or the address blocks they are in)"
+                    .to_string();
+            }
+            Some(first) => {
+                e.identity = first.identity;
+                e.names = compiled.names_of_identity(first.identity);
+                e.description = format!(
+                    "an address the source container learned for this name from a DNS answer it \
+                     received (peer \"{}\"); one it did not resolve is judged as the world",
+                    first.peer.name
+                );
+                for other in &peers[1..] {
+                    e.notes.push(format!(
+                        "the name is also one of peer \"{}\": the kernel judges the address as \
+                         each, and the strongest decision wins",
+                        other.peer.name
+                    ));
+                }
+            }
+        }
     }
     if let Some(ip) = r.addr {
         // The kernel: the CIDR trie, else world. The reference: the rules'
@@ -671,6 +714,12 @@ from = "web"
 to = "world"
 ports = ["80/tcp"]
 action = "audit"
+
+[[rules]]
+from = "web"
+to = { fqdn = "*.stripe.com" }
+ports = ["8443/tcp"]
+action = "allow"
 "#;
 
     fn state() -> State {
@@ -858,5 +907,30 @@ action = "audit"
         );
         assert_eq!(parse_probe("8080").unwrap().1, proto::TCP);
         assert!(parse_probe("0/tcp").is_err());
+    }
+
+    /// A DNS name: judged as an address the container learned for it.
+    #[test]
+    fn names_are_judged_as_their_peers() {
+        let x = ask("web-1", "api.stripe.com", Some("8443/tcp")).unwrap();
+        assert_eq!(x.to.kind, "name");
+        assert_eq!(x.verdicts[0].action, "allow", "{:?}", x.verdicts);
+        assert!(
+            x.to.description.contains("fqdn:*.stripe.com"),
+            "{}",
+            x.to.description
+        );
+        let x = ask("web-1", "api.stripe.com", Some("9443/tcp")).unwrap();
+        assert_eq!(x.verdicts[0].action, "deny");
+        let x = ask("web-1", "example.com", Some("8443/tcp")).unwrap();
+        assert_eq!(x.verdicts[0].action, "deny");
+        assert!(
+            x.to.description.contains("no rule names"),
+            "{}",
+            x.to.description
+        );
+        // The world's rules apply to a name too.
+        let x = ask("web-1", "api.stripe.com", Some("80/tcp")).unwrap();
+        assert_eq!(x.verdicts[0].action, "audit");
     }
 }

@@ -32,7 +32,7 @@ use tracing::{debug, info_span, warn};
 use crate::datapath::counters::open_pinned;
 use crate::host::dns::{self, TcpFramer};
 use crate::host::packet::Injector;
-use crate::observe::clock::{mono_to_unix, monotonic_ns};
+use crate::observe::clock::{deadline_to_unix, monotonic_ns};
 use crate::observe::names::{LearnedName, Names};
 use crate::observe::state::State;
 use crate::observe::telemetry;
@@ -474,7 +474,7 @@ impl Learner {
                         ..LearnedName::default()
                     });
                     row.addresses.push(*addr);
-                    row.expires = row.expires.max(mono_to_unix(l.expires_ns));
+                    row.expires = row.expires.max(deadline_to_unix(l.expires_ns));
                 }
             }
             out.containers

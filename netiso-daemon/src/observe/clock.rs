@@ -29,17 +29,22 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Unix seconds of a `bpf_ktime_get_ns` timestamp, past or future.
+/// Unix seconds of a `bpf_ktime_get_ns` timestamp. A stamp from the
+/// future (a corrupt row) dates to now.
 pub fn mono_to_unix(ns: u64) -> u64 {
-    let now = monotonic_ns();
-    let at = if ns >= now {
-        SystemTime::now().checked_add(Duration::from_nanos(ns - now))
-    } else {
-        SystemTime::now().checked_sub(Duration::from_nanos(now - ns))
-    };
-    at.unwrap_or(UNIX_EPOCH)
+    let age = Duration::from_nanos(monotonic_ns().saturating_sub(ns));
+    SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(UNIX_EPOCH)
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Unix seconds of a CLOCK_MONOTONIC deadline, which may lie ahead (an
+/// expiry).
+pub fn deadline_to_unix(ns: u64) -> u64 {
+    let now = monotonic_ns();
+    unix_now() + ns.saturating_sub(now) / 1_000_000_000
 }
 
 /// Unix time (seconds, fractional) of a `bpf_ktime_get_ns` timestamp.
@@ -75,5 +80,7 @@ mod tests {
         assert!((f - (unix_now_f64() - 90.0)).abs() < 1.0, "{f}");
         // A stamp from the future (a corrupt row) dates to now, not later.
         assert!(mono_to_unix(u64::MAX) <= unix_now());
+        let later = deadline_to_unix(monotonic_ns() + 60 * 1_000_000_000);
+        assert!((now + 59..=now + 61).contains(&later), "{later} vs {now}");
     }
 }
