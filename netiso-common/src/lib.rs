@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -29,9 +29,11 @@ pub mod maps {
     pub const EVENT_RATE: &str = "NETISO_EVENT_RATE";
     pub const ERRORS: &str = "NETISO_ERRORS";
     pub const PUBLISHED: &str = "NETISO_PUBLISHED";
+    /// Endpoints by ifindex, for small ifindexes (see [`super::EndpointSlot`]).
+    pub const ENDPOINT_ARRAY: &str = "NETISO_EP_ARRAY";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -46,6 +48,7 @@ pub mod maps {
         EVENT_RATE,
         ERRORS,
         PUBLISHED,
+        ENDPOINT_ARRAY,
     ];
 }
 
@@ -62,6 +65,10 @@ pub mod programs {
 /// Map sizes. The policy and identity maps hold two slots (see [`Settings`]).
 pub mod limits {
     pub const ENDPOINTS: u32 = 8192;
+    /// Slots of the endpoints array: veths with an ifindex below this are
+    /// found there (an inlined array lookup); larger ifindexes only in the
+    /// endpoints hash. 72 bytes each.
+    pub const ENDPOINT_ARRAY: u32 = 32768;
     pub const IDENTITIES: u32 = 65536;
     pub const POLICY: u32 = 262144;
     pub const CONNTRACK: u32 = 262144;
@@ -311,6 +318,25 @@ pub struct Endpoint {
     /// The container's IPv6 link-local address (EUI-64 of its MAC), or
     /// all zero.
     pub ipv6_ll: [u8; 16],
+}
+
+/// Value of the endpoints array (`maps::ENDPOINT_ARRAY`), indexed by
+/// ifindex, for ifindexes below `limits::ENDPOINT_ARRAY`.
+///
+/// The endpoints hash holds every endpoint and is the authority; the array
+/// mirrors it for small ifindexes because an array lookup is inlined by the
+/// verifier (no helper call, no hashing), the largest single cost of an
+/// established packet otherwise. A slot counts only while `present` is 1;
+/// the daemon clears `present` before it rewrites or removes an endpoint
+/// and sets it again once hash and slot are whole, so a packet never
+/// trusts a half-written slot (it reads the hash instead). Invariant: a
+/// present slot has its hash entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlot {
+    pub present: u32,
+    pub _pad: u32,
+    pub endpoint: Endpoint,
 }
 
 /// Key of the identities map: an exact address in one policy slot.
@@ -649,6 +675,10 @@ mod user {
     // SAFETY: repr(C), u32/u8 fields only: 8 + 8 + 4 + 4 + 6 + 2 (`_pad`)
     // + 16 + 16 = 64 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: repr(C): two u32 fields, then the padding-free 64-byte
+    // `Endpoint` (align 4) at offset 8: 72 bytes, no implicit padding (size
+    // test below).
+    unsafe impl aya::Pod for EndpointSlot {}
     // SAFETY: repr(C), u8 fields only (align 1, so no padding possible):
     // 16 + 1 + 1 + 2 (`_pad`) = 20 bytes.
     unsafe impl aya::Pod for IpKey {}
@@ -720,6 +750,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 64);
+        assert_eq!(size_of::<EndpointSlot>(), 72);
         assert_eq!(size_of::<IpKey>(), 20);
         assert_eq!(size_of::<IdentityInfo>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);
@@ -737,7 +768,7 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
         assert_eq!(core::mem::offset_of!(Settings, generation), 12);
-        assert_eq!(LAYOUT_VERSION, 3);
+        assert_eq!(LAYOUT_VERSION, 4);
     }
 
     #[test]

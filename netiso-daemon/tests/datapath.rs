@@ -1837,3 +1837,134 @@ fn a_restarted_datapath_readopts_links_without_duplicates() {
     assert!(!pins.path.join("maps-v0").exists());
     drop(dp);
 }
+
+/// The endpoint of a packet comes from the endpoints array (small
+/// ifindexes) or the hash (larger ones, and any slot the daemon is
+/// rewriting). Each way enforces the same; a rewritten slot never keeps the
+/// old verdicts, a removed one passes as unmanaged, and a slot marked
+/// absent falls back to the hash instead of passing.
+#[test]
+fn endpoints_in_the_array_and_beyond_it_are_enforced() {
+    use netiso_common::{limits, EndpointSlot};
+    let pins = PinDir::new();
+    let ns = NetNs::new("epa");
+    let big = limits::ENDPOINT_ARRAY + 7;
+    ns.sh(&format!(
+        "ip link add nbig index {big} type veth peer name nbigp && ip link set nbig up && ip link set nbigp up"
+    ));
+    let mut d = desired(defaults::DENY_EGRESS);
+    let b_spec = EndpointSpec {
+        ifname: "nbig".into(),
+        identity: ID_B,
+        flags: defaults::DENY_INGRESS,
+        ipv4: Some(B),
+        ipv6: Some(B6),
+        mac: Some(frames::MAC_B),
+        ipv4_prefix_len: Some(24),
+    };
+    d.endpoints.insert(big, b_spec.clone());
+    let dp = ns.run({
+        let d = d.clone();
+        let path = pins.path.clone();
+        move || {
+            let mut dp = Datapath::load(&path).expect("load datapath");
+            dp.apply(&d).expect("apply");
+            dp
+        }
+    });
+    let mut f = Fixture {
+        _pins: pins,
+        ns,
+        dp: Some(dp),
+    };
+    let slot = |f: &Fixture, i: u32| -> EndpointSlot {
+        let map =
+            f.dp.as_ref()
+                .unwrap()
+                .ebpf()
+                .map(maps::ENDPOINT_ARRAY)
+                .unwrap();
+        let a: aya::maps::Array<_, EndpointSlot> = aya::maps::Array::try_from(map).unwrap();
+        a.get(&i, 0).unwrap()
+    };
+    assert_eq!(slot(&f, 1).present, 1, "A (ifindex 1) is in the array");
+
+    // B lives beyond the array: found in the hash, and judged. Its veth
+    // exists only in the test namespace, so the runs happen there.
+    let in_ns = |f: &mut Fixture, prog: &'static str, frame: Vec<u8>| -> i32 {
+        let Fixture { ns, dp, .. } = f;
+        let dp = dp.as_mut().unwrap();
+        ns.run(move || run_on_dp(dp, prog, &frame, big))
+    };
+    let to_b = tcp4(MAC_A, A, B, 40000, 22, SYN);
+    assert_eq!(
+        in_ns(&mut f, IN, addressed(&to_b, frames::MAC_B)),
+        tc::ACT_SHOT,
+        "B (ifindex {big}, hash only) denies ingress"
+    );
+    let from_b = tcp4(frames::MAC_B, B, C, 40000, 22, SYN);
+    assert_eq!(
+        in_ns(&mut f, OUT, from_b),
+        tc::PASS,
+        "B may send (no default denies its egress)"
+    );
+    let spoofed = tcp4(frames::MAC_B, C, A, 40000, 22, SYN);
+    assert_eq!(
+        in_ns(&mut f, OUT, spoofed),
+        tc::ACT_SHOT,
+        "B's anti-spoofing holds"
+    );
+
+    // A's slot marked absent (as while the daemon rewrites it): the hash
+    // still judges A, nothing passes unjudged.
+    let denied = tcp4(MAC_A, A, B, 40000, 8080, SYN);
+    assert_eq!(f.run(OUT, &denied), tc::ACT_SHOT);
+    {
+        let mut s = slot(&f, 1);
+        s.present = 0;
+        let map = f.dp().ebpf_mut().map_mut(maps::ENDPOINT_ARRAY).unwrap();
+        let mut a: aya::maps::Array<_, EndpointSlot> = aya::maps::Array::try_from(map).unwrap();
+        a.set(1, s, 0).unwrap();
+    }
+    assert_eq!(f.run(OUT, &denied), tc::ACT_SHOT, "the hash judges A");
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40001, 80, SYN)), tc::PASS);
+
+    // A rewritten (held fail-closed now): the slot says so at once.
+    let mut held = d.clone();
+    held.endpoints.get_mut(&1).unwrap().flags |= endpoint_flags::FAIL_CLOSED;
+    f.dp().apply(&held).expect("apply");
+    assert_eq!(slot(&f, 1).present, 1);
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, B, 40002, 80, SYN)),
+        tc::ACT_SHOT,
+        "the new flags hold"
+    );
+    assert_eq!(f.dropped(DropReason::FailClosed), 1);
+
+    // A removed: its slot is absent and its veth unmanaged; B stays.
+    let mut gone = d.clone();
+    gone.endpoints.remove(&1);
+    f.dp().apply(&gone).expect("apply");
+    assert_eq!(slot(&f, 1).present, 0);
+    assert_eq!(f.run(OUT, &denied), tc::PASS, "no longer managed");
+    assert_eq!(
+        in_ns(&mut f, IN, addressed(&to_b, frames::MAC_B)),
+        tc::ACT_SHOT
+    );
+    f.ns.sh("ip link del nbig");
+}
+
+/// [`Fixture::run_on`] for a datapath on its own.
+fn run_on_dp(dp: &mut Datapath, prog: &str, frame: &[u8], ifindex: u32) -> i32 {
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let p: &mut SchedClassifier = dp.ebpf_mut().program_mut(prog).unwrap().try_into().unwrap();
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    r.return_value as i32
+}

@@ -29,7 +29,7 @@ use netiso_common::{
 };
 
 use control::Check;
-use maps::{CONNTRACK, ENDPOINTS, ERRORS, FRAGS, RULE_STATS, SCRATCH, SETTINGS};
+use maps::{CONNTRACK, ENDPOINTS, ENDPOINT_ARRAY, ERRORS, FRAGS, RULE_STATS, SCRATCH, SETTINGS};
 use parse::{Control, Packet, Parsed, ECHO_REPLY};
 use policy::Eval;
 use record::{count, drop, record, Verdict};
@@ -58,10 +58,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     let skb = unsafe { &*ctx.skb.skb };
     let ifindex = skb.ifindex;
     // Veths netiso does not manage pass untouched.
-    // SAFETY: Endpoint is Pod and the reference is only read, in this run;
-    // an entry the daemon replaces meanwhile can at worst read as another
-    // entry's bytes (maps.rs).
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+    let Some(ep) = endpoint(ifindex) else {
         return tc::PASS;
     };
     let Some(settings) = SETTINGS.get_ptr(0) else {
@@ -338,6 +335,30 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         }
     }
     pass(ctx, ifindex, pkt, generation)
+}
+
+/// The endpoint on `ifindex`: its slot in the endpoints array (an array
+/// lookup the verifier inlines: no helper call, no hashing) when it is
+/// there, else the endpoints hash, which holds every endpoint (larger
+/// ifindexes, and a slot the daemon is rewriting: netiso-common's
+/// `EndpointSlot`).
+#[inline(always)]
+fn endpoint(ifindex: u32) -> Option<&'static Endpoint> {
+    if let Some(slot) = ENDPOINT_ARRAY.get_ptr(ifindex) {
+        // SAFETY: a non-null pointer to an element of an array map (the
+        // lookup checked the index): aligned, never freed, valid for the
+        // run; EndpointSlot is Pod and only read. The daemon clears
+        // `present` before it rewrites a slot, so a present slot's bytes
+        // are whole (maps.rs).
+        let slot = unsafe { &*slot };
+        if slot.present == 1 {
+            return Some(&slot.endpoint);
+        }
+    }
+    // SAFETY: Endpoint is Pod and the reference is only read, in this run;
+    // an entry the daemon replaces meanwhile can at worst read as another
+    // entry's bytes (maps.rs).
+    unsafe { ENDPOINTS.get(&ifindex) }
 }
 
 /// Lets a packet through. A first fragment leaves a note so that the
