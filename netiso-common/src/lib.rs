@@ -479,7 +479,12 @@ pub struct CtValue {
     /// `ct_flags::*`.
     pub flags: u32,
     pub rule_id: u32,
-    pub _pad: u32,
+    /// Low 32 bits of the kernel's jiffies when `last_seen_ns` was last
+    /// written (0: unknown). While fewer than `ct_timeouts::FRESH_JIFFIES`
+    /// have passed, the entry can neither have expired nor need a refresh,
+    /// so a packet skips the clock (jiffies are read without a helper
+    /// call).
+    pub refreshed: u32,
 }
 
 pub mod ct_flags {
@@ -507,6 +512,10 @@ pub mod ct_timeouts {
     pub const ICMP_NS: u64 = 30 * S;
     /// Idle time refreshed at most this often (saves writes to shared entries).
     pub const REFRESH_NS: u64 = S;
+    /// Jiffies after a refresh during which a packet neither checks expiry
+    /// nor refreshes: 64 jiffies are at most 0.64 s for any HZ >= 100
+    /// (Linux has HZ 100 to 1000), far below the shortest lifetime (10 s).
+    pub const FRESH_JIFFIES: u32 = 64;
 }
 
 /// Indexes of the per-CPU error counters (`maps::ERRORS`).
@@ -693,8 +702,8 @@ mod user {
     // SAFETY: repr(C), integer fields only: 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2
     // (`_pad`) = 44 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for CtKey {}
-    // SAFETY: repr(C), integer fields only: 8 + 4 + 4 + 4 + 4 (`_pad`) = 24
-    // bytes at align 8, no implicit padding (size test below).
+    // SAFETY: repr(C), integer fields only: 8 + 4 + 4 + 4 + 4 = 24 bytes at
+    // align 8, no implicit padding (size test below).
     unsafe impl aya::Pod for CtValue {}
     // SAFETY: repr(C), integer fields only: 16 + 16 + 4 + 2 + 1 + 1 + 1 + 1
     // + 2 (`_pad`) + 4 + 4 = 52 bytes at align 4, no implicit padding (size

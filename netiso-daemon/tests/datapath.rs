@@ -1701,14 +1701,16 @@ fn conntrack_entries_expire_and_tcp_state_is_tracked() {
         f.ct().get(&fwd, 0).unwrap().flags & netiso_common::ct_flags::CLOSING,
         0
     );
-    // Age the entry past any lifetime: the next reply is a new flow into
-    // A, which A's defaults deny.
+    // Age the entry past any lifetime (its idle timestamp, and the jiffies
+    // stamp that lets fresh entries skip the clock): the next reply is a
+    // new flow into A, which A's defaults deny.
     {
         let map = f.dp().ebpf_mut().map_mut(maps::CONNTRACK).unwrap();
         let mut ct: aya::maps::HashMap<_, CtKey, netiso_common::CtValue> =
             aya::maps::HashMap::try_from(map).unwrap();
         let mut v = ct.get(&fwd, 0).unwrap();
         v.last_seen_ns = 1;
+        v.refreshed = 0;
         ct.insert(fwd, v, 0).unwrap();
     }
     assert_eq!(

@@ -22,7 +22,7 @@ mod parse;
 mod policy;
 mod record;
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
     endpoint_flags, errors, family, identity, settings_flags, tc, Action, Direction, DropReason,
     Endpoint, FragKey, LAYOUT_VERSION,
@@ -150,6 +150,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         }
         Err(reason) => return drop(ctx, settings, &mut v, reason, 0),
     }
+    conntrack::fill_key(pkt, ifindex, dir);
     let pkt: &Packet = pkt;
     v.parsed = true;
 
@@ -217,10 +218,6 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
-    // SAFETY: a BPF helper without arguments; it only reads the kernel's
-    // coarse monotonic clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-
     // An ICMP error passes only with a live connection of this endpoint,
     // and only from someone who may speak about it: the peer itself, the
     // host (the router between), or a router beyond the host; never
@@ -243,7 +240,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 // evicted or replaced meanwhile can at worst read as another
                 // entry's bytes (maps.rs).
                 if let Some(ct) = unsafe { CONNTRACK.get(&k) } {
-                    if ct.generation == generation && !conntrack::expired(ct, k.proto, now) {
+                    if ct.generation == generation
+                        && !conntrack::expired(ct, k.proto, conntrack::clock())
+                    {
                         return tc::PASS;
                     }
                 }
@@ -255,8 +254,8 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
 
     // Fast path: a live connection admitted under the current policy.
     if pkt.tracked && unicast {
-        let key = conntrack::key(ifindex, pkt, dir);
-        if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        let key = &pkt.ct_key;
+        if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
             // SAFETY: a non-null pointer to a live LRU element, aligned and
             // valid for the run (it is not used after the `remove` calls
             // below); CtValue is Pod. Another CPU handling the same flow may
@@ -268,9 +267,16 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             // An echo request never stands in for a reply, nor the reverse.
             let fits = pkt.echo == 0 || reply == (pkt.echo == ECHO_REPLY);
             if fits {
+                // Jiffies cost one load; the clock a helper call, made only
+                // where a timestamp is needed (not for a fresh entry).
+                let jiffies = conntrack::jiffies();
+                if ct.generation == generation && conntrack::fresh(ct, reply, pkt, jiffies) {
+                    return pass(ctx, ifindex, pkt, generation);
+                }
+                let now = conntrack::clock();
                 if !conntrack::expired(ct, pkt.proto, now) {
                     if ct.generation == generation {
-                        conntrack::track(ct, reply, pkt, now);
+                        conntrack::track(ct, reply, pkt, now, jiffies);
                         return pass(ctx, ifindex, pkt, generation);
                     }
                     // The policy changed since the flow was admitted: judge
@@ -286,16 +292,16 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                     let d = eval.run(opener, peer, port);
                     if d.action != Action::Deny as u8 {
                         ct.generation = generation;
-                        conntrack::track(ct, reply, pkt, now);
+                        conntrack::track(ct, reply, pkt, now, jiffies);
                         return pass(ctx, ifindex, pkt, generation);
                     }
-                    let _ = CONNTRACK.remove(&key);
+                    let _ = CONNTRACK.remove(key);
                     v.src = d.src;
                     v.dst = d.dst;
                     return drop(ctx, settings, &mut v, DropReason::Revoked, d.rule_id);
                 }
                 // Idle past its lifetime: forget it and judge the packet afresh.
-                let _ = CONNTRACK.remove(&key);
+                let _ = CONNTRACK.remove(key);
                 count(&ERRORS, errors::CT_EXPIRED, 0);
             }
         }
@@ -329,8 +335,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         record(ctx, settings, &mut v, DropReason::Audit, d.rule_id);
     }
     if pkt.opens && unicast {
-        let key = conntrack::key(ifindex, pkt, dir);
-        if !conntrack::open(&key, dir, pkt, generation, d.rule_id, audit, now) {
+        let key = &pkt.ct_key;
+        let (now, jiffies) = (conntrack::clock(), conntrack::jiffies());
+        if !conntrack::open(key, dir, pkt, generation, d.rule_id, audit, now, jiffies) {
             count(&ERRORS, errors::CT_INSERT, ctx.len());
         }
     }

@@ -3,7 +3,7 @@
 //! `bpf_skb_load_bytes`. The parser only describes the packet; what may
 //! pass is decided in `main.rs`, `control.rs` and `policy.rs`.
 use aya_ebpf::programs::TcContext;
-use netiso_common::{family, proto, DropReason};
+use netiso_common::{family, proto, CtKey, DropReason};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -78,6 +78,8 @@ pub struct Packet {
     pub error: bool,
     /// The error's quoted packet, when it is complete enough to name a flow.
     pub related: Option<Related>,
+    /// This packet's conntrack key (`conntrack::fill_key`), for IP packets.
+    pub ct_key: CtKey,
 }
 
 /// The tuple of the packet quoted inside an ICMP error.
@@ -199,6 +201,22 @@ fn put<T: Copy>(dst: &mut T, v: T) {
 const _: () = assert!(
     core::mem::offset_of!(Packet, saddr) % 8 == 0 && core::mem::offset_of!(Packet, daddr) % 8 == 0
 );
+
+impl Packet {
+    /// Source and destination addresses as 32-bit words.
+    #[inline(always)]
+    pub fn addr_words(&self) -> ([u32; 4], [u32; 4]) {
+        // SAFETY: both fields lie at 8-aligned offsets of the align(8)
+        // Packet (checked at compile time above), so they are aligned for
+        // `[u32; 4]`, which has their size; any bits are valid u32s.
+        unsafe {
+            (
+                *core::ptr::addr_of!(self.saddr).cast::<[u32; 4]>(),
+                *core::ptr::addr_of!(self.daddr).cast::<[u32; 4]>(),
+            )
+        }
+    }
+}
 
 /// IPv4 addresses into the 16-byte fields, zero-extended, in four 64-bit
 /// stores (no `memset` call).
