@@ -225,11 +225,16 @@ fn set_v4_addrs(p: &mut Packet, s: [u8; 4], d: [u8; 4]) {
     let s = [u64::from_ne_bytes([s[0], s[1], s[2], s[3], 0, 0, 0, 0]), 0];
     let d = [u64::from_ne_bytes([d[0], d[1], d[2], d[3], 0, 0, 0, 0]), 0];
     // SAFETY: both fields lie at 8-aligned offsets of the align(8) Packet
-    // (checked at compile time above), are 16 bytes long like `[u64; 2]`,
-    // and any bytes are valid `[u8; 16]`; `p` is an exclusive reference.
+    // (checked at compile time above) and are 16 bytes long: two aligned
+    // u64 stores each, inside the field; any bytes are valid `[u8; 16]`;
+    // `p` is an exclusive reference.
     unsafe {
-        core::ptr::write_volatile(core::ptr::addr_of_mut!(p.saddr).cast::<[u64; 2]>(), s);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!(p.daddr).cast::<[u64; 2]>(), d);
+        let sp = core::ptr::addr_of_mut!(p.saddr).cast::<u64>();
+        let dp = core::ptr::addr_of_mut!(p.daddr).cast::<u64>();
+        core::ptr::write_volatile(sp, s[0]);
+        core::ptr::write_volatile(sp.add(1), s[1]);
+        core::ptr::write_volatile(dp, d[0]);
+        core::ptr::write_volatile(dp.add(1), d[1]);
     }
 }
 
