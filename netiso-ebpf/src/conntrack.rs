@@ -138,11 +138,16 @@ fn lifetime(flags: u32, l4: u8) -> u64 {
 /// The entry's flags once this packet is counted.
 #[inline(always)]
 fn next_flags(ct: &CtValue, reply: bool, p: &Packet) -> u32 {
+    next_flags_of(ct, reply, p.tcp_flags)
+}
+
+#[inline(always)]
+fn next_flags_of(ct: &CtValue, reply: bool, tcp_flags: u8) -> u32 {
     let mut flags = ct.flags;
     if reply {
         flags |= ct_flags::SEEN_REPLY;
     }
-    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= ct_flags::CLOSING;
     }
     flags
@@ -154,9 +159,15 @@ fn next_flags(ct: &CtValue, reply: bool, p: &Packet) -> u32 {
 /// reading the clock.
 #[inline(always)]
 pub fn fresh(ct: &CtValue, reply: bool, p: &Packet, jiffies: u32) -> bool {
+    fresh_with(ct, reply, p.tcp_flags, jiffies)
+}
+
+/// [`fresh`] for a packet's TCP flags byte (0 for UDP).
+#[inline(always)]
+pub fn fresh_with(ct: &CtValue, reply: bool, tcp_flags: u8, jiffies: u32) -> bool {
     ct.refreshed != 0
         && jiffies.wrapping_sub(ct.refreshed) < ct_timeouts::FRESH_JIFFIES
-        && next_flags(ct, reply, p) == ct.flags
+        && next_flags_of(ct, reply, tcp_flags) == ct.flags
 }
 
 /// Keeps a live entry's idle time and TCP state current, for a packet

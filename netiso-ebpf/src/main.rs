@@ -17,6 +17,7 @@
 
 mod conntrack;
 mod control;
+mod fast;
 mod maps;
 mod parse;
 mod policy;
@@ -35,11 +36,17 @@ use policy::Eval;
 use record::{count, drop, record, Verdict};
 
 #[classifier]
+// The macro wraps this in the program's entry: inlined there, the whole
+// program is one BPF function (no call and return per packet).
+#[inline(always)]
 pub fn netiso_from_container(ctx: TcContext) -> i32 {
     judge(&ctx, Direction::Egress)
 }
 
 #[classifier]
+// The macro wraps this in the program's entry: inlined there, the whole
+// program is one BPF function (no call and return per packet).
+#[inline(always)]
 pub fn netiso_to_container(ctx: TcContext) -> i32 {
     judge(&ctx, Direction::Ingress)
 }
@@ -130,6 +137,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // with rustc's tag layout, `related: None`) or a Packet an earlier run
     // on this CPU wrote; `parse` writes every field it later reads.
     let pkt = unsafe { &mut *pkt };
+    // The established fast path (fast.rs). On a conntrack miss it leaves
+    // the key it looked up in `pkt.ct_key`, the same key the full path
+    // builds, which then need not look again.
+    let ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation) {
+        fast::Fast::Pass => return tc::PASS,
+        fast::Fast::Miss => true,
+        fast::Fast::Other => false,
+    };
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
@@ -253,7 +268,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     }
 
     // Fast path: a live connection admitted under the current policy.
-    if pkt.tracked && unicast {
+    if pkt.tracked && unicast && !ct_missed {
         let key = &pkt.ct_key;
         if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
             // SAFETY: a non-null pointer to a live LRU element, aligned and
