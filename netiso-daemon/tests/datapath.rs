@@ -1970,3 +1970,70 @@ fn run_on_dp(dp: &mut Datapath, prog: &str, frame: &[u8], ifindex: u32) -> i32 {
         .expect("BPF_PROG_TEST_RUN");
     r.return_value as i32
 }
+
+/// Packets of an established connection take the fast path (fast.rs) only
+/// when they are plain and pass every check the full path makes; one that
+/// fails a check is still judged in full and dropped, whatever the
+/// connection's state says.
+#[test]
+fn established_packets_are_still_checked_in_full() {
+    let mut f = Fixture::new(DENY_BOTH);
+    // A opens 40000 -> B:80 (rule 1) over IPv4 and IPv6.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, SYN)), tc::PASS);
+    let v6 = |src: Ipv6Addr, dst: Ipv6Addr, sport, dport, flags| {
+        eth(
+            MAC_A,
+            frames::MAC_B,
+            0x86dd,
+            &ipv6(src, dst, 6, &tcp(sport, dport, flags)),
+        )
+    };
+    assert_eq!(f.run(OUT, &v6(A6, B6, 40001, 80, SYN)), tc::PASS);
+    let reply4 = tcp4(frames::MAC_B, B, A, 80, 40000, ACK);
+    let reply6 = v6(B6, A6, 80, 40001, ACK);
+    for _ in 0..3 {
+        assert_eq!(f.run(IN, &reply4), tc::PASS, "the IPv4 reply passes");
+        assert_eq!(f.run(IN, &reply6), tc::PASS, "the IPv6 reply passes");
+        assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, ACK)), tc::PASS);
+        assert_eq!(f.run(OUT, &v6(A6, B6, 40001, 80, ACK)), tc::PASS);
+    }
+
+    // Entering, not addressed to A's MAC: dropped, although the tuple is a
+    // live connection's.
+    let mut wrong_mac = addressed(&reply4, MAC_A);
+    wrong_mac[5] ^= 1;
+    assert_eq!(f.run_exact(IN, &wrong_mac), tc::ACT_SHOT);
+    let mut wrong_mac6 = addressed(&reply6, MAC_A);
+    wrong_mac6[5] ^= 1;
+    assert_eq!(f.run_exact(IN, &wrong_mac6), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::NotForEndpoint), 2);
+
+    // An IP length beyond the frame: malformed, not established.
+    let mut long = reply4.clone();
+    long[16..18].copy_from_slice(&200u16.to_be_bytes());
+    assert_eq!(f.run(IN, &long), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::MalformedL3), 1);
+    // A TCP header claiming fewer than 5 words: malformed.
+    let mut short = reply4.clone();
+    short[14 + 20 + 12] = 0x40;
+    assert_eq!(f.run(IN, &short), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::MalformedL4), 1);
+
+    // Options, a fragment, or extension headers: the full path judges them,
+    // by the same connection.
+    let mut frag = reply4.clone();
+    frag[14 + 6] = 0x20; // MF: a first fragment
+    assert_eq!(f.run(IN, &frag), tc::PASS);
+    let hop = eth(
+        frames::MAC_B,
+        MAC_A,
+        0x86dd,
+        &ipv6(B6, A6, 0, &ext8(6, &tcp(80, 40001, ACK))),
+    );
+    assert_eq!(f.run(IN, &hop), tc::PASS, "behind a hop-by-hop header");
+    // The same ports from another peer (C) are not this connection.
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, C, A, 80, 40000, ACK)),
+        tc::ACT_SHOT
+    );
+}
