@@ -11,7 +11,6 @@ use aya_ebpf::programs::TcContext;
 use netiso_common::{family, proto, Direction, Endpoint};
 
 use crate::conntrack;
-use crate::control::own_v6;
 use crate::maps::CONNTRACK;
 use crate::parse::{ptr_at, Packet, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
@@ -103,16 +102,22 @@ pub fn established(
         if need > payload {
             return Fast::Other;
         }
+        // Multicast destination: not for the fast path.
+        if h[24] == 0xff {
+            return Fast::Other;
+        }
         let s6: &[u8; 16] = h[8..24].try_into().unwrap_or(&[0; 16]);
         let d6: &[u8; 16] = h[24..40].try_into().unwrap_or(&[0xff; 16]);
-        if d6[0] == 0xff {
-            return Fast::Other;
-        }
-        let local = if dir == Direction::Egress { s6 } else { d6 };
-        if !own_v6(ep, local) {
-            return Fast::Other;
-        }
         let (src, dst) = (words(s6), words(d6));
+        // The endpoint's own address (control.rs' `own_v6`, compared as
+        // 32-bit words): its global or its link-local one, never `::`.
+        let local = if dir == Direction::Egress { src } else { dst };
+        let (global, link_local) = own_words(ep);
+        let own =
+            (global != [0; 4] && local == global) || (link_local != [0; 4] && local == link_local);
+        if !own {
+            return Fast::Other;
+        }
         (family::V6, ETH_HLEN + 40, l4_proto, src, dst)
     } else {
         return Fast::Other;
@@ -164,6 +169,9 @@ pub fn established(
     k.proto = l4_proto;
     k.family = fam;
     k._pad = [0; 2];
+    // Read before the lookup, so that the load overlaps the lookup's work
+    // instead of following it (the profile shows it slow to arrive).
+    let jiffies = conntrack::jiffies();
     let Some(ct) = CONNTRACK.get_ptr(&pkt.ct_key) else {
         return Fast::Miss;
     };
@@ -171,9 +179,7 @@ pub fn established(
     // for the run; CtValue is Pod and only read here (maps.rs).
     let ct = unsafe { &*ct };
     let reply = conntrack::is_reply(ct, dir);
-    if ct.generation == generation
-        && conntrack::fresh_with(ct, reply, tcp_flags, conntrack::jiffies())
-    {
+    if ct.generation == generation && conntrack::fresh_with(ct, reply, tcp_flags, jiffies) {
         return Fast::Pass;
     }
     Fast::Other
@@ -193,4 +199,25 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 fn bytes(w: [u32; 4]) -> [u8; 16] {
     // SAFETY: same size, and every bit pattern is a valid [u8; 16].
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
+}
+
+// `own_words` reads the endpoint's IPv6 addresses as u32 words.
+const _: () = assert!(
+    core::mem::offset_of!(Endpoint, ipv6) % 4 == 0
+        && core::mem::offset_of!(Endpoint, ipv6_ll) % 4 == 0
+        && align_of::<Endpoint>() >= 4
+);
+
+/// The endpoint's global and link-local IPv6 addresses as 32-bit words.
+#[inline(always)]
+fn own_words(ep: &Endpoint) -> ([u32; 4], [u32; 4]) {
+    // SAFETY: both fields lie at 4-aligned offsets of the align-4 Endpoint
+    // (checked at compile time above), so they are aligned for `[u32; 4]`,
+    // which has their size; any bits are valid u32s; only read.
+    unsafe {
+        (
+            *core::ptr::addr_of!(ep.ipv6).cast::<[u32; 4]>(),
+            *core::ptr::addr_of!(ep.ipv6_ll).cast::<[u32; 4]>(),
+        )
+    }
 }
