@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -32,9 +32,11 @@ pub mod maps {
     pub const LEARN: &str = "NETISO_LEARN";
     pub const FQDN: &str = "NETISO_FQDN";
     pub const DNS: &str = "NETISO_DNS";
+    /// Endpoints by ifindex, for small ifindexes (see [`super::EndpointSlot`]).
+    pub const ENDPOINT_ARRAY: &str = "NETISO_EP_ARRAY";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -52,6 +54,7 @@ pub mod maps {
         LEARN,
         FQDN,
         DNS,
+        ENDPOINT_ARRAY,
     ];
 }
 
@@ -68,6 +71,10 @@ pub mod programs {
 /// Map sizes. The policy and identity maps hold two slots (see [`Settings`]).
 pub mod limits {
     pub const ENDPOINTS: u32 = 8192;
+    /// Slots of the endpoints array: veths with an ifindex below this are
+    /// found there (an inlined array lookup); larger ifindexes only in the
+    /// endpoints hash. 72 bytes each.
+    pub const ENDPOINT_ARRAY: u32 = 32768;
     pub const IDENTITIES: u32 = 65536;
     pub const POLICY: u32 = 262144;
     pub const CONNTRACK: u32 = 262144;
@@ -338,6 +345,25 @@ pub struct Endpoint {
     pub ipv6_ll: [u8; 16],
 }
 
+/// Value of the endpoints array (`maps::ENDPOINT_ARRAY`), indexed by
+/// ifindex, for ifindexes below `limits::ENDPOINT_ARRAY`.
+///
+/// The endpoints hash holds every endpoint and is the authority; the array
+/// mirrors it for small ifindexes because an array lookup is inlined by the
+/// verifier (no helper call, no hashing), the largest single cost of an
+/// established packet otherwise. A slot counts only while `present` is 1;
+/// the daemon clears `present` before it rewrites or removes an endpoint
+/// and sets it again once hash and slot are whole, so a packet never
+/// trusts a half-written slot (it reads the hash instead). Invariant: a
+/// present slot has its hash entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlot {
+    pub present: u32,
+    pub _pad: u32,
+    pub endpoint: Endpoint,
+}
+
 /// Key of the identities map: an exact address in one policy slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -478,7 +504,12 @@ pub struct CtValue {
     /// `ct_flags::*`.
     pub flags: u32,
     pub rule_id: u32,
-    pub _pad: u32,
+    /// Low 32 bits of the kernel's jiffies when `last_seen_ns` was last
+    /// written (0: unknown). While fewer than `ct_timeouts::FRESH_JIFFIES`
+    /// have passed, the entry can neither have expired nor need a refresh,
+    /// so a packet skips the clock (jiffies are read without a helper
+    /// call).
+    pub refreshed: u32,
 }
 
 pub mod ct_flags {
@@ -491,6 +522,10 @@ pub mod ct_flags {
     pub const CLOSING: u32 = 1 << 2;
     /// The flow was admitted by an `audit` rule.
     pub const AUDIT: u32 = 1 << 3;
+    /// DNS a container sent to learn names from (its endpoint resolves
+    /// names some rule allows): every packet takes the full path, where
+    /// queries are copied and answers held for the daemon.
+    pub const WATCHED: u32 = 1 << 4;
 }
 
 /// Connection-tracking lifetimes: an entry idle longer than this is gone
@@ -506,6 +541,10 @@ pub mod ct_timeouts {
     pub const ICMP_NS: u64 = 30 * S;
     /// Idle time refreshed at most this often (saves writes to shared entries).
     pub const REFRESH_NS: u64 = S;
+    /// Jiffies after a refresh during which a packet neither checks expiry
+    /// nor refreshes: 64 jiffies are at most 0.64 s for any HZ >= 100
+    /// (Linux has HZ 100 to 1000), far below the shortest lifetime (10 s).
+    pub const FRESH_JIFFIES: u32 = 64;
 }
 
 /// Indexes of the per-CPU error counters (`maps::ERRORS`).
@@ -770,6 +809,10 @@ mod user {
     // SAFETY: repr(C), u32/u8 fields only: 8 + 8 + 4 + 4 + 6 + 2 (`_pad`)
     // + 16 + 16 = 64 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: repr(C): two u32 fields, then the padding-free 64-byte
+    // `Endpoint` (align 4) at offset 8: 72 bytes, no implicit padding (size
+    // test below).
+    unsafe impl aya::Pod for EndpointSlot {}
     // SAFETY: repr(C), u8 fields only (align 1, so no padding possible):
     // 16 + 1 + 1 + 2 (`_pad`) = 20 bytes.
     unsafe impl aya::Pod for IpKey {}
@@ -784,8 +827,8 @@ mod user {
     // SAFETY: repr(C), integer fields only: 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2
     // (`_pad`) = 44 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for CtKey {}
-    // SAFETY: repr(C), integer fields only: 8 + 4 + 4 + 4 + 4 (`_pad`) = 24
-    // bytes at align 8, no implicit padding (size test below).
+    // SAFETY: repr(C), integer fields only: 8 + 4 + 4 + 4 + 4 = 24 bytes at
+    // align 8, no implicit padding (size test below).
     unsafe impl aya::Pod for CtValue {}
     // SAFETY: repr(C), integer fields only: 16 + 16 + 4 + 2 + 1 + 1 + 1 + 1
     // + 2 (`_pad`) + 4 + 4 = 52 bytes at align 4, no implicit padding (size
@@ -853,6 +896,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 64);
+        assert_eq!(size_of::<EndpointSlot>(), 72);
         assert_eq!(size_of::<IpKey>(), 20);
         assert_eq!(size_of::<IdentityInfo>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);
@@ -875,7 +919,7 @@ mod tests {
         assert_eq!(size_of::<DnsCopy>(), 24 + DNS_CAPTURE);
         assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
         assert_eq!(core::mem::offset_of!(Settings, generation), 12);
-        assert_eq!(LAYOUT_VERSION, 4);
+        assert_eq!(LAYOUT_VERSION, 5);
     }
 
     #[test]

@@ -1701,14 +1701,16 @@ fn conntrack_entries_expire_and_tcp_state_is_tracked() {
         f.ct().get(&fwd, 0).unwrap().flags & netiso_common::ct_flags::CLOSING,
         0
     );
-    // Age the entry past any lifetime: the next reply is a new flow into
-    // A, which A's defaults deny.
+    // Age the entry past any lifetime (its idle timestamp, and the jiffies
+    // stamp that lets fresh entries skip the clock): the next reply is a
+    // new flow into A, which A's defaults deny.
     {
         let map = f.dp().ebpf_mut().map_mut(maps::CONNTRACK).unwrap();
         let mut ct: aya::maps::HashMap<_, CtKey, netiso_common::CtValue> =
             aya::maps::HashMap::try_from(map).unwrap();
         let mut v = ct.get(&fwd, 0).unwrap();
         v.last_seen_ns = 1;
+        v.refreshed = 0;
         ct.insert(fwd, v, 0).unwrap();
     }
     assert_eq!(
@@ -2096,4 +2098,202 @@ fn names_allow_learned_addresses_and_dns_answers_are_held() {
         ]
     );
     assert_eq!(f.error_counter(netiso_common::errors::DNS_HELD), 1);
+}
+
+/// The endpoint of a packet comes from the endpoints array (small
+/// ifindexes) or the hash (larger ones, and any slot the daemon is
+/// rewriting). Each way enforces the same; a rewritten slot never keeps the
+/// old verdicts, a removed one passes as unmanaged, and a slot marked
+/// absent falls back to the hash instead of passing.
+#[test]
+fn endpoints_in_the_array_and_beyond_it_are_enforced() {
+    use netiso_common::{limits, EndpointSlot};
+    let pins = PinDir::new();
+    let ns = NetNs::new("epa");
+    let big = limits::ENDPOINT_ARRAY + 7;
+    ns.sh(&format!(
+        "ip link add nbig index {big} type veth peer name nbigp && ip link set nbig up && ip link set nbigp up"
+    ));
+    let mut d = desired(defaults::DENY_EGRESS);
+    let b_spec = EndpointSpec {
+        ifname: "nbig".into(),
+        identity: ID_B,
+        flags: defaults::DENY_INGRESS,
+        ipv4: Some(B),
+        ipv6: Some(B6),
+        mac: Some(frames::MAC_B),
+        ipv4_prefix_len: Some(24),
+    };
+    d.endpoints.insert(big, b_spec.clone());
+    let dp = ns.run({
+        let d = d.clone();
+        let path = pins.path.clone();
+        move || {
+            let mut dp = Datapath::load(&path).expect("load datapath");
+            dp.apply(&d).expect("apply");
+            dp
+        }
+    });
+    let mut f = Fixture {
+        _pins: pins,
+        ns,
+        dp: Some(dp),
+    };
+    let slot = |f: &Fixture, i: u32| -> EndpointSlot {
+        let map =
+            f.dp.as_ref()
+                .unwrap()
+                .ebpf()
+                .map(maps::ENDPOINT_ARRAY)
+                .unwrap();
+        let a: aya::maps::Array<_, EndpointSlot> = aya::maps::Array::try_from(map).unwrap();
+        a.get(&i, 0).unwrap()
+    };
+    assert_eq!(slot(&f, 1).present, 1, "A (ifindex 1) is in the array");
+
+    // B lives beyond the array: found in the hash, and judged. Its veth
+    // exists only in the test namespace, so the runs happen there.
+    let in_ns = |f: &mut Fixture, prog: &'static str, frame: Vec<u8>| -> i32 {
+        let Fixture { ns, dp, .. } = f;
+        let dp = dp.as_mut().unwrap();
+        ns.run(move || run_on_dp(dp, prog, &frame, big))
+    };
+    let to_b = tcp4(MAC_A, A, B, 40000, 22, SYN);
+    assert_eq!(
+        in_ns(&mut f, IN, addressed(&to_b, frames::MAC_B)),
+        tc::ACT_SHOT,
+        "B (ifindex {big}, hash only) denies ingress"
+    );
+    let from_b = tcp4(frames::MAC_B, B, C, 40000, 22, SYN);
+    assert_eq!(
+        in_ns(&mut f, OUT, from_b),
+        tc::PASS,
+        "B may send (no default denies its egress)"
+    );
+    let spoofed = tcp4(frames::MAC_B, C, A, 40000, 22, SYN);
+    assert_eq!(
+        in_ns(&mut f, OUT, spoofed),
+        tc::ACT_SHOT,
+        "B's anti-spoofing holds"
+    );
+
+    // A's slot marked absent (as while the daemon rewrites it): the hash
+    // still judges A, nothing passes unjudged.
+    let denied = tcp4(MAC_A, A, B, 40000, 8080, SYN);
+    assert_eq!(f.run(OUT, &denied), tc::ACT_SHOT);
+    {
+        let mut s = slot(&f, 1);
+        s.present = 0;
+        let map = f.dp().ebpf_mut().map_mut(maps::ENDPOINT_ARRAY).unwrap();
+        let mut a: aya::maps::Array<_, EndpointSlot> = aya::maps::Array::try_from(map).unwrap();
+        a.set(1, s, 0).unwrap();
+    }
+    assert_eq!(f.run(OUT, &denied), tc::ACT_SHOT, "the hash judges A");
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40001, 80, SYN)), tc::PASS);
+
+    // A rewritten (held fail-closed now): the slot says so at once.
+    let mut held = d.clone();
+    held.endpoints.get_mut(&1).unwrap().flags |= endpoint_flags::FAIL_CLOSED;
+    f.dp().apply(&held).expect("apply");
+    assert_eq!(slot(&f, 1).present, 1);
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, B, 40002, 80, SYN)),
+        tc::ACT_SHOT,
+        "the new flags hold"
+    );
+    assert_eq!(f.dropped(DropReason::FailClosed), 1);
+
+    // A removed: its slot is absent and its veth unmanaged; B stays.
+    let mut gone = d.clone();
+    gone.endpoints.remove(&1);
+    f.dp().apply(&gone).expect("apply");
+    assert_eq!(slot(&f, 1).present, 0);
+    assert_eq!(f.run(OUT, &denied), tc::PASS, "no longer managed");
+    assert_eq!(
+        in_ns(&mut f, IN, addressed(&to_b, frames::MAC_B)),
+        tc::ACT_SHOT
+    );
+    f.ns.sh("ip link del nbig");
+}
+
+/// [`Fixture::run_on`] for a datapath on its own.
+fn run_on_dp(dp: &mut Datapath, prog: &str, frame: &[u8], ifindex: u32) -> i32 {
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let p: &mut SchedClassifier = dp.ebpf_mut().program_mut(prog).unwrap().try_into().unwrap();
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    r.return_value as i32
+}
+
+/// Packets of an established connection take the fast path (fast.rs) only
+/// when they are plain and pass every check the full path makes; one that
+/// fails a check is still judged in full and dropped, whatever the
+/// connection's state says.
+#[test]
+fn established_packets_are_still_checked_in_full() {
+    let mut f = Fixture::new(DENY_BOTH);
+    // A opens 40000 -> B:80 (rule 1) over IPv4 and IPv6.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, SYN)), tc::PASS);
+    let v6 = |src: Ipv6Addr, dst: Ipv6Addr, sport, dport, flags| {
+        eth(
+            MAC_A,
+            frames::MAC_B,
+            0x86dd,
+            &ipv6(src, dst, 6, &tcp(sport, dport, flags)),
+        )
+    };
+    assert_eq!(f.run(OUT, &v6(A6, B6, 40001, 80, SYN)), tc::PASS);
+    let reply4 = tcp4(frames::MAC_B, B, A, 80, 40000, ACK);
+    let reply6 = v6(B6, A6, 80, 40001, ACK);
+    for _ in 0..3 {
+        assert_eq!(f.run(IN, &reply4), tc::PASS, "the IPv4 reply passes");
+        assert_eq!(f.run(IN, &reply6), tc::PASS, "the IPv6 reply passes");
+        assert_eq!(f.run(OUT, &tcp4(MAC_A, A, B, 40000, 80, ACK)), tc::PASS);
+        assert_eq!(f.run(OUT, &v6(A6, B6, 40001, 80, ACK)), tc::PASS);
+    }
+
+    // Entering, not addressed to A's MAC: dropped, although the tuple is a
+    // live connection's.
+    let mut wrong_mac = addressed(&reply4, MAC_A);
+    wrong_mac[5] ^= 1;
+    assert_eq!(f.run_exact(IN, &wrong_mac), tc::ACT_SHOT);
+    let mut wrong_mac6 = addressed(&reply6, MAC_A);
+    wrong_mac6[5] ^= 1;
+    assert_eq!(f.run_exact(IN, &wrong_mac6), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::NotForEndpoint), 2);
+
+    // An IP length beyond the frame: malformed, not established.
+    let mut long = reply4.clone();
+    long[16..18].copy_from_slice(&200u16.to_be_bytes());
+    assert_eq!(f.run(IN, &long), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::MalformedL3), 1);
+    // A TCP header claiming fewer than 5 words: malformed.
+    let mut short = reply4.clone();
+    short[14 + 20 + 12] = 0x40;
+    assert_eq!(f.run(IN, &short), tc::ACT_SHOT);
+    assert_eq!(f.dropped(DropReason::MalformedL4), 1);
+
+    // Options, a fragment, or extension headers: the full path judges them,
+    // by the same connection.
+    let mut frag = reply4.clone();
+    frag[14 + 6] = 0x20; // MF: a first fragment
+    assert_eq!(f.run(IN, &frag), tc::PASS);
+    let hop = eth(
+        frames::MAC_B,
+        MAC_A,
+        0x86dd,
+        &ipv6(B6, A6, 0, &ext8(6, &tcp(80, 40001, ACK))),
+    );
+    assert_eq!(f.run(IN, &hop), tc::PASS, "behind a hop-by-hop header");
+    // The same ports from another peer (C) are not this connection.
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, C, A, 80, 40000, ACK)),
+        tc::ACT_SHOT
+    );
 }

@@ -509,6 +509,40 @@ action = "allow"
             !greeted(&app, &addr(233).to_string()),
             "a replayed answer taught an address"
         );
+        // Counted: the answers nobody asked for, and the refused connections.
+        let status = String::from_utf8_lossy(&daemon.cli(&["status"]).stdout).to_string();
+        let metrics_url = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Metrics:"))
+            .map(|u| {
+                u.trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches("/metrics")
+                    .to_string()
+            })
+            .expect("the metrics address in status");
+        let mut conn = TcpStream::connect(&metrics_url).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut metrics = String::new();
+        conn.read_to_string(&mut metrics).unwrap();
+        let unmatched: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with("netiso_fqdn_answers_total{result=\"unmatched\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or_else(|| panic!("no unmatched answers counted:\n{metrics}"));
+        assert!(unmatched >= 2.0, "{unmatched}");
+        report.insert(
+            "answers counted as unmatched (forged, replayed)",
+            unmatched.to_string(),
+        );
+        let stats = String::from_utf8_lossy(&daemon.cli(&["stats", "--json"]).stdout).to_string();
+        for a in [addr(231), addr(232), addr(233)] {
+            assert!(
+                stats.contains(&format!("\"{a}\"")),
+                "no drop row for {a}:\n{stats}"
+            );
+        }
 
         // 4. TTL expiry: a connection opened while the name was fresh
         // lives on past the TTL (1 s, +1 s grace); a new one to the same

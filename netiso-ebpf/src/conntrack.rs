@@ -3,37 +3,59 @@
 //! with a bit saying who opened it. State made on one veth never lets a
 //! packet skip another veth's policy, and both directions of a connection
 //! find the same entry with one lookup.
+
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use netiso_common::{ct_flags, ct_timeouts, proto, CtKey, CtValue, Direction};
 
 use crate::maps::CONNTRACK;
 use crate::parse::{Packet, Related, TCP_FIN, TCP_RST};
 
-/// The key of `p`'s connection as seen by the endpoint on `ifindex`.
+/// Writes the key of `p`'s connection as seen by the endpoint on
+/// `ifindex` into `p.ct_key`. The key lives in the per-CPU scratch space,
+/// not on the 512-byte stack (a lookup may take its key from map memory),
+/// and is written in place, addresses as 32-bit words, each stored once
+/// (left to itself the compiler copies them byte by byte or calls
+/// `memmove`).
 #[inline(always)]
-pub fn key(ifindex: u32, p: &Packet, dir: Direction) -> CtKey {
-    if dir == Direction::Egress {
-        CtKey {
-            ifindex,
-            local: p.saddr,
-            remote: p.daddr,
-            lport: p.sport,
-            rport: p.dport,
-            proto: p.proto,
-            family: p.family,
-            _pad: [0; 2],
-        }
+pub fn fill_key(p: &mut Packet, ifindex: u32, dir: Direction) {
+    let (s, d) = p.addr_words();
+    let (local, remote, lport, rport) = if dir == Direction::Egress {
+        (s, d, p.sport, p.dport)
     } else {
-        CtKey {
-            ifindex,
-            local: p.daddr,
-            remote: p.saddr,
-            lport: p.dport,
-            rport: p.sport,
-            proto: p.proto,
-            family: p.family,
-            _pad: [0; 2],
-        }
-    }
+        (d, s, p.dport, p.sport)
+    };
+    let (proto, family) = (p.proto, p.family);
+    let k = &mut p.ct_key;
+    k.ifindex = ifindex;
+    k.local = bytes(local);
+    k.remote = bytes(remote);
+    k.lport = lport;
+    k.rport = rport;
+    k.proto = proto;
+    k.family = family;
+    k._pad = [0; 2];
+}
+
+#[inline(always)]
+fn bytes(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, and every bit pattern is a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
+}
+
+/// The kernel's jiffies (low 32 bits). The verifier inlines this helper
+/// into one load: no call, unlike the clock.
+#[inline(always)]
+pub fn jiffies() -> u32 {
+    // SAFETY: a BPF helper without arguments; it only reads `jiffies`.
+    unsafe { bpf_jiffies64() as u32 }
+}
+
+/// The coarse monotonic clock (a helper call).
+#[inline(always)]
+pub fn clock() -> u64 {
+    // SAFETY: a BPF helper without arguments; it only reads the kernel's
+    // coarse monotonic clock.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The key of the connection an ICMP error quotes, or None when the
@@ -113,23 +135,53 @@ fn lifetime(flags: u32, l4: u8) -> u64 {
     }
 }
 
-/// Keeps a live entry's idle time and TCP state current. Writes are rare:
-/// the timestamp at most once a second, the flags on state changes.
+/// The entry's flags once this packet is counted.
 #[inline(always)]
-pub fn track(ct: &mut CtValue, reply: bool, p: &Packet, now: u64) {
+fn next_flags(ct: &CtValue, reply: bool, p: &Packet) -> u32 {
+    next_flags_of(ct, reply, p.tcp_flags)
+}
+
+#[inline(always)]
+fn next_flags_of(ct: &CtValue, reply: bool, tcp_flags: u8) -> u32 {
     let mut flags = ct.flags;
     if reply {
         flags |= ct_flags::SEEN_REPLY;
     }
-    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= ct_flags::CLOSING;
     }
+    flags
+}
+
+/// Whether the entry was refreshed fewer than `FRESH_JIFFIES` ago and this
+/// packet changes no state: then it cannot have expired (the window is far
+/// below any lifetime) and needs no write, so the packet passes without
+/// reading the clock.
+#[inline(always)]
+pub fn fresh(ct: &CtValue, reply: bool, p: &Packet, jiffies: u32) -> bool {
+    fresh_with(ct, reply, p.tcp_flags, jiffies)
+}
+
+/// [`fresh`] for a packet's TCP flags byte (0 for UDP).
+#[inline(always)]
+pub fn fresh_with(ct: &CtValue, reply: bool, tcp_flags: u8, jiffies: u32) -> bool {
+    ct.refreshed != 0
+        && ct.flags & ct_flags::WATCHED == 0
+        && jiffies.wrapping_sub(ct.refreshed) < ct_timeouts::FRESH_JIFFIES
+        && next_flags_of(ct, reply, tcp_flags) == ct.flags
+}
+
+/// Keeps a live entry's idle time and TCP state current, for a packet
+/// that was not `fresh`: writes are rare, at most once per
+/// `FRESH_JIFFIES` and on state changes.
+#[inline(always)]
+pub fn track(ct: &mut CtValue, reply: bool, p: &Packet, now: u64, jiffies: u32) {
+    let flags = next_flags(ct, reply, p);
     if flags != ct.flags {
         ct.flags = flags;
-        ct.last_seen_ns = now;
-    } else if now.saturating_sub(ct.last_seen_ns) > ct_timeouts::REFRESH_NS {
-        ct.last_seen_ns = now;
     }
+    ct.last_seen_ns = now;
+    ct.refreshed = jiffies;
 }
 
 /// Records a connection the policy just admitted. Returns false when the
@@ -141,16 +193,14 @@ pub fn open(
     p: &Packet,
     generation: u32,
     rule_id: u32,
-    audit: bool,
+    extra: u32,
     now: u64,
+    jiffies: u32,
 ) -> bool {
-    let mut flags = if dir == Direction::Egress {
-        ct_flags::OPENED_OUT
-    } else {
-        0
-    };
-    if audit {
-        flags |= ct_flags::AUDIT;
+    // `extra`: AUDIT, WATCHED.
+    let mut flags = extra;
+    if dir == Direction::Egress {
+        flags |= ct_flags::OPENED_OUT;
     }
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= ct_flags::CLOSING;
@@ -160,7 +210,7 @@ pub fn open(
         generation,
         flags,
         rule_id,
-        _pad: 0,
+        refreshed: jiffies,
     };
     CONNTRACK.insert(k, &v, 0).is_ok()
 }

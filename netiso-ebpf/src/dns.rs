@@ -16,7 +16,7 @@ use crate::record::count;
 /// Whether a passing packet is DNS this endpoint's container sends
 /// (to port 53) or receives (from port 53), with a payload.
 #[inline(always)]
-pub fn is_dns(ctx: &TcContext, p: &Packet, dir: u8) -> bool {
+fn is_dns(ctx: &TcContext, p: &Packet, dir: u8) -> bool {
     let port = if dir == Direction::Egress as u8 {
         p.dport
     } else {
@@ -46,11 +46,15 @@ fn tcp_payload(ctx: &TcContext, p: &Packet) -> bool {
     p.l3_end > off + hdr
 }
 
-/// Copies the frame to the daemon. Returns true when the packet is held
-/// (an answer entering, not one the daemon sends on): the caller drops it.
-/// What cannot be copied passes, counted.
+/// Copies the frame to the daemon when it is DNS (see [`is_dns`]).
+/// Returns true when the packet is held (an answer entering, not one the
+/// daemon sends on): the caller drops it. What cannot be copied passes,
+/// counted. Not inlined: the callers' paths stay small for the verifier.
 #[inline(never)]
-pub fn watch(ctx: &TcContext, ifindex: u32, dir: u8) -> bool {
+pub fn watch(ctx: &TcContext, p: &Packet, ifindex: u32, dir: u8) -> bool {
+    if !is_dns(ctx, p, dir) {
+        return false;
+    }
     // SAFETY: `ctx.skb.skb` is the context pointer the kernel passed to
     // this program, valid for reads for the run; one field read.
     let mark = unsafe { (*ctx.skb.skb).mark };

@@ -19,29 +19,36 @@
 mod conntrack;
 mod control;
 mod dns;
+mod fast;
 mod maps;
 mod parse;
 mod policy;
 mod record;
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
-    endpoint_flags, errors, family, identity, settings_flags, tc, Action, Direction, DropReason,
-    Endpoint, FragKey, LAYOUT_VERSION,
+    ct_flags, endpoint_flags, errors, family, identity, proto, settings_flags, tc, Action,
+    Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
 };
 
 use control::Check;
-use maps::{CONNTRACK, ENDPOINTS, ERRORS, FRAGS, RULE_STATS, SCRATCH, SETTINGS};
+use maps::{CONNTRACK, ENDPOINTS, ENDPOINT_ARRAY, ERRORS, FRAGS, RULE_STATS, SCRATCH, SETTINGS};
 use parse::{Control, Packet, Parsed, ECHO_REPLY};
 use policy::Eval;
 use record::{count, drop, record, Verdict};
 
 #[classifier]
+// The macro wraps this in the program's entry: inlined there, the whole
+// program is one BPF function (no call and return per packet).
+#[inline(always)]
 pub fn netiso_from_container(ctx: TcContext) -> i32 {
     judge(&ctx, Direction::Egress)
 }
 
 #[classifier]
+// The macro wraps this in the program's entry: inlined there, the whole
+// program is one BPF function (no call and return per packet).
+#[inline(always)]
 pub fn netiso_to_container(ctx: TcContext) -> i32 {
     judge(&ctx, Direction::Ingress)
 }
@@ -60,10 +67,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     let skb = unsafe { &*ctx.skb.skb };
     let ifindex = skb.ifindex;
     // Veths netiso does not manage pass untouched.
-    // SAFETY: Endpoint is Pod and the reference is only read, in this run;
-    // an entry the daemon replaces meanwhile can at worst read as another
-    // entry's bytes (maps.rs).
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+    let Some(ep) = endpoint(ifindex) else {
         return tc::PASS;
     };
     let Some(settings) = SETTINGS.get_ptr(0) else {
@@ -135,6 +139,14 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // with rustc's tag layout, `related: None`) or a Packet an earlier run
     // on this CPU wrote; `parse` writes every field it later reads.
     let pkt = unsafe { &mut *pkt };
+    // The established fast path (fast.rs). On a conntrack miss it leaves
+    // the key it looked up in `pkt.ct_key`, the same key the full path
+    // builds, which then need not look again.
+    let ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation) {
+        fast::Fast::Pass => return tc::PASS,
+        fast::Fast::Miss => true,
+        fast::Fast::Other => false,
+    };
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
@@ -155,10 +167,12 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         }
         Err(reason) => return drop(ctx, settings, &mut v, reason, 0),
     }
+    conntrack::fill_key(pkt, ifindex, dir);
     let pkt: &Packet = pkt;
     v.parsed = true;
 
     let eval = Eval {
+        ifindex,
         ep_id,
         ep_flags,
         slot: slot as u8,
@@ -222,10 +236,6 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
-    // SAFETY: a BPF helper without arguments; it only reads the kernel's
-    // coarse monotonic clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-
     // An ICMP error passes only with a live connection of this endpoint,
     // and only from someone who may speak about it: the peer itself, the
     // host (the router between), or a router beyond the host; never
@@ -248,7 +258,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 // evicted or replaced meanwhile can at worst read as another
                 // entry's bytes (maps.rs).
                 if let Some(ct) = unsafe { CONNTRACK.get(&k) } {
-                    if ct.generation == generation && !conntrack::expired(ct, k.proto, now) {
+                    if ct.generation == generation
+                        && !conntrack::expired(ct, k.proto, conntrack::clock())
+                    {
                         return tc::PASS;
                     }
                 }
@@ -259,9 +271,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     }
 
     // Fast path: a live connection admitted under the current policy.
-    if pkt.tracked && unicast {
-        let key = conntrack::key(ifindex, pkt, dir);
-        if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+    if pkt.tracked && unicast && !ct_missed {
+        let key = &pkt.ct_key;
+        if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
             // SAFETY: a non-null pointer to a live LRU element, aligned and
             // valid for the run (it is not used after the `remove` calls
             // below); CtValue is Pod. Another CPU handling the same flow may
@@ -273,10 +285,18 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             // An echo request never stands in for a reply, nor the reverse.
             let fits = pkt.echo == 0 || reply == (pkt.echo == ECHO_REPLY);
             if fits {
+                // Jiffies cost one load; the clock a helper call, made only
+                // where a timestamp is needed (not for a fresh entry).
+                let jiffies = conntrack::jiffies();
+                if ct.generation == generation && conntrack::fresh(ct, reply, pkt, jiffies) {
+                    return pass(ctx, ifindex, pkt, generation, false, dir);
+                }
+                let watched = ct.flags & ct_flags::WATCHED != 0;
+                let now = conntrack::clock();
                 if !conntrack::expired(ct, pkt.proto, now) {
                     if ct.generation == generation {
-                        conntrack::track(ct, reply, pkt, now);
-                        return pass(ctx, ifindex, pkt, generation, ep_flags, dir);
+                        conntrack::track(ct, reply, pkt, now, jiffies);
+                        return pass(ctx, ifindex, pkt, generation, watched, dir);
                     }
                     // The policy changed since the flow was admitted: judge
                     // it again as it was opened, and cut it if it is no
@@ -288,19 +308,27 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                     } else {
                         (eval.peer_identity(&key.remote), port)
                     };
-                    let d = eval.run(opener, peer, port);
+                    let mut d = eval.run(opener, peer, port);
+                    if opener == Direction::Egress
+                        && ep_flags & endpoint_flags::FQDN != 0
+                        && Eval::beyond_host(peer.0)
+                    {
+                        // Learned for a name: judged so again, expired or
+                        // not (the connection outlives the answer's TTL).
+                        eval.by_name(&key.remote, port, &mut d, 0);
+                    }
                     if d.action != Action::Deny as u8 {
                         ct.generation = generation;
-                        conntrack::track(ct, reply, pkt, now);
-                        return pass(ctx, ifindex, pkt, generation, ep_flags, dir);
+                        conntrack::track(ct, reply, pkt, now, jiffies);
+                        return pass(ctx, ifindex, pkt, generation, watched, dir);
                     }
-                    let _ = CONNTRACK.remove(&key);
+                    let _ = CONNTRACK.remove(key);
                     v.src = d.src;
                     v.dst = d.dst;
                     return drop(ctx, settings, &mut v, DropReason::Revoked, d.rule_id);
                 }
                 // Idle past its lifetime: forget it and judge the packet afresh.
-                let _ = CONNTRACK.remove(&key);
+                let _ = CONNTRACK.remove(key);
                 count(&ERRORS, errors::CT_EXPIRED, 0);
             }
         }
@@ -327,7 +355,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         && ep_flags & endpoint_flags::FQDN != 0
         && Eval::beyond_host(peer.0)
     {
-        eval.by_name(&eval.fqdn_key(ifindex, &pkt.daddr), port, &mut d, now);
+        eval.by_name(&pkt.daddr, port, &mut d, conntrack::clock());
     }
     v.src = d.src;
     v.dst = d.dst;
@@ -336,6 +364,12 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         return drop(ctx, settings, &mut v, d.reason, d.rule_id);
     }
     let audit = d.action == Action::Audit as u8;
+    // A query of a container that resolves names: its connection's packets
+    // take the full path, where they are copied (answers held).
+    let watched = dir == Direction::Egress
+        && ep_flags & endpoint_flags::FQDN != 0
+        && pkt.policy_port == 53
+        && (pkt.proto == proto::UDP || pkt.proto == proto::TCP);
     if audit {
         // Passes, but is recorded exactly like a drop would be.
         record(ctx, settings, &mut v, DropReason::Audit, d.rule_id);
@@ -349,25 +383,55 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         record::learn(pkt, ifindex, dir as u8, judged, port);
     }
     if pkt.opens && unicast {
-        let key = conntrack::key(ifindex, pkt, dir);
-        if !conntrack::open(&key, dir, pkt, generation, d.rule_id, audit, now) {
+        let key = &pkt.ct_key;
+        let (now, jiffies) = (conntrack::clock(), conntrack::jiffies());
+        let mut extra = if audit { ct_flags::AUDIT } else { 0 };
+        if watched {
+            extra |= ct_flags::WATCHED;
+        }
+        if !conntrack::open(key, dir, pkt, generation, d.rule_id, extra, now, jiffies) {
             count(&ERRORS, errors::CT_INSERT, ctx.len());
         }
     }
-    pass(ctx, ifindex, pkt, generation, ep_flags, dir)
+    pass(ctx, ifindex, pkt, generation, watched, dir)
+}
+
+/// The endpoint on `ifindex`: its slot in the endpoints array (an array
+/// lookup the verifier inlines: no helper call, no hashing) when it is
+/// there, else the endpoints hash, which holds every endpoint (larger
+/// ifindexes, and a slot the daemon is rewriting: netiso-common's
+/// `EndpointSlot`).
+#[inline(always)]
+fn endpoint(ifindex: u32) -> Option<&'static Endpoint> {
+    if let Some(slot) = ENDPOINT_ARRAY.get_ptr(ifindex) {
+        // SAFETY: a non-null pointer to an element of an array map (the
+        // lookup checked the index): aligned, never freed, valid for the
+        // run; EndpointSlot is Pod and only read. The daemon clears
+        // `present` before it rewrites a slot, so a present slot's bytes
+        // are whole (maps.rs).
+        let slot = unsafe { &*slot };
+        if slot.present == 1 {
+            return Some(&slot.endpoint);
+        }
+    }
+    // SAFETY: Endpoint is Pod and the reference is only read, in this run;
+    // an entry the daemon replaces meanwhile can at worst read as another
+    // entry's bytes (maps.rs).
+    unsafe { ENDPOINTS.get(&ifindex) }
 }
 
 /// Lets a packet through. A first fragment leaves a note so that the
-/// datagram's later fragments (which carry no ports) follow it. DNS of an
-/// endpoint that resolves names is copied to the daemon, and an answer
-/// held until the daemon sends it on.
+/// datagram's later fragments (which carry no ports) follow it. A packet
+/// of a watched connection (DNS a container that resolves names sent) is
+/// copied to the daemon, and an answer held until the daemon sends it on;
+/// nothing else is (an unsolicited packet from port 53 is not).
 #[inline(always)]
 fn pass(
     ctx: &TcContext,
     ifindex: u32,
     pkt: &Packet,
     generation: u32,
-    ep_flags: u32,
+    watched: bool,
     dir: Direction,
 ) -> i32 {
     if pkt.first_fragment
@@ -377,10 +441,7 @@ fn pass(
     {
         count(&ERRORS, errors::FRAG_INSERT, ctx.len());
     }
-    if ep_flags & endpoint_flags::FQDN != 0
-        && dns::is_dns(ctx, pkt, dir as u8)
-        && dns::watch(ctx, ifindex, dir as u8)
-    {
+    if watched && dns::watch(ctx, pkt, ifindex, dir as u8) {
         return tc::ACT_SHOT;
     }
     tc::PASS

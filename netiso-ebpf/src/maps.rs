@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netiso_common::{
-    errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, FlowKey, FlowValue, FqdnKey,
-    FqdnValue, FragKey, IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue,
+    errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, EndpointSlot, FlowKey, FlowValue,
+    FqdnKey, FqdnValue, FragKey, IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue,
     PublishedKey, PublishedValue, RateState, Settings, DROP_REASONS,
 };
 
@@ -37,6 +37,11 @@ use crate::parse::Packet;
 
 #[map(name = "NETISO_ENDPOINTS")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(limits::ENDPOINTS, 0);
+
+/// Endpoints by ifindex below `limits::ENDPOINT_ARRAY`: read first, an
+/// inlined lookup (netiso-common's `EndpointSlot`).
+#[map(name = "NETISO_EP_ARRAY")]
+pub static ENDPOINT_ARRAY: Array<EndpointSlot> = Array::pinned(limits::ENDPOINT_ARRAY, 0);
 
 #[map(name = "NETISO_IDENTITIES")]
 pub static IDENTITIES: HashMap<IpKey, IdentityInfo> = HashMap::pinned(limits::IDENTITIES, 0);

@@ -3,7 +3,7 @@
 //! `bpf_skb_load_bytes`. The parser only describes the packet; what may
 //! pass is decided in `main.rs`, `control.rs` and `policy.rs`.
 use aya_ebpf::programs::TcContext;
-use netiso_common::{family, proto, DropReason};
+use netiso_common::{family, proto, CtKey, DropReason};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -32,10 +32,16 @@ pub const ECHO_REQUEST: u8 = 1;
 pub const ECHO_REPLY: u8 = 2;
 
 /// What the verdict logic needs to know about a packet.
+///
+/// `repr(C, align(8))` with the addresses first: they sit at 8-aligned
+/// offsets, so the compiler writes and compares them in 64-bit words
+/// instead of calling `memset`/`memcmp` (BPF-to-BPF calls, each costing a
+/// call and a return on every packet).
+#[repr(C, align(8))]
 pub struct Packet {
-    pub family: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    pub family: u8,
     /// Ports in host order; for ICMP echo the identifier stands in as the
     /// requester's port so that request and reply map onto one connection.
     pub sport: u16,
@@ -72,6 +78,8 @@ pub struct Packet {
     pub error: bool,
     /// The error's quoted packet, when it is complete enough to name a flow.
     pub related: Option<Related>,
+    /// This packet's conntrack key (`conntrack::fill_key`), for IP packets.
+    pub ct_key: CtKey,
 }
 
 /// The tuple of the packet quoted inside an ICMP error.
@@ -157,26 +165,77 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Result<Parsed, DropReason> {
 }
 
 /// Clears the fields a parse may leave untouched (the packet lives in a
-/// per-CPU scratch map, not on the 512-byte stack).
+/// per-CPU scratch map, not on the 512-byte stack). Volatile stores: left
+/// to itself the compiler merges neighbouring stores into a `memset` call,
+/// a BPF-to-BPF call on every packet.
 #[inline(always)]
 fn reset(p: &mut Packet, family: u8, proto: u8) {
-    p.family = family;
-    p.proto = proto;
-    p.sport = 0;
-    p.dport = 0;
-    p.policy_port = 0;
-    p.tracked = false;
-    p.opens = false;
-    p.echo = 0;
-    p.control = Control::None;
-    p.icmp_type = 0;
-    p.ext_headers = false;
-    p.later_fragment = false;
-    p.first_fragment = false;
-    p.frag_id = 0;
-    p.tcp_flags = 0;
-    p.error = false;
+    put(&mut p.family, family);
+    put(&mut p.proto, proto);
+    put(&mut p.sport, 0);
+    put(&mut p.dport, 0);
+    put(&mut p.policy_port, 0);
+    put(&mut p.tracked, false);
+    put(&mut p.opens, false);
+    put(&mut p.echo, 0);
+    put(&mut p.control, Control::None);
+    put(&mut p.icmp_type, 0);
+    put(&mut p.ext_headers, false);
+    put(&mut p.later_fragment, false);
+    put(&mut p.first_fragment, false);
+    put(&mut p.frag_id, 0);
+    put(&mut p.tcp_flags, 0);
+    put(&mut p.error, false);
     p.related = None;
+}
+
+/// One store the compiler keeps as it is (see `reset`).
+#[inline(always)]
+fn put<T: Copy>(dst: &mut T, v: T) {
+    // SAFETY: `dst` is a reference: non-null, aligned, valid for writes and
+    // exclusive; `v` is a valid `T`.
+    unsafe { core::ptr::write_volatile(dst, v) }
+}
+
+// The addresses are written as 64-bit words (`set_v4_addrs`).
+const _: () = assert!(
+    core::mem::offset_of!(Packet, saddr) % 8 == 0 && core::mem::offset_of!(Packet, daddr) % 8 == 0
+);
+
+impl Packet {
+    /// Source and destination addresses as 32-bit words.
+    #[inline(always)]
+    pub fn addr_words(&self) -> ([u32; 4], [u32; 4]) {
+        // SAFETY: both fields lie at 8-aligned offsets of the align(8)
+        // Packet (checked at compile time above), so they are aligned for
+        // `[u32; 4]`, which has their size; any bits are valid u32s.
+        unsafe {
+            (
+                *core::ptr::addr_of!(self.saddr).cast::<[u32; 4]>(),
+                *core::ptr::addr_of!(self.daddr).cast::<[u32; 4]>(),
+            )
+        }
+    }
+}
+
+/// IPv4 addresses into the 16-byte fields, zero-extended, in four 64-bit
+/// stores (no `memset` call).
+#[inline(always)]
+fn set_v4_addrs(p: &mut Packet, s: [u8; 4], d: [u8; 4]) {
+    let s = [u64::from_ne_bytes([s[0], s[1], s[2], s[3], 0, 0, 0, 0]), 0];
+    let d = [u64::from_ne_bytes([d[0], d[1], d[2], d[3], 0, 0, 0, 0]), 0];
+    // SAFETY: both fields lie at 8-aligned offsets of the align(8) Packet
+    // (checked at compile time above) and are 16 bytes long: two aligned
+    // u64 stores each, inside the field; any bytes are valid `[u8; 16]`;
+    // `p` is an exclusive reference.
+    unsafe {
+        let sp = core::ptr::addr_of_mut!(p.saddr).cast::<u64>();
+        let dp = core::ptr::addr_of_mut!(p.daddr).cast::<u64>();
+        core::ptr::write_volatile(sp, s[0]);
+        core::ptr::write_volatile(sp.add(1), s[1]);
+        core::ptr::write_volatile(dp, d[0]);
+        core::ptr::write_volatile(dp.add(1), d[1]);
+    }
 }
 
 #[inline(always)]
@@ -199,10 +258,11 @@ fn parse_ipv4(ctx: &TcContext, p: &mut Packet) -> Result<(), DropReason> {
     reset(p, family::V4, hdr[9]);
     p.hop_limit = hdr[8];
     p.l3_end = l3 + total_len;
-    p.saddr = [0; 16];
-    p.daddr = [0; 16];
-    p.saddr[..4].copy_from_slice(&hdr[12..16]);
-    p.daddr[..4].copy_from_slice(&hdr[16..20]);
+    set_v4_addrs(
+        p,
+        [hdr[12], hdr[13], hdr[14], hdr[15]],
+        [hdr[16], hdr[17], hdr[18], hdr[19]],
+    );
     let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;

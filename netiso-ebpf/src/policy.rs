@@ -23,6 +23,8 @@ pub struct Decision {
 /// What a policy evaluation needs to know about the local endpoint and
 /// the packet, besides the direction and the peer.
 pub struct Eval {
+    /// The endpoint's host-side veth.
+    pub ifindex: u32,
     pub ep_id: u32,
     pub ep_flags: u32,
     pub slot: u8,
@@ -123,17 +125,23 @@ impl Eval {
     }
 
     /// A flow leaving the endpoint for an address its container learned
-    /// for peers by name (`FQDN[key]`): judged as each of those peers too,
+    /// for peers by name (`FQDN[(veth, addr)]`): judged as each of those peers too,
     /// and the strongest decision stands in `d` (a rule's deny, then audit,
     /// then allow, then the defaults), as if the address had all these
     /// names. `now`: entries that expired before it do not count (0: they
     /// do, for a live connection judged again after a reload).
     #[inline(never)]
-    pub fn by_name(&self, key: &FqdnKey, port: u16, d: &mut Decision, now: u64) {
+    pub fn by_name(&self, addr: &[u8; 16], port: u16, d: &mut Decision, now: u64) {
+        let key = FqdnKey {
+            ifindex: self.ifindex,
+            family: self.family,
+            _pad: [0; 3],
+            addr: *addr,
+        };
         // SAFETY: FqdnValue is Pod and copied out at once; an entry the
         // daemon replaces meanwhile can at worst read as another entry's
         // bytes (maps.rs).
-        let Some(v) = (unsafe { FQDN.get(key) }).copied() else {
+        let Some(v) = (unsafe { FQDN.get(&key) }).copied() else {
             return;
         };
         if now != 0 && now > v.expires_ns {
@@ -148,17 +156,6 @@ impl Eval {
             if rank(&by) > rank(d) {
                 *d = by;
             }
-        }
-    }
-
-    /// The learned-address key of `addr` on endpoint `ifindex`.
-    #[inline(always)]
-    pub fn fqdn_key(&self, ifindex: u32, addr: &[u8; 16]) -> FqdnKey {
-        FqdnKey {
-            ifindex,
-            family: self.family,
-            _pad: [0; 3],
-            addr: *addr,
         }
     }
 

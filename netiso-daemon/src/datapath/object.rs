@@ -19,8 +19,9 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use netiso_common::{
-    limits, maps, programs, settings_flags, CidrKey, Endpoint, IdentityInfo, IpKey, PolicyKey,
-    PolicyValue, PublishedKey, PublishedValue, Settings, CIDR_KEY_PREFIX_BITS, LAYOUT_VERSION,
+    limits, maps, programs, settings_flags, CidrKey, Endpoint, EndpointSlot, IdentityInfo, IpKey,
+    PolicyKey, PolicyValue, PublishedKey, PublishedValue, Settings, CIDR_KEY_PREFIX_BITS,
+    LAYOUT_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -405,7 +406,8 @@ impl Datapath {
             }
         }
         {
-            let mut eps = self.endpoints_map()?;
+            let mut writes = Vec::with_capacity(desired.endpoints.len());
+            let eps = self.endpoints_map()?;
             for (ifindex, spec) in &desired.endpoints {
                 // Addresses from the spec; the active slot keeps what
                 // packets use now, the next slot gets the new view.
@@ -420,9 +422,10 @@ impl Datapath {
                 };
                 ep.identity[next as usize] = spec.identity;
                 ep.flags[next as usize] = spec.flags;
-                eps.insert(ifindex, ep, 0)
-                    .context("writing the endpoints map (full?)")?;
+                writes.push((*ifindex, ep));
             }
+            self.write_endpoints(&writes)
+                .context("writing the endpoints map (full?)")?;
         }
         // The switch: one write, after which every packet uses `next`.
         let cidr_flag = |slot: u8| {
@@ -453,16 +456,23 @@ impl Datapath {
 
         // Tidy up: endpoints get both slots equal, the old slot is emptied.
         {
-            let mut eps = self.endpoints_map()?;
-            let keys: Vec<u32> = eps.keys().filter_map(|k| k.ok()).collect();
+            let keys: Vec<u32> = self
+                .endpoints_map()?
+                .keys()
+                .filter_map(|k| k.ok())
+                .collect();
+            let mut writes = Vec::new();
+            let mut gone = Vec::new();
             for ifindex in keys {
                 match desired.endpoints.get(&ifindex) {
                     Some(spec) => {
-                        eps.insert(ifindex, endpoint_value(spec, spec.identity, spec.flags), 0)?;
+                        writes.push((ifindex, endpoint_value(spec, spec.identity, spec.flags)));
                     }
-                    None => remove_ok(eps.remove(&ifindex))?,
+                    None => gone.push(ifindex),
                 }
             }
+            self.write_endpoints(&writes)?;
+            self.remove_endpoints(&gone)?;
         }
         self.clear_inactive_slot()
     }
@@ -486,18 +496,21 @@ impl Datapath {
                 }
             }
         }
-        let mut eps = self.endpoints_map()?;
-        for (ifindex, spec) in &desired.endpoints {
-            if cur.endpoints.get(ifindex) != Some(spec) {
-                eps.insert(ifindex, endpoint_value(spec, spec.identity, spec.flags), 0)?;
-            }
-        }
-        for ifindex in cur.endpoints.keys() {
-            if !desired.endpoints.contains_key(ifindex) {
-                remove_ok(eps.remove(ifindex))?;
-                removed = true;
-            }
-        }
+        let writes: Vec<(u32, Endpoint)> = desired
+            .endpoints
+            .iter()
+            .filter(|(ifindex, spec)| cur.endpoints.get(ifindex) != Some(spec))
+            .map(|(ifindex, spec)| (*ifindex, endpoint_value(spec, spec.identity, spec.flags)))
+            .collect();
+        self.write_endpoints(&writes)?;
+        let gone: Vec<u32> = cur
+            .endpoints
+            .keys()
+            .filter(|ifindex| !desired.endpoints.contains_key(ifindex))
+            .copied()
+            .collect();
+        removed |= !gone.is_empty();
+        self.remove_endpoints(&gone)?;
         Ok(removed)
     }
 
@@ -781,6 +794,82 @@ impl Datapath {
         Ok(())
     }
 
+    /// Writes endpoints. The hash holds every endpoint and is what the
+    /// programs fall back to; ifindexes below `limits::ENDPOINT_ARRAY` are
+    /// mirrored in the array, which the programs read first
+    /// (`netiso_common::EndpointSlot`). A slot about to change is marked
+    /// absent first (packets then read the hash), the hash is written, and
+    /// after a pause for packets that read the slot just before, the slot
+    /// gets its new bytes and only then `present` again (a write that
+    /// changes one word): no packet trusts a half-written slot.
+    pub fn write_endpoints(&mut self, writes: &[(u32, Endpoint)]) -> Result<()> {
+        let mut slots = self.endpoint_array()?;
+        let mut changed = Vec::new();
+        let mut cleared = false;
+        for (ifindex, ep) in writes {
+            if *ifindex >= limits::ENDPOINT_ARRAY {
+                continue;
+            }
+            let mut slot = slots.get(ifindex, 0)?;
+            if slot.present == 1 && slot.endpoint == *ep {
+                continue;
+            }
+            if slot.present != 0 {
+                slot.present = 0;
+                slots.set(*ifindex, slot, 0)?;
+                cleared = true;
+            }
+            changed.push((*ifindex, *ep));
+        }
+        let mut eps = self.endpoints_map()?;
+        for (ifindex, ep) in writes {
+            eps.insert(ifindex, ep, 0)?;
+        }
+        if cleared {
+            std::thread::sleep(SLOT_GRACE);
+        }
+        let mut slots = self.endpoint_array()?;
+        for (ifindex, ep) in &changed {
+            let mut slot = EndpointSlot {
+                present: 0,
+                _pad: 0,
+                endpoint: *ep,
+            };
+            slots.set(*ifindex, slot, 0)?;
+            slot.present = 1;
+            slots.set(*ifindex, slot, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Removes endpoints: the array slot is marked absent before the hash
+    /// entry goes, so a present slot always has its hash entry.
+    pub fn remove_endpoints(&mut self, gone: &[u32]) -> Result<()> {
+        let mut slots = self.endpoint_array()?;
+        for ifindex in gone {
+            if *ifindex < limits::ENDPOINT_ARRAY {
+                let mut slot = slots.get(ifindex, 0)?;
+                if slot.present != 0 {
+                    slot.present = 0;
+                    slots.set(*ifindex, slot, 0)?;
+                }
+            }
+        }
+        let mut eps = self.endpoints_map()?;
+        for ifindex in gone {
+            remove_ok(eps.remove(ifindex))?;
+        }
+        Ok(())
+    }
+
+    fn endpoint_array(&mut self) -> Result<Array<&mut MapData, EndpointSlot>> {
+        Ok(Array::try_from(
+            self.ebpf
+                .map_mut(maps::ENDPOINT_ARRAY)
+                .context("endpoints array missing")?,
+        )?)
+    }
+
     fn endpoints_map(&mut self) -> Result<BpfHashMap<&mut MapData, u32, Endpoint>> {
         Ok(BpfHashMap::try_from(
             self.ebpf
@@ -890,6 +979,11 @@ fn only_additions_and_removals(cur: &Desired, desired: &Desired) -> bool {
             .is_none_or(|w| w.identity == v.identity && w.flags == v.flags)
     })
 }
+
+/// How long packets that read an endpoints-array slot just before it was
+/// marked absent may still be using its bytes: a packet's run takes
+/// microseconds.
+const SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 fn remove_ok(r: Result<(), aya::maps::MapError>) -> Result<()> {
     match r {

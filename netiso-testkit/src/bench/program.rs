@@ -176,20 +176,22 @@ fn load(ns: &NetNs, rules: usize, endpoints: usize) -> Result<Scenario> {
             BpfHashMap::try_from(dp.ebpf().map(maps::ENDPOINTS).context("endpoints map")?)?;
         m.get(&1, 0).context("the local endpoint is in the map")?
     };
-    {
-        let mut m: BpfHashMap<_, u32, Endpoint> = BpfHashMap::try_from(
-            dp.ebpf_mut()
-                .map_mut(maps::ENDPOINTS)
-                .context("endpoints map")?,
-        )?;
-        for (i, c) in workload.containers.iter().enumerate().skip(1) {
+    let others: Vec<(u32, Endpoint)> = workload
+        .containers
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, c)| {
             let mut ep = ep_proto;
             ep.ipv4 = c.networks[0].ipv4.map(|a| a.octets()).unwrap_or_default();
             ep.mac = c.networks[0].mac.unwrap_or_default();
-            m.insert(1000 + i as u32, ep, 0)
-                .context("adding an endpoint (map full?)")?;
-        }
-    }
+            (1000 + i as u32, ep)
+        })
+        .collect();
+    // Written as the daemon writes endpoints (hash, and the array for
+    // small ifindexes).
+    dp.write_endpoints(&others)
+        .context("adding endpoints (map full?)")?;
     Ok(Scenario {
         rules,
         endpoints,
@@ -518,7 +520,8 @@ fn section_for(opts: &Options, scenarios: &[Scenario], samples: &[Samples]) -> R
     // figure gives the spread over the cases (median of the cases' median
     // ns and ratios, min – max over cases); it is met only if every case
     // meets it.
-    let limits = [3.5, 7.0, 7.0];
+    // Issue 12: established ≤ 3×, a first packet denied ≤ 5×, allowed ≤ 6×.
+    let limits = [3.0, 5.0, 6.0];
     for kind in 0..3 {
         let prefix = format!("program.{}.", ids[kind]);
         let cases: Vec<&Figure> = sec
