@@ -640,3 +640,107 @@ action = "allow"
         drop(cleanup);
     }
 }
+
+/// What the hostile review found, kept fixed: a resolver's TTL is capped
+/// (MAX_TTL), names per address are bounded, one veth flooding queries
+/// never pushes out another's, and rows of veths a container no longer
+/// has are deleted when it learns again.
+#[test]
+fn the_learner_stays_bounded_under_abuse() {
+    use netiso_daemon::daemon::fqdn::MAX_TTL;
+    let mut st = state();
+    let mut l = Learner::new(FqdnOptions::default());
+    let now = 100 * S;
+    let w = Ipv4Addr::new(198, 19, 2, 1);
+    // A huge TTL is capped.
+    l.on_copy(&st, OUT, 10, &query(1, "a.allowed.test", 6000), now);
+    let out = l.on_copy(
+        &st,
+        IN,
+        10,
+        &answer(
+            RESOLVER,
+            1,
+            "a.allowed.test",
+            6000,
+            &[Rr::A(w, 0x7fff_ffff)],
+        ),
+        now,
+    );
+    let grace = FqdnOptions::default().grace;
+    assert_eq!(
+        out.writes[0].1.expires_ns,
+        now + (MAX_TTL + grace).as_nanos() as u64
+    );
+    // A thousand names of one address: the names kept are bounded.
+    for i in 0..1000u16 {
+        let name = format!("x{i}.allowed.test");
+        l.on_copy(&st, OUT, 10, &query(i, &name, 7000), now);
+        l.on_copy(
+            &st,
+            IN,
+            10,
+            &answer(RESOLVER, i, &name, 7000, &[Rr::A(w, 60)]),
+            now,
+        );
+    }
+    let names = l.names();
+    assert!(
+        names.containers["app"].len() <= 17,
+        "{}",
+        names.containers["app"].len()
+    );
+    // Veth 12 (another container) floods queries; veth 10's query stays.
+    l.on_copy(&st, OUT, 10, &query(4242, "b.allowed.test", 6001), now);
+    for i in 0..20_000u32 {
+        let q = eth(
+            MAC_A,
+            MAC_B,
+            0x0800,
+            &ipv4(
+                OTHER,
+                RESOLVER,
+                17,
+                1,
+                0,
+                &udp(
+                    (i % 60000) as u16,
+                    53,
+                    &query_bytes(i as u16, "f.allowed.test", 1),
+                ),
+            ),
+        );
+        l.on_copy(&st, OUT, 12, &q, now);
+    }
+    let out = l.on_copy(
+        &st,
+        IN,
+        10,
+        &answer(RESOLVER, 4242, "b.allowed.test", 6001, &[Rr::A(w, 60)]),
+        now,
+    );
+    assert!(
+        !out.writes.is_empty(),
+        "another veth's flood pushed out this query"
+    );
+    // The container moved to new veths: the old rows go.
+    st.endpoints.retain(|e| e.ifindex != Some(11));
+    st.endpoints.push(EndpointState {
+        container: "app".into(),
+        ifindex: Some(13),
+        resolves_names: true,
+        ..EndpointState::default()
+    });
+    l.on_copy(&st, OUT, 10, &query(9, "c.allowed.test", 6002), now);
+    let out = l.on_copy(
+        &st,
+        IN,
+        10,
+        &answer(RESOLVER, 9, "c.allowed.test", 6002, &[Rr::A(w, 60)]),
+        now,
+    );
+    let deleted: Vec<u32> = out.deletes.iter().map(|k| k.ifindex).collect();
+    assert_eq!(deleted, vec![11]);
+    let written: Vec<u32> = out.writes.iter().map(|k| k.0.ifindex).collect();
+    assert_eq!(written, vec![10, 13]);
+}

@@ -717,6 +717,20 @@ impl Walker<'_> {
                     .at(location.clone())
                     .label("empty name"),
             );
+        } else if name.contains(':') || name.chars().any(char::is_control) || name != name.trim() {
+            ok = false;
+            self.diags.push(
+                Diagnostic::error(
+                    Kind::ReservedName,
+                    format!("group name {name:?} cannot be used"),
+                )
+                .at(location.clone())
+                .label("`:`, control characters and surrounding spaces are not allowed")
+                .help(
+                    "rules name peers by name (`fqdn:…`) and addresses with `:`: give the group \
+                     a plain name, like \"payments\"",
+                ),
+            );
         } else if looks_like_cidr(&name) {
             ok = false;
             self.diags.push(

@@ -203,15 +203,24 @@ fn plan_groups(
         } else {
             basis.long_name()
         };
+        // Characters a group name cannot have become `-`; a name that still
+        // reads as an address or a reserved peer gets a prefix.
+        let clean: String = first
+            .trim()
+            .chars()
+            .map(|c| if c == ':' || c.is_control() { '-' } else { c })
+            .collect();
+        let first = if valid_group_name(&clean) {
+            clean
+        } else {
+            format!("group-{clean}")
+        };
         let mut name = first.clone();
         let mut n = 2;
         while !valid_group_name(&name) || used.contains(&name) {
-            name = if valid_group_name(&first) {
-                format!("{first}-{n}")
-            } else {
-                format!("group-{first}-{n}")
-            };
+            name = format!("{first}-{n}");
             n += 1;
+            assert!(n < 1_000_000, "no group name found for {first:?}");
         }
         used.insert(name.clone());
         let learned = members
@@ -231,7 +240,12 @@ fn plan_groups(
 }
 
 fn valid_group_name(name: &str) -> bool {
-    !name.trim().is_empty() && !RESERVED.contains(&name) && !looks_like_cidr(name)
+    !name.trim().is_empty()
+        && name == name.trim()
+        && !name.contains(':')
+        && !name.chars().any(char::is_control)
+        && !RESERVED.contains(&name)
+        && !looks_like_cidr(name)
 }
 
 /// A side of a rule before addresses are collapsed.
@@ -489,7 +503,7 @@ pub fn suggest(
 
 fn write_group(out: &mut String, g: &GroupDef, defaults: bool) {
     let members: Vec<&str> = g.members.iter().map(String::as_str).collect();
-    let _ = writeln!(out, "# containers: {}", members.join(", "));
+    let _ = writeln!(out, "# containers: {}", one_line(&members.join(", ")));
     let _ = writeln!(out, "[groups.{}]", key_repr(&g.name));
     let _ = writeln!(out, "{}", g.basis.selector());
     if !defaults {
@@ -515,8 +529,8 @@ fn write_rules(out: &mut String, rules: &BTreeMap<RuleKey<Written>, Stat>) {
                 "# Not written: {} new flows of IP protocol {p} from {} to {}{span}; \
                  policies name tcp, udp and icmp only.",
                 s.flows,
-                from.toml(),
-                to.toml()
+                one_line(&from.toml()),
+                one_line(&to.toml())
             );
             continue;
         };
@@ -725,9 +739,28 @@ pub fn utc(unix: u64) -> String {
     )
 }
 
-/// A TOML basic string.
+/// A TOML basic string on one line: `\` and `"` escaped, control
+/// characters as `\uXXXX` (usable for keys and values alike).
 fn quote(s: &str) -> String {
-    toml_edit::Value::from(s).decorated("", "").to_string()
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Text for a comment: control characters (a newline would end it) as `?`.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// A TOML key: bare when it can be, quoted otherwise.
@@ -1022,6 +1055,42 @@ mod tests {
                 .is_empty(),
             "{addition}"
         );
+    }
+
+    /// Hostile container names, label keys and values make a valid file
+    /// that selects exactly them: no injection, no invalid TOML.
+    #[test]
+    fn hostile_names_and_labels_are_written_safely() {
+        let mut f = compose("p", "s");
+        let evil = "a\"]\n[groups.x]\nnames = [\"*\"]\n#'\\";
+        f.labels = [
+            ("app\"\n]".to_string(), evil.to_string()),
+            ("a'b\"c".to_string(), "v".into()),
+        ]
+        .into();
+        let containers: BTreeMap<String, Facts> = [(format!("n{evil}"), f.clone())].into();
+        let flows = [
+            flow(c(&format!("n{evil}")), Side::Host, proto::UDP, 53, 1),
+            flow(c(&format!("n{evil}")), Side::Host, 132, 0, 1),
+        ];
+        for by in [
+            GroupBy::Name,
+            GroupBy::Label("app\"\n]".into()),
+            GroupBy::Label("a'b\"c".into()),
+        ] {
+            let opts = Options {
+                group_by: by,
+                ..Options::default()
+            };
+            let text = suggest(&containers, &flows, &opts);
+            let p = parse_str(&text, "evil.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(p.groups.len(), 1, "{text}");
+            assert!(
+                p.groups[0].selects(&as_container(&format!("n{evil}"), Some(&f))),
+                "{text}"
+            );
+            assert!(!p.groups[0].selects(&as_container("other", None)), "{text}");
+        }
     }
 
     #[test]

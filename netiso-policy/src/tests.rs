@@ -1664,6 +1664,9 @@ action = "allow"
         kinds(&rule("\"pay\"", "{ fqdn = \"a*.example.com\" }", "allow")),
         vec![Kind::BadFqdn]
     );
+    // A group cannot take a peer's name (it would receive its rules).
+    let e = errors("[groups.\"fqdn:api.stripe.com\"]\nlabels = { a = \"b\" }\n");
+    assert!(e.contains("cannot be used"), "{e}");
     // The error points at the pattern.
     let e = errors(&rule(
         "\"pay\"",

@@ -59,6 +59,14 @@ impl Default for FqdnOptions {
     }
 }
 
+/// An answer's TTL counts at most this long (a resolver cannot make an
+/// address a name's for years).
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// Names one learned address keeps (a container asking a thousand names
+/// of one wildcard that all resolve to one address keeps the first ones).
+const NAMES_PER_ADDRESS: usize = 16;
+/// Queries one veth may have waiting; a flood pushes out its own oldest.
+const PENDING_PER_VETH: usize = 256;
 /// How long a query waits for its answer.
 const QUERY_TIMEOUT_NS: u64 = 10_000_000_000;
 /// Queries remembered at once (over all containers): a container that
@@ -113,6 +121,8 @@ struct Learned {
 pub struct Outcome {
     /// Entries to write into `FQDN`.
     pub writes: Vec<(FqdnKey, FqdnValue)>,
+    /// Entries to delete (veths the container no longer has).
+    pub deletes: Vec<FqdnKey>,
     /// The copy was held: send the frame on.
     pub reinject: bool,
 }
@@ -306,24 +316,22 @@ impl Learner {
     }
 
     fn remember(&mut self, key: QueryKey, p: Pending) {
-        if self.pending.len() >= MAX_PENDING {
-            let now = p.at_ns;
-            self.pending
-                .retain(|_, q| now.saturating_sub(q.at_ns) < QUERY_TIMEOUT_NS);
-            if self.pending.len() >= MAX_PENDING {
-                // Still full: the same endpoint's oldest goes first.
-                let ifindex = key.ifindex;
-                if let Some(old) = self
-                    .pending
-                    .iter()
-                    .filter(|(k, _)| k.ifindex == ifindex)
-                    .min_by_key(|(_, q)| q.at_ns)
-                    .map(|(k, _)| k.clone())
-                {
+        let ifindex = key.ifindex;
+        let mine = self.pending.keys().filter(|k| k.ifindex == ifindex).count();
+        if mine >= PENDING_PER_VETH || self.pending.len() >= MAX_PENDING {
+            // The asking veth's own oldest query makes room: one container
+            // flooding queries never pushes out another's.
+            let oldest = self
+                .pending
+                .iter()
+                .filter(|(k, _)| k.ifindex == ifindex)
+                .min_by_key(|(_, q)| q.at_ns)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(old) => {
                     self.pending.remove(&old);
-                } else {
-                    return;
                 }
+                None => return,
             }
         }
         self.pending.insert(key, p);
@@ -395,7 +403,9 @@ impl Learner {
             .filter_map(|e| e.ifindex)
             .collect();
         for l in &a.addresses {
-            let ttl = Duration::from_secs(u64::from(l.ttl)).max(self.opts.min_ttl);
+            let ttl = Duration::from_secs(u64::from(l.ttl))
+                .max(self.opts.min_ttl)
+                .min(MAX_TTL.max(self.opts.min_ttl));
             let expires_ns = now_ns + (ttl + self.opts.grace).as_nanos() as u64;
             let mine = self.learned.entry(container.clone()).or_default();
             let fresh = !mine.contains_key(&l.addr);
@@ -412,13 +422,21 @@ impl Learner {
                 expires_ns: 0,
                 ifindexes: Vec::new(),
             });
-            entry.names.insert(a.name.clone());
+            if entry.names.len() < NAMES_PER_ADDRESS {
+                entry.names.insert(a.name.clone());
+            }
             for id in &identities {
                 if !entry.identities.contains(id) && entry.identities.len() < FQDN_PEERS {
                     entry.identities.push(*id);
                 }
             }
             entry.expires_ns = entry.expires_ns.max(expires_ns);
+            // The container's veths now: rows of veths it no longer has go.
+            for gone in entry.ifindexes.iter().filter(|i| !ifindexes.contains(i)) {
+                out.deletes.push(key_of(*gone, l.addr));
+                self.entries = self.entries.saturating_sub(1);
+            }
+            entry.ifindexes.retain(|i| ifindexes.contains(i));
             for i in &ifindexes {
                 if !entry.ifindexes.contains(i) {
                     entry.ifindexes.push(*i);
@@ -544,13 +562,18 @@ async fn serve(
         BpfHashMap::try_from(open_pinned(pin_dir, maps::FQDN)?).context("NETISO_FQDN")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut shown = Names::default();
+    let mut sweeps: u64 = 0;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let st = state.borrow().clone();
                 let rb = guard.get_inner_mut();
+                // At most this many at once, then the other tasks get the
+                // worker (a flood of copies must not pin it).
+                let mut budget = 256;
                 while let Some(item) = rb.next() {
+                    budget -= 1;
                     if item.len() < size_of::<DnsCopy>() {
                         continue;
                     }
@@ -562,6 +585,9 @@ async fn serve(
                     let len = (copy.len as usize).min(copy.data.len());
                     let frame = &copy.data[..len];
                     let out = learner.on_copy(&st, copy.direction, copy.ifindex, frame, monotonic_ns());
+                    for k in &out.deletes {
+                        let _ = map.remove(k);
+                    }
                     for (k, v) in &out.writes {
                         if let Err(e) = map.insert(k, v, 0) {
                             telemetry::global().fqdn_refused.inc();
@@ -576,12 +602,35 @@ async fn serve(
                         telemetry::global().fqdn_hold_seconds.observe(held as f64 / 1e9);
                         debug!(held_us = held / 1000, learned = out.writes.len(), "DNS answer sent on");
                     }
+                    if budget == 0 {
+                        break;
+                    }
                 }
-                guard.clear_ready();
+                if budget > 0 {
+                    guard.clear_ready();
+                } else {
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                }
             }
             _ = tick.tick() => {
-                for k in learner.expire(monotonic_ns()) {
+                let now = monotonic_ns();
+                for k in learner.expire(now) {
                     let _ = map.remove(&k);
+                }
+                // Rows this learner never wrote (left by a daemon before a
+                // restart) go once they expire.
+                sweeps += 1;
+                if sweeps % 10 == 1 {
+                    let old: Vec<FqdnKey> = map
+                        .iter()
+                        .flatten()
+                        .filter(|(_, v)| v.expires_ns < now)
+                        .map(|(k, _)| k)
+                        .collect();
+                    for k in old {
+                        let _ = map.remove(&k);
+                    }
                 }
                 let names = learner.names();
                 if names != shown {

@@ -307,9 +307,15 @@ impl Recorder {
             let peer = peer_ip(k);
             let egress = k.direction == Direction::Egress as u8;
             let judged = v.judged_identity;
+            // A port the host publishes, reached at a host address (or by
+            // broadcast), judged as the container behind it: only then is
+            // the row that container's (an address beyond the host on the
+            // same port is not).
             let translated = egress
                 && !matches!(judged, identity::HOST | identity::WORLD)
+                && judged < identity::FIRST_ADDRESS_PEER
                 && !self.addresses.contains_key(&peer)
+                && (self.host.contains(&peer) || !is_unicast(peer))
                 && self.published.contains_key(&(k.proto, k.port));
             let side = if let Some(n) = self.addresses.get(&peer) {
                 SideRow::Container(n.clone())
@@ -382,6 +388,14 @@ impl Recorder {
             .with_context(|| format!("writing {}", self.path.display()))?;
         self.dirty = false;
         Ok(())
+    }
+}
+
+/// Broadcast and multicast are not one node's.
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => !(v.is_multicast() || v.is_broadcast() || v.octets()[3] == 255),
+        IpAddr::V6(v) => !v.is_multicast(),
     }
 }
 
@@ -470,6 +484,11 @@ mod tests {
             row(12, Direction::Egress, [198, 18, 0, 9], 443, 1),
             row(99, Direction::Egress, [198, 18, 0, 9], 443, 1),
         ]);
+        // Beyond the host on the port db publishes, judged as an address
+        // block: the address, not db.
+        let mut beyond = row(12, Direction::Egress, [198, 18, 0, 7], 15432, 1);
+        beyond.1.judged_identity = identity::FIRST_ADDRESS_PEER;
+        r.add(&[beyond]);
         let rec = r.record();
         let web = || SideRow::Container("web".into());
         let db = || SideRow::Container("db".into());
@@ -489,7 +508,11 @@ mod tests {
             find(SideRow::Address("198.18.0.9".parse().unwrap()), 443).flows(),
             1
         );
-        assert_eq!(rec.flows.len(), 3, "{:#?}", rec.flows);
+        assert_eq!(
+            find(SideRow::Address("198.18.0.7".parse().unwrap()), 15432).flows(),
+            1
+        );
+        assert_eq!(rec.flows.len(), 4, "{:#?}", rec.flows);
         assert_eq!(rec.unnamed, 1);
         assert!(rec.containers["web"].learned && !rec.containers["db"].learned);
         // Saved and read back the same.
