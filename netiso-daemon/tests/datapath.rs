@@ -1985,7 +1985,7 @@ fn names_allow_learned_addresses_and_dns_answers_are_held() {
         allow(ID_A, world, proto::TCP, 8443, Action::Deny, 7),
         allow(ID_A, ID_F, proto::TCP, 8443, Action::Deny, 7),
     ]);
-    let mut f = Fixture::with(d);
+    let mut f = Fixture::with(d.clone());
     let key = FqdnKey {
         ifindex: 1,
         family: 4,
@@ -2043,10 +2043,35 @@ fn names_allow_learned_addresses_and_dns_answers_are_held() {
         tc::ACT_SHOT,
         "expired"
     );
-    // The connection admitted while learned keeps going.
+    // The connection admitted while learned keeps going, also once a new
+    // policy generation judges it again (the answer has expired by now).
     assert_eq!(
         f.run(OUT, &tcp4(MAC_A, A, WORLD, 41001, 443, ACK)),
         tc::PASS
+    );
+    let mut d2 = d.clone();
+    d2.policy.insert(
+        allow(ID_A, ID_B, proto::TCP, 9999, Action::Allow, 9).0,
+        allow(ID_A, ID_B, proto::TCP, 9999, Action::Allow, 9).1,
+    );
+    f.apply(d2);
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41001, 443, ACK)),
+        tc::PASS,
+        "re-judged after a reload: still the name's"
+    );
+    // Without the learned entry it is cut.
+    {
+        let map = f.dp().ebpf_mut().map_mut(maps::FQDN).unwrap();
+        let mut m: aya::maps::HashMap<_, FqdnKey, FqdnValue> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        m.remove(&key).unwrap();
+    }
+    f.apply(d.clone());
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, WORLD, 41001, 443, ACK)),
+        tc::ACT_SHOT,
+        "no name any more: revoked"
     );
 
     // DNS: the query is copied and passes; the answer is copied and held;
