@@ -217,7 +217,7 @@ mod end_to_end {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use netiso_testkit::dns::{answer_bytes, resolve, DnsServer, Rr};
+    use netiso_testkit::dns::{answer_bytes, query_bytes, resolve, DnsServer, Rr};
     use netiso_testkit::docker::{image, require_docker};
     use netiso_testkit::scenario::{World, TEST_LABEL};
     use netiso_testkit::{run_in, sh, unique, DaemonProc};
@@ -387,6 +387,12 @@ action = "allow"
 
 [[rules]]
 from = "app"
+to = "{alt}/32"
+ports = ["53/udp"]
+action = "allow"
+
+[[rules]]
+from = "app"
 to = {{ fqdn = "*.allowed.netiso.test" }}
 ports = ["{GREET}/tcp", "{ECHO}/tcp"]
 action = "allow"
@@ -397,7 +403,8 @@ to = {{ fqdn = "alias.netiso.test" }}
 ports = ["{GREET}/tcp"]
 action = "allow"
 "#,
-                wip = world.ip
+                wip = world.ip,
+                alt = addr(220)
             ),
         )
         .unwrap();
@@ -485,21 +492,31 @@ action = "allow"
                 s.send_to(&forged, (app_ip, port)).unwrap();
             }
         });
+        // An answer on a real query's connection (from a resolver the
+        // policy allows, to the query's client port) with an id nobody
+        // asked: held, copied, counted as unmatched, teaches nothing.
+        let alt = addr(220);
+        let fake = run_in(&wpath, move || UdpSocket::bind((alt, 53)).unwrap());
+        fake.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let app_ns_early = PathBuf::from(format!("/proc/{}/ns/net", pid(&app)));
+        let client = run_in(&app_ns_early, || UdpSocket::bind(("0.0.0.0", 0)).unwrap());
+        client
+            .send_to(
+                &query_bytes(0x1111, "evil2.allowed.netiso.test", 1),
+                (alt, 53),
+            )
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let (_, asker) = fake
+            .recv_from(&mut buf)
+            .expect("the query reaches the fake resolver");
         let replayed = answer_bytes(
-            0x4343,
+            0x2222,
             "evil2.allowed.netiso.test",
             1,
             &[Rr::A(addr(233), 300)],
         );
-        run_in(&wpath, || {
-            let s = UdpSocket::bind((world.ip, 53))
-                .ok()
-                .or_else(|| UdpSocket::bind((world.ip, 0)).ok())
-                .unwrap();
-            for port in [33000u16, 40000, 50000, 60000] {
-                let _ = s.send_to(&replayed, (app_ip, port));
-            }
-        });
+        fake.send_to(&replayed, asker).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert!(
             !greeted(&app, &addr(232).to_string()),
@@ -531,9 +548,9 @@ action = "allow"
             .find(|l| l.starts_with("netiso_fqdn_answers_total{result=\"unmatched\"}"))
             .and_then(|l| l.split_whitespace().last()?.parse().ok())
             .unwrap_or_else(|| panic!("no unmatched answers counted:\n{metrics}"));
-        assert!(unmatched >= 2.0, "{unmatched}");
+        assert!(unmatched >= 1.0, "{unmatched}");
         report.insert(
-            "answers counted as unmatched (forged, replayed)",
+            "answers counted as unmatched (wrong id on a real query)",
             unmatched.to_string(),
         );
         let stats = String::from_utf8_lossy(&daemon.cli(&["stats", "--json"]).stdout).to_string();
