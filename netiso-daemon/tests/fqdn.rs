@@ -218,8 +218,8 @@ mod end_to_end {
     use std::time::{Duration, Instant};
 
     use netiso_testkit::dns::{answer_bytes, query_bytes, resolve, DnsServer, Rr};
-    use netiso_testkit::docker::{image, require_docker};
-    use netiso_testkit::scenario::{World, TEST_LABEL};
+    use netiso_testkit::docker::{exec, image, require_docker};
+    use netiso_testkit::scenario::{greet, World, TEST_LABEL};
     use netiso_testkit::{run_in, sh, unique, DaemonProc};
 
     const GREET: u16 = 9443;
@@ -247,46 +247,28 @@ mod end_to_end {
         }
     }
 
-    fn serve(listener: TcpListener, stop: Arc<AtomicBool>, echo: bool) {
+    /// Echoes what each connection to `listener` sends, until `stop`.
+    fn echo(listener: TcpListener, stop: Arc<AtomicBool>) {
         listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut s, _)) => {
-                        if echo {
-                            std::thread::spawn(move || {
-                                let _ = s.set_nonblocking(false);
-                                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                                let mut buf = [0u8; 256];
-                                while let Ok(n) = s.read(&mut buf) {
-                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                            let mut buf = [0u8; 256];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                    break;
                                 }
-                            });
-                        } else {
-                            let _ = s.write_all(b"netiso-ok\n");
-                        }
+                            }
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-    }
-
-    fn exec(container: &str, script: &str) -> (bool, String) {
-        let o = Command::new("docker")
-            .args(["exec", container, "sh", "-c", script])
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
     }
 
     fn greeted(container: &str, target: &str) -> bool {
@@ -343,10 +325,10 @@ mod end_to_end {
             "ip route add {net} via {} dev {}",
             world.ip, world.host_if
         ));
-        let greet = run_in(&wpath, || TcpListener::bind(("0.0.0.0", GREET)).unwrap());
-        serve(greet, stop.clone(), false);
-        let echo = run_in(&wpath, || TcpListener::bind(("0.0.0.0", ECHO)).unwrap());
-        serve(echo, stop.clone(), true);
+        let greeter = run_in(&wpath, || TcpListener::bind(("0.0.0.0", GREET)).unwrap());
+        let _ = greet(greeter, stop.clone());
+        let echoer = run_in(&wpath, || TcpListener::bind(("0.0.0.0", ECHO)).unwrap());
+        echo(echoer, stop.clone());
         let dns = DnsServer::start_in(&wpath, IpAddr::V4(world.ip));
         let resolver = SocketAddr::from((world.ip, 53));
 

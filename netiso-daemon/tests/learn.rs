@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netiso_testkit::docker::{tcp_servers, DockerEnv};
-use netiso_testkit::scenario::{probe, World, TEST_LABEL};
+use netiso_testkit::scenario::{greet, probe, World, TEST_LABEL};
 use netiso_testkit::{netiso_bin, run_in, sh, DaemonProc};
 
 const WORLD_PORT: u16 = 443;
@@ -102,18 +102,7 @@ fn start_shop() -> Shop {
     let gateway: Ipv4Addr = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let listener = TcpListener::bind((gateway, 0)).unwrap();
     let host_port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    let _ = std::io::Write::write_all(&mut s, b"netiso-ok\n");
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
+    let _ = greet(listener, stop.clone());
     Shop {
         env,
         pids,

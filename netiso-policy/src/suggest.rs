@@ -291,14 +291,12 @@ struct Stat {
 
 impl Stat {
     fn add(&mut self, o: &Observed) {
-        self.first = if self.rows == 0 {
-            o.first
-        } else {
-            self.first.min(o.first)
-        };
-        self.last = self.last.max(o.last);
-        self.flows += o.flows;
-        self.rows += 1;
+        self.merge(&Stat {
+            flows: o.flows,
+            first: o.first,
+            last: o.last,
+            rows: 1,
+        });
     }
 
     fn merge(&mut self, s: &Stat) {

@@ -100,11 +100,7 @@ impl DockerEnv {
 
     /// `docker exec` of a shell snippet; true when it exits 0.
     pub fn exec_ok(&self, container: &str, script: &str) -> bool {
-        Command::new("docker")
-            .args(["exec", container, "sh", "-c", script])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        exec(container, script).0
     }
 
     /// Whether `from` gets the greeting of a [`tcp_servers`] port at
@@ -126,6 +122,25 @@ impl Drop for DockerEnv {
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
+    }
+}
+
+/// `docker exec` of a shell snippet in any container: whether it exited
+/// 0, and its output (stdout, then stderr).
+pub fn exec(container: &str, script: &str) -> (bool, String) {
+    match Command::new("docker")
+        .args(["exec", container, "sh", "-c", script])
+        .output()
+    {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("docker exec: {e}")),
     }
 }
 

@@ -323,6 +323,21 @@ fn greeted(s: &mut TcpStream) -> bool {
     false
 }
 
+/// Greets every connection to `listener` with `netiso-ok` until `stop`.
+pub fn greet(listener: TcpListener, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = std::io::Write::write_all(&mut s, b"netiso-ok\n");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
+}
+
 /// "The world": a namespace behind a routed /30 from the host, with an
 /// address in 198.19.0.0/16 (inside the 198.18.0.0/15 test range) and a
 /// TCP server greeting `netiso-ok`. Containers reach it through Docker's
@@ -359,18 +374,7 @@ impl World {
         ));
         let stop = Arc::new(AtomicBool::new(false));
         let listener = ns.run(move || TcpListener::bind((world_ip, port)).unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let flag = stop.clone();
-        let server = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = std::io::Write::write_all(&mut s, b"netiso-ok\n");
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
+        let server = greet(listener, stop.clone());
         Self {
             ns,
             host_if,
