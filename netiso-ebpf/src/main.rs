@@ -27,8 +27,8 @@ mod record;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
-    ct_flags, endpoint_flags, errors, family, identity, proto, settings_flags, tc, Action,
-    Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
+    ct_flags, endpoint_flags, errors, family, identity, peer_flags, proto, settings_flags, tc,
+    Action, Direction, DropReason, Endpoint, FragKey, CROSS_VETH_MARK, LAYOUT_VERSION,
 };
 
 use control::Check;
@@ -142,11 +142,21 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // The established fast path (fast.rs). On a conntrack miss it leaves
     // the key it looked up in `pkt.ct_key`, the same key the full path
     // builds, which then need not look again.
-    pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation) {
+    let trusted = dir == Direction::Ingress
+        && skb.mark == CROSS_VETH_MARK
+        && ep_flags & endpoint_flags::FQDN == 0
+        && from_managed_sender(skb.ingress_ifindex);
+    pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation, trusted) {
         fast::Fast::Pass => return tc::PASS,
         fast::Fast::Miss => true,
         fast::Fast::Other => false,
     };
+    // Only the fast path marks: whatever else leaves a container goes
+    // unmarked (a container's own mark never gets here: it is cleared when
+    // the packet leaves the container's namespace).
+    if dir == Direction::Egress && skb.mark == CROSS_VETH_MARK {
+        ctx.set_mark(0);
+    }
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
@@ -384,6 +394,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         let key = &pkt.ct_key;
         let (now, jiffies) = (conntrack::clock(), conntrack::jiffies());
         let mut extra = if audit { ct_flags::AUDIT } else { 0 };
+        if dir == Direction::Egress && peer.1 & peer_flags::LOCAL_ENDPOINT != 0 {
+            extra |= ct_flags::LOCAL_PEER;
+        }
         if watched_query(ep_flags, pkt, dir) {
             extra |= ct_flags::WATCHED;
         }
@@ -429,6 +442,15 @@ fn endpoint(ifindex: u32) -> Option<&'static Endpoint> {
     // an entry the daemon replaces meanwhile can at worst read as another
     // entry's bytes (maps.rs).
     unsafe { ENDPOINTS.get(&ifindex) }
+}
+
+/// Whether a packet entered the host through a veth netiso manages:
+/// `ingress_ifindex` is the interface the kernel received it on (a
+/// container's packets: its veth; the host's own: 0; routed ones: the
+/// bridge or the NIC), so that sender's program judged it.
+#[inline(always)]
+fn from_managed_sender(ingress_ifindex: u32) -> bool {
+    ingress_ifindex != 0 && endpoint(ingress_ifindex).is_some()
 }
 
 /// Lets a packet through. A first fragment leaves a note so that the
