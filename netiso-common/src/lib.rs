@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -34,9 +34,12 @@ pub mod maps {
     pub const DNS: &str = "NETISO_DNS";
     /// Endpoints by ifindex, for small ifindexes (see [`super::EndpointSlot`]).
     pub const ENDPOINT_ARRAY: &str = "NETISO_EP_ARRAY";
+    /// The policy entries of each identity pair in one value (see
+    /// [`super::PairValue`]).
+    pub const PAIRS: &str = "NETISO_PAIRS";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -55,6 +58,7 @@ pub mod maps {
         FQDN,
         DNS,
         ENDPOINT_ARRAY,
+        PAIRS,
     ];
 }
 
@@ -77,6 +81,8 @@ pub mod limits {
     pub const ENDPOINT_ARRAY: u32 = 32768;
     pub const IDENTITIES: u32 = 65536;
     pub const POLICY: u32 = 262144;
+    /// Identity pairs that rules name, both slots.
+    pub const PAIRS: u32 = 65536;
     pub const CONNTRACK: u32 = 262144;
     pub const FLOWS: u32 = 65536;
     pub const FRAGS: u32 = 16384;
@@ -459,6 +465,57 @@ pub struct PolicyValue {
     pub _pad: [u8; 3],
     /// The deciding rule (1-based); 0 = a default.
     pub rule_id: u32,
+}
+
+/// Key of the pairs map: one identity pair (sender, receiver) in one
+/// policy slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    pub src: u32,
+    pub dst: u32,
+    pub slot: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One policy entry inside a [`PairValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairEntry {
+    /// Destination port; 0 in `protos` and `all`.
+    pub port: u16,
+    pub proto: u8,
+    /// [`Action`] as u8; 0 = no entry.
+    pub action: u8,
+    pub rule_id: u32,
+}
+
+/// Entries of the exact-port and the per-protocol kind a pair value holds
+/// inline; a pair with more has `more_ports` / `more_protos` set and the
+/// rest is found in the policy map.
+pub const PAIR_ENTRIES: usize = 4;
+
+/// Everything the policy map says about one identity pair, found with one
+/// lookup: a first packet between two identities no rule names misses once
+/// (instead of three times), and a pair with a few ports finds its verdict
+/// here. The order is the policy map's: the exact (proto, port) entry,
+/// then (proto, any port), then (any proto, any port); the first that
+/// exists decides. Written by the daemon from the policy map's entries of
+/// the pair (`netiso_daemon::datapath::pairs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairValue {
+    /// Exact entries beyond `ports` exist: look them up in the policy map.
+    pub more_ports: u8,
+    /// Per-protocol entries beyond `protos` exist: likewise.
+    pub more_protos: u8,
+    pub _pad: [u8; 6],
+    /// (any proto, any port), if `action` is not 0.
+    pub all: PairEntry,
+    /// (proto, port) entries: those with `action` 0 are unused.
+    pub ports: [PairEntry; PAIR_ENTRIES],
+    /// (proto, any port) entries: those with `action` 0 are unused.
+    pub protos: [PairEntry; PAIR_ENTRIES],
 }
 
 /// Key of the published-ports map: a TCP or UDP port the host publishes for
@@ -850,6 +907,13 @@ mod user {
     // SAFETY: repr(C), integer fields only: 1 + 3 (`_pad`) + 4 = 8 bytes at
     // align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: repr(C), integer fields only: 4 + 4 + 1 + 3 (`_pad`) = 12
+    // bytes at align 4, no implicit padding (size test below).
+    unsafe impl aya::Pod for PairKey {}
+    // SAFETY: repr(C), integers and PairEntry (2 + 1 + 1 + 4 = 8 bytes at
+    // align 4, no padding): 1 + 1 + 6 (`_pad`) + 8 + 32 + 32 = 80 bytes at
+    // align 4, no implicit padding (size test below).
+    unsafe impl aya::Pod for PairValue {}
     // SAFETY: repr(C), integer fields only: 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2
     // (`_pad`) = 44 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for CtKey {}
@@ -927,6 +991,9 @@ mod tests {
         assert_eq!(size_of::<IdentityInfo>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyValue>(), 8);
+        assert_eq!(size_of::<PairKey>(), 12);
+        assert_eq!(size_of::<PairEntry>(), 8);
+        assert_eq!(size_of::<PairValue>(), 80);
         assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<FlowKey>(), 52);

@@ -20,8 +20,8 @@ use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use netiso_common::{
     limits, maps, programs, settings_flags, CidrKey, Endpoint, EndpointSlot, IdentityInfo, IpKey,
-    PolicyKey, PolicyValue, PublishedKey, PublishedValue, Settings, CIDR_KEY_PREFIX_BITS,
-    LAYOUT_VERSION,
+    PairKey, PairValue, PolicyKey, PolicyValue, PublishedKey, PublishedValue, Settings,
+    CIDR_KEY_PREFIX_BITS, LAYOUT_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -395,6 +395,14 @@ impl Datapath {
             for (k, v) in &desired.policy {
                 pol.insert(PolicyKey { slot: next, ..*k }, *v, 0)
                     .context("writing the policy map (full?)")?;
+            }
+        }
+        {
+            let pairs = super::pairs::pairs_of(&desired.policy);
+            let mut map = self.pairs_map()?;
+            for (k, v) in &pairs {
+                map.insert(PairKey { slot: next, ..*k }, *v, 0)
+                    .context("writing the pairs map (full?)")?;
             }
         }
         {
@@ -772,6 +780,17 @@ impl Datapath {
                 remove_ok(published.remove(&k))?;
             }
         }
+        {
+            let mut pairs = self.pairs_map()?;
+            let stale: Vec<PairKey> = pairs
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.slot == inactive)
+                .collect();
+            for k in stale {
+                remove_ok(pairs.remove(&k))?;
+            }
+        }
         let mut pol = self.policy_map()?;
         let stale: Vec<PolicyKey> = pol
             .keys()
@@ -897,6 +916,14 @@ impl Datapath {
             self.ebpf
                 .map_mut(maps::PUBLISHED)
                 .context("published-ports map missing")?,
+        )?)
+    }
+
+    fn pairs_map(&mut self) -> Result<BpfHashMap<&mut MapData, PairKey, PairValue>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::PAIRS)
+                .context("pairs map missing")?,
         )?)
     }
 
