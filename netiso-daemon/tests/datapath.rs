@@ -2370,11 +2370,12 @@ fn established_packets_are_still_checked_in_full() {
 /// The verifier walks every path of a program, up to 1,000,000
 /// instructions; past that the datapath does not load at all. A program
 /// that creeps towards the limit fails on the next change, or on a kernel
-/// whose verifier prunes a little less: keep a tenth of it free (the
-/// egress program walks about 871,000 today; it walked 921,000 before
-/// two flags carried through the parser were moved to map memory).
+/// whose verifier prunes a little less: keep 40 % of it free. (The egress
+/// program walked 921,000 before the pairs map replaced three policy
+/// lookups, each a branch that doubled what follows, with one; about
+/// 402,000 since.)
 #[test]
-fn programs_keep_a_tenth_of_the_verifier_budget_free() {
+fn programs_keep_two_fifths_of_the_verifier_budget_free() {
     const LIMIT: u32 = 1_000_000;
     let mut f = Fixture::new(DENY_BOTH);
     for name in [OUT, IN] {
@@ -2386,8 +2387,8 @@ fn programs_keep_a_tenth_of_the_verifier_budget_free() {
             .expect("the kernel reports verified instructions");
         println!("{name}: {verified} instructions verified");
         assert!(
-            verified <= LIMIT / 10 * 9,
-            "{name}: the verifier walked {verified} instructions, within a tenth of its limit of {LIMIT}: split paths apart (`#[inline(never)]` functions, fewer values live across branches) before adding more"
+            verified <= LIMIT / 5 * 3,
+            "{name}: the verifier walked {verified} instructions, within two fifths of its limit of {LIMIT}: split paths apart (`#[inline(never)]` functions, fewer values live across branches) before adding more"
         );
     }
 }
@@ -2513,4 +2514,78 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
     };
     g.dp().write_endpoints(&[(7, ep)]).unwrap();
     assert_eq!(g.run_marked(IN, &to_a, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+}
+
+/// A pair with more entries than its pairs-map value holds: the rest are
+/// found in the policy map, in the same order (exact port, then the
+/// protocol, then anything), and every entry decides as written.
+#[test]
+fn a_pair_with_many_rules_decides_by_each_of_them() {
+    let mut d = desired(DENY_BOTH);
+    let entry = |proto, dport, action: Action, rule_id| {
+        (
+            PolicyKey {
+                src: ID_A,
+                dst: ID_C,
+                dport,
+                proto,
+                slot: 0,
+            },
+            PolicyValue {
+                action: action as u8,
+                _pad: [0; 3],
+                rule_id,
+            },
+        )
+    };
+    // Ten TCP ports (allowed, 2000 denied), UDP allowed on any port except
+    // 5353 (denied), six protocols with entries of their own, and the
+    // pair's catch-all: audit.
+    for (i, port) in (2000..2010).enumerate() {
+        let action = if port == 2000 {
+            Action::Deny
+        } else {
+            Action::Allow
+        };
+        d.policy
+            .extend([entry(proto::TCP, port, action, 100 + i as u32)]);
+    }
+    d.policy.extend([
+        entry(proto::UDP, 5353, Action::Deny, 200),
+        entry(proto::UDP, 0, Action::Allow, 201),
+        entry(proto::ICMP, 0, Action::Deny, 202),
+        entry(47, 0, Action::Allow, 203),
+        entry(50, 0, Action::Allow, 204),
+        entry(51, 0, Action::Allow, 205),
+        entry(132, 0, Action::Deny, 206),
+        entry(proto::ANY, 0, Action::Audit, 207),
+    ]);
+    let mut f = Fixture::with(d);
+    for port in 2001..2010 {
+        assert_eq!(
+            f.run(OUT, &tcp4(MAC_A, A, C, 40000 + port, port, SYN)),
+            tc::PASS,
+            "tcp {port}"
+        );
+    }
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, C, 41000, 2000, SYN)),
+        tc::ACT_SHOT,
+        "tcp 2000 is denied by its own entry"
+    );
+    assert_eq!(f.dropped(DropReason::PolicyDeny), 1);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, C, 41001, 9999)), tc::PASS);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, C, 41002, 5353)), tc::ACT_SHOT);
+    let ping = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, C, 1, 7, 0, &icmp_echo(8, 5)),
+    );
+    assert_eq!(f.run(OUT, &ping), tc::ACT_SHOT, "ICMP denied by its entry");
+    // TCP to a port no entry names: the catch-all (audit) passes it and
+    // records it, where A's default would have denied it.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, C, 41003, 3000, SYN)), tc::PASS);
+    assert_eq!(f.dropped(DropReason::Audit), 1);
+    assert_eq!(f.dropped(DropReason::PolicyDeny), 3);
 }
