@@ -825,3 +825,146 @@ fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
         "15 marked datagrams dropped by policy, {denied} counted"
     );
 }
+
+/// Address reuse (the hole `CROSS_VETH_MARK` opened): a's live UDP flow to
+/// b (allowed) outlives b; while b's address is nobody's, a's next packet
+/// is judged again as going to the world (allowed: a's egress default), and
+/// the entry keeps its `LOCAL_PEER` flag. A new container of a group that
+/// admits nothing then starts with b's address: an addition, which changes
+/// no generation. a's packets on the old flow are still fresh at a's veth,
+/// so a marks them, and the newcomer's program must not take a's verdict
+/// (one made for b, then for the world) as its own: judged by the
+/// newcomer's socket, nothing of a's gets in.
+#[test]
+fn a_live_flow_to_a_reused_address_does_not_carry_its_verdict_to_the_newcomer() {
+    use netiso_testkit::topology::spawn_in;
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const PORT: u16 = 9002;
+    // `keep` and `keepb` stay while b goes and the newcomer comes (groups
+    // with other running replicas): b's removal and the newcomer's start
+    // are then pure removals and additions.
+    let topo = Topology::new(&[
+        ("a", "a"),
+        ("b", "b"),
+        ("c", "c"),
+        ("keep", "c"),
+        ("keepb", "b"),
+    ]);
+    let (a, b, c, keep, keepb) = (
+        topo.guest("a"),
+        topo.guest("b"),
+        topo.guest("c"),
+        topo.guest("keep"),
+        topo.guest("keepb"),
+    );
+    let policy_text = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
+                       [groups.b]\nlabels = { \"netiso.group\" = \"b\" }\ningress = \"deny\"\n\
+                       [groups.c]\nlabels = { \"netiso.group\" = \"c\" }\ningress = \"deny\"\n\
+                       [[rules]]\nfrom = \"a\"\nto = \"b\"\nports = [\"9002/udp\"]\naction = \"allow\"\n";
+    let policy = policy::parse_str(policy_text, "test-policy.toml").expect("policy");
+    let mut ids = IdentityAllocator::default();
+    let mut desired_of = |cs: &[netiso_daemon::model::Container]| {
+        let compiled = policy::compile(&policy, cs, &mut ids).expect("compile");
+        daemon::build_desired(&compiled, cs, &policy, &Default::default()).0
+    };
+    // The newcomer is not started yet: its veth has no programs, and the
+    // daemon does not know it.
+    let before = desired_of(&[
+        a.container(),
+        b.container(),
+        keep.container(),
+        keepb.container(),
+    ]);
+    let pins = PinDir::new();
+    let mut dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&before).expect("apply");
+        dp
+    });
+
+    // Receivers count a's datagrams: b (the allowed peer), then the
+    // newcomer at b's address.
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = |ns: &netiso_testkit::NetNs| {
+        let done = done.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = spawn_in(ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            tx.send(()).unwrap();
+            let mut got = 0u32;
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got += u32::from(&buf[..n] == b"A");
+                }
+            }
+            got
+        });
+        rx.recv().unwrap();
+        h
+    };
+    let at_b = receiver(&b.ns);
+    let at_c = receiver(&c.ns);
+    // The attacker: one UDP flow (fixed ports) to b's address, a datagram
+    // every 5 ms, whatever happens to the address.
+    let b_ip = b.ip;
+    let attacker = {
+        let done = done.clone();
+        spawn_in(&a.ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", 40002)).expect("bind");
+            s.connect(addr(b_ip, PORT)).unwrap();
+            while !done.load(Ordering::Relaxed) {
+                let _ = s.send(b"A");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    // b stops: its veth goes, the daemon removes it (a new generation);
+    // a's flow, judged again, now goes to the world.
+    topo.host.sh(&format!("ip link del {}", b.host_if));
+    let gone = desired_of(&[a.container(), keep.container(), keepb.container()]);
+    let report = topo.host.run(|| dp.apply(&gone).expect("apply"));
+    assert!(!report.switched, "b's removal is incremental");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The newcomer starts with b's address (Docker hands a released
+    // address out again) in group c, which admits nothing: an addition.
+    c.ns.sh(&format!(
+        "ip addr del {}/24 dev eth0 && ip addr add {}/24 dev eth0",
+        c.ip, b.ip
+    ));
+    let mut newcomer = c.container();
+    newcomer.networks[0].ipv4 = Some(b.ip);
+    let after = desired_of(&[
+        a.container(),
+        newcomer.clone(),
+        keep.container(),
+        keepb.container(),
+    ]);
+    let generation = report.generation;
+    let report = topo.host.run(|| dp.apply(&after).expect("apply"));
+    assert!(
+        !report.switched && report.generation == generation,
+        "the newcomer is a pure addition: {report:?}"
+    );
+    // a's kernel resolves b's address again (it would within seconds).
+    a.ns.sh("ip neigh flush dev eth0");
+    std::thread::sleep(Duration::from_millis(1500));
+    done.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let (at_b, at_c) = (at_b.join().unwrap(), at_c.join().unwrap());
+    assert!(at_b > 10, "the allowed flow ran while b was there: {at_b}");
+    // A new flow from a to the newcomer is denied, as the policy says.
+    assert_eq!(udp_echoes(&a.ns, addr(b.ip, PORT), 3), 0);
+    assert_eq!(
+        at_c, 0,
+        "a's datagrams reached a container whose group admits nothing"
+    );
+    drop(dp);
+}
