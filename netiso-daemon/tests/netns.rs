@@ -968,3 +968,238 @@ fn a_live_flow_to_a_reused_address_does_not_carry_its_verdict_to_the_newcomer() 
     );
     drop(dp);
 }
+
+/// Loads `insns` as a TC program and attaches it to TC ingress (TCX) of
+/// `ifname` in the calling thread's network namespace; the attachment
+/// lives as long as the returned descriptor.
+fn attach_raw_tc_ingress(insns: &[u64], ifname: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let license = c"GPL";
+    let mut attr = [0u8; 144];
+    attr[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: BPF_PROG_LOAD reads `attr` (a bpf_attr: type, count, pointers
+    // to `insns` and `license`, both alive across the call), nothing else.
+    let prog = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
+    assert!(prog >= 0, "prog load: {}", std::io::Error::last_os_error());
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a NUL-terminated name, alive across the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(ifindex, 0, "{ifname}");
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&(prog as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[8..12].copy_from_slice(&46u32.to_ne_bytes()); // BPF_TCX_INGRESS
+                                                       // SAFETY: BPF_LINK_CREATE reads `attr` (program fd, ifindex, type).
+    let link = unsafe { libc::syscall(libc::SYS_bpf, 28, attr.as_ptr(), attr.len()) };
+    assert!(
+        link >= 0,
+        "link create: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: both are descriptors the kernel just gave us, owned here only.
+    unsafe {
+        drop(std::os::fd::OwnedFd::from_raw_fd(prog as i32));
+        std::os::fd::OwnedFd::from_raw_fd(link as i32)
+    }
+}
+
+/// One eBPF instruction (opcode, dst and src registers, offset, immediate).
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | dst;
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    u64::from_le_bytes(b)
+}
+
+/// An Ethernet/IPv4/UDP frame.
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&ports.0.to_be_bytes());
+    f.extend_from_slice(&ports.1.to_be_bytes());
+    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A container that may load TC programs in its own namespace (CAP_NET_ADMIN
+/// and CAP_BPF) moves its packets into the host's namespace with
+/// `bpf_redirect_peer`, which, unlike a veth's transmission, keeps the
+/// mark: its packet reaches its host veth's program carrying
+/// `CROSS_VETH_MARK`, with `ingress_ifindex` that veth. The attacker keeps a
+/// UDP flow to a free address of the bridge alive (judged as going to the
+/// world, which its egress default allows); a container of a group that
+/// admits nothing starts at that address (an addition: no new generation).
+/// The attacker's packets pass its veth's fast path on the live entry (no
+/// `LOCAL_PEER`: the mark is not netiso's, and not cleared), and the
+/// newcomer's program must not take that mark as a verdict: judged by the
+/// newcomer's socket, nothing gets in.
+#[test]
+fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict() {
+    use netiso_common::CROSS_VETH_MARK;
+    use netiso_testkit::topology::spawn_in;
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const PORT: u16 = 9003;
+    let topo = Topology::new(&[("a", "a"), ("c", "c"), ("keep", "c")]);
+    let (a, c, keep) = (topo.guest("a"), topo.guest("c"), topo.guest("keep"));
+    let policy_text = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
+                       [groups.c]\nlabels = { \"netiso.group\" = \"c\" }\ningress = \"deny\"\n";
+    let policy = policy::parse_str(policy_text, "test-policy.toml").expect("policy");
+    let mut ids = IdentityAllocator::default();
+    let mut desired_of = |cs: &[netiso_daemon::model::Container]| {
+        let compiled = policy::compile(&policy, cs, &mut ids).expect("compile");
+        daemon::build_desired(&compiled, cs, &policy, &Default::default()).0
+    };
+    // The newcomer is not started yet: its link is down, the daemon does
+    // not know it.
+    c.ns.sh("ip link set eth0 down");
+    let before = desired_of(&[a.container(), keep.container()]);
+    let pins = PinDir::new();
+    let mut dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&before).expect("apply");
+        dp
+    });
+
+    // The attacker's namespace: a veth pair of its own; what enters `vb`
+    // gets the mark and goes to the host through eth0's peer.
+    a.ns.sh(&format!(
+        "ip link add va type veth peer name vb && ip link set va address {} && ip link set va up && ip link set vb up",
+        a.mac.map(|b| format!("{b:02x}")).join(":")
+    ));
+    let link = a.ns.run(|| {
+        let name = c"eth0";
+        // SAFETY: a NUL-terminated name, alive across the call.
+        let eth0 = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        let prog = [
+            insn(0xb7, 2, 0, 0, CROSS_VETH_MARK as i32), // r2 = mark
+            insn(0x63, 1, 2, 8, 0),                      // skb->mark = r2
+            insn(0xb7, 1, 0, 0, eth0),                   // r1 = eth0
+            insn(0xb7, 2, 0, 0, 0),                      // r2 = 0
+            insn(0x85, 0, 0, 0, 155),                    // bpf_redirect_peer
+            insn(0x95, 0, 0, 0, 0),                      // exit
+        ];
+        attach_raw_tc_ingress(&prog, "vb")
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let frame = udp_frame(a.mac, c.mac, a.ip, c.ip, (40003, PORT), b"A");
+    let attacker = {
+        let done = done.clone();
+        spawn_in(&a.ns, move || {
+            // SAFETY: plain socket creation; the descriptor is owned below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW,
+                    (libc::ETH_P_ALL as u16).to_be() as i32,
+                )
+            };
+            assert!(fd >= 0, "packet socket");
+            // SAFETY: a NUL-terminated name, alive across the call.
+            let va = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
+            // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = va as i32;
+            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            while !done.load(Ordering::Relaxed) {
+                // SAFETY: sendto reads `frame` and `sll`, both alive.
+                unsafe {
+                    libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                    )
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // SAFETY: the descriptor opened above, closed once.
+            unsafe { libc::close(fd) };
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The newcomer starts at the address the attacker's flow goes to.
+    let generation = dp.settings().generation;
+    let after = desired_of(&[a.container(), c.container(), keep.container()]);
+    let report = topo.host.run(|| dp.apply(&after).expect("apply"));
+    assert!(
+        !report.switched && report.generation == generation,
+        "the newcomer is a pure addition: {report:?}"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let victim = {
+        let done = done.clone();
+        spawn_in(&c.ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            tx.send(()).unwrap();
+            let mut got = 0u32;
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got += u32::from(&buf[..n] == b"A");
+                }
+            }
+            got
+        })
+    };
+    rx.recv().unwrap();
+    c.ns.sh("ip link set eth0 up");
+    std::thread::sleep(Duration::from_millis(1500));
+    done.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let got = victim.join().unwrap();
+    drop(link);
+    // The attacker's frames reached the newcomer's veth (those judged
+    // there were dropped by policy)...
+    let judged = rows(&dp)
+        .iter()
+        .filter(|(k, _)| k.ifindex == c.host_ifindex && k.reason == DropReason::DefaultDeny as u8)
+        .map(|(_, v)| v.packets)
+        .sum::<u64>();
+    assert!(
+        judged > 0,
+        "the attacker's datagrams reached the newcomer's veth"
+    );
+    // ... and none got in.
+    assert_eq!(
+        got, 0,
+        "datagrams with a container's own mark reached a group that admits nothing"
+    );
+    drop(dp);
+}
