@@ -146,17 +146,20 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         && skb.mark == CROSS_VETH_MARK
         && ep_flags & endpoint_flags::FQDN == 0
         && from_managed_sender(skb.ingress_ifindex);
+    // Only this program marks, and only a packet of a connection it judged
+    // against a container on this host: whatever else leaves a container
+    // goes unmarked, whatever the fast path then says. A container's own
+    // mark is not always cleared on the way here: `bpf_redirect_peer` from
+    // a program in its namespace (CAP_NET_ADMIN and CAP_BPF) moves a packet
+    // into the host's namespace with its mark.
+    if dir == Direction::Egress && skb.mark == CROSS_VETH_MARK {
+        ctx.set_mark(0);
+    }
     pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation, trusted) {
         fast::Fast::Pass => return tc::PASS,
         fast::Fast::Miss => true,
         fast::Fast::Other => false,
     };
-    // Only the fast path marks: whatever else leaves a container goes
-    // unmarked (a container's own mark never gets here: it is cleared when
-    // the packet leaves the container's namespace).
-    if dir == Direction::Egress && skb.mark == CROSS_VETH_MARK {
-        ctx.set_mark(0);
-    }
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
@@ -332,6 +335,19 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                         eval.by_name(&key.remote, port, &mut d, 0);
                     }
                     if d.action != Action::Deny as u8 {
+                        // Judged again against whoever has the address now:
+                        // the mark for a container on this host follows
+                        // (an address nobody has now may be a container's
+                        // later, added without a new generation, and that
+                        // container's program judges it itself).
+                        if opener == Direction::Egress {
+                            ct.flags = (ct.flags & !ct_flags::LOCAL_PEER)
+                                | if peer.1 & peer_flags::LOCAL_ENDPOINT != 0 {
+                                    ct_flags::LOCAL_PEER
+                                } else {
+                                    0
+                                };
+                        }
                         ct.generation = generation;
                         conntrack::track(ct, reply, pkt, now, jiffies);
                         return pass(ctx, ifindex, pkt, generation, watched, dir);
