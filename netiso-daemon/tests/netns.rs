@@ -1050,6 +1050,75 @@ fn udp_frame(
     f
 }
 
+/// In `guest`'s namespace (what a container with CAP_NET_ADMIN and CAP_BPF
+/// may do in its own): a veth pair `va`/`vb`, `va` with the guest's MAC,
+/// and on `vb`'s TC ingress a program that sets `CROSS_VETH_MARK` and
+/// hands the packet to eth0's peer (the host veth) with
+/// `bpf_redirect_peer`, which keeps the mark. Frames sent on `va` arrive
+/// at the host veth's program as the guest's packets, marked.
+fn redirect_peer_with_the_mark(guest: &netiso_testkit::topology::Guest) -> std::os::fd::OwnedFd {
+    use netiso_common::CROSS_VETH_MARK;
+    guest.ns.sh(&format!(
+        "ip link add va type veth peer name vb && ip link set va address {} && ip link set va up && ip link set vb up",
+        guest.mac.map(|b| format!("{b:02x}")).join(":")
+    ));
+    guest.ns.run(|| {
+        // SAFETY: a NUL-terminated name, alive across the call.
+        let eth0 = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) } as i32;
+        let prog = [
+            insn(0xb7, 2, 0, 0, CROSS_VETH_MARK as i32), // r2 = mark
+            insn(0x63, 1, 2, 8, 0),                      // skb->mark = r2
+            insn(0xb7, 1, 0, 0, eth0),                   // r1 = eth0
+            insn(0xb7, 2, 0, 0, 0),                      // r2 = 0
+            insn(0x85, 0, 0, 0, 155),                    // bpf_redirect_peer
+            insn(0x95, 0, 0, 0, 0),                      // exit
+        ];
+        attach_raw_tc_ingress(&prog, "vb")
+    })
+}
+
+/// Sends `frame` on `va` in `guest`'s namespace every 5 ms until `done`.
+fn send_frames(
+    guest: &netiso_testkit::topology::Guest,
+    frame: Vec<u8>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    netiso_testkit::topology::spawn_in(&guest.ns, move || {
+        // SAFETY: plain socket creation; the descriptor is closed below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            )
+        };
+        assert!(fd >= 0, "packet socket");
+        // SAFETY: a NUL-terminated name, alive across the call.
+        let va = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = va as i32;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: sendto reads `frame` and `sll`, both alive.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { libc::close(fd) };
+    })
+}
+
 /// A container that may load TC programs in its own namespace (CAP_NET_ADMIN
 /// and CAP_BPF) moves its packets into the host's namespace with
 /// `bpf_redirect_peer`, which, unlike a veth's transmission, keeps the
@@ -1064,7 +1133,6 @@ fn udp_frame(
 /// newcomer's socket, nothing gets in.
 #[test]
 fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict() {
-    use netiso_common::CROSS_VETH_MARK;
     use netiso_testkit::topology::spawn_in;
     use std::net::UdpSocket;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -1092,65 +1160,12 @@ fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict()
         dp
     });
 
-    // The attacker's namespace: a veth pair of its own; what enters `vb`
-    // gets the mark and goes to the host through eth0's peer.
-    a.ns.sh(&format!(
-        "ip link add va type veth peer name vb && ip link set va address {} && ip link set va up && ip link set vb up",
-        a.mac.map(|b| format!("{b:02x}")).join(":")
-    ));
-    let link = a.ns.run(|| {
-        let name = c"eth0";
-        // SAFETY: a NUL-terminated name, alive across the call.
-        let eth0 = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-        let prog = [
-            insn(0xb7, 2, 0, 0, CROSS_VETH_MARK as i32), // r2 = mark
-            insn(0x63, 1, 2, 8, 0),                      // skb->mark = r2
-            insn(0xb7, 1, 0, 0, eth0),                   // r1 = eth0
-            insn(0xb7, 2, 0, 0, 0),                      // r2 = 0
-            insn(0x85, 0, 0, 0, 155),                    // bpf_redirect_peer
-            insn(0x95, 0, 0, 0, 0),                      // exit
-        ];
-        attach_raw_tc_ingress(&prog, "vb")
-    });
+    // The attacker sends frames that its own program marks and moves to
+    // the host with `bpf_redirect_peer`.
+    let link = redirect_peer_with_the_mark(a);
     let done = Arc::new(AtomicBool::new(false));
     let frame = udp_frame(a.mac, c.mac, a.ip, c.ip, (40003, PORT), b"A");
-    let attacker = {
-        let done = done.clone();
-        spawn_in(&a.ns, move || {
-            // SAFETY: plain socket creation; the descriptor is owned below.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW,
-                    (libc::ETH_P_ALL as u16).to_be() as i32,
-                )
-            };
-            assert!(fd >= 0, "packet socket");
-            // SAFETY: a NUL-terminated name, alive across the call.
-            let va = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
-            // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = va as i32;
-            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-            while !done.load(Ordering::Relaxed) {
-                // SAFETY: sendto reads `frame` and `sll`, both alive.
-                unsafe {
-                    libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&sll as *const libc::sockaddr_ll).cast(),
-                        size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                    )
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            // SAFETY: the descriptor opened above, closed once.
-            unsafe { libc::close(fd) };
-        })
-    };
+    let attacker = send_frames(a, frame, done.clone());
     std::thread::sleep(Duration::from_millis(500));
 
     // The newcomer starts at the address the attacker's flow goes to.
@@ -1202,4 +1217,88 @@ fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict()
         "datagrams with a container's own mark reached a group that admits nothing"
     );
     drop(dp);
+}
+
+/// A veth is a trusted sender (`from_managed_sender`) as soon as its
+/// endpoint is in the map, so its programs must be there first: a veth
+/// whose endpoint is written but whose programs are not attached (the
+/// moment between the two when a container starts, frozen here by an
+/// attachment that fails: the daemon's name for the veth is stale) lets a
+/// container that marks its own packets (`bpf_redirect_peer`, as above)
+/// into any container on any port, no connection needed. Judged by the
+/// victim's socket: nothing gets in.
+#[test]
+fn a_veth_without_its_programs_is_never_a_trusted_sender() {
+    use netiso_testkit::topology::spawn_in;
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const PORT: u16 = 9004;
+    let topo = Topology::new(&[("a", "a"), ("b", "b")]);
+    let (a, b) = (topo.guest("a"), topo.guest("b"));
+    let policy_text = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
+                       [groups.b]\nlabels = { \"netiso.group\" = \"b\" }\ningress = \"deny\"\n";
+    let policy = policy::parse_str(policy_text, "test-policy.toml").expect("policy");
+    let mut ids = IdentityAllocator::default();
+    let mut desired_of = |cs: &[netiso_daemon::model::Container]| {
+        let compiled = policy::compile(&policy, cs, &mut ids).expect("compile");
+        daemon::build_desired(&compiled, cs, &policy, &Default::default()).0
+    };
+    let mut stale = a.container();
+    stale.networks[0].host_ifname = Some("vh-stale".into());
+    let pins = PinDir::new();
+    let mut dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&desired_of(&[b.container()])).expect("apply");
+        // a starts; its veth cannot be attached.
+        let r = dp.apply(&desired_of(&[stale.clone(), b.container()]));
+        assert!(r.is_err(), "attaching to a missing name fails");
+        dp
+    });
+
+    let link = redirect_peer_with_the_mark(a);
+    let done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let victim = {
+        let done = done.clone();
+        spawn_in(&b.ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            tx.send(()).unwrap();
+            let mut got = 0u32;
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got += u32::from(&buf[..n] == b"A");
+                }
+            }
+            got
+        })
+    };
+    rx.recv().unwrap();
+    let frame = udp_frame(a.mac, b.mac, a.ip, b.ip, (40004, PORT), b"A");
+    let attacker = send_frames(a, frame, done.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    done.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let got = victim.join().unwrap();
+    drop(link);
+    // The attacker's datagrams reached b's veth and were judged there...
+    let judged = rows(&dp)
+        .iter()
+        .filter(|(k, _)| k.ifindex == b.host_ifindex && k.reason == DropReason::DefaultDeny as u8)
+        .map(|(_, v)| v.packets)
+        .sum::<u64>();
+    assert!(
+        judged > 0 || got > 0,
+        "the attacker's datagrams reached b's veth"
+    );
+    // ... and none got in.
+    assert_eq!(
+        got, 0,
+        "marked datagrams from a veth without programs reached a group that admits nothing"
+    );
+    drop(dp);
+    drop(topo);
 }
