@@ -1248,7 +1248,7 @@ fn a_veth_without_its_programs_is_never_a_trusted_sender() {
     let mut stale = a.container();
     stale.networks[0].host_ifname = Some("vh-stale".into());
     let pins = PinDir::new();
-    let mut dp = topo.host.run(|| {
+    let dp = topo.host.run(|| {
         let mut dp = Datapath::load(&pins.path).expect("load");
         dp.apply(&desired_of(&[b.container()])).expect("apply");
         // a starts; its veth cannot be attached.

@@ -348,6 +348,25 @@ impl Datapath {
     #[tracing::instrument(skip_all, fields(endpoints = desired.endpoints.len(), policy = desired.policy.len()))]
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
+        // Programs before endpoints: a veth whose endpoint is in the map is
+        // a trusted sender for `CROSS_VETH_MARK` (its program judged every
+        // packet it carries), so its programs are attached first (until
+        // its endpoint is written they pass everything, as on any veth
+        // netiso does not manage). A veth that cannot be attached, and has
+        // no programs from before, stays out of the maps; the error is
+        // returned once the rest is applied.
+        let (attached, failed) = self.attach_endpoints(desired)?;
+        let kept;
+        let desired = if failed.is_empty() {
+            desired
+        } else {
+            let mut d = desired.clone();
+            for (ifindex, _) in &failed {
+                d.endpoints.remove(ifindex);
+            }
+            kept = d;
+            &kept
+        };
         let incremental = self
             .current
             .as_ref()
@@ -363,13 +382,16 @@ impl Datapath {
             self.apply_switch(desired)?;
             report.switched = true;
         }
-        let (attached, detached) = self.sync_attachments(desired)?;
+        let detached = self.detach_others(desired)?;
         report.attached = attached;
         report.detached = detached;
         report.generation = self.settings.generation;
         self.current = Some(desired.clone());
         debug!(?report, "datapath applied");
-        Ok(report)
+        match failed.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(report),
+        }
     }
 
     fn apply_switch(&mut self, desired: &Desired) -> Result<()> {
@@ -522,19 +544,39 @@ impl Datapath {
         Ok(removed)
     }
 
-    /// Attaches both programs to every desired endpoint and detaches those
-    /// no longer desired. Links are pinned so they outlive the daemon.
-    fn sync_attachments(&mut self, desired: &Desired) -> Result<(usize, usize)> {
+    /// Attaches both programs to every desired endpoint. Links are pinned
+    /// so they outlive the daemon. Returns how many were attached, and the
+    /// endpoints that could not be and carry no programs from before.
+    fn attach_endpoints(
+        &mut self,
+        desired: &Desired,
+    ) -> Result<(usize, Vec<(u32, anyhow::Error)>)> {
         let mut attached = 0;
+        let mut failed = Vec::new();
         for (ifindex, spec) in &desired.endpoints {
             if self.attached.get(ifindex) == Some(&spec.ifname) {
                 continue;
             }
-            self.attach(*ifindex, &spec.ifname)
-                .with_context(|| format!("attaching to {} (ifindex {ifindex})", spec.ifname))?;
-            self.attached.insert(*ifindex, spec.ifname.clone());
-            attached += 1;
+            match self.attach(*ifindex, &spec.ifname) {
+                Ok(()) => {
+                    self.attached.insert(*ifindex, spec.ifname.clone());
+                    attached += 1;
+                }
+                Err(e) => failed.push((
+                    *ifindex,
+                    e.context(format!("attaching to {} (ifindex {ifindex})", spec.ifname)),
+                )),
+            }
         }
+        if !failed.is_empty() {
+            let pinned = self.pinned_link_ifindexes()?;
+            failed.retain(|(ifindex, _)| !pinned.contains(ifindex));
+        }
+        Ok((attached, failed))
+    }
+
+    /// Detaches the endpoints no longer desired.
+    fn detach_others(&mut self, desired: &Desired) -> Result<usize> {
         let mut detached = 0;
         let want: BTreeSet<u32> = desired.endpoints.keys().copied().collect();
         for ifindex in self.pinned_link_ifindexes()? {
@@ -544,7 +586,7 @@ impl Datapath {
             }
         }
         self.attached.retain(|k, _| want.contains(k));
-        Ok((attached, detached))
+        Ok(detached)
     }
 
     fn link_pin(&self, ifindex: u32, attach: TcAttachType) -> PathBuf {
