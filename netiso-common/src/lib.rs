@@ -705,7 +705,8 @@ pub struct LearnValue {
 /// packet leaves a network namespace), and nothing is gained by it: it
 /// only skips the copy.
 pub const DNS_REINJECT_MARK: u32 = 0x6e69_5344;
-/// The mark the sender's program puts on a packet of a live connection
+/// The default of `Settings::cross_mark`: the mark the sender's program
+/// puts on a packet of a live connection
 /// to a container on this host that its fast path passed (fresh, state
 /// unchanged, current policy): the receiver's program lets it in after its
 /// own endpoint checks (its address, its MAC, unicast) without a second
@@ -716,7 +717,12 @@ pub const DNS_REINJECT_MARK: u32 = 0x6e69_5344;
 /// ingress ifindex 0 (or the interface they came in on). A container's own
 /// marks are cleared when its packets leave its namespace, and the sender's
 /// program clears this one on everything its fast path did not pass.
-pub const CROSS_VETH_MARK: u32 = 0x6e69_5856;
+///
+/// Bridged packets pass the host's netfilter hooks with it (Docker turns
+/// on bridge netfilter), so it avoids the bits other tools test there:
+/// kube-proxy's 0x4000 and 0x8000, the 0xff0000 byte Tailscale and Weave
+/// use, WireGuard's 0xca6c; `cross_veth_mark` in netiso.toml changes it.
+pub const DEFAULT_CROSS_VETH_MARK: u32 = 0x1e00_0000;
 /// Frame bytes a DNS copy carries at most (longer ones are not copied).
 pub const DNS_CAPTURE: usize = 2048;
 /// Peers by name one learned address can stand for at once.
@@ -851,7 +857,9 @@ pub struct Settings {
     pub generation: u32,
     /// Events per second per CPU; 0 turns events off.
     pub event_rate: u32,
-    pub _pad: u32,
+    /// The mark of cross-veth verdicts (see [`DEFAULT_CROSS_VETH_MARK`]);
+    /// 0 turns them off (every receiver looks its connection up itself).
+    pub cross_mark: u32,
 }
 
 pub mod settings_flags {

@@ -726,14 +726,14 @@ fn send_marked(
 }
 
 /// The receiver's program takes the sender's verdict on a live connection
-/// between two containers (`CROSS_VETH_MARK`), judged by what the
+/// between two containers (`DEFAULT_CROSS_VETH_MARK`), judged by what the
 /// receiver's socket gets behind the real bridge: the mark set by the
 /// host (or a host-network process), by another container, or by the
 /// allowed peer itself on a flow it may not open lets nothing in, while
 /// the allowed connection runs on, its packets marked.
 #[test]
 fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
-    use netiso_common::CROSS_VETH_MARK;
+    use netiso_common::DEFAULT_CROSS_VETH_MARK;
     use netiso_testkit::topology::spawn_in;
     use std::net::{TcpStream, UdpSocket};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -769,7 +769,7 @@ fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
     rx.recv().unwrap();
     let to = addr(b.ip, PORT);
     // Without netiso the path is open (what this test guards).
-    send_marked(&topo.host, to, CROSS_VETH_MARK, b"BEFORE", 2);
+    send_marked(&topo.host, to, DEFAULT_CROSS_VETH_MARK, b"BEFORE", 2);
 
     let policy = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
                   [groups.b]\nlabels = { \"netiso.group\" = \"b\" }\ningress = \"deny\"\n\
@@ -797,9 +797,9 @@ fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
 
     // The mark from the host's namespace (ingress ifindex 0), from another
     // container, and from the allowed peer on a flow it may not open.
-    send_marked(&topo.host, to, CROSS_VETH_MARK, b"HOST", 5);
-    send_marked(&c.ns, to, CROSS_VETH_MARK, b"OTHER", 5);
-    send_marked(&a.ns, to, CROSS_VETH_MARK, b"PEER", 5);
+    send_marked(&topo.host, to, DEFAULT_CROSS_VETH_MARK, b"HOST", 5);
+    send_marked(&c.ns, to, DEFAULT_CROSS_VETH_MARK, b"OTHER", 5);
+    send_marked(&a.ns, to, DEFAULT_CROSS_VETH_MARK, b"PEER", 5);
     std::thread::sleep(Duration::from_millis(300));
     done.store(true, Ordering::Relaxed);
     let got = victim.join().unwrap();
@@ -826,7 +826,7 @@ fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
     );
 }
 
-/// Address reuse (the hole `CROSS_VETH_MARK` opened): a's live UDP flow to
+/// Address reuse (the hole `DEFAULT_CROSS_VETH_MARK` opened): a's live UDP flow to
 /// b (allowed) outlives b; while b's address is nobody's, a's next packet
 /// is judged again as going to the world (allowed: a's egress default), and
 /// the entry keeps its `LOCAL_PEER` flag. A new container of a group that
@@ -1052,12 +1052,12 @@ fn udp_frame(
 
 /// In `guest`'s namespace (what a container with CAP_NET_ADMIN and CAP_BPF
 /// may do in its own): a veth pair `va`/`vb`, `va` with the guest's MAC,
-/// and on `vb`'s TC ingress a program that sets `CROSS_VETH_MARK` and
+/// and on `vb`'s TC ingress a program that sets `DEFAULT_CROSS_VETH_MARK` and
 /// hands the packet to eth0's peer (the host veth) with
 /// `bpf_redirect_peer`, which keeps the mark. Frames sent on `va` arrive
 /// at the host veth's program as the guest's packets, marked.
 fn redirect_peer_with_the_mark(guest: &netiso_testkit::topology::Guest) -> std::os::fd::OwnedFd {
-    use netiso_common::CROSS_VETH_MARK;
+    use netiso_common::DEFAULT_CROSS_VETH_MARK;
     guest.ns.sh(&format!(
         "ip link add va type veth peer name vb && ip link set va address {} && ip link set va up && ip link set vb up",
         guest.mac.map(|b| format!("{b:02x}")).join(":")
@@ -1066,12 +1066,12 @@ fn redirect_peer_with_the_mark(guest: &netiso_testkit::topology::Guest) -> std::
         // SAFETY: a NUL-terminated name, alive across the call.
         let eth0 = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) } as i32;
         let prog = [
-            insn(0xb7, 2, 0, 0, CROSS_VETH_MARK as i32), // r2 = mark
-            insn(0x63, 1, 2, 8, 0),                      // skb->mark = r2
-            insn(0xb7, 1, 0, 0, eth0),                   // r1 = eth0
-            insn(0xb7, 2, 0, 0, 0),                      // r2 = 0
-            insn(0x85, 0, 0, 0, 155),                    // bpf_redirect_peer
-            insn(0x95, 0, 0, 0, 0),                      // exit
+            insn(0xb7, 2, 0, 0, DEFAULT_CROSS_VETH_MARK as i32), // r2 = mark
+            insn(0x63, 1, 2, 8, 0),                              // skb->mark = r2
+            insn(0xb7, 1, 0, 0, eth0),                           // r1 = eth0
+            insn(0xb7, 2, 0, 0, 0),                              // r2 = 0
+            insn(0x85, 0, 0, 0, 155),                            // bpf_redirect_peer
+            insn(0x95, 0, 0, 0, 0),                              // exit
         ];
         attach_raw_tc_ingress(&prog, "vb")
     })
@@ -1123,7 +1123,7 @@ fn send_frames(
 /// and CAP_BPF) moves its packets into the host's namespace with
 /// `bpf_redirect_peer`, which, unlike a veth's transmission, keeps the
 /// mark: its packet reaches its host veth's program carrying
-/// `CROSS_VETH_MARK`, with `ingress_ifindex` that veth. The attacker keeps a
+/// `DEFAULT_CROSS_VETH_MARK`, with `ingress_ifindex` that veth. The attacker keeps a
 /// UDP flow to a free address of the bridge alive (judged as going to the
 /// world, which its egress default allows); a container of a group that
 /// admits nothing starts at that address (an addition: no new generation).

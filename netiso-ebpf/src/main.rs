@@ -28,7 +28,7 @@ mod record;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
     ct_flags, endpoint_flags, errors, family, identity, peer_flags, proto, settings_flags, tc,
-    Action, Direction, DropReason, Endpoint, FragKey, CROSS_VETH_MARK, LAYOUT_VERSION,
+    Action, Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
 };
 
 use control::Check;
@@ -142,8 +142,11 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // The established fast path (fast.rs). On a conntrack miss it leaves
     // the key it looked up in `pkt.ct_key`, the same key the full path
     // builds, which then need not look again.
+    // The mark of cross-veth verdicts (0: off).
+    let cross = settings.cross_mark;
     let trusted = dir == Direction::Ingress
-        && skb.mark == CROSS_VETH_MARK
+        && cross != 0
+        && skb.mark == cross
         && ep_flags & endpoint_flags::FQDN == 0
         && from_managed_sender(skb.ingress_ifindex);
     // Only this program marks, and only a packet of a connection it judged
@@ -152,10 +155,11 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // mark is not always cleared on the way here: `bpf_redirect_peer` from
     // a program in its namespace (CAP_NET_ADMIN and CAP_BPF) moves a packet
     // into the host's namespace with its mark.
-    if dir == Direction::Egress && skb.mark == CROSS_VETH_MARK {
+    if dir == Direction::Egress && cross != 0 && skb.mark == cross {
         ctx.set_mark(0);
     }
-    pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation, trusted) {
+    pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation, trusted, cross)
+    {
         fast::Fast::Pass => return tc::PASS,
         fast::Fast::Miss => true,
         fast::Fast::Other => false,

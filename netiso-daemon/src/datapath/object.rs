@@ -227,6 +227,7 @@ impl Datapath {
             // Fresh maps: events on from the start (a later
             // `set_event_rate` overrides it).
             settings.event_rate = limits::DEFAULT_EVENT_RATE;
+            settings.cross_mark = netiso_common::DEFAULT_CROSS_VETH_MARK;
         }
         let mut dp = Self {
             ebpf,
@@ -279,6 +280,13 @@ impl Datapath {
     /// Events per second per CPU sent to user space (0 turns them off).
     pub fn set_event_rate(&mut self, per_second: u32) -> Result<()> {
         self.settings.event_rate = per_second;
+        self.write_settings()
+    }
+
+    /// The mark of cross-veth verdicts (`Settings::cross_mark`); 0 turns
+    /// them off.
+    pub fn set_cross_mark(&mut self, mark: u32) -> Result<()> {
+        self.settings.cross_mark = mark;
         self.write_settings()
     }
 

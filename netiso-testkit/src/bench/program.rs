@@ -7,7 +7,8 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use aya::maps::HashMap as BpfHashMap;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use netiso_common::{
-    family, maps, peer_flags, programs, tc, CtKey, Endpoint, IdentityInfo, IpKey, CROSS_VETH_MARK,
+    family, maps, peer_flags, programs, tc, CtKey, Endpoint, IdentityInfo, IpKey,
+    DEFAULT_CROSS_VETH_MARK,
 };
 use netiso_daemon::datapath::{Datapath, Desired};
 
@@ -260,7 +261,7 @@ const A_IFINDEX_AT_B: u32 = 1000;
 /// (`struct __sk_buff`: mark at offset 8, ingress_ifindex at 36).
 fn run_received(p: &SchedClassifier, data: &[u8], repeat: u32) -> Result<(i32, f64)> {
     let mut ctx = [0u8; 44];
-    ctx[8..12].copy_from_slice(&CROSS_VETH_MARK.to_ne_bytes());
+    ctx[8..12].copy_from_slice(&DEFAULT_CROSS_VETH_MARK.to_ne_bytes());
     ctx[36..40].copy_from_slice(&A_IFINDEX_AT_B.to_ne_bytes());
     let r = p
         .test_run(TestRunOptions {
@@ -350,7 +351,7 @@ pub fn run(opts: &Options) -> Result<Section> {
             let est = frame(f, SPORT_EST, f.port, ACK);
             expect(run_once(out, &est, 1)?.0, tc::PASS, "established packet")?;
             ensure!(
-                mark_after(out, &est)? == CROSS_VETH_MARK,
+                mark_after(out, &est)? == DEFAULT_CROSS_VETH_MARK,
                 "{}: A's established packet to B left unmarked: the two-program figure would not measure what the host does",
                 f.name
             );
