@@ -132,6 +132,15 @@ impl Fixture {
         self.dp.as_mut().unwrap()
     }
 
+    fn prog(&mut self, name: &str) -> &mut SchedClassifier {
+        self.dp()
+            .ebpf_mut()
+            .program_mut(name)
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
     /// Runs `prog` on A's interface. A frame entering A is addressed to A
     /// at the link layer first, as the bridge would deliver it (see
     /// [`addressed`]); [`run_exact`](Self::run_exact) sends it as it is.
@@ -144,13 +153,7 @@ impl Fixture {
     }
 
     fn run_exact(&mut self, prog: &str, frame: &[u8]) -> i32 {
-        let p: &mut SchedClassifier = self
-            .dp()
-            .ebpf_mut()
-            .program_mut(prog)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let p = self.prog(prog);
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -166,13 +169,7 @@ impl Fixture {
         // test run set only a few fields, this one among them.
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        let p: &mut SchedClassifier = self
-            .dp()
-            .ebpf_mut()
-            .program_mut(prog)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let p = self.prog(prog);
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -205,13 +202,7 @@ impl Fixture {
         } else {
             frame.to_vec()
         };
-        let p: &mut SchedClassifier = self
-            .dp()
-            .ebpf_mut()
-            .program_mut(prog)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let p = self.prog(prog);
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(&frame),
@@ -2127,13 +2118,7 @@ fn names_allow_learned_addresses_and_dns_answers_are_held() {
     let mut ctx = [0u8; 44];
     ctx[8..12].copy_from_slice(&DNS_REINJECT_MARK.to_ne_bytes());
     ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
-    let p: &mut SchedClassifier = f
-        .dp()
-        .ebpf_mut()
-        .program_mut(IN)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let p = f.prog(IN);
     let r = p
         .test_run(TestRunOptions {
             data_in: Some(&answer),
@@ -2491,13 +2476,7 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
         fr[5] ^= 0x40;
         fr
     };
-    let p: &mut SchedClassifier = f
-        .dp()
-        .ebpf_mut()
-        .program_mut(IN)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let p = f.prog(IN);
     let mut ctx = [0u8; 44];
     ctx[8..12].copy_from_slice(&DEFAULT_CROSS_VETH_MARK.to_ne_bytes());
     ctx[36..40].copy_from_slice(&7u32.to_ne_bytes());

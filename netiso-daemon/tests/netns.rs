@@ -162,6 +162,34 @@ fn desired_for(text: &str, topo: &Topology, ids: &mut IdentityAllocator) -> Desi
     daemon::build_desired(&compiled, &containers, &policy, &Default::default()).0
 }
 
+/// A UDP receiver in `ns` on `port` that counts the datagrams starting
+/// with `marker` until `done` (or a minute); returns once it is bound.
+fn count_datagrams(
+    ns: &netiso_testkit::NetNs,
+    port: u16,
+    marker: &'static [u8],
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    use std::time::Instant;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = netiso_testkit::topology::spawn_in(ns, move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        tx.send(()).unwrap();
+        let mut got = 0u32;
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end && !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                got += u32::from(buf[..n].starts_with(marker));
+            }
+        }
+        got
+    });
+    rx.recv().unwrap();
+    h
+}
+
 fn rows(dp: &Datapath) -> Vec<(netiso_common::FlowKey, netiso_common::FlowValue)> {
     counters::flows(dp.ebpf().map(maps::FLOWS).unwrap()).unwrap()
 }
@@ -561,38 +589,16 @@ fn a_broadcast_to_a_published_port_reaches_no_denied_container() {
 fn report_payloads_and_fragments_after_a_revocation_reach_no_receiver() {
     use netiso_testkit::frames::{eth, icmpv4_checksummed, ipv4_header, udp_checksummed};
     use netiso_testkit::hostile::{raw_send_in, FrameRecorder};
-    use netiso_testkit::topology::spawn_in;
-    use std::net::{Ipv4Addr, UdpSocket};
+    use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::Instant;
 
     const PORT: u16 = 9098;
     const MARKER: &[u8] = b"NETISO-FRAG-REPORT-MARK";
     let topo = Topology::new(&[("att", "att"), ("vic", "vic")]);
     let (att, vic) = (topo.guest("att"), topo.guest("vic"));
     let done = Arc::new(AtomicBool::new(false));
-    let received = {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let done = done.clone();
-        let h = spawn_in(&vic.ns, move || {
-            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
-            s.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            tx.send(()).unwrap();
-            let mut got = 0u32;
-            let end = Instant::now() + Duration::from_secs(60);
-            let mut buf = [0u8; 2048];
-            while Instant::now() < end && !done.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = s.recv_from(&mut buf) {
-                    got += u32::from(buf[..n].starts_with(MARKER));
-                }
-            }
-            got
-        });
-        rx.recv().unwrap();
-        h
-    };
+    let received = count_datagrams(&vic.ns, PORT, MARKER, done.clone());
     // A UDP datagram of 40 payload bytes in two fragments (16 + 32 bytes).
     let fragments = |id: u16| {
         let udp = udp_checksummed(
@@ -888,25 +894,7 @@ fn a_live_flow_to_a_reused_address_does_not_carry_its_verdict_to_the_newcomer() 
     // Receivers count a's datagrams: b (the allowed peer), then the
     // newcomer at b's address.
     let done = Arc::new(AtomicBool::new(false));
-    let receiver = |ns: &netiso_testkit::NetNs| {
-        let done = done.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = spawn_in(ns, move || {
-            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
-            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            tx.send(()).unwrap();
-            let mut got = 0u32;
-            let mut buf = [0u8; 64];
-            while !done.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = s.recv_from(&mut buf) {
-                    got += u32::from(&buf[..n] == b"A");
-                }
-            }
-            got
-        });
-        rx.recv().unwrap();
-        h
-    };
+    let receiver = |ns: &netiso_testkit::NetNs| count_datagrams(ns, PORT, b"A", done.clone());
     let at_b = receiver(&b.ns);
     let at_c = receiver(&c.ns);
     // The attacker: one UDP flow (fixed ports) to b's address, a datagram
@@ -1133,8 +1121,6 @@ fn send_frames(
 /// newcomer's socket, nothing gets in.
 #[test]
 fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict() {
-    use netiso_testkit::topology::spawn_in;
-    use std::net::UdpSocket;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -1176,24 +1162,7 @@ fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict()
         !report.switched && report.generation == generation,
         "the newcomer is a pure addition: {report:?}"
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let victim = {
-        let done = done.clone();
-        spawn_in(&c.ns, move || {
-            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
-            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            tx.send(()).unwrap();
-            let mut got = 0u32;
-            let mut buf = [0u8; 64];
-            while !done.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = s.recv_from(&mut buf) {
-                    got += u32::from(&buf[..n] == b"A");
-                }
-            }
-            got
-        })
-    };
-    rx.recv().unwrap();
+    let victim = count_datagrams(&c.ns, PORT, b"A", done.clone());
     c.ns.sh("ip link set eth0 up");
     std::thread::sleep(Duration::from_millis(1500));
     done.store(true, Ordering::Relaxed);
@@ -1229,8 +1198,6 @@ fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict()
 /// victim's socket: nothing gets in.
 #[test]
 fn a_veth_without_its_programs_is_never_a_trusted_sender() {
-    use netiso_testkit::topology::spawn_in;
-    use std::net::UdpSocket;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -1259,24 +1226,7 @@ fn a_veth_without_its_programs_is_never_a_trusted_sender() {
 
     let link = redirect_peer_with_the_mark(a);
     let done = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let victim = {
-        let done = done.clone();
-        spawn_in(&b.ns, move || {
-            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
-            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            tx.send(()).unwrap();
-            let mut got = 0u32;
-            let mut buf = [0u8; 64];
-            while !done.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = s.recv_from(&mut buf) {
-                    got += u32::from(&buf[..n] == b"A");
-                }
-            }
-            got
-        })
-    };
-    rx.recv().unwrap();
+    let victim = count_datagrams(&b.ns, PORT, b"A", done.clone());
     let frame = udp_frame(a.mac, b.mac, a.ip, b.ip, (40004, PORT), b"A");
     let attacker = send_frames(a, frame, done.clone());
     std::thread::sleep(Duration::from_millis(1000));
