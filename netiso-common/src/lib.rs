@@ -474,8 +474,9 @@ pub struct PolicyValue {
 pub struct PairKey {
     pub src: u32,
     pub dst: u32,
-    pub slot: u8,
-    pub _pad: [u8; 3],
+    /// The policy slot, 0 or 1. A whole word: three padding bytes would
+    /// cost the programs a `memset` call per lookup to zero them.
+    pub slot: u32,
 }
 
 /// One policy entry inside a [`PairValue`].
@@ -915,8 +916,8 @@ mod user {
     // SAFETY: repr(C), integer fields only: 1 + 3 (`_pad`) + 4 = 8 bytes at
     // align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PolicyValue {}
-    // SAFETY: repr(C), integer fields only: 4 + 4 + 1 + 3 (`_pad`) = 12
-    // bytes at align 4, no implicit padding (size test below).
+    // SAFETY: repr(C), integer fields only: 4 + 4 + 4 = 12 bytes at
+    // align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PairKey {}
     // SAFETY: repr(C), integers and PairEntry (2 + 1 + 1 + 4 = 8 bytes at
     // align 4, no padding): 1 + 1 + 6 (`_pad`) + 8 + 32 + 32 = 80 bytes at

@@ -209,8 +209,7 @@ fn lookup(src: u32, dst: u32, slot: u8, l4: u8, port: u16) -> Option<(u8, u32)> 
     let pair = PairKey {
         src,
         dst,
-        slot,
-        _pad: [0; 3],
+        slot: slot as u32,
     };
     // SAFETY: PairValue is Pod and only read, in this run; an entry the
     // daemon replaces meanwhile can at worst read as another entry's bytes

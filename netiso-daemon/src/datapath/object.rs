@@ -431,8 +431,15 @@ impl Datapath {
             let pairs = super::pairs::pairs_of(&desired.policy);
             let mut map = self.pairs_map()?;
             for (k, v) in &pairs {
-                map.insert(PairKey { slot: next, ..*k }, *v, 0)
-                    .context("writing the pairs map (full?)")?;
+                map.insert(
+                    PairKey {
+                        slot: u32::from(next),
+                        ..*k
+                    },
+                    *v,
+                    0,
+                )
+                .context("writing the pairs map (full?)")?;
             }
         }
         {
@@ -835,7 +842,7 @@ impl Datapath {
             let stale: Vec<PairKey> = pairs
                 .keys()
                 .filter_map(|k| k.ok())
-                .filter(|k| k.slot == inactive)
+                .filter(|k| k.slot == u32::from(inactive))
                 .collect();
             for k in stale {
                 remove_ok(pairs.remove(&k))?;

@@ -15,8 +15,7 @@ pub fn pairs_of(policy: &BTreeMap<PolicyKey, PolicyValue>) -> BTreeMap<PairKey, 
         let pk = PairKey {
             src: k.src,
             dst: k.dst,
-            slot: k.slot,
-            _pad: [0; 3],
+            slot: u32::from(k.slot),
         };
         let value = pairs.entry(pk).or_default();
         let (ports, protos) = counts.entry(pk).or_default();
@@ -91,12 +90,7 @@ mod tests {
         l4: u8,
         port: u16,
     ) -> Option<(u8, u32)> {
-        let v = pairs.get(&PairKey {
-            src,
-            dst,
-            slot: 0,
-            _pad: [0; 3],
-        })?;
+        let v = pairs.get(&PairKey { src, dst, slot: 0 })?;
         if port != 0 {
             if let Some(e) = v
                 .ports
@@ -169,7 +163,6 @@ mod tests {
                 src: 1,
                 dst: 2,
                 slot: 0,
-                _pad: [0; 3]
             }]
                 .more_ports,
             0
@@ -178,7 +171,6 @@ mod tests {
             src: 3,
             dst: 4,
             slot: 0,
-            _pad: [0; 3],
         }];
         assert_eq!((many.more_ports, many.more_protos), (1, 1));
         for (src, dst) in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 1)] {
