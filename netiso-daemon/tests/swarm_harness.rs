@@ -6,10 +6,15 @@
 //! (through dockerd's root) holds `br0`, a VXLAN device and the host-side
 //! veth of each local container, `network inspect --verbose` on one node
 //! lists another node's task, a stack's containers carry their labels;
-//! and nothing of the swarm is left once it is dropped. No netiso daemon
-//! runs here: this is the ground later cross-node tests stand on.
+//! and nothing of the swarm is left once it is dropped, also when the test
+//! panics after an engine was SIGKILLed under running containers. No
+//! netiso daemon runs here: this is the ground later cross-node tests
+//! stand on. The two tests take turns (5 engines at once on 2 cores would
+//! only slow both).
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use netiso_daemon::host::netlink::{links_in_netns, LinkInfo};
@@ -20,6 +25,9 @@ const PORT: u16 = 8080;
 const OVERLAY: &str = "ov";
 const SUBNET: &str = "10.231.7.0/24";
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One swarm at a time.
+static TURN: Mutex<()> = Mutex::new(());
 
 fn in_subnet(ip: Ipv4Addr, base: [u8; 3]) -> bool {
     ip.octets()[..3] == base
@@ -108,6 +116,7 @@ fn check_overlay_netns(node: &Node, network_id: &str, container: &str) -> LinkIn
 
 #[test]
 fn a_three_node_swarm_carries_an_overlay_and_leaves_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let swarm = Swarm::new(3);
     let up = t0.elapsed();
@@ -291,4 +300,81 @@ networks:
         checks.as_secs_f64(),
         down.as_secs_f64()
     );
+}
+
+const PLANNED: &str = "the test fails with the swarm up";
+
+/// What a dropped swarm must not leave, recorded while it ran.
+struct Traces {
+    tag: String,
+    dir: PathBuf,
+    names: Vec<String>,
+    pids: Vec<u32>,
+    sockets: Vec<String>,
+}
+
+#[test]
+fn a_swarm_whose_engine_was_killed_is_removed_after_a_panic() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let traces = Mutex::new(None);
+    // The planned panic without its backtrace; any other is reported.
+    let default_hook = std::sync::Arc::new(std::panic::take_hook());
+    let hook = default_hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&PLANNED) {
+            hook(info);
+        }
+    }));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let swarm = Swarm::new(2);
+        swarm.overlay(OVERLAY, "10.231.9.0/24");
+        swarm.service_on("a", 1, OVERLAY, "exec sleep 3600");
+        swarm.wait_tasks_running("a", 1, TASK_TIMEOUT);
+        let node = &swarm.nodes[1];
+        let task = swarm.task_container(1, "a");
+        let plain = node.run("plain", OVERLAY, "exec sleep 3600");
+        let mut pids = vec![node.dockerd_pid()];
+        pids.push(node.container_pid(&task));
+        pids.push(node.container_pid(&plain));
+        // The shims' sockets, bound in the node's namespace outside its
+        // directory.
+        let unix = node.sh("cat /proc/net/unix");
+        let sockets: Vec<String> = String::from_utf8_lossy(&unix.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(7))
+            .filter(|p| p.starts_with("/run/containerd/s/"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            sockets.len() >= 2,
+            "no shim sockets in node 1's namespace: {sockets:?}"
+        );
+        *traces.lock().unwrap() = Some(Traces {
+            tag: swarm.tag.clone(),
+            dir: swarm.dir().to_path_buf(),
+            names: swarm.nodes.iter().map(|n| n.name.clone()).collect(),
+            pids,
+            sockets,
+        });
+        // The engine dies under its containers: containerd, the shims and
+        // the containers' processes live on, orphaned.
+        // SAFETY: kill only sends a signal, to the swarm's own child.
+        unsafe { libc::kill(node.dockerd_pid() as libc::pid_t, libc::SIGKILL) };
+        std::panic::panic_any(PLANNED);
+    }));
+    let _ = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| default_hook(info)));
+    assert!(result.is_err(), "the closure did not panic");
+    let t = traces.into_inner().unwrap().expect("the swarm came up");
+    let left = leftovers(&t.tag, &t.dir, &t.names);
+    assert!(left.is_empty(), "left after the panic: {left:#?}");
+    for pid in &t.pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} (dockerd or a container of node 1) still exists"
+        );
+    }
+    for s in &t.sockets {
+        assert!(!Path::new(s).exists(), "shim socket {s} left");
+    }
 }

@@ -156,6 +156,10 @@ impl Node {
     /// The docker CLI against this node: `docker -H unix://<sock> ARGS`
     /// through `sh -c` (so ARGS may quote), bounded in time.
     pub fn docker(&self, args: &str) -> Output {
+        self.try_docker(args).expect("spawn sh")
+    }
+
+    fn try_docker(&self, args: &str) -> std::io::Result<Output> {
         Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -164,7 +168,6 @@ impl Node {
             ))
             .stdin(Stdio::null())
             .output()
-            .expect("spawn sh")
     }
 
     /// Like [`docker`](Self::docker); panics unless it succeeds. Returns
@@ -330,21 +333,31 @@ impl Node {
         }
     }
 
-    /// Stops this node: leaves the swarm, removes its containers, stops
-    /// dockerd (SIGTERM, bounded wait, SIGKILL), kills what is left of its
-    /// processes (by pid: those in its network namespace and in its
-    /// cgroups) and removes its cgroups. Never panics.
+    /// `swarm leave --force` if dockerd still runs (it removes the node's
+    /// task containers and overlays). Never panics.
+    fn leave(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = self.try_docker("swarm leave --force");
+            }
+        }
+    }
+
+    /// Stops this node: removes its containers, stops dockerd (SIGTERM,
+    /// bounded wait, SIGKILL), kills what is left of its processes (by
+    /// pid: those in its network namespace and in its cgroups) and removes
+    /// its cgroups. Never panics.
     fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             self.sweep();
             return;
         };
         if matches!(child.try_wait(), Ok(None)) {
-            let _ = self.docker("swarm leave --force");
-            let ids = self.docker("ps -aq");
-            let ids = String::from_utf8_lossy(&ids.stdout).replace('\n', " ");
-            if !ids.trim().is_empty() {
-                let _ = self.docker(&format!("rm -f {ids}"));
+            if let Ok(ids) = self.try_docker("ps -aq") {
+                let ids = String::from_utf8_lossy(&ids.stdout).replace('\n', " ");
+                if !ids.trim().is_empty() {
+                    let _ = self.try_docker(&format!("rm -f {ids}"));
+                }
             }
             // SAFETY: kill only sends a signal to our own child, whose pid
             // cannot have been reused (it is not reaped yet).
@@ -370,8 +383,19 @@ impl Node {
     /// processes (in its cgroups) — and removes its cgroups.
     fn sweep(&self) {
         let cgroups = cgroup_dirs(&self.cgroup_parent());
+        // Sockets the node's processes bound outside the node's directory
+        // (containerd shims: /run/containerd/s/<hash>), read from the
+        // node's own netns (a shim left running after dockerd died is the
+        // only one to bind them); removed once the processes are gone.
+        let mut sockets = Vec::new();
+        let mut killed = Vec::new();
         for round in 0..20 {
             let mut pids = pids_in_netns(&self.netns_path());
+            if round == 0 {
+                if let Some(p) = pids.first() {
+                    sockets = unix_sockets_under(*p, "/run/containerd/s/");
+                }
+            }
             for dir in &cgroups {
                 pids.extend(pids_in_cgroup(dir));
             }
@@ -391,8 +415,22 @@ impl Node {
                 // SAFETY: kill only sends a signal; the pid was just read
                 // from this node's own namespace or cgroup.
                 unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+                killed.push(p);
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+        // A killed orphan leaves its namespace and cgroup at once but stays
+        // a zombie until init reaps it: wait (bounded) until it is gone.
+        let t = Instant::now();
+        while killed
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for path in sockets {
+            let _ = fs::remove_file(path);
         }
         for _ in 0..20 {
             let mut left = false;
@@ -725,10 +763,23 @@ impl Swarm {
 
 impl Drop for Swarm {
     fn drop(&mut self) {
-        // Workers first: a manager leaving first would leave them asking.
-        for node in self.nodes.iter_mut().rev() {
-            node.stop();
+        // Workers first (together), then the managers one by one, the
+        // first last: a manager leaving first would leave the others
+        // asking. Then every engine stops, in parallel.
+        let (managers, workers): (Vec<_>, Vec<_>) = self.nodes.iter_mut().partition(|n| n.manager);
+        std::thread::scope(|s| {
+            for node in workers {
+                s.spawn(move || node.leave());
+            }
+        });
+        for node in managers.into_iter().rev() {
+            node.leave();
         }
+        std::thread::scope(|s| {
+            for node in self.nodes.iter_mut() {
+                s.spawn(move || node.stop());
+            }
+        });
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
@@ -823,6 +874,22 @@ fn pids_in_netns(netns: &Path) -> Vec<u32> {
             (m.dev() == target.dev() && m.ino() == target.ino()).then_some(pid)
         })
         .collect()
+}
+
+/// The paths under `prefix` of the Unix sockets bound in the network
+/// namespace of process `pid` (`/proc/<pid>/net/unix`, last column).
+fn unix_sockets_under(pid: u32, prefix: &str) -> Vec<PathBuf> {
+    let table = fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    let mut paths: Vec<PathBuf> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .filter(|p| p.starts_with(prefix) && !p.contains(".."))
+        .map(PathBuf::from)
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
 }
 
 /// The directories of cgroup `parent` (absolute, as given to
