@@ -22,11 +22,21 @@
 //!   id>`: the same path seen from the host's mount namespace is the plain
 //!   empty file the bind mount sits on (`setns` fails with `EINVAL`),
 //!   because the node's mounts do not propagate back (`--propagation
-//!   slave`). The namespace appears on a node once an endpoint of the
-//!   network is there (a task or an attached container).
-//! - The overlay namespace holds `br0`, `vxlan0` and one veth per local
-//!   endpoint: that of each container *and* that of the node's `lb_<id>`
-//!   load-balancer sandbox (present even when every service is `dnsrr`).
+//!   slave`). It is not in `/run/netns`, so `ip -n` cannot name it:
+//!   `nsenter --net=<path>` or netlink after `setns` (as
+//!   `host::netlink::links_in_netns` does).
+//! - The overlay namespace appears on a node with the network's first
+//!   local endpoint (a task or a plain `docker run --network`), not when
+//!   the network is created, not even on the manager; it stayed after that
+//!   endpoint was removed (the node's `lb_<id>` endpoint keeps it).
+//! - It holds `br0`, `vxlan0` and one veth per local endpoint: that of
+//!   each container *and* that of the node's `lb_<id>` load-balancer
+//!   sandbox (there even when every service is `dnsrr`, and for plain
+//!   containers); the lb's is `veth0`, the first container's `veth1`.
+//! - `network inspect --verbose` answers the gossip only on a node with a
+//!   local endpoint of the network: elsewhere (the manager included)
+//!   `.Services` is `null`. A plain attached container is listed under the
+//!   service `""` with its container name.
 //! - A task's overlay interface is `eth0` and its `docker_gwbridge` one
 //!   `eth1`; `docker inspect` lists only the overlay under
 //!   `.NetworkSettings.Networks` (keyed by the network's name: for a stack,
@@ -37,12 +47,20 @@
 //!   `198.19.X.128/25` (X = [`Swarm::octet`]), so a test may pick any 10.x
 //!   subnet for its overlays.
 //! - `swarm leave --force` removes the node's task containers and overlay
-//!   networks (about 1 s); dockerd then stops on SIGTERM in about 1 s.
+//!   networks (0.5–1.3 s); dockerd then stops on SIGTERM in 0.1–1.2 s.
 //!   `--cgroup-parent` directories (one per cgroup controller) stay behind
 //!   and are removed here.
+//! - When dockerd dies by SIGKILL, its containerd, the shims and the
+//!   containers' processes live on (orphans, in the node's namespace and
+//!   cgroups), and the shims' sockets are in the host-wide
+//!   `/run/containerd/s/`; `Drop` kills them by pid, waits until init has
+//!   reaped them (a killed orphan leaves `cgroup.procs` before `/proc`), and
+//!   removes those sockets (found in the node namespace's
+//!   `/proc/<pid>/net/unix`).
 //! - The whole 3-node swarm (namespaces, engines, image, init, joins) comes
-//!   up in about 3–5 s and goes away in about 3 s on a 2-core machine; a
-//!   `dnsrr` task is Running about 1–3 s after `service create`.
+//!   up in about 2–3 s and goes away in about 3 s on a 2-core machine
+//!   (with 2 managers: 3 s and 4 s); a `dnsrr` task is Running about 2 s
+//!   after `service create`.
 //! - The docker CLI here is newer (28.x) than the engines (20.10, API 1.41);
 //!   `stack deploy` warns that `--detach=false` will become the default.
 //! - While a swarm runs, `cargo xtask setup` sees its dockerd processes and
@@ -1002,6 +1020,6 @@ mod tests {
         assert_eq!(parse_mac("02:42:0a:e7:07"), None);
         assert_eq!(parse_mac(""), None);
         let o = octet_of("sw123x0");
-        assert!(o >= 1 && o <= 254);
+        assert!((1..=254).contains(&o));
     }
 }
