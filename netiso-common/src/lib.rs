@@ -147,6 +147,15 @@ pub mod defaults {
     pub const DENY_INGRESS: u32 = 1 << 1;
 }
 
+/// Bits of [`IdentityInfo::flags`] beyond the defaults.
+pub mod peer_flags {
+    /// The address belongs to a container whose veth on this host carries
+    /// the programs: a connection to it is marked `ct_flags::LOCAL_PEER`.
+    /// Never set in `PublishedValue::flags` (a published port is reached
+    /// through the host, not over the bridge).
+    pub const LOCAL_ENDPOINT: u32 = 1 << 4;
+}
+
 /// Bits of [`Endpoint::flags`] beyond the defaults.
 pub mod endpoint_flags {
     /// Not yet classified: every packet is dropped (fail-closed groups).
@@ -423,7 +432,8 @@ pub const CIDR_KEY_PREFIX_BITS: u32 = 32;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdentityInfo {
     pub identity: u32,
-    /// `defaults::*` bits of this identity.
+    /// `defaults::*` bits of this identity, and `peer_flags::*` of the
+    /// address.
     pub flags: u32,
 }
 
@@ -526,6 +536,10 @@ pub mod ct_flags {
     /// names some rule allows): every packet takes the full path, where
     /// queries are copied and answers held for the daemon.
     pub const WATCHED: u32 = 1 << 4;
+    /// The endpoint opened it to an address of a container whose veth
+    /// netiso manages on this host (`peer_flags::LOCAL_ENDPOINT`): a packet
+    /// of it the sender's fast path passes is marked `CROSS_VETH_MARK`.
+    pub const LOCAL_PEER: u32 = 1 << 5;
 }
 
 /// Connection-tracking lifetimes: an entry idle longer than this is gone
@@ -634,6 +648,18 @@ pub struct LearnValue {
 /// packet leaves a network namespace), and nothing is gained by it: it
 /// only skips the copy.
 pub const DNS_REINJECT_MARK: u32 = 0x6e69_5344;
+/// The mark the sender's program puts on a packet of a live connection
+/// to a container on this host that its fast path passed (fresh, state
+/// unchanged, current policy): the receiver's program lets it in after its
+/// own endpoint checks (its address, its MAC, unicast) without a second
+/// conntrack lookup, but only when the packet entered the host through a
+/// veth netiso manages (`skb->ingress_ifindex`, which the kernel sets and
+/// nobody can forge). The mark alone proves nothing: the host or a
+/// host-network process can set it (SO_MARK), and those packets carry
+/// ingress ifindex 0 (or the interface they came in on). A container's own
+/// marks are cleared when its packets leave its namespace, and the sender's
+/// program clears this one on everything its fast path did not pass.
+pub const CROSS_VETH_MARK: u32 = 0x6e69_5856;
 /// Frame bytes a DNS copy carries at most (longer ones are not copied).
 pub const DNS_CAPTURE: usize = 2048;
 /// Peers by name one learned address can stand for at once.

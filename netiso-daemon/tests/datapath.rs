@@ -183,6 +183,50 @@ impl Fixture {
         r.return_value as i32
     }
 
+    /// Runs `prog` on A's interface with `mark` and `ingress_ifindex` in
+    /// the packet's metadata (as the kernel hands them over); returns the
+    /// verdict and the mark the program left.
+    fn run_marked(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        mark: u32,
+        ingress_ifindex: u32,
+    ) -> (i32, u32) {
+        // struct __sk_buff: mark at offset 8, ingress_ifindex at 36.
+        let mut ctx = [0u8; 44];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        // The whole struct comes back (192 bytes on 64-bit kernels).
+        let mut out = [0u8; 192];
+        let mut data_out = [0u8; 2048];
+        let frame = if prog == IN {
+            addressed(frame, MAC_A)
+        } else {
+            frame.to_vec()
+        };
+        let p: &mut SchedClassifier = self
+            .dp()
+            .ebpf_mut()
+            .program_mut(prog)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx),
+                ctx_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        (
+            r.return_value as i32,
+            u32::from_ne_bytes(out[8..12].try_into().unwrap()),
+        )
+    }
+
     fn flows(&self) -> Vec<(FlowKey, netiso_common::FlowValue)> {
         let map = self.dp.as_ref().unwrap().ebpf().map(maps::FLOWS).unwrap();
         counters::flows(map).unwrap()
@@ -2321,4 +2365,152 @@ fn established_packets_are_still_checked_in_full() {
         f.run(IN, &tcp4(frames::MAC_B, C, A, 80, 40000, ACK)),
         tc::ACT_SHOT
     );
+}
+
+/// The verifier walks every path of a program, up to 1,000,000
+/// instructions; past that the datapath does not load at all. A program
+/// that creeps towards the limit fails on the next change, or on a kernel
+/// whose verifier prunes a little less: keep a tenth of it free (the
+/// egress program walks about 871,000 today; it walked 921,000 before
+/// two flags carried through the parser were moved to map memory).
+#[test]
+fn programs_keep_a_tenth_of_the_verifier_budget_free() {
+    const LIMIT: u32 = 1_000_000;
+    let mut f = Fixture::new(DENY_BOTH);
+    for name in [OUT, IN] {
+        let prog: &SchedClassifier = f.dp().ebpf().program(name).unwrap().try_into().unwrap();
+        let verified = prog
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .expect("the kernel reports verified instructions");
+        println!("{name}: {verified} instructions verified");
+        assert!(
+            verified <= LIMIT / 10 * 9,
+            "{name}: the verifier walked {verified} instructions, within a tenth of its limit of {LIMIT}: split paths apart (`#[inline(never)]` functions, fewer values live across branches) before adding more"
+        );
+    }
+}
+
+/// A packet between two containers on one host is judged leaving the
+/// sender; the receiver's program takes that verdict for a live connection
+/// (`CROSS_VETH_MARK`) only when the packet entered the host through a veth
+/// netiso manages, and only after its own checks. The mark alone, from the
+/// host, a host-network process (SO_MARK needs only CAP_NET_RAW) or an
+/// unmanaged interface, lets nothing in.
+#[test]
+fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
+    use netiso_common::{ct_flags, peer_flags, CROSS_VETH_MARK};
+    let mut d = desired(DENY_BOTH);
+    // B's addresses are a container's behind a managed veth on this host.
+    for key in [IpKey::v4(B.octets(), 0), IpKey::v6(B6.octets(), 0)] {
+        d.identities.get_mut(&key).unwrap().flags |= peer_flags::LOCAL_ENDPOINT;
+    }
+    let mut f = Fixture::with(d);
+    // B's veth (ifindex 7): an endpoint in the map (no device needed).
+    let ep = {
+        let m: aya::maps::HashMap<_, u32, netiso_common::Endpoint> =
+            aya::maps::HashMap::try_from(f.dp().ebpf().map(maps::ENDPOINTS).unwrap()).unwrap();
+        m.get(&1, 0).unwrap()
+    };
+    f.dp().write_endpoints(&[(7, ep)]).unwrap();
+
+    // Sender side: A opens 80/tcp to B. The first packet takes the full
+    // path and is not marked; its connection is noted as one to a local
+    // peer; the next packet (fast path) is marked.
+    let syn = tcp4(MAC_A, A, B, 40000, 80, SYN);
+    assert_eq!(f.run_marked(OUT, &syn, 0, 1), (tc::PASS, 0));
+    let ct = f.ct().get(&ct_key(A, B, 40000, 80, 6), 0).unwrap();
+    assert_ne!(ct.flags & ct_flags::LOCAL_PEER, 0);
+    let ack = tcp4(MAC_A, A, B, 40000, 80, ACK);
+    assert_eq!(f.run_marked(OUT, &ack, 0, 1), (tc::PASS, CROSS_VETH_MARK));
+    // A connection to the world is never marked; nor is what the full path
+    // passes, whatever mark it came with.
+    let mut w = desired(0);
+    w.identities
+        .get_mut(&IpKey::v4(B.octets(), 0))
+        .unwrap()
+        .flags |= peer_flags::LOCAL_ENDPOINT;
+    let mut open = Fixture::with(w);
+    let syn_w = tcp4(MAC_A, A, WORLD, 40001, 443, SYN);
+    assert_eq!(
+        open.run_marked(OUT, &syn_w, CROSS_VETH_MARK, 1),
+        (tc::PASS, 0)
+    );
+    let ack_w = tcp4(MAC_A, A, WORLD, 40001, 443, ACK);
+    assert_eq!(open.run_marked(OUT, &ack_w, 0, 1), (tc::PASS, 0));
+
+    // Receiver side: B sends to A, whose ingress is denied and who has no
+    // connection with B: every packet here is dropped unless trusted.
+    let to_a = tcp4(frames::MAC_B, B, A, 40100, 22, ACK);
+    let udp_to_a = udp4(frames::MAC_B, B, A, 40100, 5353);
+    // Marked, from B's managed veth: taken as B's verdict, no state made.
+    assert_eq!(f.run_marked(IN, &to_a, CROSS_VETH_MARK, 7).0, tc::PASS);
+    assert_eq!(f.run_marked(IN, &udp_to_a, CROSS_VETH_MARK, 7).0, tc::PASS);
+    assert!(!f.ct_has(&ct_key(A, B, 22, 40100, 6)));
+    // The mark from the host or a host-network process (ingress ifindex
+    // 0), from an interface netiso does not manage, or another mark: the
+    // packet is judged, and dropped.
+    let before = f.dropped(DropReason::DefaultDeny);
+    for (mark, iif) in [
+        (CROSS_VETH_MARK, 0),
+        (CROSS_VETH_MARK, 8),
+        (CROSS_VETH_MARK, 40_000),
+        (CROSS_VETH_MARK ^ 1, 7),
+        (0, 7),
+    ] {
+        assert_eq!(
+            f.run_marked(IN, &to_a, mark, iif).0,
+            tc::ACT_SHOT,
+            "mark {mark:#x} from ifindex {iif}"
+        );
+    }
+    assert_eq!(f.dropped(DropReason::DefaultDeny), before + 5);
+    // Trusted, but not for A: another address, another MAC, a broadcast,
+    // or what the fast path does not take (ICMP): judged, dropped.
+    let to_c = tcp4(frames::MAC_B, B, C, 40100, 22, ACK);
+    assert_eq!(f.run_marked(IN, &to_c, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+    let wrong_mac = {
+        let mut fr = addressed(&to_a, MAC_A);
+        fr[5] ^= 0x40;
+        fr
+    };
+    let p: &mut SchedClassifier = f
+        .dp()
+        .ebpf_mut()
+        .program_mut(IN)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut ctx = [0u8; 44];
+    ctx[8..12].copy_from_slice(&CROSS_VETH_MARK.to_ne_bytes());
+    ctx[36..40].copy_from_slice(&7u32.to_ne_bytes());
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(&wrong_mac),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value as i32, tc::ACT_SHOT, "another MAC");
+    let bcast = udp4(frames::MAC_B, B, Ipv4Addr::BROADCAST, 40100, 5353);
+    assert_eq!(f.run_marked(IN, &bcast, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+    let ping = eth(
+        frames::MAC_B,
+        MAC_A,
+        0x0800,
+        &ipv4(B, A, 1, 9, 0, &icmp_echo(8, 7)),
+    );
+    assert_eq!(f.run_marked(IN, &ping, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+
+    // A container whose DNS is watched (it resolves names) takes no
+    // verdict from anyone: its answers must reach the daemon.
+    let mut g = Fixture::new(DENY_BOTH | endpoint_flags::FQDN);
+    let ep = {
+        let m: aya::maps::HashMap<_, u32, netiso_common::Endpoint> =
+            aya::maps::HashMap::try_from(g.dp().ebpf().map(maps::ENDPOINTS).unwrap()).unwrap();
+        m.get(&1, 0).unwrap()
+    };
+    g.dp().write_endpoints(&[(7, ep)]).unwrap();
+    assert_eq!(g.run_marked(IN, &to_a, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
 }

@@ -692,3 +692,136 @@ fn report_payloads_and_fragments_after_a_revocation_reach_no_receiver() {
     );
     drop(host);
 }
+
+/// Sends `n` datagrams carrying `marker` from inside `ns` to `to`, each
+/// with the socket mark `mark` (SO_MARK: root, or CAP_NET_RAW since Linux
+/// 5.17, which Docker gives every container by default).
+fn send_marked(
+    ns: &netiso_testkit::NetNs,
+    to: SocketAddr,
+    mark: u32,
+    marker: &'static [u8],
+    n: u32,
+) {
+    ns.run(move || {
+        use std::os::fd::AsRawFd;
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        // SAFETY: setsockopt reads `size_of::<u32>()` bytes from `&mark`,
+        // a live u32, on the socket `s` owns for the whole call.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&mark as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_MARK");
+        for _ in 0..n {
+            s.send_to(marker, to).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+}
+
+/// The receiver's program takes the sender's verdict on a live connection
+/// between two containers (`CROSS_VETH_MARK`), judged by what the
+/// receiver's socket gets behind the real bridge: the mark set by the
+/// host (or a host-network process), by another container, or by the
+/// allowed peer itself on a flow it may not open lets nothing in, while
+/// the allowed connection runs on, its packets marked.
+#[test]
+fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
+    use netiso_common::CROSS_VETH_MARK;
+    use netiso_testkit::topology::spawn_in;
+    use std::net::{TcpStream, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    const PORT: u16 = 9001;
+    let topo = Topology::new(&[("a", "a"), ("b", "b"), ("c", "c")]);
+    let (a, b, c) = (topo.guest("a"), topo.guest("b"), topo.guest("c"));
+    let life = Duration::from_secs(60);
+    let _echo = tcp_stream_echo_server(&b.ns, 8080, life);
+    // The victim counts datagrams by the marker each sender puts in.
+    let done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let victim = {
+        let done = done.clone();
+        spawn_in(&b.ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            tx.send(()).unwrap();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let end = Instant::now() + life;
+            let mut buf = [0u8; 256];
+            while Instant::now() < end && !done.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        })
+    };
+    rx.recv().unwrap();
+    let to = addr(b.ip, PORT);
+    // Without netiso the path is open (what this test guards).
+    send_marked(&topo.host, to, CROSS_VETH_MARK, b"BEFORE", 2);
+
+    let policy = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
+                  [groups.b]\nlabels = { \"netiso.group\" = \"b\" }\ningress = \"deny\"\n\
+                  [groups.c]\nlabels = { \"netiso.group\" = \"c\" }\n\
+                  [[rules]]\nfrom = \"a\"\nto = \"b\"\nports = [\"8080/tcp\"]\naction = \"allow\"\n";
+    let desired = desired_for(policy, &topo, &mut IdentityAllocator::default());
+    let pins = PinDir::new();
+    let dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&desired).expect("apply");
+        dp
+    });
+
+    // The allowed connection: a few hundred round trips, past the first
+    // packets, so most of a's packets leave marked and enter b trusted.
+    let b_ip = b.ip;
+    let echoed = a.ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&addr(b_ip, 8080), Duration::from_secs(2))
+            .expect("a -> b:8080 is allowed");
+        (0..300)
+            .filter(|i| round_trip(&mut s, format!("m{i}").as_bytes(), Duration::from_secs(2)))
+            .count()
+    });
+    assert_eq!(echoed, 300, "every round trip of the allowed connection");
+
+    // The mark from the host's namespace (ingress ifindex 0), from another
+    // container, and from the allowed peer on a flow it may not open.
+    send_marked(&topo.host, to, CROSS_VETH_MARK, b"HOST", 5);
+    send_marked(&c.ns, to, CROSS_VETH_MARK, b"OTHER", 5);
+    send_marked(&a.ns, to, CROSS_VETH_MARK, b"PEER", 5);
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, Ordering::Relaxed);
+    let got = victim.join().unwrap();
+    let count = |m: &[u8]| got.iter().filter(|d| d.as_slice() == m).count();
+    assert_eq!(
+        count(b"BEFORE"),
+        2,
+        "without netiso the marked datagrams arrive: {got:?}"
+    );
+    for m in [&b"HOST"[..], b"OTHER", b"PEER"] {
+        assert_eq!(
+            count(m),
+            0,
+            "{} reached the victim with the mark",
+            String::from_utf8_lossy(m)
+        );
+    }
+    // Each was judged and dropped on its way (b's veth for the host's,
+    // the sender's veth for the containers').
+    let denied = dropped(&dp, DropReason::DefaultDeny);
+    assert!(
+        denied >= 15,
+        "15 marked datagrams dropped by policy, {denied} counted"
+    );
+}

@@ -8,7 +8,7 @@
 //! ever passes a packet the full path would pass (the same checks, made
 //! on the same bytes), and drops nothing.
 use aya_ebpf::programs::TcContext;
-use netiso_common::{family, proto, Direction, Endpoint};
+use netiso_common::{ct_flags, family, proto, Direction, Endpoint, CROSS_VETH_MARK};
 
 use crate::conntrack;
 use crate::maps::CONNTRACK;
@@ -32,6 +32,7 @@ pub fn established(
     ifindex: u32,
     dir: Direction,
     generation: u32,
+    trusted: bool,
 ) -> Fast {
     let len = ctx.len() as usize;
     let Some(eth) = ptr_at::<[u8; ETH_HLEN]>(ctx, 0) else {
@@ -153,6 +154,12 @@ pub fn established(
             0,
         )
     };
+    // Entering from a managed veth whose program passed it as a live
+    // connection to this container (main.rs' `from_managed_sender`): its
+    // own checks above are all this endpoint adds.
+    if trusted {
+        return Fast::Pass;
+    }
     let k = &mut pkt.ct_key;
     k.ifindex = ifindex;
     if dir == Direction::Egress {
@@ -180,6 +187,13 @@ pub fn established(
     let ct = unsafe { &*ct };
     let reply = conntrack::is_reply(ct, dir);
     if ct.generation == generation && conntrack::fresh_with(ct, reply, tcp_flags, jiffies) {
+        // To a container on this host: its veth's program may take this
+        // verdict instead of looking the connection up again. Only packets
+        // that change no state are marked, so the receiver's own entry
+        // still sees every state change and a refresh per window.
+        if dir == Direction::Egress && ct.flags & ct_flags::LOCAL_PEER != 0 {
+            ctx.set_mark(CROSS_VETH_MARK);
+        }
         return Fast::Pass;
     }
     Fast::Other

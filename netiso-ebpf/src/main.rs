@@ -27,8 +27,8 @@ mod record;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
-    ct_flags, endpoint_flags, errors, family, identity, proto, settings_flags, tc, Action,
-    Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
+    ct_flags, endpoint_flags, errors, family, identity, peer_flags, proto, settings_flags, tc,
+    Action, Direction, DropReason, Endpoint, FragKey, CROSS_VETH_MARK, LAYOUT_VERSION,
 };
 
 use control::Check;
@@ -142,11 +142,21 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // The established fast path (fast.rs). On a conntrack miss it leaves
     // the key it looked up in `pkt.ct_key`, the same key the full path
     // builds, which then need not look again.
-    let ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation) {
+    let trusted = dir == Direction::Ingress
+        && skb.mark == CROSS_VETH_MARK
+        && ep_flags & endpoint_flags::FQDN == 0
+        && from_managed_sender(skb.ingress_ifindex);
+    pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation, trusted) {
         fast::Fast::Pass => return tc::PASS,
         fast::Fast::Miss => true,
         fast::Fast::Other => false,
     };
+    // Only the fast path marks: whatever else leaves a container goes
+    // unmarked (a container's own mark never gets here: it is cleared when
+    // the packet leaves the container's namespace).
+    if dir == Direction::Egress && skb.mark == CROSS_VETH_MARK {
+        ctx.set_mark(0);
+    }
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
@@ -168,7 +178,6 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         Err(reason) => return drop(ctx, settings, &mut v, reason, 0),
     }
     conntrack::fill_key(pkt, ifindex, dir);
-    let pkt: &Packet = pkt;
     v.parsed = true;
 
     let eval = Eval {
@@ -187,14 +196,16 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             != 0,
     };
 
-    let unicast = !non_unicast(ep, pkt);
+    pkt.unicast = !non_unicast(ep, pkt);
+    let pkt: &Packet = pkt;
+    let unicast = || is_unicast(pkt);
     // Who may send and who may receive: the endpoint's own addresses only.
     if dir == Direction::Egress {
         if spoofed_source(ep, pkt) {
             return drop(ctx, settings, &mut v, DropReason::SpoofedIp, 0);
         }
-    } else if !(for_endpoint(ep, pkt, unicast) && dest_mac_ok(ctx, ep, Some((pkt, unicast)))) {
-        name_peer(&eval, pkt, unicast, dir, &mut v);
+    } else if !(for_endpoint(ep, pkt, unicast()) && dest_mac_ok(ctx, ep, Some((pkt, unicast())))) {
+        name_peer(&eval, pkt, unicast(), dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::NotForEndpoint, 0);
     }
     if pkt.control != Control::None {
@@ -204,11 +215,11 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         // route it on: a channel out that no policy judges.
         if dir == Direction::Egress
             && pkt.control == Control::Nd
-            && unicast
+            && unicast()
             && !control::link_local(&pkt.daddr)
             && eval.known(&pkt.daddr).is_none()
         {
-            name_peer(&eval, pkt, unicast, dir, &mut v);
+            name_peer(&eval, pkt, unicast(), dir, &mut v);
             return drop(ctx, settings, &mut v, DropReason::Control, 0);
         }
         let reason = match control::control_check(ctx, pkt, ep, dir) {
@@ -216,7 +227,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             Check::Foreign => DropReason::NotForEndpoint,
             Check::Bad => DropReason::Control,
         };
-        name_peer(&eval, pkt, unicast, dir, &mut v);
+        name_peer(&eval, pkt, unicast(), dir, &mut v);
         return drop(ctx, settings, &mut v, reason, 0);
     }
 
@@ -232,7 +243,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         if unsafe { FRAGS.get(&frag_key(ifindex, pkt)) }.is_some_and(|g| *g == generation) {
             return tc::PASS;
         }
-        name_peer(&eval, pkt, unicast, dir, &mut v);
+        name_peer(&eval, pkt, unicast(), dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::Fragment, 0);
     }
 
@@ -266,12 +277,15 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                 }
             }
         }
-        name_peer(&eval, pkt, unicast, dir, &mut v);
+        name_peer(&eval, pkt, unicast(), dir, &mut v);
         return drop(ctx, settings, &mut v, DropReason::IcmpUnrelated, 0);
     }
 
     // Fast path: a live connection admitted under the current policy.
-    if pkt.tracked && unicast && !ct_missed {
+    // SAFETY: a field of the scratch packet this run owns, written above;
+    // the volatile load keeps the flag out of registers (see `ct_missed`).
+    let ct_missed = unsafe { core::ptr::read_volatile(&pkt.ct_missed) };
+    if pkt.tracked && unicast() && !ct_missed {
         let key = &pkt.ct_key;
         if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
             // SAFETY: a non-null pointer to a live LRU element, aligned and
@@ -339,7 +353,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // entering one, the sender is judged, whatever the destination says.
     let (peer, port) = if dir == Direction::Ingress {
         (eval.peer_identity(&pkt.saddr), pkt.policy_port)
-    } else if unicast {
+    } else if unicast() {
         eval.destination(&pkt.daddr, pkt.policy_port)
     } else {
         // The host receives a broadcast or multicast too, and a port it
@@ -351,7 +365,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     };
     let mut d = eval.run(dir, peer, port);
     if dir == Direction::Egress
-        && unicast
+        && unicast()
         && ep_flags & endpoint_flags::FQDN != 0
         && Eval::beyond_host(peer.0)
     {
@@ -364,12 +378,6 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         return drop(ctx, settings, &mut v, d.reason, d.rule_id);
     }
     let audit = d.action == Action::Audit as u8;
-    // A query of a container that resolves names: its connection's packets
-    // take the full path, where they are copied (answers held).
-    let watched = dir == Direction::Egress
-        && ep_flags & endpoint_flags::FQDN != 0
-        && pkt.policy_port == 53
-        && (pkt.proto == proto::UDP || pkt.proto == proto::TCP);
     if audit {
         // Passes, but is recorded exactly like a drop would be.
         record(ctx, settings, &mut v, DropReason::Audit, d.rule_id);
@@ -382,18 +390,34 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         };
         record::learn(pkt, ifindex, dir as u8, judged, port);
     }
-    if pkt.opens && unicast {
+    if pkt.opens && unicast() {
         let key = &pkt.ct_key;
         let (now, jiffies) = (conntrack::clock(), conntrack::jiffies());
         let mut extra = if audit { ct_flags::AUDIT } else { 0 };
-        if watched {
+        if dir == Direction::Egress && peer.1 & peer_flags::LOCAL_ENDPOINT != 0 {
+            extra |= ct_flags::LOCAL_PEER;
+        }
+        if watched_query(ep_flags, pkt, dir) {
             extra |= ct_flags::WATCHED;
         }
         if !conntrack::open(key, dir, pkt, generation, d.rule_id, extra, now, jiffies) {
             count(&ERRORS, errors::CT_INSERT, ctx.len());
         }
     }
+    let watched = watched_query(ep_flags, pkt, dir);
     pass(ctx, ifindex, pkt, generation, watched, dir)
+}
+
+/// A query of a container that resolves names: its connection's packets
+/// take the full path, where they are copied (answers held). Decided where
+/// it is used, not carried across the admission's branches (a value live
+/// across branches doubles the verifier's states).
+#[inline(always)]
+fn watched_query(ep_flags: u32, pkt: &Packet, dir: Direction) -> bool {
+    dir == Direction::Egress
+        && ep_flags & endpoint_flags::FQDN != 0
+        && pkt.policy_port == 53
+        && (pkt.proto == proto::UDP || pkt.proto == proto::TCP)
 }
 
 /// The endpoint on `ifindex`: its slot in the endpoints array (an array
@@ -418,6 +442,15 @@ fn endpoint(ifindex: u32) -> Option<&'static Endpoint> {
     // an entry the daemon replaces meanwhile can at worst read as another
     // entry's bytes (maps.rs).
     unsafe { ENDPOINTS.get(&ifindex) }
+}
+
+/// Whether a packet entered the host through a veth netiso manages:
+/// `ingress_ifindex` is the interface the kernel received it on (a
+/// container's packets: its veth; the host's own: 0; routed ones: the
+/// bridge or the NIC), so that sender's program judged it.
+#[inline(always)]
+fn from_managed_sender(ingress_ifindex: u32) -> bool {
+    ingress_ifindex != 0 && endpoint(ingress_ifindex).is_some()
 }
 
 /// Lets a packet through. A first fragment leaves a note so that the
@@ -476,6 +509,14 @@ fn spoofed_source(ep: &Endpoint, pkt: &Packet) -> bool {
             || pkt.control == Control::Mld && pkt.icmp_type == 143);
     }
     !control::own_v6(ep, s)
+}
+
+/// `pkt.unicast`, read from map memory each time (see parse.rs).
+#[inline(always)]
+fn is_unicast(pkt: &Packet) -> bool {
+    // SAFETY: a field of the scratch packet this run owns, written once
+    // the packet was parsed; only read.
+    unsafe { core::ptr::read_volatile(&pkt.unicast) }
 }
 
 /// Broadcast or multicast: for the link, not for one endpoint.

@@ -100,3 +100,9 @@ pub static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 /// BPF stack next to everything else (no two TC programs nest on one CPU).
 #[map(name = "NETISO_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for a drop's flow-table key: built there with
+/// word stores (on the stack, the compiler zeroes it with `memset` and
+/// copies the addresses with `memmove`, both subprogram calls).
+#[map(name = "NETISO_FLOW_KEY")]
+pub static FLOW_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);

@@ -80,6 +80,14 @@ pub struct Packet {
     pub related: Option<Related>,
     /// This packet's conntrack key (`conntrack::fill_key`), for IP packets.
     pub ct_key: CtKey,
+    /// The fast path looked `ct_key` up and found nothing. Kept here, in
+    /// map memory, and read back with a volatile load: a flag carried in a
+    /// register through the parser would double the states the verifier
+    /// walks there.
+    pub ct_missed: bool,
+    /// Neither broadcast nor multicast (main.rs' `non_unicast`); kept and
+    /// read back like `ct_missed`, for the same reason.
+    pub unicast: bool,
 }
 
 /// The tuple of the packet quoted inside an ICMP error.

@@ -9,7 +9,7 @@ use netiso_common::{
     LearnKey, LearnValue, Settings,
 };
 
-use crate::maps::{ERRORS, EVENTS, EVENT_RATE, FLOWS, LEARN, REASON_STATS, SCRATCH};
+use crate::maps::{ERRORS, EVENTS, EVENT_RATE, FLOWS, FLOW_KEY, LEARN, REASON_STATS, SCRATCH};
 use crate::parse::Packet;
 use aya_ebpf::maps::PerCpuArray;
 
@@ -63,16 +63,18 @@ pub fn record(
     reason: DropReason,
     rule_id: u32,
 ) {
-    let mut key = FlowKey {
-        ifindex: v.ifindex,
-        direction: v.direction,
-        reason: reason as u8,
-        src_identity: v.src,
-        dst_identity: v.dst,
-        ..FlowKey::default()
+    let Some(key) = FLOW_KEY.get_ptr_mut(0) else {
+        return;
     };
+    // SAFETY: a non-null pointer to this CPU's slot of the per-CPU
+    // FLOW_KEY array, aligned and valid for the run, and exclusively ours:
+    // TC programs do not nest on a CPU and user space never touches it
+    // (maps.rs). Every field is written below before the key is used.
+    let key = unsafe { &mut *key };
     // Addresses and ports only once the packet was parsed (the scratch
     // space may hold an earlier packet's).
+    let mut addrs = ([0u32; 4], [0u32; 4]);
+    let (mut family, mut proto, mut dport) = (0, 0, 0);
     if v.parsed {
         if let Some(p) = SCRATCH.get_ptr(0) {
             // SAFETY: this CPU's scratch slot, which `parse` filled with this
@@ -80,14 +82,23 @@ pub fn record(
             // only as a shared `&Packet` by now, so a second shared
             // reference, only read, aliases nothing mutable (maps.rs).
             let p = unsafe { &*p };
-            key.family = p.family;
-            key.saddr = p.saddr;
-            key.daddr = p.daddr;
-            key.proto = p.proto;
-            key.dport = p.policy_port;
+            addrs = p.addr_words();
+            family = p.family;
+            proto = p.proto;
+            dport = p.policy_port;
         }
     }
-    let flow = &key;
+    set_addrs(key, addrs);
+    key.ifindex = v.ifindex;
+    key.dport = dport;
+    key.proto = proto;
+    key.family = family;
+    key.reason = reason as u8;
+    key.direction = v.direction;
+    key._pad = [0; 2];
+    key.src_identity = v.src;
+    key.dst_identity = v.dst;
+    let flow: &FlowKey = key;
     let bytes = ctx.len() as u64;
     // SAFETY: a BPF helper without arguments; it only reads the kernel's
     // coarse monotonic clock.
@@ -234,6 +245,24 @@ pub fn learn(p: &Packet, ifindex: u32, dir: u8, judged_identity: u32, judged_por
         }
     }
 }
+
+/// The key's addresses as eight aligned 32-bit stores.
+#[inline(always)]
+fn set_addrs(key: &mut FlowKey, (s, d): ([u32; 4], [u32; 4])) {
+    // SAFETY: `saddr` and `daddr` lie at offsets 0 and 16 of the align-4
+    // FlowKey (checked at compile time below): aligned for `[u32; 4]`,
+    // which has their size; any bits are valid bytes; `key` is exclusive.
+    unsafe {
+        *core::ptr::addr_of_mut!(key.saddr).cast::<[u32; 4]>() = s;
+        *core::ptr::addr_of_mut!(key.daddr).cast::<[u32; 4]>() = d;
+    }
+}
+
+const _: () = assert!(
+    core::mem::offset_of!(FlowKey, saddr) % 4 == 0
+        && core::mem::offset_of!(FlowKey, daddr) % 4 == 0
+        && align_of::<FlowKey>() >= 4
+);
 
 #[inline(always)]
 fn add(counter: &mut u64, n: u64) {

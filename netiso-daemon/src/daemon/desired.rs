@@ -246,12 +246,19 @@ pub fn build_desired(
             // The link-local address (EUI-64 of the MAC) speaks for the
             // container too: without it, a link-local sender would be "world".
             let link_local = a.mac.map(|m| IpAddr::V6(crate::datapath::link_local_of(m)));
+            // Behind a veth that gets the programs (below): the receiver's
+            // program may take the sender's verdict on a live connection.
+            let local = if a.host_ifindex.is_some() && a.host_ifname.is_some() {
+                netiso_common::peer_flags::LOCAL_ENDPOINT
+            } else {
+                0
+            };
             for ip in ips.chain(link_local) {
                 d.identities.insert(
                     IpKey::from_ip(ip, 0),
                     IdentityInfo {
                         identity: id,
-                        flags,
+                        flags: flags | local,
                     },
                 );
             }
@@ -491,6 +498,33 @@ mod tests {
             (identity::UNMANAGED, defaults::DENY_INGRESS)
         );
         let ip = IpKey::v4([172, 20, 0, 3], 0);
-        assert_eq!(d.identities[&ip].flags, defaults::DENY_INGRESS);
+        // Its defaults, and the mark of an address behind a managed veth.
+        assert_eq!(
+            d.identities[&ip].flags,
+            defaults::DENY_INGRESS | netiso_common::peer_flags::LOCAL_ENDPOINT
+        );
+    }
+
+    #[test]
+    fn only_addresses_behind_a_managed_veth_are_local_endpoints() {
+        use netiso_common::peer_flags::LOCAL_ENDPOINT;
+        let mut here = container("here", &[("app", "web")], &["n"]);
+        here.networks[0].host_ifindex = Some(10);
+        here.networks[0].host_ifname = Some("veth10".into());
+        here.networks[0].ipv4 = Some([172, 20, 0, 2].into());
+        here.network_mode = "n".into();
+        // No veth found (another host's address, a macvlan): not local.
+        let mut away = container("away", &[("app", "web")], &["n"]);
+        away.networks[0].ipv4 = Some([172, 20, 0, 3].into());
+        away.network_mode = "n".into();
+        let cs = [here, away];
+        let p = parse_str("[groups.web]\nlabels = { app = \"web\" }\n", "d.toml").unwrap();
+        let compiled = compile(&p, &cs, &mut IdentityAllocator::new()).unwrap();
+        let d = build_desired(&compiled, &cs, &p, &BTreeMap::new()).0;
+        let flags = |ip: [u8; 4]| d.identities[&IpKey::v4(ip, 0)].flags;
+        assert_ne!(flags([172, 20, 0, 2]) & LOCAL_ENDPOINT, 0);
+        assert_eq!(flags([172, 20, 0, 3]) & LOCAL_ENDPOINT, 0);
+        // Never on a published port's value.
+        assert!(d.published.values().all(|v| v.flags & LOCAL_ENDPOINT == 0));
     }
 }

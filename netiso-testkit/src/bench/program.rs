@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use aya::maps::HashMap as BpfHashMap;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use netiso_common::{family, maps, programs, tc, CtKey, Endpoint};
+use netiso_common::{
+    family, maps, peer_flags, programs, tc, CtKey, Endpoint, IdentityInfo, IpKey, CROSS_VETH_MARK,
+};
 use netiso_daemon::datapath::{Datapath, Desired};
 
 use super::report::{fmt_num, Figure, Section};
@@ -148,14 +150,29 @@ impl Scenario {
     }
 }
 
-fn load(ns: &NetNs, rules: usize, endpoints: usize) -> Result<Scenario> {
+/// Whose veth the namespace's loopback stands for: A's (the sender, for
+/// `netiso_from_container`) or B's (the receiver, for
+/// `netiso_to_container`). BPF_PROG_TEST_RUN reports ifindex 1, so one
+/// datapath has one local endpoint; the two-program figure pairs a
+/// sender's datapath with a receiver's of the same size and policy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Local {
+    A,
+    B,
+}
+
+fn load(ns: &NetNs, rules: usize, endpoints: usize, local: Local) -> Result<Scenario> {
     let mut workload = Workload::program(rules, endpoints);
-    // A (container 0) is the endpoint on the namespace's loopback, whose
-    // ifindex 1 is what BPF_PROG_TEST_RUN reports.
-    let a = &mut workload.containers[0].networks[0];
+    // The local container (0: A, 1: B) is the endpoint on the namespace's
+    // loopback, whose ifindex 1 is what BPF_PROG_TEST_RUN reports.
+    let (idx, mac) = match local {
+        Local::A => (0, MAC_A),
+        Local::B => (1, frames::MAC_B),
+    };
+    let a = &mut workload.containers[idx].networks[0];
     a.host_ifindex = Some(1);
     a.host_ifname = Some("lo".into());
-    a.mac = Some(MAC_A);
+    a.mac = Some(mac);
     let desired: Desired = workload.desired()?;
     ensure!(
         desired.endpoints.len() == 1,
@@ -180,7 +197,7 @@ fn load(ns: &NetNs, rules: usize, endpoints: usize) -> Result<Scenario> {
         .containers
         .iter()
         .enumerate()
-        .skip(1)
+        .filter(|&(i, _)| i != idx)
         .map(|(i, c)| {
             let mut ep = ep_proto;
             ep.ipv4 = c.networks[0].ipv4.map(|a| a.octets()).unwrap_or_default();
@@ -192,6 +209,27 @@ fn load(ns: &NetNs, rules: usize, endpoints: usize) -> Result<Scenario> {
     // small ifindexes).
     dp.write_endpoints(&others)
         .context("adding endpoints (map full?)")?;
+    if local == Local::A {
+        // B stands for a container behind a managed veth on this host (as
+        // the daemon notes it when B's veth is there): A's connections to
+        // it are marked for B's program.
+        let mut ids: BpfHashMap<_, IpKey, IdentityInfo> = BpfHashMap::try_from(
+            dp.ebpf_mut()
+                .map_mut(maps::IDENTITIES)
+                .context("identities map")?,
+        )?;
+        for slot in 0..2 {
+            for key in [
+                IpKey::v4(b4().octets(), slot),
+                IpKey::v6(b6().octets(), slot),
+            ] {
+                if let Ok(mut info) = ids.get(&key, 0) {
+                    info.flags |= peer_flags::LOCAL_ENDPOINT;
+                    ids.insert(key, info, 0)?;
+                }
+            }
+        }
+    }
     Ok(Scenario {
         rules,
         endpoints,
@@ -213,6 +251,43 @@ fn run_once(p: &SchedClassifier, data: &[u8], repeat: u32) -> Result<(i32, f64)>
     Ok((r.return_value as i32, r.duration.as_nanos() as f64))
 }
 
+/// A's endpoint in a receiver's datapath (`load` numbers the endpoints
+/// other than the local one 1000 + their index).
+const A_IFINDEX_AT_B: u32 = 1000;
+
+/// Runs `p` on a packet as B's veth gets it from A's: the mark A's
+/// program left, and A's veth as the interface the host received it on
+/// (`struct __sk_buff`: mark at offset 8, ingress_ifindex at 36).
+fn run_received(p: &SchedClassifier, data: &[u8], repeat: u32) -> Result<(i32, f64)> {
+    let mut ctx = [0u8; 44];
+    ctx[8..12].copy_from_slice(&CROSS_VETH_MARK.to_ne_bytes());
+    ctx[36..40].copy_from_slice(&A_IFINDEX_AT_B.to_ne_bytes());
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(data),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.return_value as i32, r.duration.as_nanos() as f64))
+}
+
+/// The mark `netiso_from_container` leaves on `data` (one run).
+fn mark_after(p: &SchedClassifier, data: &[u8]) -> Result<u32> {
+    let mut out = [0u8; 192];
+    let mut data_out = vec![0u8; 2048];
+    p.test_run(TestRunOptions {
+        data_in: Some(data),
+        data_out: Some(&mut data_out),
+        ctx_in: Some(&[0u8; 44]),
+        ctx_out: Some(&mut out),
+        ..Default::default()
+    })
+    .context("BPF_PROG_TEST_RUN")?;
+    Ok(u32::from_ne_bytes(out[8..12].try_into().unwrap()))
+}
+
 fn expect(ret: i32, want: i32, what: &str) -> Result<()> {
     if ret != want {
         bail!("{what}: the program returned {ret}, expected {want}: the bench's policy or frames no longer match the datapath");
@@ -224,6 +299,8 @@ fn expect(ret: i32, want: i32, what: &str) -> Result<()> {
 enum Kind {
     Established,
     Denied,
+    /// The established packet on the receiver's veth (B's datapath).
+    Received,
 }
 
 /// Per scenario: per-repetition results.
@@ -231,7 +308,7 @@ enum Kind {
 struct Samples {
     empty: Vec<f64>,
     /// [kind][flow] -> per rep
-    repeat: [[Vec<f64>; 4]; 2],
+    repeat: [[Vec<f64>; 4]; 3],
     /// single-run: per rep, medians
     single_empty: Vec<f64>,
     single_first: [Vec<f64>; 4],
@@ -246,7 +323,16 @@ pub fn run(opts: &Options) -> Result<Section> {
     );
     let mut scenarios = Vec::new();
     for &(r, e) in &opts.sizes {
-        scenarios.push(load(&ns, r, e).with_context(|| format!("{r} rules, {e} endpoints"))?);
+        scenarios
+            .push(load(&ns, r, e, Local::A).with_context(|| format!("{r} rules, {e} endpoints"))?);
+    }
+    // The receivers: the same sizes with B on the loopback.
+    let mut receivers = Vec::new();
+    for &(r, e) in &opts.sizes {
+        receivers.push(
+            load(&ns, r, e, Local::B)
+                .with_context(|| format!("{r} rules, {e} endpoints, receiver"))?,
+        );
     }
     let empty_pins = PinDir::new();
     let empty = rawbpf::load_empty_classifier(&empty_pins.path.join("empty"))?;
@@ -263,8 +349,30 @@ pub fn run(opts: &Options) -> Result<Section> {
             )?;
             let est = frame(f, SPORT_EST, f.port, ACK);
             expect(run_once(out, &est, 1)?.0, tc::PASS, "established packet")?;
+            ensure!(
+                mark_after(out, &est)? == CROSS_VETH_MARK,
+                "{}: A's established packet to B left unmarked: the two-program figure would not measure what the host does",
+                f.name
+            );
             let deny = frame(f, SPORT_DENY, f.denied_port, SYN);
             expect(run_once(out, &deny, 1)?.0, tc::ACT_SHOT, "denied packet")?;
+        }
+    }
+    for s in &receivers {
+        let inp = s.prog(IN)?;
+        for f in FLOWS {
+            let syn = frame(f, SPORT_EST, f.port, SYN);
+            expect(
+                run_once(inp, &syn, 1)?.0,
+                tc::PASS,
+                "first packet of an allowed flow, received",
+            )?;
+            let est = frame(f, SPORT_EST, f.port, ACK);
+            expect(
+                run_received(inp, &est, 1)?.0,
+                tc::PASS,
+                "established packet, received",
+            )?;
         }
     }
     expect(
@@ -279,7 +387,7 @@ pub fn run(opts: &Options) -> Result<Section> {
     let mut cases: Vec<(usize, Option<(Kind, usize)>)> = Vec::new();
     for si in 0..scenarios.len() {
         cases.push((si, None));
-        for k in [Kind::Established, Kind::Denied] {
+        for k in [Kind::Established, Kind::Denied, Kind::Received] {
             for fi in 0..FLOWS.len() {
                 cases.push((si, Some((k, fi))));
             }
@@ -306,10 +414,17 @@ pub fn run(opts: &Options) -> Result<Section> {
                 Some((k, fi)) => {
                     let f = FLOWS[fi];
                     let (data, want) = match k {
-                        Kind::Established => (frame(f, SPORT_EST, f.port, ACK), tc::PASS),
+                        Kind::Established | Kind::Received => {
+                            (frame(f, SPORT_EST, f.port, ACK), tc::PASS)
+                        }
                         Kind::Denied => (frame(f, SPORT_DENY, f.denied_port, SYN), tc::ACT_SHOT),
                     };
-                    let (ret, ns) = run_once(s.prog(OUT)?, &data, opts.repeat)?;
+                    let (ret, ns) = match k {
+                        Kind::Received => {
+                            run_received(receivers[si].prog(IN)?, &data, opts.repeat)?
+                        }
+                        _ => run_once(s.prog(OUT)?, &data, opts.repeat)?,
+                    };
                     expect(ret, want, f.name)?;
                     samples[si].repeat[k as usize][fi].push(ns);
                 }
@@ -385,7 +500,7 @@ fn first_allowed_estimate(sm: &Samples, fi: usize) -> Vec<f64> {
 /// established`. Returns the mean ns per run.
 pub fn profile(case: &str, secs: f64) -> Result<f64> {
     let ns = NetNs::new("bq");
-    let s = load(&ns, 10_000, 4_000)?;
+    let s = load(&ns, 10_000, 4_000, Local::A)?;
     let f = FLOWS[0];
     let (data, want) = match case {
         "established" => {
@@ -433,7 +548,8 @@ fn section_for(opts: &Options, scenarios: &[Scenario], samples: &[Samples]) -> R
             "Each policy size is a freshly loaded datapath (`Datapath::load` + `apply`) in a private network namespace, filled through the real policy compiler: `R` rules over up to 50 groups and `E` containers (IPv4 and IPv6 identities; the local endpoint A is the namespace's loopback, the other `E-1` endpoints are extra entries in the endpoints map). A may open 80/tcp and 53/udp to B (rule 1); A's group denies egress by default. All datapaths stay loaded and every repetition runs every (size, case) once, in an order rotated between repetitions, with an empty TC program (`r0 = 0; exit`, loaded through the raw bpf() syscall) run in the same rotation. Figures are medians of {reps} repetitions (min – max over repetitions); ratios pair each repetition with the empty program of the same repetition and size.\n\n\
 - **established**: a TCP ACK / UDP datagram of a flow already in conntrack, `repeat` = {repeat} per repetition.\n\
 - **first, denied**: a TCP SYN / UDP datagram to a port no rule names, dropped by A's default (`default-deny`): a denied flow creates no state, so every run is a first packet (identity lookup, all three policy lookups miss, the drop is counted in the flow table); `repeat` = {repeat}.\n\
-- **first, allowed**: a first packet of an allowed flow creates conntrack state, so the same frame cannot be repeated in one call. Instead it runs with `repeat` = 1, {first} times per size and flow, and its conntrack entry (one per connection and endpoint) is deleted from user space after each run, so that every sample is a new flow. A single run's duration includes the kernel's timer overhead and runs with colder caches than a repeat loop (the syscall ran in between), so an established TCP/IPv4 packet is measured the same single-run way, interleaved, and the figure is `median(single first packet) − median(single established packet) + established packet (repeat mode)`, per repetition: the extra work of a first packet, at the warm repeat-mode level. The JSON also has the estimate calibrated by the empty program instead (`median(single) − median(single empty) + empty (repeat mode)`), which keeps the cold-cache penalty; the notes compare both calibrations on the established packet.",
+- **first, allowed**: a first packet of an allowed flow creates conntrack state, so the same frame cannot be repeated in one call. Instead it runs with `repeat` = 1, {first} times per size and flow, and its conntrack entry (one per connection and endpoint) is deleted from user space after each run, so that every sample is a new flow. A single run's duration includes the kernel's timer overhead and runs with colder caches than a repeat loop (the syscall ran in between), so an established TCP/IPv4 packet is measured the same single-run way, interleaved, and the figure is `median(single first packet) − median(single established packet) + established packet (repeat mode)`, per repetition: the extra work of a first packet, at the warm repeat-mode level. The JSON also has the estimate calibrated by the empty program instead (`median(single) − median(single empty) + empty (repeat mode)`), which keeps the cold-cache penalty; the notes compare both calibrations on the established packet.\n\
+- **container → container, both programs**: a packet between two containers on one host is judged twice, leaving A (`netiso_from_container` on A's veth) and entering B (`netiso_to_container` on B's veth). Each size is loaded a second time with B as the local endpoint; the established packet of the same flow runs there in the same rotation (`repeat` = {repeat}) as it arrives from A's veth: with the mark A's program puts on it (checked) and A's veth as the interface the host received it on, so B takes A's verdict after its own checks. The figure is the sum of both programs against the sender's alone, per repetition.",
             reps = opts.reps,
             repeat = opts.repeat,
             first = (opts.first_samples / opts.reps).max(1) * opts.reps,
@@ -449,7 +565,10 @@ fn section_for(opts: &Options, scenarios: &[Scenario], samples: &[Samples]) -> R
         "frame sizes",
         "TCP/IPv4 54 B, UDP/IPv4 60 B, TCP/IPv6 74 B, UDP/IPv6 80 B",
     );
-    sec.cond("program", format!("{OUT} (TC ingress on the host veth)"));
+    sec.cond(
+        "program",
+        format!("{OUT} (TC ingress on the host veth); {IN} (TC egress) for the receiving side"),
+    );
 
     let all_empty: Vec<f64> = samples
         .iter()
@@ -583,6 +702,8 @@ fn section_for(opts: &Options, scenarios: &[Scenario], samples: &[Samples]) -> R
         }
     }
 
+    two_programs(scenarios, samples, &mut sec);
+
     // Matrices: one per kind, sizes down, flows across.
     for kind in 0..3 {
         let mut t = format!(
@@ -643,6 +764,98 @@ fn section_for(opts: &Options, scenarios: &[Scenario], samples: &[Samples]) -> R
     check.push('.');
     sec.notes.push(check);
     Ok(sec)
+}
+
+/// Container to container on one host: an established packet is judged
+/// on the sender's veth (`netiso_from_container`, A's datapath) and again
+/// on the receiver's (`netiso_to_container`, B's datapath of the same
+/// size). Per repetition, the sum of both against the sender's alone.
+fn two_programs(scenarios: &[Scenario], samples: &[Samples], sec: &mut Section) {
+    let mut worst = (0.0, String::new());
+    let mut t = String::from(
+        "**container → container, established, both programs** — received on B's veth, ns (× empty); both programs, ns (× one program)\n\n| rules | endpoints |",
+    );
+    for f in FLOWS {
+        t.push_str(&format!(" {} received | {} both |", f.name, f.name));
+    }
+    t.push_str(&format!("\n|---|---|{}\n", "---|---|".repeat(FLOWS.len())));
+    for (si, s) in scenarios.iter().enumerate() {
+        let sm = &samples[si];
+        let mut row = format!("| {} | {} |", s.rules, s.endpoints);
+        for (fi, f) in FLOWS.iter().enumerate() {
+            let one = &sm.repeat[Kind::Established as usize][fi];
+            let recv = &sm.repeat[Kind::Received as usize][fi];
+            let both: Vec<f64> = one.iter().zip(recv).map(|(a, b)| a + b).collect();
+            let r_recv = summary(&ratios(recv, &sm.empty));
+            let r_both = summary(&ratios(&both, one));
+            let label = format!(
+                "both programs, established, {}, {} rules, {} endpoints",
+                f.name, s.rules, s.endpoints
+            );
+            if r_both.median > worst.0 {
+                worst = (r_both.median, label.clone());
+            }
+            sec.figures.push(
+                Figure::new(
+                    format!("program.received.{}.r{}.e{}", f.name, s.rules, s.endpoints),
+                    format!(
+                        "received (B's veth), established, {}, {} rules, {} endpoints",
+                        f.name, s.rules, s.endpoints
+                    ),
+                    "ns",
+                    summary(recv),
+                )
+                .ratio("empty", r_recv)
+                .cond("rules", s.rules)
+                .cond("endpoints", s.endpoints),
+            );
+            sec.figures.push(
+                Figure::new(
+                    format!("program.two.{}.r{}.e{}", f.name, s.rules, s.endpoints),
+                    label,
+                    "ns",
+                    summary(&both),
+                )
+                .ratio("one program", r_both)
+                .cond("rules", s.rules)
+                .cond("endpoints", s.endpoints),
+            );
+            row.push_str(&format!(
+                " {} ({}×) | {} ({}×) |",
+                fmt_num(median(recv)),
+                fmt_num(r_recv.median),
+                fmt_num(median(&both)),
+                fmt_num(r_both.median)
+            ));
+        }
+        t.push_str(&row);
+        t.push('\n');
+    }
+    let cases: Vec<&Figure> = sec
+        .figures
+        .iter()
+        .filter(|f| f.id.starts_with("program.two."))
+        .collect();
+    let ns: Vec<f64> = cases.iter().map(|f| f.value.median).collect();
+    let rs: Vec<f64> = cases
+        .iter()
+        .map(|f| f.ratio.map_or(f64::NAN, |r| r.median))
+        .collect();
+    let r = summary(&rs);
+    let fig = Figure::new(
+        "program.two.all",
+        format!(
+            "container → container, established, both programs, all {} cases (worst: {})",
+            cases.len(),
+            worst.1
+        ),
+        "ns",
+        summary(&ns),
+    )
+    .ratio("one program", r)
+    .target("≤ 1.3× one program", r.max <= 1.3);
+    sec.figures.push(fig);
+    sec.notes.push(t);
 }
 
 fn instruction_counts(s: &Scenario, sec: &mut Section) -> Result<()> {
