@@ -40,6 +40,7 @@ fn desired(a_flags: u32) -> Desired {
     d.endpoints.insert(
         1,
         EndpointSpec {
+            netns: None,
             ifname: "lo".into(),
             identity: ID_A,
             flags: a_flags,
@@ -510,6 +511,7 @@ fn state_on_one_endpoint_never_skips_anothers_policy() {
     d.endpoints.insert(
         b_index,
         EndpointSpec {
+            netns: None,
             ifname: "nb0".into(),
             identity: ID_B,
             flags: defaults::DENY_INGRESS,
@@ -1895,6 +1897,7 @@ fn a_restarted_datapath_readopts_links_without_duplicates() {
     d.endpoints.insert(
         ifindex,
         EndpointSpec {
+            netns: None,
             ifname: "d0".into(),
             ..spec
         },
@@ -2185,6 +2188,7 @@ fn endpoints_in_the_array_and_beyond_it_are_enforced() {
     ));
     let mut d = desired(defaults::DENY_EGRESS);
     let b_spec = EndpointSpec {
+        netns: None,
         ifname: "nbig".into(),
         identity: ID_B,
         flags: defaults::DENY_INGRESS,

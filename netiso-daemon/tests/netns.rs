@@ -714,7 +714,7 @@ fn send_marked(
                 libc::SOL_SOCKET,
                 libc::SO_MARK,
                 (&mark as *const u32).cast(),
-                std::mem::size_of::<u32>() as libc::socklen_t,
+                size_of::<u32>() as libc::socklen_t,
             )
         };
         assert_eq!(rc, 0, "SO_MARK");

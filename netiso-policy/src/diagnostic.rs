@@ -56,6 +56,9 @@ pub enum Kind {
     NeverMatches,
     /// Warning: port entries that add nothing.
     RedundantPort,
+    /// Warning: a selector other nodes of a Swarm can only infer (the
+    /// stack of a task on another node, from its service's name).
+    InferredRemotely,
 }
 
 impl Kind {
@@ -81,6 +84,7 @@ impl Kind {
             Self::UnusedGroup => "unused-group",
             Self::NeverMatches => "never-matches",
             Self::RedundantPort => "redundant-port",
+            Self::InferredRemotely => "inferred-remotely",
         }
     }
 }

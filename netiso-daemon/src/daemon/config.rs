@@ -60,6 +60,11 @@ pub struct DaemonArgs {
     /// Do not reload the policy when its file changes (SIGHUP still works).
     #[arg(long)]
     pub no_watch_policy: bool,
+    /// The Docker engine's exec-root as this daemon can open it: Swarm
+    /// overlays keep their namespaces under `<DIR>/netns` [default:
+    /// /var/run/docker].
+    #[arg(long, value_name = "DIR")]
+    pub docker_exec_root: Option<PathBuf>,
     /// Only warn (instead of refusing the policy) when a non-root user could
     /// change the policy file or a directory on its path.
     #[arg(long)]
@@ -85,6 +90,7 @@ struct FileConfig {
     drop_non_ip: Option<bool>,
     watch_policy: Option<bool>,
     allow_insecure_policy_permissions: Option<bool>,
+    docker_exec_root: Option<PathBuf>,
 }
 
 /// The configuration in force: file, then flags, then defaults.
@@ -108,6 +114,8 @@ pub struct Config {
     pub watch_policy: bool,
     /// Warn about, instead of refusing, a policy non-root users could change.
     pub allow_insecure_policy_permissions: bool,
+    /// Where the engine keeps Swarm overlays' namespaces (`<dir>/netns`).
+    pub docker_exec_root: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -247,6 +255,11 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
         watch_policy: !a.no_watch_policy && f.watch_policy.unwrap_or(true),
         allow_insecure_policy_permissions: a.allow_insecure_policy_permissions
             || f.allow_insecure_policy_permissions.unwrap_or(false),
+        docker_exec_root: a
+            .docker_exec_root
+            .clone()
+            .or(f.docker_exec_root)
+            .unwrap_or_else(|| crate::host::overlay::DEFAULT_EXEC_ROOT.into()),
     }
 }
 

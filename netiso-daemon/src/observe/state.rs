@@ -176,6 +176,7 @@ impl State {
                 netiso_common::identity::WORLD => "world".into(),
                 netiso_common::identity::UNMANAGED => "unmanaged".into(),
                 netiso_common::identity::AMBIGUOUS_PUBLISHED => "ambiguous-published-port".into(),
+                netiso_common::identity::UNKNOWN_OVERLAY_PEER => "unknown-overlay-peer".into(),
                 // Dropped before its peer could be named (a frame netiso
                 // could not parse, ARP).
                 netiso_common::identity::ANY => "-".into(),

@@ -147,6 +147,7 @@ impl Fixture {
             services: Default::default(),
             resync_interval: None,
             watch_policy: false,
+            docker_exec_root: dir.path().join("no-docker"),
         };
         let policy = load_policy(&path).unwrap();
         let (tx, state) = watch::channel(Arc::new(State::default()));
