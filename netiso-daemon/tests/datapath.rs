@@ -2396,6 +2396,67 @@ fn programs_keep_a_tenth_of_the_verifier_budget_free() {
     }
 }
 
+/// Endpoints in another network namespace (a Swarm overlay's): the
+/// programs loaded for namespace slot k add `k << NS_SHIFT` to the
+/// ifindex (`NS_BASE`), so the same ifindex means another endpoint there
+/// and the host's entries never apply to it, nor its entries to the
+/// host's veths; both instances share the pinned maps (one policy, one
+/// conntrack) and stay within the verifier's budget.
+#[test]
+fn an_overlay_namespace_instance_keys_endpoints_by_its_base() {
+    use netiso_common::limits::NS_SHIFT;
+    let mut f = Fixture::new(DENY_BOTH);
+    let syn = tcp4(MAC_A, A, B, 40000, 8080, SYN);
+    // The host's instance: endpoint 1 (lo) denies.
+    assert_eq!(f.run(OUT, &syn), tc::ACT_SHOT);
+    let ep = {
+        let m: aya::maps::HashMap<_, u32, netiso_common::Endpoint> =
+            aya::maps::HashMap::try_from(f.dp().ebpf().map(maps::ENDPOINTS).unwrap()).unwrap();
+        m.get(&1, 0).unwrap()
+    };
+    let run = |f: &mut Fixture, frame: &[u8]| {
+        let p: &mut SchedClassifier = f
+            .dp()
+            .ns_instance(2)
+            .unwrap()
+            .program_mut(OUT)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value as i32
+    };
+    // Slot 2's lo is endpoint (2 << NS_SHIFT) + 1: not in the map, so not
+    // managed there, whatever the host's endpoint 1 says.
+    assert_eq!(run(&mut f, &syn), tc::PASS);
+    // Once it is, that entry judges it (the same policy maps).
+    let id = (2 << NS_SHIFT) + 1;
+    f.dp().write_endpoints(&[(id, ep)]).unwrap();
+    assert_eq!(run(&mut f, &syn), tc::ACT_SHOT);
+    // The host's instance still reads only endpoint 1: removing it lets
+    // its traffic pass while slot 2's entry keeps denying.
+    f.dp().remove_endpoints(&[1]).unwrap();
+    assert_eq!(f.run(OUT, &syn), tc::PASS);
+    assert_eq!(run(&mut f, &syn), tc::ACT_SHOT);
+    for name in [OUT, IN] {
+        let p: &SchedClassifier = f
+            .dp()
+            .ns_instance(2)
+            .unwrap()
+            .program(name)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let verified = p.info().unwrap().verified_instruction_count().unwrap();
+        println!("{name} (namespace slot 2): {verified} instructions verified");
+        assert!(verified <= 900_000, "{name}: {verified}");
+    }
+}
+
 /// A packet between two containers on one host is judged leaving the
 /// sender; the receiver's program takes that verdict for a live connection
 /// (`CROSS_VETH_MARK`) only when the packet entered the host through a veth

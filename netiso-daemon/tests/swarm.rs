@@ -43,6 +43,14 @@ from = "client"
 to = "api"
 ports = ["8080/tcp"]
 action = "allow"
+
+# The world may reach api: an address of the overlay nobody knows is not
+# the world.
+[[rules]]
+from = "world"
+to = "api"
+ports = ["8080/tcp"]
+action = "allow"
 "#;
 
 /// netiso in `node`'s network namespace, on its engine.
@@ -186,11 +194,54 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
         !intruder_got.contains("from-api"),
         "intruder (ingress deny, node 1) received from api (node 0): {intruder_got:?}"
     );
-    // The drops are counted where the receiver is.
+
+    // An address of the overlay no endpoint has (here: one added to node
+    // 1's overlay bridge, sending from its namespace) is an unknown overlay
+    // peer, not the world: the world's rule does not let it in, api's
+    // default does not either.
+    let ov_b = b.overlay_netns_path(&net);
+    let unknown = Command::new("nsenter")
+        .arg(format!("--net={}", ov_b.display()))
+        .args([
+            "bash",
+            "-c",
+            &format!(
+                "ip addr add 10.231.9.250/24 dev br0 && \
+                 for i in 1 2 3; do timeout 2 bash -c 'echo from-unknown > /dev/tcp/{api_ip}/{PORT}'; done; true"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(unknown.status.success(), "{unknown:?}");
+    let api_got = got(a, &api);
+    assert!(
+        !api_got.contains("from-unknown"),
+        "api received from an unknown overlay address: {api_got:?}"
+    );
+    // The drops are counted where the receiver is, the unknown sender
+    // named as such.
     let stats = String::from_utf8_lossy(&da.cli(&["stats", "--json"]).stdout).to_string();
     assert!(
-        stats.contains("default-deny"),
-        "node 0 counted no default-deny drop: {stats}"
+        stats.contains("default-deny") && stats.contains("unknown-overlay-peer"),
+        "node 0 counted no default-deny drop from an unknown overlay peer: {stats}"
+    );
+    // `status` checks the overlay veths' links in their namespace: all
+    // attached, the other node's tasks shown as such, nothing wrong.
+    let status = da.cli(&["status", "--json"]);
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    let report: serde_json::Value = serde_json::from_str(&text).expect("status --json");
+    let eps = report["endpoints"].as_array().expect("endpoints");
+    let attach = |name: &str| {
+        eps.iter()
+            .find(|e| e["container"] == name)
+            .map(|e| e["attach"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(attach(&a_api).as_deref(), Some("attached"), "{text}");
+    assert_eq!(attach(&client_task).as_deref(), Some("remote"), "{text}");
+    assert!(
+        status.status.success(),
+        "status reports a problem: {text}\n{}",
+        String::from_utf8_lossy(&status.stderr)
     );
     drop(db);
     drop(da);

@@ -1696,10 +1696,7 @@ egress = "deny"
     assert_eq!(p.warnings[0].kind, Kind::InferredRemotely);
     let local = container(
         "shop_api.1.x",
-        &[
-            (SWARM_SERVICE, "shop_api"),
-            (STACK_NAMESPACE, "shop"),
-        ],
+        &[(SWARM_SERVICE, "shop_api"), (STACK_NAMESPACE, "shop")],
         &["shop_back"],
     );
     let remote = Container::remote_task(

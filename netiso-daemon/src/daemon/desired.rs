@@ -335,6 +335,8 @@ pub fn build_desired(
                 guarded,
                 learning: guarded && learn != 0,
                 resolves_names: guarded && names != 0,
+                netns: a.host_netns.clone(),
+                remote_node: c.remote_node.clone(),
             });
         }
     }

@@ -73,7 +73,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let links = Netlink {
         overlays: crate::host::netlink::Overlays {
             exec_root: opts.docker_exec_root.clone(),
-            slots: Default::default(),
+            slots: crate::host::overlay::NsSlots::persistent(
+                opts.state_dir.join("netns-slots.json"),
+            ),
         },
     };
     let mut d = Daemon::new(opts, state_tx, policy, ids, dp, links);

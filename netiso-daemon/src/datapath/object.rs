@@ -571,6 +571,25 @@ impl Datapath {
         Ok((attached, detached))
     }
 
+    /// The programs for namespace slot `k` (≥ 1): loaded on first use with
+    /// `NS_BASE = k << NS_SHIFT` on the same pinned maps, so that their
+    /// endpoint ids are `(k << NS_SHIFT) + ifindex`.
+    pub fn ns_instance(&mut self, k: u32) -> Result<&mut Ebpf> {
+        if k == 0 || k >= 1 << (32 - limits::NS_SHIFT) {
+            bail!("namespace slot {k} out of range");
+        }
+        if !self.ns_instances.contains_key(&k) {
+            let map_dir = self.pin_dir.join(format!("maps-v{LAYOUT_VERSION}"));
+            let ebpf = load_object(&map_dir, &self.sizes, k << limits::NS_SHIFT)
+                .with_context(|| format!("loading the programs for namespace slot {k}"))?;
+            info!(slot = k, "programs loaded for another network namespace");
+            self.ns_instances.insert(k, ebpf);
+        }
+        self.ns_instances
+            .get_mut(&k)
+            .context("namespace instance just loaded")
+    }
+
     /// Attaches to the veth `ifname` of the network namespace at `netns`
     /// (endpoint id `(k << NS_SHIFT) + ifindex`, k ≥ 1): the programs are
     /// loaded once per k with `NS_BASE = k << NS_SHIFT` on the same pinned
@@ -584,21 +603,11 @@ impl Datapath {
         if self.mode == AttachMode::Netlink {
             bail!("endpoints in other network namespaces need TCX (kernel 6.6 or later)");
         }
-        if !self.ns_instances.contains_key(&k) {
-            let map_dir = self.pin_dir.join(format!("maps-v{LAYOUT_VERSION}"));
-            let ebpf = load_object(&map_dir, &self.sizes, k << limits::NS_SHIFT)
-                .with_context(|| format!("loading the programs for namespace slot {k}"))?;
-            info!(slot = k, netns = %netns.display(), "programs loaded for another network namespace");
-            self.ns_instances.insert(k, ebpf);
-        }
         let pins = [
             self.link_pin(id, TcAttachType::Ingress),
             self.link_pin(id, TcAttachType::Egress),
         ];
-        let ebpf = self
-            .ns_instances
-            .get_mut(&k)
-            .context("instance just loaded")?;
+        let ebpf = self.ns_instance(k)?;
         let ifname = ifname.to_string();
         crate::host::netlink::in_netns(netns, move || attach_tcx_with(ebpf, &pins, &ifname))?;
         debug!(id, netns = %netns.display(), "attached in another namespace");

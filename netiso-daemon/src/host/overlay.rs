@@ -25,27 +25,59 @@ pub fn netns_path(exec_root: &Path, network_id: &str) -> Option<PathBuf> {
 
 /// Namespace slots: the k of endpoint ids `(k << NS_SHIFT) + ifindex` for
 /// each overlay namespace the daemon found a veth in (k ≥ 1; 0 is the
-/// daemon's own namespace). A namespace keeps its slot for the life of the
-/// process; slots are not reused, so an id never changes meaning while
-/// links and conntrack entries keyed by it may still exist.
+/// daemon's own namespace), keyed by the namespace's name (`1-<id>`: the
+/// same across engine restarts). Slots are never reused, and with a file
+/// (`<state-dir>/netns-slots.json`) they outlive the daemon: after a
+/// restart an endpoint keeps its id, so its pinned links are re-adopted in
+/// place (no moment without enforcement) and its conntrack entries stay
+/// its own.
 #[derive(Clone, Debug, Default)]
 pub struct NsSlots {
-    inner: Arc<Mutex<BTreeMap<PathBuf, u32>>>,
+    inner: Arc<Mutex<BTreeMap<String, u32>>>,
+    file: Option<PathBuf>,
 }
 
 impl NsSlots {
-    /// The slot of `path`, given out now if it has none; `None` once every
-    /// slot is taken.
+    /// Slots kept in `file` (read now; an unreadable file starts afresh,
+    /// logged).
+    pub fn persistent(file: PathBuf) -> Self {
+        let map = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring the namespace slots file");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        Self {
+            inner: Arc::new(Mutex::new(map)),
+            file: Some(file),
+        }
+    }
+
+    /// The slot of the namespace at `path`, given out now if it has none;
+    /// `None` once every slot is taken.
     pub fn slot(&self, path: &Path) -> Option<u32> {
+        let name = path.file_name()?.to_string_lossy().into_owned();
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = m.get(path) {
+        if let Some(k) = m.get(&name) {
             return Some(*k);
         }
-        let k = m.len() as u32 + 1;
+        let k = m.values().max().copied().unwrap_or(0) + 1;
         if k >= 1 << (32 - NS_SHIFT) {
             return None;
         }
-        m.insert(path.to_path_buf(), k);
+        m.insert(name, k);
+        if let Some(file) = &self.file {
+            let tmp = file.with_extension("tmp");
+            let written = serde_json::to_vec_pretty(&*m)
+                .map_err(std::io::Error::other)
+                .and_then(|b| std::fs::write(&tmp, b))
+                .and_then(|()| std::fs::rename(&tmp, file));
+            if let Err(e) = written {
+                tracing::warn!(file = %file.display(), error = %e,
+                    "cannot save the namespace slots: a restart may renumber overlay endpoints");
+            }
+        }
         Some(k)
     }
 }
@@ -156,9 +188,19 @@ mod tests {
     #[test]
     fn slots_and_ids() {
         let s = NsSlots::default();
-        assert_eq!(s.slot(Path::new("/a")), Some(1));
-        assert_eq!(s.slot(Path::new("/b")), Some(2));
-        assert_eq!(s.slot(Path::new("/a")), Some(1));
+        assert_eq!(s.slot(Path::new("/x/1-a")), Some(1));
+        assert_eq!(s.slot(Path::new("/x/1-b")), Some(2));
+        // Keyed by the namespace's name: another engine pid, same slot.
+        assert_eq!(s.slot(Path::new("/y/1-a")), Some(1));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netns-slots.json");
+        let p = NsSlots::persistent(file.clone());
+        assert_eq!(p.slot(Path::new("/x/1-b")), Some(1));
+        assert_eq!(p.slot(Path::new("/x/1-c")), Some(2));
+        // A restart keeps them, and new ones come after.
+        let again = NsSlots::persistent(file);
+        assert_eq!(again.slot(Path::new("/x/1-d")), Some(3));
+        assert_eq!(again.slot(Path::new("/x/1-c")), Some(2));
         assert_eq!(endpoint_id(2, 7), Some((2 << 20) | 7));
         assert_eq!(endpoint_id(1, 1 << 20), None);
         assert_eq!(
