@@ -48,6 +48,12 @@ pub fn unenforceable_reason(c: &Container, network: &str, driver: Option<&str>) 
             "network {network:?} uses the {d} driver: its traffic leaves through the parent \
              interface without a veth, so netiso cannot attach to it"
         ),
+        Some("overlay") => format!(
+            "no host-side veth found for network {network:?} (a Swarm overlay) in its \
+             namespace under the engine's exec-root (`--docker-exec-root`, default \
+             /var/run/docker: is it the engine's `--exec-root`, reachable from here?); \
+             looked up again shortly and at every resync"
+        ),
         Some(d) if d != "bridge" => format!(
             "network {network:?} uses the {d} driver, which gives the container no host-side veth"
         ),

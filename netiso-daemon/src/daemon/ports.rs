@@ -41,6 +41,11 @@ pub(crate) trait HostLinks {
     fn link_name(&self, ifindex: u32) -> Result<Option<String>>;
     /// Every link now, as announcements would describe them.
     fn links(&self) -> Result<Vec<LinkEvent>>;
+    /// The ids of the Swarm overlays among the networks: their
+    /// attachments' veths are only ever looked for in their namespaces.
+    fn set_overlay_networks(&self, ids: BTreeSet<String>) {
+        let _ = ids;
+    }
 }
 
 /// The datapath as the reconciler drives it: the desired contents in,
@@ -111,6 +116,14 @@ impl HostLinks for Netlink {
 
     fn links(&self) -> Result<Vec<LinkEvent>> {
         crate::host::link_watch::dump()
+    }
+
+    fn set_overlay_networks(&self, ids: BTreeSet<String>) {
+        *self
+            .overlays
+            .networks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = ids;
     }
 }
 

@@ -285,6 +285,8 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             .filter(|n| n.driver == "overlay")
             .cloned()
             .collect();
+        self.links
+            .set_overlay_networks(self.overlay_nets.iter().map(|n| n.id.clone()).collect());
         self.drivers = nets
             .iter()
             .map(|n| (n.name.clone(), n.driver.clone()))

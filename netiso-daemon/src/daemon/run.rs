@@ -73,6 +73,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let links = Netlink {
         overlays: crate::host::netlink::Overlays {
             exec_root: opts.docker_exec_root.clone(),
+            networks: Default::default(),
             slots: crate::host::overlay::NsSlots::persistent(
                 opts.state_dir.join("netns-slots.json"),
             ),

@@ -66,6 +66,10 @@ pub fn resolve_host_veths(c: &mut Container) -> Result<()> {
 pub struct Overlays {
     pub exec_root: PathBuf,
     pub slots: crate::host::overlay::NsSlots,
+    /// Ids of the networks known to be overlays: an attachment of one of
+    /// them whose namespace is not found is left unresolved, never looked
+    /// up in this namespace (where the same ifindex is another veth).
+    pub networks: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// [`resolve_host_veths`], also finding veths in Swarm overlay namespaces:
@@ -130,6 +134,14 @@ pub fn resolve_host_veths_with(c: &mut Container, overlays: Option<&Overlays>) -
                 }
             }
             continue;
+        }
+        if let Some(o) = overlays {
+            let known = o.networks.lock().unwrap_or_else(|e| e.into_inner());
+            if known.contains(&a.network_id) {
+                tracing::debug!(container = %c.name, network = %a.network,
+                    exec_root = %o.exec_root.display(), "no namespace found for the overlay");
+                continue;
+            }
         }
         // Check the host link really is this veth's peer: the container may be
         // going away and its ifindex already reused by another device.
