@@ -35,7 +35,7 @@ ingress = "deny"
 swarm = { service = "client" }
 
 [groups.intruder]
-swarm = { service = ["intruder", "neighbor"] }
+swarm = { service = ["intruder", "neighbor", "late"] }
 ingress = "deny"
 
 [[rules]]
@@ -243,6 +243,81 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
         "status reports a problem: {text}\n{}",
         String::from_utf8_lossy(&status.stderr)
     );
+
+    // A task started while the daemons run: node 1 enforces it as soon as
+    // it starts, node 0 names it from the gossip; it is denied both ways.
+    swarm.service_on("late", 1, OVERLAY, RECEIVER);
+    swarm.wait_tasks_running("late", 1, TASK_TIMEOUT);
+    let late = swarm.task_container(1, "late");
+    let late_name = b.docker_ok(&format!("inspect -f '{{{{.Name}}}}' {late}"));
+    let late_name = late_name.trim_start_matches('/').to_string();
+    let late_task = task_name(b, &late);
+    let late_ip = b.container_ip(&late, OVERLAY);
+    db.wait_for("node 1 enforcing the late task", |s| {
+        enforced(s, &late_name)
+    });
+    da.wait_for("node 0 naming the late task", |s| {
+        known(s, &late_task, "intruder")
+    });
+    send(b, &late, api_ip, "from-late");
+    send(a, &api, late_ip, "from-api-to-late");
+    send(b, &client, api_ip, "from-client-again");
+    let t = Instant::now();
+    while !got(a, &api).contains("from-client-again") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "client no longer reaches api"
+        );
+        send(b, &client, api_ip, "from-client-again");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        !got(a, &api).contains("from-late"),
+        "api received from the late task"
+    );
+    assert!(
+        !got(b, &late).contains("from-api-to-late"),
+        "the late task received from api"
+    );
+
+    // Tasks and the overlay go: each daemon lets go of their endpoints,
+    // links and remote peers.
+    for s in ["api", "neighbor", "client", "intruder", "late"] {
+        swarm.manager().docker_ok(&format!("service rm {s}"));
+    }
+    b.docker_ok(&format!("rm -f {plain}"));
+    let overlay_links = |d: &DaemonProc| {
+        std::fs::read_dir(d.pins.path.join("links"))
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .split('-')
+                            .next()
+                            .and_then(|i| i.parse::<u32>().ok())
+                            .is_some_and(|i| i >> 20 >= 1)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for (d, node) in [(&mut da, a), (&mut db, b)] {
+        d.wait_for("no overlay endpoint left", |s| {
+            s.endpoints
+                .iter()
+                .all(|e| e.netns.is_none() && e.remote_node.is_none())
+        });
+        let t = Instant::now();
+        while overlay_links(d) > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "overlay links left on {}",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     drop(db);
     drop(da);
     let _ = net;
