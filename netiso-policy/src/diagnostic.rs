@@ -59,6 +59,9 @@ pub enum Kind {
     /// Warning: a selector other nodes of a Swarm can only infer (the
     /// stack of a task on another node, from its service's name).
     InferredRemotely,
+    /// Warning: in a policy for a Swarm, a group named by a rule that
+    /// selects by what other nodes cannot see (labels, image).
+    LocalOnlySelector,
 }
 
 impl Kind {
@@ -85,6 +88,7 @@ impl Kind {
             Self::NeverMatches => "never-matches",
             Self::RedundantPort => "redundant-port",
             Self::InferredRemotely => "inferred-remotely",
+            Self::LocalOnlySelector => "local-only-selector",
         }
     }
 }

@@ -1725,6 +1725,29 @@ egress = "deny"
     assert!(p.groups_of(&plain).is_empty());
     assert_eq!(remote.remote_node.as_deref(), Some("198.18.0.2"));
     assert_contains(&errors("[groups.a]\nswarm = {}\n"), &["\"swarm\" is empty"]);
+    // Beside swarm selectors, a group a rule names that selects by labels
+    // is only recognised on its own node: said.
+    let p = parse_str(
+        r#"
+[groups.api]
+swarm = { service = "shop_api" }
+ingress = "deny"
+
+[groups.admin]
+labels = { role = "admin" }
+
+[[rules]]
+from = "admin"
+to = "api"
+ports = ["22/tcp"]
+action = "allow"
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let kinds: Vec<Kind> = p.warnings.iter().map(|w| w.kind).collect();
+    assert_eq!(kinds, vec![Kind::LocalOnlySelector], "{:?}", p.warnings);
+    assert!(p.warnings[0].message.contains("label role"));
     assert_contains(
         &errors("[groups.a]\nswarm = { task = \"x\" }\n"),
         &["unknown key"],
