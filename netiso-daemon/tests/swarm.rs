@@ -8,7 +8,9 @@
 //! from the overlay's gossip. The reachability matrix is judged by what
 //! each receiver got: every sender writes its own marker to the
 //! receiver's port, and the receiver's record holds the markers that
-//! arrived.
+//! arrived. Then: an unknown overlay address (not the world), `status`,
+//! a restart of one daemon (same endpoint ids), a task started later, and
+//! everything removed (no overlay endpoint, link or remote peer left).
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -53,27 +55,59 @@ ports = ["8080/tcp"]
 action = "allow"
 "#;
 
-/// netiso in `node`'s network namespace, on its engine.
-fn daemon_on(node: &Node, policy: PathBuf) -> DaemonProc {
-    let exec_root = PathBuf::from(format!("/proc/{}/root", node.dockerd_pid()))
-        .join(node.exec_root().strip_prefix("/").unwrap());
+/// `netiso` in `node`'s network namespace, on its engine.
+fn program_on(node: &Node) -> Command {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", node.netns_path().display()))
         .arg(netiso_bin())
         .env("DOCKER_HOST", format!("unix://{}", node.socket().display()));
-    let exec_root = exec_root.display().to_string();
-    DaemonProc::start_program(
-        cmd,
-        policy,
-        &[
-            "--docker-exec-root",
-            &exec_root,
-            "--metrics-addr",
-            "off",
-            "--resync-interval",
-            "0",
-        ],
+    cmd
+}
+
+/// The daemon's flags for `node`: its engine's exec-root, through
+/// dockerd's root.
+fn flags_for(node: &Node) -> Vec<String> {
+    let exec_root = PathBuf::from(format!("/proc/{}/root", node.dockerd_pid()))
+        .join(node.exec_root().strip_prefix("/").unwrap());
+    [
+        "--docker-exec-root",
+        &exec_root.display().to_string(),
+        "--metrics-addr",
+        "off",
+        "--resync-interval",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// netiso in `node`'s network namespace, on its engine.
+fn daemon_on(node: &Node, policy: PathBuf) -> DaemonProc {
+    let flags = flags_for(node);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    DaemonProc::start_program(program_on(node), policy, &flags)
+}
+
+/// Kills `d`'s process (by its pid) and starts another on the same pins
+/// and state: what a restart of the service does.
+fn restart(d: &mut DaemonProc, node: &Node) {
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.state_dir.path().join("daemon.log"))
+        .unwrap();
+    let mut args = vec!["--policy".to_string(), d.policy_path.display().to_string()];
+    args.extend(flags_for(node));
+    d.child = netiso_testkit::daemon::daemon_command(
+        program_on(node),
+        &d.pins.path,
+        d.state_dir.path(),
+        &args,
+        &log,
     )
+    .spawn()
+    .expect("restart netiso daemon");
 }
 
 /// `from` (a container on `node`) sends `marker` to `ip:PORT`.
@@ -244,6 +278,47 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
         String::from_utf8_lossy(&status.stderr)
     );
 
+    // Node 0's daemon restarts: the pinned programs keep enforcing while
+    // it is gone, and the new process gives api's overlay veth the same
+    // endpoint id (namespace slots are kept), so its links are re-adopted
+    // in place.
+    let api_id = |s: &netiso_daemon::observe::state::State| {
+        s.endpoints
+            .iter()
+            .find(|e| e.container == a_api)
+            .and_then(|e| e.ifindex)
+    };
+    let before = api_id(&da.state()).expect("api's endpoint id");
+    let old_pid = da.child.id();
+    let _ = da.child.kill();
+    let _ = da.child.wait();
+    send(b, &intruder, api_ip, "while-down-intruder");
+    restart(&mut da, a);
+    da.wait_for("node 0's new daemon enforcing api", |s| {
+        s.pid != old_pid && enforced(s, &a_api) && known(s, &client_task, "client")
+    });
+    assert_eq!(
+        api_id(&da.state()),
+        Some(before),
+        "api's endpoint id changed"
+    );
+    send(b, &intruder, api_ip, "after-restart-intruder");
+    send(b, &client, api_ip, "after-restart-client");
+    let t = Instant::now();
+    while !got(a, &api).contains("after-restart-client") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "client no longer reaches api after the restart"
+        );
+        send(b, &client, api_ip, "after-restart-client");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let api_got = got(a, &api);
+    assert!(
+        !api_got.contains("while-down-intruder") && !api_got.contains("after-restart-intruder"),
+        "api received from intruder around node 0's restart: {api_got:?}"
+    );
+
     // A task started while the daemons run: node 1 enforces it as soon as
     // it starts, node 0 names it from the gossip; it is denied both ways.
     swarm.service_on("late", 1, OVERLAY, RECEIVER);
@@ -318,7 +393,16 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    for (d, node) in [(&da, a), (&db, b)] {
+        let log = d.log();
+        println!("{}: {} log lines", node.name, log.lines().count());
+        for l in log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            println!("{}: {l}", node.name);
+        }
+    }
     drop(db);
     drop(da);
-    let _ = net;
 }
