@@ -544,15 +544,39 @@ impl Datapath {
     fn sync_attachments(&mut self, desired: &Desired) -> Result<(usize, usize)> {
         let mut attached = 0;
         for (ifindex, spec) in &desired.endpoints {
-            if self.attached.get(ifindex) == Some(&spec.ifname) {
+            // In another namespace the same name and index may be another
+            // veth once the namespace is made anew (an engine restart
+            // recreates an overlay's, and its ifindexes and `vethN` names
+            // start over): the namespace's inode is part of what was
+            // attached.
+            let key = match &spec.netns {
+                None => spec.ifname.clone(),
+                Some(ns) => {
+                    use std::os::unix::fs::MetadataExt as _;
+                    let ino = std::fs::metadata(ns).map(|m| m.ino()).unwrap_or(0);
+                    format!("{}@{ino}", spec.ifname)
+                }
+            };
+            if self.attached.get(ifindex) == Some(&key) {
                 continue;
             }
             match &spec.netns {
-                None => self.attach(*ifindex, &spec.ifname),
-                Some(ns) => self.attach_in_netns(*ifindex, &spec.ifname, ns),
+                None => self
+                    .attach(*ifindex, &spec.ifname)
+                    .with_context(|| format!("attaching to {} (ifindex {ifindex})", spec.ifname))?,
+                Some(ns) => {
+                    // A namespace can go between the lookup and here (its
+                    // network's last endpoint left): that endpoint is
+                    // tried again at the next apply, the others go on.
+                    if let Err(e) = self.attach_in_netns(*ifindex, &spec.ifname, ns) {
+                        tracing::error!(endpoint = ifindex, ifname = %spec.ifname,
+                            netns = %ns.display(), error = format!("{e:#}"),
+                            "cannot attach in the overlay's namespace; tried again at the next apply");
+                        continue;
+                    }
+                }
             }
-            .with_context(|| format!("attaching to {} (endpoint {ifindex})", spec.ifname))?;
-            self.attached.insert(*ifindex, spec.ifname.clone());
+            self.attached.insert(*ifindex, key);
             attached += 1;
         }
         let mut detached = 0;
