@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -34,9 +34,12 @@ pub mod maps {
     pub const DNS: &str = "NETISO_DNS";
     /// Endpoints by ifindex, for small ifindexes (see [`super::EndpointSlot`]).
     pub const ENDPOINT_ARRAY: &str = "NETISO_EP_ARRAY";
+    /// The policy entries of each identity pair in one value (see
+    /// [`super::PairValue`]).
+    pub const PAIRS: &str = "NETISO_PAIRS";
 
     /// Every map, in a fixed order (used for pinning and cleanup).
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         ENDPOINTS,
         IDENTITIES,
         POLICY,
@@ -55,6 +58,7 @@ pub mod maps {
         FQDN,
         DNS,
         ENDPOINT_ARRAY,
+        PAIRS,
     ];
 }
 
@@ -83,6 +87,8 @@ pub mod limits {
     pub const ENDPOINT_ARRAY: u32 = 32768;
     pub const IDENTITIES: u32 = 65536;
     pub const POLICY: u32 = 262144;
+    /// Identity pairs that rules name, both slots.
+    pub const PAIRS: u32 = 65536;
     pub const CONNTRACK: u32 = 262144;
     pub const FLOWS: u32 = 65536;
     pub const FRAGS: u32 = 16384;
@@ -472,6 +478,58 @@ pub struct PolicyValue {
     pub rule_id: u32,
 }
 
+/// Key of the pairs map: one identity pair (sender, receiver) in one
+/// policy slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    pub src: u32,
+    pub dst: u32,
+    /// The policy slot, 0 or 1. A whole word: three padding bytes would
+    /// cost the programs a `memset` call per lookup to zero them.
+    pub slot: u32,
+}
+
+/// One policy entry inside a [`PairValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairEntry {
+    /// Destination port; 0 in `protos` and `all`.
+    pub port: u16,
+    pub proto: u8,
+    /// [`Action`] as u8; 0 = no entry.
+    pub action: u8,
+    pub rule_id: u32,
+}
+
+/// Entries of the exact-port and the per-protocol kind a pair value holds
+/// inline; a pair with more has `more_ports` / `more_protos` set and the
+/// rest is found in the policy map.
+pub const PAIR_ENTRIES: usize = 4;
+
+/// Everything the policy map says about one identity pair, found with one
+/// lookup: a first packet between two identities no rule names misses once
+/// (instead of three times), and a pair with a few ports finds its verdict
+/// here. The order is the policy map's: the exact (proto, port) entry,
+/// then (proto, any port), then (any proto, any port); the first that
+/// exists decides. Written by the daemon from the policy map's entries of
+/// the pair (`netiso_daemon::datapath::pairs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairValue {
+    /// Exact entries beyond `ports` exist: look them up in the policy map.
+    pub more_ports: u8,
+    /// Per-protocol entries beyond `protos` exist: likewise.
+    pub more_protos: u8,
+    pub _pad: [u8; 6],
+    /// (any proto, any port), if `action` is not 0.
+    pub all: PairEntry,
+    /// (proto, port) entries: those with `action` 0 are unused.
+    pub ports: [PairEntry; PAIR_ENTRIES],
+    /// (proto, any port) entries: those with `action` 0 are unused.
+    pub protos: [PairEntry; PAIR_ENTRIES],
+}
+
 /// Key of the published-ports map: a TCP or UDP port the host publishes for
 /// a container (`docker run -p`), in one policy slot. A container that
 /// connects to it on a host address is judged as reaching that container.
@@ -659,7 +717,8 @@ pub struct LearnValue {
 /// packet leaves a network namespace), and nothing is gained by it: it
 /// only skips the copy.
 pub const DNS_REINJECT_MARK: u32 = 0x6e69_5344;
-/// The mark the sender's program puts on a packet of a live connection
+/// The default of `Settings::cross_mark`: the mark the sender's program
+/// puts on a packet of a live connection
 /// to a container on this host that its fast path passed (fresh, state
 /// unchanged, current policy): the receiver's program lets it in after its
 /// own endpoint checks (its address, its MAC, unicast) without a second
@@ -670,7 +729,12 @@ pub const DNS_REINJECT_MARK: u32 = 0x6e69_5344;
 /// ingress ifindex 0 (or the interface they came in on). A container's own
 /// marks are cleared when its packets leave its namespace, and the sender's
 /// program clears this one on everything its fast path did not pass.
-pub const CROSS_VETH_MARK: u32 = 0x6e69_5856;
+///
+/// Bridged packets pass the host's netfilter hooks with it (Docker turns
+/// on bridge netfilter), so it avoids the bits other tools test there:
+/// kube-proxy's 0x4000 and 0x8000, the 0xff0000 byte Tailscale and Weave
+/// use, WireGuard's 0xca6c; `cross_veth_mark` in netiso.toml changes it.
+pub const DEFAULT_CROSS_VETH_MARK: u32 = 0x1e00_0000;
 /// Frame bytes a DNS copy carries at most (longer ones are not copied).
 pub const DNS_CAPTURE: usize = 2048;
 /// Peers by name one learned address can stand for at once.
@@ -805,7 +869,9 @@ pub struct Settings {
     pub generation: u32,
     /// Events per second per CPU; 0 turns events off.
     pub event_rate: u32,
-    pub _pad: u32,
+    /// The mark of cross-veth verdicts (see [`DEFAULT_CROSS_VETH_MARK`]);
+    /// 0 turns them off (every receiver looks its connection up itself).
+    pub cross_mark: u32,
 }
 
 pub mod settings_flags {
@@ -861,6 +927,13 @@ mod user {
     // SAFETY: repr(C), integer fields only: 1 + 3 (`_pad`) + 4 = 8 bytes at
     // align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: repr(C), integer fields only: 4 + 4 + 4 = 12 bytes at
+    // align 4, no implicit padding (size test below).
+    unsafe impl aya::Pod for PairKey {}
+    // SAFETY: repr(C), integers and PairEntry (2 + 1 + 1 + 4 = 8 bytes at
+    // align 4, no padding): 1 + 1 + 6 (`_pad`) + 8 + 32 + 32 = 80 bytes at
+    // align 4, no implicit padding (size test below).
+    unsafe impl aya::Pod for PairValue {}
     // SAFETY: repr(C), integer fields only: 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2
     // (`_pad`) = 44 bytes at align 4, no implicit padding (size test below).
     unsafe impl aya::Pod for CtKey {}
@@ -938,6 +1011,9 @@ mod tests {
         assert_eq!(size_of::<IdentityInfo>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyValue>(), 8);
+        assert_eq!(size_of::<PairKey>(), 12);
+        assert_eq!(size_of::<PairEntry>(), 8);
+        assert_eq!(size_of::<PairValue>(), 80);
         assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<FlowKey>(), 52);

@@ -133,6 +133,15 @@ impl Fixture {
         self.dp.as_mut().unwrap()
     }
 
+    fn prog(&mut self, name: &str) -> &mut SchedClassifier {
+        self.dp()
+            .ebpf_mut()
+            .program_mut(name)
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
     /// Runs `prog` on A's interface. A frame entering A is addressed to A
     /// at the link layer first, as the bridge would deliver it (see
     /// [`addressed`]); [`run_exact`](Self::run_exact) sends it as it is.
@@ -145,13 +154,7 @@ impl Fixture {
     }
 
     fn run_exact(&mut self, prog: &str, frame: &[u8]) -> i32 {
-        let p: &mut SchedClassifier = self
-            .dp()
-            .ebpf_mut()
-            .program_mut(prog)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let p = self.prog(prog);
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -167,13 +170,7 @@ impl Fixture {
         // test run set only a few fields, this one among them.
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        let p: &mut SchedClassifier = self
-            .dp()
-            .ebpf_mut()
-            .program_mut(prog)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let p = self.prog(prog);
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -206,13 +203,7 @@ impl Fixture {
         } else {
             frame.to_vec()
         };
-        let p: &mut SchedClassifier = self
-            .dp()
-            .ebpf_mut()
-            .program_mut(prog)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let p = self.prog(prog);
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(&frame),
@@ -2130,13 +2121,7 @@ fn names_allow_learned_addresses_and_dns_answers_are_held() {
     let mut ctx = [0u8; 44];
     ctx[8..12].copy_from_slice(&DNS_REINJECT_MARK.to_ne_bytes());
     ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
-    let p: &mut SchedClassifier = f
-        .dp()
-        .ebpf_mut()
-        .program_mut(IN)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let p = f.prog(IN);
     let r = p
         .test_run(TestRunOptions {
             data_in: Some(&answer),
@@ -2374,11 +2359,12 @@ fn established_packets_are_still_checked_in_full() {
 /// The verifier walks every path of a program, up to 1,000,000
 /// instructions; past that the datapath does not load at all. A program
 /// that creeps towards the limit fails on the next change, or on a kernel
-/// whose verifier prunes a little less: keep a tenth of it free (the
-/// egress program walks about 871,000 today; it walked 921,000 before
-/// two flags carried through the parser were moved to map memory).
+/// whose verifier prunes a little less: keep 40 % of it free. (The egress
+/// program walked 921,000 before the pairs map replaced three policy
+/// lookups, each a branch that doubled what follows, with one; about
+/// 402,000 since.)
 #[test]
-fn programs_keep_a_tenth_of_the_verifier_budget_free() {
+fn programs_keep_two_fifths_of_the_verifier_budget_free() {
     const LIMIT: u32 = 1_000_000;
     let mut f = Fixture::new(DENY_BOTH);
     for name in [OUT, IN] {
@@ -2390,8 +2376,8 @@ fn programs_keep_a_tenth_of_the_verifier_budget_free() {
             .expect("the kernel reports verified instructions");
         println!("{name}: {verified} instructions verified");
         assert!(
-            verified <= LIMIT / 10 * 9,
-            "{name}: the verifier walked {verified} instructions, within a tenth of its limit of {LIMIT}: split paths apart (`#[inline(never)]` functions, fewer values live across branches) before adding more"
+            verified <= LIMIT / 5 * 3,
+            "{name}: the verifier walked {verified} instructions, within two fifths of its limit of {LIMIT}: split paths apart (`#[inline(never)]` functions, fewer values live across branches) before adding more"
         );
     }
 }
@@ -2459,13 +2445,13 @@ fn an_overlay_namespace_instance_keys_endpoints_by_its_base() {
 
 /// A packet between two containers on one host is judged leaving the
 /// sender; the receiver's program takes that verdict for a live connection
-/// (`CROSS_VETH_MARK`) only when the packet entered the host through a veth
+/// (`DEFAULT_CROSS_VETH_MARK`) only when the packet entered the host through a veth
 /// netiso manages, and only after its own checks. The mark alone, from the
 /// host, a host-network process (SO_MARK needs only CAP_NET_RAW) or an
 /// unmanaged interface, lets nothing in.
 #[test]
 fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
-    use netiso_common::{ct_flags, peer_flags, CROSS_VETH_MARK};
+    use netiso_common::{ct_flags, peer_flags, DEFAULT_CROSS_VETH_MARK};
     let mut d = desired(DENY_BOTH);
     // B's addresses are a container's behind a managed veth on this host.
     for key in [IpKey::v4(B.octets(), 0), IpKey::v6(B6.octets(), 0)] {
@@ -2488,7 +2474,13 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
     let ct = f.ct().get(&ct_key(A, B, 40000, 80, 6), 0).unwrap();
     assert_ne!(ct.flags & ct_flags::LOCAL_PEER, 0);
     let ack = tcp4(MAC_A, A, B, 40000, 80, ACK);
-    assert_eq!(f.run_marked(OUT, &ack, 0, 1), (tc::PASS, CROSS_VETH_MARK));
+    // A slow machine may make the entry due for a refresh first (the full
+    // path, unmarked): the second ACK is the fast path's.
+    f.run_marked(OUT, &ack, 0, 1);
+    assert_eq!(
+        f.run_marked(OUT, &ack, 0, 1),
+        (tc::PASS, DEFAULT_CROSS_VETH_MARK)
+    );
     // A connection to the world is never marked; nor is what the full path
     // passes, whatever mark it came with.
     let mut w = desired(0);
@@ -2499,7 +2491,7 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
     let mut open = Fixture::with(w);
     let syn_w = tcp4(MAC_A, A, WORLD, 40001, 443, SYN);
     assert_eq!(
-        open.run_marked(OUT, &syn_w, CROSS_VETH_MARK, 1),
+        open.run_marked(OUT, &syn_w, DEFAULT_CROSS_VETH_MARK, 1),
         (tc::PASS, 0)
     );
     let ack_w = tcp4(MAC_A, A, WORLD, 40001, 443, ACK);
@@ -2510,18 +2502,24 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
     let to_a = tcp4(frames::MAC_B, B, A, 40100, 22, ACK);
     let udp_to_a = udp4(frames::MAC_B, B, A, 40100, 5353);
     // Marked, from B's managed veth: taken as B's verdict, no state made.
-    assert_eq!(f.run_marked(IN, &to_a, CROSS_VETH_MARK, 7).0, tc::PASS);
-    assert_eq!(f.run_marked(IN, &udp_to_a, CROSS_VETH_MARK, 7).0, tc::PASS);
+    assert_eq!(
+        f.run_marked(IN, &to_a, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::PASS
+    );
+    assert_eq!(
+        f.run_marked(IN, &udp_to_a, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::PASS
+    );
     assert!(!f.ct_has(&ct_key(A, B, 22, 40100, 6)));
     // The mark from the host or a host-network process (ingress ifindex
     // 0), from an interface netiso does not manage, or another mark: the
     // packet is judged, and dropped.
     let before = f.dropped(DropReason::DefaultDeny);
     for (mark, iif) in [
-        (CROSS_VETH_MARK, 0),
-        (CROSS_VETH_MARK, 8),
-        (CROSS_VETH_MARK, 40_000),
-        (CROSS_VETH_MARK ^ 1, 7),
+        (DEFAULT_CROSS_VETH_MARK, 0),
+        (DEFAULT_CROSS_VETH_MARK, 8),
+        (DEFAULT_CROSS_VETH_MARK, 40_000),
+        (DEFAULT_CROSS_VETH_MARK ^ 1, 7),
         (0, 7),
     ] {
         assert_eq!(
@@ -2534,21 +2532,18 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
     // Trusted, but not for A: another address, another MAC, a broadcast,
     // or what the fast path does not take (ICMP): judged, dropped.
     let to_c = tcp4(frames::MAC_B, B, C, 40100, 22, ACK);
-    assert_eq!(f.run_marked(IN, &to_c, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+    assert_eq!(
+        f.run_marked(IN, &to_c, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::ACT_SHOT
+    );
     let wrong_mac = {
         let mut fr = addressed(&to_a, MAC_A);
         fr[5] ^= 0x40;
         fr
     };
-    let p: &mut SchedClassifier = f
-        .dp()
-        .ebpf_mut()
-        .program_mut(IN)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let p = f.prog(IN);
     let mut ctx = [0u8; 44];
-    ctx[8..12].copy_from_slice(&CROSS_VETH_MARK.to_ne_bytes());
+    ctx[8..12].copy_from_slice(&DEFAULT_CROSS_VETH_MARK.to_ne_bytes());
     ctx[36..40].copy_from_slice(&7u32.to_ne_bytes());
     let r = p
         .test_run(TestRunOptions {
@@ -2559,14 +2554,20 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
         .unwrap();
     assert_eq!(r.return_value as i32, tc::ACT_SHOT, "another MAC");
     let bcast = udp4(frames::MAC_B, B, Ipv4Addr::BROADCAST, 40100, 5353);
-    assert_eq!(f.run_marked(IN, &bcast, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+    assert_eq!(
+        f.run_marked(IN, &bcast, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::ACT_SHOT
+    );
     let ping = eth(
         frames::MAC_B,
         MAC_A,
         0x0800,
         &ipv4(B, A, 1, 9, 0, &icmp_echo(8, 7)),
     );
-    assert_eq!(f.run_marked(IN, &ping, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+    assert_eq!(
+        f.run_marked(IN, &ping, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::ACT_SHOT
+    );
 
     // A container whose DNS is watched (it resolves names) takes no
     // verdict from anyone: its answers must reach the daemon.
@@ -2577,5 +2578,102 @@ fn the_receiver_takes_the_senders_verdict_only_from_a_managed_veth() {
         m.get(&1, 0).unwrap()
     };
     g.dp().write_endpoints(&[(7, ep)]).unwrap();
-    assert_eq!(g.run_marked(IN, &to_a, CROSS_VETH_MARK, 7).0, tc::ACT_SHOT);
+    assert_eq!(
+        g.run_marked(IN, &to_a, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::ACT_SHOT
+    );
+
+    // Another mark configured: the old one is nobody's verdict, the new
+    // one is. Switched off: no packet is marked, none trusted.
+    f.dp().set_cross_mark(0x0100_0000).unwrap();
+    assert_eq!(
+        f.run_marked(IN, &to_a, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::ACT_SHOT
+    );
+    assert_eq!(f.run_marked(IN, &to_a, 0x0100_0000, 7).0, tc::PASS);
+    // (The first ACK may find the entry due for a refresh: the full path,
+    // unmarked; the next is the fast path's.)
+    f.run_marked(OUT, &ack, 0, 1);
+    assert_eq!(f.run_marked(OUT, &ack, 0, 1), (tc::PASS, 0x0100_0000));
+    f.dp().set_cross_mark(0).unwrap();
+    assert_eq!(f.run_marked(IN, &to_a, 0, 7).0, tc::ACT_SHOT);
+    assert_eq!(
+        f.run_marked(IN, &to_a, DEFAULT_CROSS_VETH_MARK, 7).0,
+        tc::ACT_SHOT
+    );
+    assert_eq!(f.run_marked(OUT, &ack, 0, 1), (tc::PASS, 0));
+}
+
+/// A pair with more entries than its pairs-map value holds: the rest are
+/// found in the policy map, in the same order (exact port, then the
+/// protocol, then anything), and every entry decides as written.
+#[test]
+fn a_pair_with_many_rules_decides_by_each_of_them() {
+    let mut d = desired(DENY_BOTH);
+    let entry = |proto, dport, action: Action, rule_id| {
+        (
+            PolicyKey {
+                src: ID_A,
+                dst: ID_C,
+                dport,
+                proto,
+                slot: 0,
+            },
+            PolicyValue {
+                action: action as u8,
+                _pad: [0; 3],
+                rule_id,
+            },
+        )
+    };
+    // Ten TCP ports (allowed, 2000 denied), UDP allowed on any port except
+    // 5353 (denied), six protocols with entries of their own, and the
+    // pair's catch-all: audit.
+    for (i, port) in (2000..2010).enumerate() {
+        let action = if port == 2000 {
+            Action::Deny
+        } else {
+            Action::Allow
+        };
+        d.policy
+            .extend([entry(proto::TCP, port, action, 100 + i as u32)]);
+    }
+    d.policy.extend([
+        entry(proto::UDP, 5353, Action::Deny, 200),
+        entry(proto::UDP, 0, Action::Allow, 201),
+        entry(proto::ICMP, 0, Action::Deny, 202),
+        entry(47, 0, Action::Allow, 203),
+        entry(50, 0, Action::Allow, 204),
+        entry(51, 0, Action::Allow, 205),
+        entry(132, 0, Action::Deny, 206),
+        entry(proto::ANY, 0, Action::Audit, 207),
+    ]);
+    let mut f = Fixture::with(d);
+    for port in 2001..2010 {
+        assert_eq!(
+            f.run(OUT, &tcp4(MAC_A, A, C, 40000 + port, port, SYN)),
+            tc::PASS,
+            "tcp {port}"
+        );
+    }
+    assert_eq!(
+        f.run(OUT, &tcp4(MAC_A, A, C, 41000, 2000, SYN)),
+        tc::ACT_SHOT,
+        "tcp 2000 is denied by its own entry"
+    );
+    assert_eq!(f.dropped(DropReason::PolicyDeny), 1);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, C, 41001, 9999)), tc::PASS);
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, C, 41002, 5353)), tc::ACT_SHOT);
+    let ping = eth(
+        MAC_A,
+        frames::MAC_B,
+        0x0800,
+        &ipv4(A, C, 1, 7, 0, &icmp_echo(8, 5)),
+    );
+    assert_eq!(f.run(OUT, &ping), tc::ACT_SHOT, "ICMP denied by its entry");
+    // TCP to a port no entry names: the catch-all (audit) passes it and
+    // records it, where A's default would have denied it.
+    assert_eq!(f.run(OUT, &tcp4(MAC_A, A, C, 41003, 3000, SYN)), tc::PASS);
+    assert_eq!(f.dropped(DropReason::Audit), 1);
+    assert_eq!(f.dropped(DropReason::PolicyDeny), 3);
 }

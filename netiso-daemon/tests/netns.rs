@@ -162,6 +162,34 @@ fn desired_for(text: &str, topo: &Topology, ids: &mut IdentityAllocator) -> Desi
     daemon::build_desired(&compiled, &containers, &policy, &Default::default()).0
 }
 
+/// A UDP receiver in `ns` on `port` that counts the datagrams starting
+/// with `marker` until `done` (or a minute); returns once it is bound.
+fn count_datagrams(
+    ns: &netiso_testkit::NetNs,
+    port: u16,
+    marker: &'static [u8],
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    use std::time::Instant;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = netiso_testkit::topology::spawn_in(ns, move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        tx.send(()).unwrap();
+        let mut got = 0u32;
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end && !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                got += u32::from(buf[..n].starts_with(marker));
+            }
+        }
+        got
+    });
+    rx.recv().unwrap();
+    h
+}
+
 fn rows(dp: &Datapath) -> Vec<(netiso_common::FlowKey, netiso_common::FlowValue)> {
     counters::flows(dp.ebpf().map(maps::FLOWS).unwrap()).unwrap()
 }
@@ -561,38 +589,16 @@ fn a_broadcast_to_a_published_port_reaches_no_denied_container() {
 fn report_payloads_and_fragments_after_a_revocation_reach_no_receiver() {
     use netiso_testkit::frames::{eth, icmpv4_checksummed, ipv4_header, udp_checksummed};
     use netiso_testkit::hostile::{raw_send_in, FrameRecorder};
-    use netiso_testkit::topology::spawn_in;
-    use std::net::{Ipv4Addr, UdpSocket};
+    use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::Instant;
 
     const PORT: u16 = 9098;
     const MARKER: &[u8] = b"NETISO-FRAG-REPORT-MARK";
     let topo = Topology::new(&[("att", "att"), ("vic", "vic")]);
     let (att, vic) = (topo.guest("att"), topo.guest("vic"));
     let done = Arc::new(AtomicBool::new(false));
-    let received = {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let done = done.clone();
-        let h = spawn_in(&vic.ns, move || {
-            let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
-            s.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            tx.send(()).unwrap();
-            let mut got = 0u32;
-            let end = Instant::now() + Duration::from_secs(60);
-            let mut buf = [0u8; 2048];
-            while Instant::now() < end && !done.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = s.recv_from(&mut buf) {
-                    got += u32::from(buf[..n].starts_with(MARKER));
-                }
-            }
-            got
-        });
-        rx.recv().unwrap();
-        h
-    };
+    let received = count_datagrams(&vic.ns, PORT, MARKER, done.clone());
     // A UDP datagram of 40 payload bytes in two fragments (16 + 32 bytes).
     let fragments = |id: u16| {
         let udp = udp_checksummed(
@@ -726,14 +732,14 @@ fn send_marked(
 }
 
 /// The receiver's program takes the sender's verdict on a live connection
-/// between two containers (`CROSS_VETH_MARK`), judged by what the
+/// between two containers (`DEFAULT_CROSS_VETH_MARK`), judged by what the
 /// receiver's socket gets behind the real bridge: the mark set by the
 /// host (or a host-network process), by another container, or by the
 /// allowed peer itself on a flow it may not open lets nothing in, while
 /// the allowed connection runs on, its packets marked.
 #[test]
 fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
-    use netiso_common::CROSS_VETH_MARK;
+    use netiso_common::DEFAULT_CROSS_VETH_MARK;
     use netiso_testkit::topology::spawn_in;
     use std::net::{TcpStream, UdpSocket};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -769,7 +775,7 @@ fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
     rx.recv().unwrap();
     let to = addr(b.ip, PORT);
     // Without netiso the path is open (what this test guards).
-    send_marked(&topo.host, to, CROSS_VETH_MARK, b"BEFORE", 2);
+    send_marked(&topo.host, to, DEFAULT_CROSS_VETH_MARK, b"BEFORE", 2);
 
     let policy = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
                   [groups.b]\nlabels = { \"netiso.group\" = \"b\" }\ningress = \"deny\"\n\
@@ -797,9 +803,9 @@ fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
 
     // The mark from the host's namespace (ingress ifindex 0), from another
     // container, and from the allowed peer on a flow it may not open.
-    send_marked(&topo.host, to, CROSS_VETH_MARK, b"HOST", 5);
-    send_marked(&c.ns, to, CROSS_VETH_MARK, b"OTHER", 5);
-    send_marked(&a.ns, to, CROSS_VETH_MARK, b"PEER", 5);
+    send_marked(&topo.host, to, DEFAULT_CROSS_VETH_MARK, b"HOST", 5);
+    send_marked(&c.ns, to, DEFAULT_CROSS_VETH_MARK, b"OTHER", 5);
+    send_marked(&a.ns, to, DEFAULT_CROSS_VETH_MARK, b"PEER", 5);
     std::thread::sleep(Duration::from_millis(300));
     done.store(true, Ordering::Relaxed);
     let got = victim.join().unwrap();
@@ -824,4 +830,425 @@ fn the_cross_veth_mark_lets_nothing_in_from_the_host_or_another_container() {
         denied >= 15,
         "15 marked datagrams dropped by policy, {denied} counted"
     );
+}
+
+/// Address reuse (the hole `DEFAULT_CROSS_VETH_MARK` opened): a's live UDP flow to
+/// b (allowed) outlives b; while b's address is nobody's, a's next packet
+/// is judged again as going to the world (allowed: a's egress default), and
+/// the entry keeps its `LOCAL_PEER` flag. A new container of a group that
+/// admits nothing then starts with b's address: an addition, which changes
+/// no generation. a's packets on the old flow are still fresh at a's veth,
+/// so a marks them, and the newcomer's program must not take a's verdict
+/// (one made for b, then for the world) as its own: judged by the
+/// newcomer's socket, nothing of a's gets in.
+#[test]
+fn a_live_flow_to_a_reused_address_does_not_carry_its_verdict_to_the_newcomer() {
+    use netiso_testkit::topology::spawn_in;
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const PORT: u16 = 9002;
+    // `keep` and `keepb` stay while b goes and the newcomer comes (groups
+    // with other running replicas): b's removal and the newcomer's start
+    // are then pure removals and additions.
+    let topo = Topology::new(&[
+        ("a", "a"),
+        ("b", "b"),
+        ("c", "c"),
+        ("keep", "c"),
+        ("keepb", "b"),
+    ]);
+    let (a, b, c, keep, keepb) = (
+        topo.guest("a"),
+        topo.guest("b"),
+        topo.guest("c"),
+        topo.guest("keep"),
+        topo.guest("keepb"),
+    );
+    let policy_text = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
+                       [groups.b]\nlabels = { \"netiso.group\" = \"b\" }\ningress = \"deny\"\n\
+                       [groups.c]\nlabels = { \"netiso.group\" = \"c\" }\ningress = \"deny\"\n\
+                       [[rules]]\nfrom = \"a\"\nto = \"b\"\nports = [\"9002/udp\"]\naction = \"allow\"\n";
+    let policy = policy::parse_str(policy_text, "test-policy.toml").expect("policy");
+    let mut ids = IdentityAllocator::default();
+    let mut desired_of = |cs: &[netiso_daemon::model::Container]| {
+        let compiled = policy::compile(&policy, cs, &mut ids).expect("compile");
+        daemon::build_desired(&compiled, cs, &policy, &Default::default()).0
+    };
+    // The newcomer is not started yet: its veth has no programs, and the
+    // daemon does not know it.
+    let before = desired_of(&[
+        a.container(),
+        b.container(),
+        keep.container(),
+        keepb.container(),
+    ]);
+    let pins = PinDir::new();
+    let mut dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&before).expect("apply");
+        dp
+    });
+
+    // Receivers count a's datagrams: b (the allowed peer), then the
+    // newcomer at b's address.
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = |ns: &netiso_testkit::NetNs| count_datagrams(ns, PORT, b"A", done.clone());
+    let at_b = receiver(&b.ns);
+    let at_c = receiver(&c.ns);
+    // The attacker: one UDP flow (fixed ports) to b's address, a datagram
+    // every 5 ms, whatever happens to the address.
+    let b_ip = b.ip;
+    let attacker = {
+        let done = done.clone();
+        spawn_in(&a.ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", 40002)).expect("bind");
+            s.connect(addr(b_ip, PORT)).unwrap();
+            while !done.load(Ordering::Relaxed) {
+                let _ = s.send(b"A");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    // b stops: its veth goes, the daemon removes it (a new generation);
+    // a's flow, judged again, now goes to the world.
+    topo.host.sh(&format!("ip link del {}", b.host_if));
+    let gone = desired_of(&[a.container(), keep.container(), keepb.container()]);
+    let report = topo.host.run(|| dp.apply(&gone).expect("apply"));
+    assert!(!report.switched, "b's removal is incremental");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The newcomer starts with b's address (Docker hands a released
+    // address out again) in group c, which admits nothing: an addition.
+    c.ns.sh(&format!(
+        "ip addr del {}/24 dev eth0 && ip addr add {}/24 dev eth0",
+        c.ip, b.ip
+    ));
+    let mut newcomer = c.container();
+    newcomer.networks[0].ipv4 = Some(b.ip);
+    let after = desired_of(&[
+        a.container(),
+        newcomer.clone(),
+        keep.container(),
+        keepb.container(),
+    ]);
+    let generation = report.generation;
+    let report = topo.host.run(|| dp.apply(&after).expect("apply"));
+    assert!(
+        !report.switched && report.generation == generation,
+        "the newcomer is a pure addition: {report:?}"
+    );
+    // a's kernel resolves b's address again (it would within seconds).
+    a.ns.sh("ip neigh flush dev eth0");
+    std::thread::sleep(Duration::from_millis(1500));
+    done.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let (at_b, at_c) = (at_b.join().unwrap(), at_c.join().unwrap());
+    assert!(at_b > 10, "the allowed flow ran while b was there: {at_b}");
+    // A new flow from a to the newcomer is denied, as the policy says.
+    assert_eq!(udp_echoes(&a.ns, addr(b.ip, PORT), 3), 0);
+    assert_eq!(
+        at_c, 0,
+        "a's datagrams reached a container whose group admits nothing"
+    );
+    drop(dp);
+}
+
+/// Loads `insns` as a TC program and attaches it to TC ingress (TCX) of
+/// `ifname` in the calling thread's network namespace; the attachment
+/// lives as long as the returned descriptor.
+fn attach_raw_tc_ingress(insns: &[u64], ifname: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let license = c"GPL";
+    let mut attr = [0u8; 144];
+    attr[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: BPF_PROG_LOAD reads `attr` (a bpf_attr: type, count, pointers
+    // to `insns` and `license`, both alive across the call), nothing else.
+    let prog = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
+    assert!(prog >= 0, "prog load: {}", std::io::Error::last_os_error());
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a NUL-terminated name, alive across the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(ifindex, 0, "{ifname}");
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&(prog as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[8..12].copy_from_slice(&46u32.to_ne_bytes()); // BPF_TCX_INGRESS
+                                                       // SAFETY: BPF_LINK_CREATE reads `attr` (program fd, ifindex, type).
+    let link = unsafe { libc::syscall(libc::SYS_bpf, 28, attr.as_ptr(), attr.len()) };
+    assert!(
+        link >= 0,
+        "link create: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: both are descriptors the kernel just gave us, owned here only.
+    unsafe {
+        drop(std::os::fd::OwnedFd::from_raw_fd(prog as i32));
+        std::os::fd::OwnedFd::from_raw_fd(link as i32)
+    }
+}
+
+/// One eBPF instruction (opcode, dst and src registers, offset, immediate).
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | dst;
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    u64::from_le_bytes(b)
+}
+
+/// An Ethernet/IPv4/UDP frame.
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&ports.0.to_be_bytes());
+    f.extend_from_slice(&ports.1.to_be_bytes());
+    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// In `guest`'s namespace (what a container with CAP_NET_ADMIN and CAP_BPF
+/// may do in its own): a veth pair `va`/`vb`, `va` with the guest's MAC,
+/// and on `vb`'s TC ingress a program that sets `DEFAULT_CROSS_VETH_MARK` and
+/// hands the packet to eth0's peer (the host veth) with
+/// `bpf_redirect_peer`, which keeps the mark. Frames sent on `va` arrive
+/// at the host veth's program as the guest's packets, marked.
+fn redirect_peer_with_the_mark(guest: &netiso_testkit::topology::Guest) -> std::os::fd::OwnedFd {
+    use netiso_common::DEFAULT_CROSS_VETH_MARK;
+    guest.ns.sh(&format!(
+        "ip link add va type veth peer name vb && ip link set va address {} && ip link set va up && ip link set vb up",
+        guest.mac.map(|b| format!("{b:02x}")).join(":")
+    ));
+    guest.ns.run(|| {
+        // SAFETY: a NUL-terminated name, alive across the call.
+        let eth0 = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) } as i32;
+        let prog = [
+            insn(0xb7, 2, 0, 0, DEFAULT_CROSS_VETH_MARK as i32), // r2 = mark
+            insn(0x63, 1, 2, 8, 0),                              // skb->mark = r2
+            insn(0xb7, 1, 0, 0, eth0),                           // r1 = eth0
+            insn(0xb7, 2, 0, 0, 0),                              // r2 = 0
+            insn(0x85, 0, 0, 0, 155),                            // bpf_redirect_peer
+            insn(0x95, 0, 0, 0, 0),                              // exit
+        ];
+        attach_raw_tc_ingress(&prog, "vb")
+    })
+}
+
+/// Sends `frame` on `va` in `guest`'s namespace every 5 ms until `done`.
+fn send_frames(
+    guest: &netiso_testkit::topology::Guest,
+    frame: Vec<u8>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    netiso_testkit::topology::spawn_in(&guest.ns, move || {
+        // SAFETY: plain socket creation; the descriptor is closed below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            )
+        };
+        assert!(fd >= 0, "packet socket");
+        // SAFETY: a NUL-terminated name, alive across the call.
+        let va = unsafe { libc::if_nametoindex(c"va".as_ptr()) };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = va as i32;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: sendto reads `frame` and `sll`, both alive.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { libc::close(fd) };
+    })
+}
+
+/// A container that may load TC programs in its own namespace (CAP_NET_ADMIN
+/// and CAP_BPF) moves its packets into the host's namespace with
+/// `bpf_redirect_peer`, which, unlike a veth's transmission, keeps the
+/// mark: its packet reaches its host veth's program carrying
+/// `DEFAULT_CROSS_VETH_MARK`, with `ingress_ifindex` that veth. The attacker keeps a
+/// UDP flow to a free address of the bridge alive (judged as going to the
+/// world, which its egress default allows); a container of a group that
+/// admits nothing starts at that address (an addition: no new generation).
+/// The attacker's packets pass its veth's fast path on the live entry (no
+/// `LOCAL_PEER`: the mark is not netiso's, and not cleared), and the
+/// newcomer's program must not take that mark as a verdict: judged by the
+/// newcomer's socket, nothing gets in.
+#[test]
+fn a_mark_a_container_brings_through_redirect_peer_is_never_taken_as_a_verdict() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const PORT: u16 = 9003;
+    let topo = Topology::new(&[("a", "a"), ("c", "c"), ("keep", "c")]);
+    let (a, c, keep) = (topo.guest("a"), topo.guest("c"), topo.guest("keep"));
+    let policy_text = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
+                       [groups.c]\nlabels = { \"netiso.group\" = \"c\" }\ningress = \"deny\"\n";
+    let policy = policy::parse_str(policy_text, "test-policy.toml").expect("policy");
+    let mut ids = IdentityAllocator::default();
+    let mut desired_of = |cs: &[netiso_daemon::model::Container]| {
+        let compiled = policy::compile(&policy, cs, &mut ids).expect("compile");
+        daemon::build_desired(&compiled, cs, &policy, &Default::default()).0
+    };
+    // The newcomer is not started yet: its link is down, the daemon does
+    // not know it.
+    c.ns.sh("ip link set eth0 down");
+    let before = desired_of(&[a.container(), keep.container()]);
+    let pins = PinDir::new();
+    let mut dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&before).expect("apply");
+        dp
+    });
+
+    // The attacker sends frames that its own program marks and moves to
+    // the host with `bpf_redirect_peer`.
+    let link = redirect_peer_with_the_mark(a);
+    let done = Arc::new(AtomicBool::new(false));
+    let frame = udp_frame(a.mac, c.mac, a.ip, c.ip, (40003, PORT), b"A");
+    let attacker = send_frames(a, frame, done.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The newcomer starts at the address the attacker's flow goes to.
+    let generation = dp.settings().generation;
+    let after = desired_of(&[a.container(), c.container(), keep.container()]);
+    let report = topo.host.run(|| dp.apply(&after).expect("apply"));
+    assert!(
+        !report.switched && report.generation == generation,
+        "the newcomer is a pure addition: {report:?}"
+    );
+    let victim = count_datagrams(&c.ns, PORT, b"A", done.clone());
+    c.ns.sh("ip link set eth0 up");
+    std::thread::sleep(Duration::from_millis(1500));
+    done.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let got = victim.join().unwrap();
+    drop(link);
+    // The attacker's frames reached the newcomer's veth (those judged
+    // there were dropped by policy)...
+    let judged = rows(&dp)
+        .iter()
+        .filter(|(k, _)| k.ifindex == c.host_ifindex && k.reason == DropReason::DefaultDeny as u8)
+        .map(|(_, v)| v.packets)
+        .sum::<u64>();
+    assert!(
+        judged > 0,
+        "the attacker's datagrams reached the newcomer's veth"
+    );
+    // ... and none got in.
+    assert_eq!(
+        got, 0,
+        "datagrams with a container's own mark reached a group that admits nothing"
+    );
+    drop(dp);
+}
+
+/// A veth is a trusted sender (`from_managed_sender`) as soon as its
+/// endpoint is in the map, so its programs must be there first: a veth
+/// whose endpoint is written but whose programs are not attached (the
+/// moment between the two when a container starts, frozen here by an
+/// attachment that fails: the daemon's name for the veth is stale) lets a
+/// container that marks its own packets (`bpf_redirect_peer`, as above)
+/// into any container on any port, no connection needed. Judged by the
+/// victim's socket: nothing gets in.
+#[test]
+fn a_veth_without_its_programs_is_never_a_trusted_sender() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const PORT: u16 = 9004;
+    let topo = Topology::new(&[("a", "a"), ("b", "b")]);
+    let (a, b) = (topo.guest("a"), topo.guest("b"));
+    let policy_text = "[groups.a]\nlabels = { \"netiso.group\" = \"a\" }\n\
+                       [groups.b]\nlabels = { \"netiso.group\" = \"b\" }\ningress = \"deny\"\n";
+    let policy = policy::parse_str(policy_text, "test-policy.toml").expect("policy");
+    let mut ids = IdentityAllocator::default();
+    let mut desired_of = |cs: &[netiso_daemon::model::Container]| {
+        let compiled = policy::compile(&policy, cs, &mut ids).expect("compile");
+        daemon::build_desired(&compiled, cs, &policy, &Default::default()).0
+    };
+    let mut stale = a.container();
+    stale.networks[0].host_ifname = Some("vh-stale".into());
+    let pins = PinDir::new();
+    let dp = topo.host.run(|| {
+        let mut dp = Datapath::load(&pins.path).expect("load");
+        dp.apply(&desired_of(&[b.container()])).expect("apply");
+        // a starts; its veth cannot be attached.
+        let r = dp.apply(&desired_of(&[stale.clone(), b.container()]));
+        assert!(r.is_err(), "attaching to a missing name fails");
+        dp
+    });
+
+    let link = redirect_peer_with_the_mark(a);
+    let done = Arc::new(AtomicBool::new(false));
+    let victim = count_datagrams(&b.ns, PORT, b"A", done.clone());
+    let frame = udp_frame(a.mac, b.mac, a.ip, b.ip, (40004, PORT), b"A");
+    let attacker = send_frames(a, frame, done.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    done.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    let got = victim.join().unwrap();
+    drop(link);
+    // The attacker's datagrams reached b's veth and were judged there...
+    let judged = rows(&dp)
+        .iter()
+        .filter(|(k, _)| k.ifindex == b.host_ifindex && k.reason == DropReason::DefaultDeny as u8)
+        .map(|(_, v)| v.packets)
+        .sum::<u64>();
+    assert!(
+        judged > 0 || got > 0,
+        "the attacker's datagrams reached b's veth"
+    );
+    // ... and none got in.
+    assert_eq!(
+        got, 0,
+        "marked datagrams from a veth without programs reached a group that admits nothing"
+    );
+    drop(dp);
+    drop(topo);
 }

@@ -8,7 +8,7 @@
 //! ever passes a packet the full path would pass (the same checks, made
 //! on the same bytes), and drops nothing.
 use aya_ebpf::programs::TcContext;
-use netiso_common::{ct_flags, family, proto, Direction, Endpoint, CROSS_VETH_MARK};
+use netiso_common::{ct_flags, family, proto, Direction, Endpoint};
 
 use crate::conntrack;
 use crate::maps::CONNTRACK;
@@ -24,6 +24,9 @@ pub enum Fast {
     Other,
 }
 
+/// `trusted`: entering, the packet may take its sender's verdict (main.rs
+/// decided). `mark`: leaving, the mark of cross-veth verdicts to put on a
+/// packet of a connection to a container on this host (0: none).
 #[inline(always)]
 pub fn established(
     ctx: &TcContext,
@@ -33,6 +36,7 @@ pub fn established(
     dir: Direction,
     generation: u32,
     trusted: bool,
+    mark: u32,
 ) -> Fast {
     let len = ctx.len() as usize;
     let Some(eth) = ptr_at::<[u8; ETH_HLEN]>(ctx, 0) else {
@@ -191,8 +195,8 @@ pub fn established(
         // verdict instead of looking the connection up again. Only packets
         // that change no state are marked, so the receiver's own entry
         // still sees every state change and a refresh per window.
-        if dir == Direction::Egress && ct.flags & ct_flags::LOCAL_PEER != 0 {
-            ctx.set_mark(CROSS_VETH_MARK);
+        if dir == Direction::Egress && mark != 0 && ct.flags & ct_flags::LOCAL_PEER != 0 {
+            ctx.set_mark(mark);
         }
         return Fast::Pass;
     }

@@ -28,7 +28,7 @@ mod record;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
     ct_flags, endpoint_flags, errors, family, identity, peer_flags, proto, settings_flags, tc,
-    Action, Direction, DropReason, Endpoint, FragKey, CROSS_VETH_MARK, LAYOUT_VERSION,
+    Action, Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
 };
 
 use control::Check;
@@ -145,21 +145,28 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // The established fast path (fast.rs). On a conntrack miss it leaves
     // the key it looked up in `pkt.ct_key`, the same key the full path
     // builds, which then need not look again.
+    // The mark of cross-veth verdicts (0: off).
+    let cross = settings.cross_mark;
     let trusted = dir == Direction::Ingress
-        && skb.mark == CROSS_VETH_MARK
+        && cross != 0
+        && skb.mark == cross
         && ep_flags & endpoint_flags::FQDN == 0
         && from_managed_sender(base, skb.ingress_ifindex);
-    pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation, trusted) {
+    // Only this program marks, and only a packet of a connection it judged
+    // against a container on this host: whatever else leaves a container
+    // goes unmarked, whatever the fast path then says. A container's own
+    // mark is not always cleared on the way here: `bpf_redirect_peer` from
+    // a program in its namespace (CAP_NET_ADMIN and CAP_BPF) moves a packet
+    // into the host's namespace with its mark.
+    if dir == Direction::Egress && cross != 0 && skb.mark == cross {
+        ctx.set_mark(0);
+    }
+    pkt.ct_missed = match fast::established(ctx, ep, pkt, ifindex, dir, generation, trusted, cross)
+    {
         fast::Fast::Pass => return tc::PASS,
         fast::Fast::Miss => true,
         fast::Fast::Other => false,
     };
-    // Only the fast path marks: whatever else leaves a container goes
-    // unmarked (a container's own mark never gets here: it is cleared when
-    // the packet leaves the container's namespace).
-    if dir == Direction::Egress && skb.mark == CROSS_VETH_MARK {
-        ctx.set_mark(0);
-    }
     match parse::parse(ctx, pkt) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Arp) => {
@@ -335,6 +342,19 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                         eval.by_name(&key.remote, port, &mut d, 0);
                     }
                     if d.action != Action::Deny as u8 {
+                        // Judged again against whoever has the address now:
+                        // the mark for a container on this host follows
+                        // (an address nobody has now may be a container's
+                        // later, added without a new generation, and that
+                        // container's program judges it itself).
+                        if opener == Direction::Egress {
+                            ct.flags = (ct.flags & !ct_flags::LOCAL_PEER)
+                                | if peer.1 & peer_flags::LOCAL_ENDPOINT != 0 {
+                                    ct_flags::LOCAL_PEER
+                                } else {
+                                    0
+                                };
+                        }
                         ct.generation = generation;
                         conntrack::track(ct, reply, pkt, now, jiffies);
                         return pass(ctx, ifindex, pkt, generation, watched, dir);

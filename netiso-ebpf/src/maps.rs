@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use netiso_common::{
     errors, limits, CidrKey, Counter, CtKey, CtValue, Endpoint, EndpointSlot, FlowKey, FlowValue,
-    FqdnKey, FqdnValue, FragKey, IdentityInfo, IpKey, LearnKey, LearnValue, PolicyKey, PolicyValue,
-    PublishedKey, PublishedValue, RateState, Settings, DROP_REASONS,
+    FqdnKey, FqdnValue, FragKey, IdentityInfo, IpKey, LearnKey, LearnValue, PairKey, PairValue,
+    PolicyKey, PolicyValue, PublishedKey, PublishedValue, RateState, Settings, DROP_REASONS,
 };
 
 use crate::parse::Packet;
@@ -51,6 +51,9 @@ pub static CIDRS: LpmTrie<CidrKey, IdentityInfo> = LpmTrie::pinned(limits::CIDRS
 
 #[map(name = "NETISO_POLICY")]
 pub static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(limits::POLICY, 0);
+
+#[map(name = "NETISO_PAIRS")]
+pub static PAIRS: HashMap<PairKey, PairValue> = HashMap::pinned(limits::PAIRS, 0);
 
 #[map(name = "NETISO_PUBLISHED")]
 pub static PUBLISHED: HashMap<PublishedKey, PublishedValue> = HashMap::pinned(limits::PUBLISHED, 0);

@@ -5,10 +5,10 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use netiso_common::{
     defaults, family, identity, proto, Action, CidrKey, Direction, DropReason, FqdnKey, IpKey,
-    PolicyKey, PublishedKey, CIDR_KEY_PREFIX_BITS, FQDN_PEERS,
+    PairKey, PolicyKey, PublishedKey, CIDR_KEY_PREFIX_BITS, FQDN_PEERS,
 };
 
-use crate::maps::{CIDRS, FQDN, IDENTITIES, POLICY, PUBLISHED};
+use crate::maps::{CIDRS, FQDN, IDENTITIES, PAIRS, POLICY, PUBLISHED};
 
 /// The identities and verdict of one policy evaluation.
 #[derive(Clone, Copy)]
@@ -169,42 +169,16 @@ impl Eval {
         } else {
             (peer_id, peer_flags, self.ep_id, self.ep_flags)
         };
-        let mut key = PolicyKey {
-            src,
-            dst,
-            dport: port,
-            proto: self.proto,
-            slot: self.slot,
-        };
-        let mut hit = None;
-        if port != 0 {
-            // SAFETY: PolicyValue is Pod and `hit` is only read below, in
-            // this run; an entry the daemon replaces meanwhile can at worst
-            // read as another entry's bytes (maps.rs), and an unknown action
-            // byte denies.
-            hit = unsafe { POLICY.get(&key) };
-        }
-        if hit.is_none() {
-            key.dport = 0;
-            // SAFETY: PolicyValue is Pod and only read below, in this run; a
-            // replaced entry reads as valid bytes at worst (maps.rs).
-            hit = unsafe { POLICY.get(&key) };
-        }
-        if hit.is_none() {
-            key.proto = proto::ANY;
-            // SAFETY: PolicyValue is Pod and only read below, in this run; a
-            // replaced entry reads as valid bytes at worst (maps.rs).
-            hit = unsafe { POLICY.get(&key) };
-        }
-        if let Some(v) = hit {
+        let hit = lookup(src, dst, self.slot, self.proto, port);
+        if let Some((action, rule_id)) = hit {
             return Decision {
                 // Unknown action bytes deny: never an accidental allow.
-                action: match v.action {
-                    1 | 3 => v.action,
+                action: match action {
+                    1 | 3 => action,
                     _ => Action::Deny as u8,
                 },
                 reason: DropReason::PolicyDeny,
-                rule_id: v.rule_id,
+                rule_id,
                 src,
                 dst,
             };
@@ -223,6 +197,60 @@ impl Eval {
             dst,
         }
     }
+}
+
+/// The policy entry that decides a flow of `proto` to `port` between two
+/// identities, as (action, rule): the exact (proto, port) entry, then
+/// (proto, any port), then (any proto, any port). One lookup of the pair
+/// answers, unless it has more entries than its value holds; a pair no
+/// rule names is one miss.
+#[inline(always)]
+fn lookup(src: u32, dst: u32, slot: u8, l4: u8, port: u16) -> Option<(u8, u32)> {
+    let pair = PairKey {
+        src,
+        dst,
+        slot: slot as u32,
+    };
+    // SAFETY: PairValue is Pod and only read, in this run; an entry the
+    // daemon replaces meanwhile can at worst read as another entry's bytes
+    // (maps.rs), and an unknown action byte denies.
+    let v = unsafe { PAIRS.get(&pair) }?;
+    let mut key = PolicyKey {
+        src,
+        dst,
+        dport: port,
+        proto: l4,
+        slot,
+    };
+    if port != 0 {
+        for e in &v.ports {
+            if e.action != 0 && e.port == port && e.proto == l4 {
+                return Some((e.action, e.rule_id));
+            }
+        }
+        if v.more_ports != 0 {
+            // SAFETY: as above, for PolicyValue.
+            if let Some(p) = unsafe { POLICY.get(&key) } {
+                return Some((p.action, p.rule_id));
+            }
+        }
+    }
+    for e in &v.protos {
+        if e.action != 0 && e.proto == l4 {
+            return Some((e.action, e.rule_id));
+        }
+    }
+    if v.more_protos != 0 {
+        key.dport = 0;
+        // SAFETY: as above, for PolicyValue.
+        if let Some(p) = unsafe { POLICY.get(&key) } {
+            return Some((p.action, p.rule_id));
+        }
+    }
+    if v.all.action != 0 {
+        return Some((v.all.action, v.all.rule_id));
+    }
+    None
 }
 
 /// How strongly a decision decides: a rule's deny, audit, allow, then a

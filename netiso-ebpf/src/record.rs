@@ -73,26 +73,32 @@ pub fn record(
     let key = unsafe { &mut *key };
     // Addresses and ports only once the packet was parsed (the scratch
     // space may hold an earlier packet's).
-    let mut addrs = ([0u32; 4], [0u32; 4]);
-    let (mut family, mut proto, mut dport) = (0, 0, 0);
-    if v.parsed {
-        if let Some(p) = SCRATCH.get_ptr(0) {
-            // SAFETY: this CPU's scratch slot, which `parse` filled with this
-            // packet's headers in this run (`v.parsed`); the caller holds it
-            // only as a shared `&Packet` by now, so a second shared
-            // reference, only read, aliases nothing mutable (maps.rs).
-            let p = unsafe { &*p };
-            addrs = p.addr_words();
-            family = p.family;
-            proto = p.proto;
-            dport = p.policy_port;
+    let parsed = if v.parsed {
+        // SAFETY: this CPU's scratch slot, which `parse` filled with this
+        // packet's headers in this run (`v.parsed`); the caller holds it
+        // only as a shared `&Packet` by now, so a second shared reference,
+        // only read, aliases nothing mutable (maps.rs).
+        SCRATCH.get_ptr(0).map(|p| unsafe { &*p })
+    } else {
+        None
+    };
+    // Each branch writes the addresses itself: an array value chosen
+    // between two would be built on the stack with `memset` calls.
+    match parsed {
+        Some(p) => {
+            set_addrs(key, p.addr_words());
+            key.dport = p.policy_port;
+            key.proto = p.proto;
+            key.family = p.family;
+        }
+        None => {
+            set_addrs(key, ([0; 4], [0; 4]));
+            key.dport = 0;
+            key.proto = 0;
+            key.family = 0;
         }
     }
-    set_addrs(key, addrs);
     key.ifindex = v.ifindex;
-    key.dport = dport;
-    key.proto = proto;
-    key.family = family;
     key.reason = reason as u8;
     key.direction = v.direction;
     key._pad = [0; 2];
@@ -246,15 +252,21 @@ pub fn learn(p: &Packet, ifindex: u32, dir: u8, judged_identity: u32, judged_por
     }
 }
 
-/// The key's addresses as eight aligned 32-bit stores.
+/// The key's addresses as eight aligned 32-bit stores (volatile, so the
+/// compiler cannot merge them into a `memset` or `memcpy` call).
 #[inline(always)]
 fn set_addrs(key: &mut FlowKey, (s, d): ([u32; 4], [u32; 4])) {
-    // SAFETY: `saddr` and `daddr` lie at offsets 0 and 16 of the align-4
-    // FlowKey (checked at compile time below): aligned for `[u32; 4]`,
-    // which has their size; any bits are valid bytes; `key` is exclusive.
-    unsafe {
-        *core::ptr::addr_of_mut!(key.saddr).cast::<[u32; 4]>() = s;
-        *core::ptr::addr_of_mut!(key.daddr).cast::<[u32; 4]>() = d;
+    let sp = core::ptr::addr_of_mut!(key.saddr).cast::<u32>();
+    let dp = core::ptr::addr_of_mut!(key.daddr).cast::<u32>();
+    for i in 0..4 {
+        // SAFETY: `saddr` and `daddr` lie at offsets 0 and 16 of the
+        // align-4 FlowKey (checked at compile time below) and are 16 bytes
+        // long: word `i` < 4 of each is aligned and inside its field; any
+        // bits are valid bytes; `key` is an exclusive reference.
+        unsafe {
+            core::ptr::write_volatile(sp.add(i), s[i]);
+            core::ptr::write_volatile(dp.add(i), d[i]);
+        }
     }
 }
 

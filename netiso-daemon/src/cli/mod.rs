@@ -146,6 +146,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
                 pin_dir: cfg.pin_dir,
                 state_dir: cfg.state_dir,
                 allow_non_ip: cfg.allow_non_ip,
+                cross_veth_mark: cfg.cross_veth_mark,
                 services,
                 resync_interval: cfg.resync_interval,
                 watch_policy: cfg.watch_policy,

@@ -65,6 +65,11 @@ pub struct DaemonArgs {
     /// /var/run/docker].
     #[arg(long, value_name = "DIR")]
     pub docker_exec_root: Option<PathBuf>,
+    /// The packet mark with which a container's veth passes its verdict on
+    /// a live connection to the receiving container's veth on this host
+    /// (hex or decimal), or `off` [default: 0x1e000000].
+    #[arg(long, value_name = "MARK", value_parser = parse_mark)]
+    pub cross_veth_mark: Option<u32>,
     /// Only warn (instead of refusing the policy) when a non-root user could
     /// change the policy file or a directory on its path.
     #[arg(long)]
@@ -91,6 +96,8 @@ struct FileConfig {
     watch_policy: Option<bool>,
     allow_insecure_policy_permissions: Option<bool>,
     docker_exec_root: Option<PathBuf>,
+    /// 0 switches cross-veth verdicts off.
+    cross_veth_mark: Option<u32>,
 }
 
 /// The configuration in force: file, then flags, then defaults.
@@ -116,6 +123,8 @@ pub struct Config {
     pub allow_insecure_policy_permissions: bool,
     /// Where the engine keeps Swarm overlays' namespaces (`<dir>/netns`).
     pub docker_exec_root: PathBuf,
+    /// The mark of cross-veth verdicts; 0: off.
+    pub cross_veth_mark: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -260,7 +269,26 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
             .clone()
             .or(f.docker_exec_root)
             .unwrap_or_else(|| crate::host::overlay::DEFAULT_EXEC_ROOT.into()),
+        cross_veth_mark: a
+            .cross_veth_mark
+            .or(f.cross_veth_mark)
+            .unwrap_or(netiso_common::DEFAULT_CROSS_VETH_MARK),
     }
+}
+
+/// `--cross-veth-mark`: `off`, or a 32-bit mark in hex (`0x…`) or decimal.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    if t == "off" {
+        return Ok(0);
+    }
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| {
+        format!("{s:?} is not a 32-bit mark: write it as 0x1e000000, 503316480 or off")
+    })
 }
 
 /// The configuration file `cargo xtask install` and the .deb put in
@@ -390,6 +418,31 @@ watch_policy = false
             c,
             merge(None, FileConfig::default(), &DaemonArgs::default())
         );
+    }
+
+    #[test]
+    fn the_cross_veth_mark_comes_from_the_flag_the_file_or_the_default() {
+        let none = merge(None, FileConfig::default(), &DaemonArgs::default());
+        assert_eq!(none.cross_veth_mark, netiso_common::DEFAULT_CROSS_VETH_MARK);
+        let f = parse("cross_veth_mark = 0x100\n", Path::new("n.toml")).unwrap();
+        assert_eq!(
+            merge(None, f, &DaemonArgs::default()).cross_veth_mark,
+            0x100
+        );
+        let f = parse("cross_veth_mark = 0\n", Path::new("n.toml")).unwrap();
+        let args = DaemonArgs {
+            cross_veth_mark: Some(parse_mark("0x2000").unwrap()),
+            ..DaemonArgs::default()
+        };
+        assert_eq!(merge(None, f, &args).cross_veth_mark, 0x2000);
+        assert_eq!(parse_mark("off"), Ok(0));
+        assert_eq!(parse_mark("503316480"), Ok(0x1e00_0000));
+        let e = parse_mark("0x1_0000_0000").unwrap_err();
+        assert!(e.contains("not a 32-bit mark"), "{e}");
+        assert!(matches!(
+            parse_err("cross_veth_mark = -1\n"),
+            ConfigError::Invalid { line: 1, .. }
+        ));
     }
 
     #[test]

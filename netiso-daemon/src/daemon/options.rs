@@ -10,6 +10,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Let ethertypes other than IPv4, IPv6 and ARP pass managed endpoints.
     pub allow_non_ip: bool,
+    /// The mark of cross-veth verdicts; 0: off.
+    pub cross_veth_mark: u32,
     /// Control socket, metrics, events.
     pub services: ServiceOptions,
     /// Full resync with Docker this often (repairs drift); `None`: never.

@@ -29,6 +29,7 @@ pub async fn run(opts: Options) -> Result<()> {
         .with_context(|| format!("the policy {} is not valid", opts.policy.display()))?;
     let mut dp = Datapath::load(&opts.pin_dir)?;
     dp.set_allow_non_ip(opts.allow_non_ip)?;
+    dp.set_cross_mark(opts.cross_veth_mark)?;
     if opts.allow_non_ip {
         warn!("allow_non_ip is on: frames other than IPv4, IPv6 and ARP cross every policy");
     }

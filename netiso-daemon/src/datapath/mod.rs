@@ -2,6 +2,7 @@
 pub mod counters;
 pub mod kernel_log;
 mod object;
+pub mod pairs;
 
 pub use object::{
     link_local_of, require_root, ApplyReport, AttachMode, Datapath, Desired, EndpointSpec,

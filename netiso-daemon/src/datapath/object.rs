@@ -20,8 +20,8 @@ use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use netiso_common::{
     limits, maps, programs, settings_flags, CidrKey, Endpoint, EndpointSlot, IdentityInfo, IpKey,
-    PolicyKey, PolicyValue, PublishedKey, PublishedValue, Settings, CIDR_KEY_PREFIX_BITS,
-    LAYOUT_VERSION,
+    PairKey, PairValue, PolicyKey, PolicyValue, PublishedKey, PublishedValue, Settings,
+    CIDR_KEY_PREFIX_BITS, LAYOUT_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -250,6 +250,7 @@ impl Datapath {
             // Fresh maps: events on from the start (a later
             // `set_event_rate` overrides it).
             settings.event_rate = limits::DEFAULT_EVENT_RATE;
+            settings.cross_mark = netiso_common::DEFAULT_CROSS_VETH_MARK;
         }
         let mut dp = Self {
             ebpf,
@@ -304,6 +305,13 @@ impl Datapath {
     /// Events per second per CPU sent to user space (0 turns them off).
     pub fn set_event_rate(&mut self, per_second: u32) -> Result<()> {
         self.settings.event_rate = per_second;
+        self.write_settings()
+    }
+
+    /// The mark of cross-veth verdicts (`Settings::cross_mark`); 0 turns
+    /// them off.
+    pub fn set_cross_mark(&mut self, mark: u32) -> Result<()> {
+        self.settings.cross_mark = mark;
         self.write_settings()
     }
 
@@ -373,6 +381,25 @@ impl Datapath {
     #[tracing::instrument(skip_all, fields(endpoints = desired.endpoints.len(), policy = desired.policy.len()))]
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
+        // Programs before endpoints: a veth whose endpoint is in the map is
+        // a trusted sender for `CROSS_VETH_MARK` (its program judged every
+        // packet it carries), so its programs are attached first (until
+        // its endpoint is written they pass everything, as on any veth
+        // netiso does not manage). A veth that cannot be attached, and has
+        // no programs from before, stays out of the maps; the error is
+        // returned once the rest is applied.
+        let (attached, failed) = self.attach_endpoints(desired)?;
+        let kept;
+        let desired = if failed.is_empty() {
+            desired
+        } else {
+            let mut d = desired.clone();
+            for (ifindex, _) in &failed {
+                d.endpoints.remove(ifindex);
+            }
+            kept = d;
+            &kept
+        };
         let incremental = self
             .current
             .as_ref()
@@ -388,13 +415,16 @@ impl Datapath {
             self.apply_switch(desired)?;
             report.switched = true;
         }
-        let (attached, detached) = self.sync_attachments(desired)?;
+        let detached = self.detach_others(desired)?;
         report.attached = attached;
         report.detached = detached;
         report.generation = self.settings.generation;
         self.current = Some(desired.clone());
         debug!(?report, "datapath applied");
-        Ok(report)
+        match failed.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(report),
+        }
     }
 
     fn apply_switch(&mut self, desired: &Desired) -> Result<()> {
@@ -420,6 +450,21 @@ impl Datapath {
             for (k, v) in &desired.policy {
                 pol.insert(PolicyKey { slot: next, ..*k }, *v, 0)
                     .context("writing the policy map (full?)")?;
+            }
+        }
+        {
+            let pairs = super::pairs::pairs_of(&desired.policy);
+            let mut map = self.pairs_map()?;
+            for (k, v) in &pairs {
+                map.insert(
+                    PairKey {
+                        slot: u32::from(next),
+                        ..*k
+                    },
+                    *v,
+                    0,
+                )
+                .context("writing the pairs map (full?)")?;
             }
         }
         {
@@ -539,10 +584,15 @@ impl Datapath {
         Ok(removed)
     }
 
-    /// Attaches both programs to every desired endpoint and detaches those
-    /// no longer desired. Links are pinned so they outlive the daemon.
-    fn sync_attachments(&mut self, desired: &Desired) -> Result<(usize, usize)> {
+    /// Attaches both programs to every desired endpoint. Links are pinned
+    /// so they outlive the daemon. Returns how many were attached, and the
+    /// endpoints that could not be and carry no programs from before.
+    fn attach_endpoints(
+        &mut self,
+        desired: &Desired,
+    ) -> Result<(usize, Vec<(u32, anyhow::Error)>)> {
         let mut attached = 0;
+        let mut failed = Vec::new();
         for (ifindex, spec) in &desired.endpoints {
             // In another namespace the same name and index may be another
             // veth once the namespace is made anew (an engine restart
@@ -560,25 +610,33 @@ impl Datapath {
             if self.attached.get(ifindex) == Some(&key) {
                 continue;
             }
-            match &spec.netns {
-                None => self
-                    .attach(*ifindex, &spec.ifname)
-                    .with_context(|| format!("attaching to {} (ifindex {ifindex})", spec.ifname))?,
-                Some(ns) => {
-                    // A namespace can go between the lookup and here (its
-                    // network's last endpoint left): that endpoint is
-                    // tried again at the next apply, the others go on.
-                    if let Err(e) = self.attach_in_netns(*ifindex, &spec.ifname, ns) {
-                        tracing::error!(endpoint = ifindex, ifname = %spec.ifname,
-                            netns = %ns.display(), error = format!("{e:#}"),
-                            "cannot attach in the overlay's namespace; tried again at the next apply");
-                        continue;
-                    }
+            // A namespace can go between the lookup and here (its network's
+            // last endpoint left): that endpoint stays out, tried again at
+            // the next apply, the others go on.
+            let r = match &spec.netns {
+                None => self.attach(*ifindex, &spec.ifname),
+                Some(ns) => self.attach_in_netns(*ifindex, &spec.ifname, ns),
+            };
+            match r {
+                Ok(()) => {
+                    self.attached.insert(*ifindex, key);
+                    attached += 1;
                 }
+                Err(e) => failed.push((
+                    *ifindex,
+                    e.context(format!("attaching to {} (endpoint {ifindex})", spec.ifname)),
+                )),
             }
-            self.attached.insert(*ifindex, key);
-            attached += 1;
         }
+        if !failed.is_empty() {
+            let pinned = self.pinned_link_ifindexes()?;
+            failed.retain(|(ifindex, _)| !pinned.contains(ifindex));
+        }
+        Ok((attached, failed))
+    }
+
+    /// Detaches the endpoints no longer desired.
+    fn detach_others(&mut self, desired: &Desired) -> Result<usize> {
         let mut detached = 0;
         let want: BTreeSet<u32> = desired.endpoints.keys().copied().collect();
         for ifindex in self.pinned_link_ifindexes()? {
@@ -592,7 +650,7 @@ impl Datapath {
         // links, if any, were removed above).
         let used: BTreeSet<u32> = want.iter().map(|id| id >> limits::NS_SHIFT).collect();
         self.ns_instances.retain(|k, _| used.contains(k));
-        Ok((attached, detached))
+        Ok(detached)
     }
 
     /// The programs for namespace slot `k` (≥ 1): loaded on first use with
@@ -827,6 +885,17 @@ impl Datapath {
                 remove_ok(published.remove(&k))?;
             }
         }
+        {
+            let mut pairs = self.pairs_map()?;
+            let stale: Vec<PairKey> = pairs
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.slot == u32::from(inactive))
+                .collect();
+            for k in stale {
+                remove_ok(pairs.remove(&k))?;
+            }
+        }
         let mut pol = self.policy_map()?;
         let stale: Vec<PolicyKey> = pol
             .keys()
@@ -952,6 +1021,14 @@ impl Datapath {
             self.ebpf
                 .map_mut(maps::PUBLISHED)
                 .context("published-ports map missing")?,
+        )?)
+    }
+
+    fn pairs_map(&mut self) -> Result<BpfHashMap<&mut MapData, PairKey, PairValue>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::PAIRS)
+                .context("pairs map missing")?,
         )?)
     }
 

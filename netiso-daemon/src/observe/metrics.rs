@@ -197,6 +197,7 @@ impl KernelSnapshot {
             maps::ENDPOINTS,
             maps::IDENTITIES,
             maps::POLICY,
+            maps::PAIRS,
             maps::CONNTRACK,
             maps::FLOWS,
             maps::FRAGS,

@@ -46,6 +46,9 @@ pub struct KernelStatus {
     pub event_rate: u32,
     pub debug_log: bool,
     pub allow_non_ip: bool,
+    /// The mark of cross-veth verdicts; 0: off.
+    #[serde(default)]
+    pub cross_mark: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -222,6 +225,7 @@ pub fn kernel_status(pin_dir: &Path) -> KernelStatus {
             event_rate: s.event_rate,
             debug_log: s.flags & settings_flags::DEBUG_LOG != 0,
             allow_non_ip: s.flags & settings_flags::ALLOW_NON_IP != 0,
+            cross_mark: s.cross_mark,
         },
         Err(e) => KernelStatus {
             error: Some(format!("{e:#}")),
@@ -398,7 +402,7 @@ pub fn render(r: &StatusReport) -> String {
         match &k.error {
             Some(e) if k.layout_version == 0 => format!("NOT readable: {}", first_line(e)),
             _ => format!(
-                "layout v{}, generation {}, slot {}, events {}, debug log {}{}",
+                "layout v{}, generation {}, slot {}, events {}, debug log {}, cross-veth mark {}{}",
                 k.layout_version,
                 k.generation,
                 k.active_slot,
@@ -408,6 +412,11 @@ pub fn render(r: &StatusReport) -> String {
                     format!("{}/s per CPU", k.event_rate)
                 },
                 if k.debug_log { "on" } else { "off" },
+                if k.cross_mark == 0 {
+                    "off".to_string()
+                } else {
+                    format!("{:#x}", k.cross_mark)
+                },
                 if k.allow_non_ip {
                     ", non-IP allowed"
                 } else {

@@ -223,7 +223,7 @@ impl Options {
 
 pub const USAGE: &str = "\
 usage: cargo bench -p netiso-daemon --bench netiso -- [--smoke] [--only program,traffic,control]
-                   [--out-dir DIR] [--set KEY=VALUE]... | --profile established|denied|empty
+                   [--out-dir DIR] [--set KEY=VALUE]... | --profile established|denied|allowed|empty
   keys: reps repeat first_samples sizes (e.g. 1x2,10000x4000) traffic_rules traffic_reps
         traffic_secs starts endpoints ramp_budget reload_rules reloads idle_secs";
 

@@ -157,6 +157,7 @@ impl Fixture {
             pin_dir: dir.path().join("pins"),
             state_dir: dir.path().to_path_buf(),
             allow_non_ip: false,
+            cross_veth_mark: netiso_common::DEFAULT_CROSS_VETH_MARK,
             services: Default::default(),
             resync_interval: None,
             watch_policy: false,
