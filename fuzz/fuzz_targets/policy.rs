@@ -65,6 +65,7 @@ fn containers(lits: &[String]) -> Vec<Container> {
                     network_id: format!("n{i}"),
                     ..Attachment::default()
                 }],
+                remote_node: None,
             }
         })
         .collect()

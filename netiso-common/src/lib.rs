@@ -74,6 +74,12 @@ pub mod programs {
 
 /// Map sizes. The policy and identity maps hold two slots (see [`Settings`]).
 pub mod limits {
+    /// Endpoint ids: `ifindex` in the daemon's own network namespace,
+    /// `(k << NS_SHIFT) + ifindex` in the k-th other one (a Swarm overlay's
+    /// namespace, k ≥ 1), whose loaded programs add `k << NS_SHIFT`
+    /// (`NS_BASE`) to every ifindex. Ifindexes must stay below
+    /// `1 << NS_SHIFT`.
+    pub const NS_SHIFT: u32 = 20;
     pub const ENDPOINTS: u32 = 8192;
     /// Slots of the endpoints array: veths with an ifindex below this are
     /// found there (an inlined array lookup); larger ifindexes only in the
@@ -122,6 +128,11 @@ pub mod identity {
     /// that port reaches. No rule names it and it denies ingress, so
     /// reaching that port through the host is denied to everyone.
     pub const AMBIGUOUS_PUBLISHED: u32 = 4;
+    /// An address in a Swarm overlay's subnet that no known endpoint has
+    /// (a task another node started that gossip has not named yet): its
+    /// own identity, never `world`. No rule names it, so the groups'
+    /// defaults decide (a group that denies ingress keeps it out).
+    pub const UNKNOWN_OVERLAY_PEER: u32 = 5;
     /// Identities of address-block peers and of peers by name start here
     /// (an address's identity from the CIDR trie is at least this, or
     /// WORLD).

@@ -40,6 +40,7 @@ fn desired(a_flags: u32) -> Desired {
     d.endpoints.insert(
         1,
         EndpointSpec {
+            netns: None,
             ifname: "lo".into(),
             identity: ID_A,
             flags: a_flags,
@@ -501,6 +502,7 @@ fn state_on_one_endpoint_never_skips_anothers_policy() {
     d.endpoints.insert(
         b_index,
         EndpointSpec {
+            netns: None,
             ifname: "nb0".into(),
             identity: ID_B,
             flags: defaults::DENY_INGRESS,
@@ -1886,6 +1888,7 @@ fn a_restarted_datapath_readopts_links_without_duplicates() {
     d.endpoints.insert(
         ifindex,
         EndpointSpec {
+            netns: None,
             ifname: "d0".into(),
             ..spec
         },
@@ -2170,6 +2173,7 @@ fn endpoints_in_the_array_and_beyond_it_are_enforced() {
     ));
     let mut d = desired(defaults::DENY_EGRESS);
     let b_spec = EndpointSpec {
+        netns: None,
         ifname: "nbig".into(),
         identity: ID_B,
         flags: defaults::DENY_INGRESS,
@@ -2375,6 +2379,67 @@ fn programs_keep_two_fifths_of_the_verifier_budget_free() {
             verified <= LIMIT / 5 * 3,
             "{name}: the verifier walked {verified} instructions, within two fifths of its limit of {LIMIT}: split paths apart (`#[inline(never)]` functions, fewer values live across branches) before adding more"
         );
+    }
+}
+
+/// Endpoints in another network namespace (a Swarm overlay's): the
+/// programs loaded for namespace slot k add `k << NS_SHIFT` to the
+/// ifindex (`NS_BASE`), so the same ifindex means another endpoint there
+/// and the host's entries never apply to it, nor its entries to the
+/// host's veths; both instances share the pinned maps (one policy, one
+/// conntrack) and stay within the verifier's budget.
+#[test]
+fn an_overlay_namespace_instance_keys_endpoints_by_its_base() {
+    use netiso_common::limits::NS_SHIFT;
+    let mut f = Fixture::new(DENY_BOTH);
+    let syn = tcp4(MAC_A, A, B, 40000, 8080, SYN);
+    // The host's instance: endpoint 1 (lo) denies.
+    assert_eq!(f.run(OUT, &syn), tc::ACT_SHOT);
+    let ep = {
+        let m: aya::maps::HashMap<_, u32, netiso_common::Endpoint> =
+            aya::maps::HashMap::try_from(f.dp().ebpf().map(maps::ENDPOINTS).unwrap()).unwrap();
+        m.get(&1, 0).unwrap()
+    };
+    let run = |f: &mut Fixture, frame: &[u8]| {
+        let p: &mut SchedClassifier = f
+            .dp()
+            .ns_instance(2)
+            .unwrap()
+            .program_mut(OUT)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value as i32
+    };
+    // Slot 2's lo is endpoint (2 << NS_SHIFT) + 1: not in the map, so not
+    // managed there, whatever the host's endpoint 1 says.
+    assert_eq!(run(&mut f, &syn), tc::PASS);
+    // Once it is, that entry judges it (the same policy maps).
+    let id = (2 << NS_SHIFT) + 1;
+    f.dp().write_endpoints(&[(id, ep)]).unwrap();
+    assert_eq!(run(&mut f, &syn), tc::ACT_SHOT);
+    // The host's instance still reads only endpoint 1: removing it lets
+    // its traffic pass while slot 2's entry keeps denying.
+    f.dp().remove_endpoints(&[1]).unwrap();
+    assert_eq!(f.run(OUT, &syn), tc::PASS);
+    assert_eq!(run(&mut f, &syn), tc::ACT_SHOT);
+    for name in [OUT, IN] {
+        let p: &SchedClassifier = f
+            .dp()
+            .ns_instance(2)
+            .unwrap()
+            .program(name)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let verified = p.info().unwrap().verified_instruction_count().unwrap();
+        println!("{name} (namespace slot 2): {verified} instructions verified");
+        assert!(verified <= 900_000, "{name}: {verified}");
     }
 }
 

@@ -65,7 +65,10 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     // passed to this program: non-null, aligned and valid for reads for the
     // whole run (the verifier checks each field access); only read here.
     let skb = unsafe { &*ctx.skb.skb };
-    let ifindex = skb.ifindex;
+    // Endpoints are keyed by `NS_BASE + ifindex`: ifindexes are per
+    // network namespace (see `NS_BASE`).
+    let base = ns_base();
+    let ifindex = base.wrapping_add(skb.ifindex);
     // Veths netiso does not manage pass untouched.
     let Some(ep) = endpoint(ifindex) else {
         return tc::PASS;
@@ -148,7 +151,7 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
         && cross != 0
         && skb.mark == cross
         && ep_flags & endpoint_flags::FQDN == 0
-        && from_managed_sender(skb.ingress_ifindex);
+        && from_managed_sender(base, skb.ingress_ifindex);
     // Only this program marks, and only a packet of a connection it judged
     // against a container on this host: whatever else leaves a container
     // goes unmarked, whatever the fast path then says. A container's own
@@ -469,8 +472,24 @@ fn endpoint(ifindex: u32) -> Option<&'static Endpoint> {
 /// container's packets: its veth; the host's own: 0; routed ones: the
 /// bridge or the NIC), so that sender's program judged it.
 #[inline(always)]
-fn from_managed_sender(ingress_ifindex: u32) -> bool {
-    ingress_ifindex != 0 && endpoint(ingress_ifindex).is_some()
+fn from_managed_sender(base: u32, ingress_ifindex: u32) -> bool {
+    ingress_ifindex != 0 && endpoint(base.wrapping_add(ingress_ifindex)).is_some()
+}
+
+/// What this loaded instance adds to every ifindex to make an endpoint id.
+/// Ifindexes are per network namespace: the host's instance has 0, the
+/// instance loaded for a Swarm overlay's namespace `k << 20` (the daemon
+/// sets it at load time, `EbpfLoader::set_global`). It lives in `.rodata`,
+/// a map the kernel freezes, so the verifier knows its value: with 0 the
+/// add costs no branch and no state.
+#[no_mangle]
+static NS_BASE: u32 = 0;
+
+#[inline(always)]
+fn ns_base() -> u32 {
+    // SAFETY: a plain read of a `u32` static; volatile so that the
+    // compiler keeps the load (the value is set at load time, not here).
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(NS_BASE)) }
 }
 
 /// Lets a packet through. A first fragment leaves a note so that the

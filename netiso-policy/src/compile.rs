@@ -193,6 +193,7 @@ impl Compiled {
             identity::WORLD => WORLD.to_string(),
             identity::UNMANAGED => "unmanaged".to_string(),
             identity::AMBIGUOUS_PUBLISHED => "a host port published for two containers".to_string(),
+            identity::UNKNOWN_OVERLAY_PEER => "an unknown overlay peer".to_string(),
             _ => match self.identities.get(&id) {
                 Some(def) => format!("{id} ({})", def.groups.join(", ")),
                 None => format!("{id} (unknown)"),

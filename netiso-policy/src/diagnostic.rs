@@ -56,6 +56,12 @@ pub enum Kind {
     NeverMatches,
     /// Warning: port entries that add nothing.
     RedundantPort,
+    /// Warning: a selector other nodes of a Swarm can only infer (the
+    /// stack of a task on another node, from its service's name).
+    InferredRemotely,
+    /// Warning: in a policy for a Swarm, a group named by a rule that
+    /// selects by what other nodes cannot see (labels, image).
+    LocalOnlySelector,
 }
 
 impl Kind {
@@ -81,6 +87,8 @@ impl Kind {
             Self::UnusedGroup => "unused-group",
             Self::NeverMatches => "never-matches",
             Self::RedundantPort => "redundant-port",
+            Self::InferredRemotely => "inferred-remotely",
+            Self::LocalOnlySelector => "local-only-selector",
         }
     }
 }

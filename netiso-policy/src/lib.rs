@@ -25,7 +25,8 @@
 //! - `selector`: which containers a group selects. Uses `container`, `diagnostic`, `glob`.
 //! - `model`: the validated policy (groups, rules, settings). Uses `cidr`, `container`,
 //!   `diagnostic`, `fqdn`, `ports`, `selector`.
-//! - `lint`: warnings about a valid policy. Uses `diagnostic`, `model`, `ports`.
+//! - `lint`: warnings about a valid policy. Uses `container`, `diagnostic`, `model`, `ports`,
+//!   `selector`.
 //! - `parse`: TOML text to `model`. Uses `cidr`, `diagnostic`, `fqdn`, `lint`, `model`, `ports`,
 //!   `selector`.
 //! - `load`: files and directories to `parse` (the only I/O). Uses `diagnostic`, `model`, `parse`.

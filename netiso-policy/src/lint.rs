@@ -13,7 +13,73 @@ pub(crate) fn warnings(policy: &Policy) -> Vec<Diagnostic> {
     rules_between_non_containers(policy, &mut out);
     shadowed_rules(policy, &mut out);
     unused_groups(policy, &mut out);
+    local_only_selectors(policy, &mut out);
     out
+}
+
+/// Criteria of `s` (and its `all` / `any` members) other nodes of a Swarm
+/// cannot see of a task there: labels other than the service's, task's and
+/// stack's (gossip carries none), and the image.
+fn local_only_criteria(s: &crate::selector::Selector, out: &mut Vec<String>) {
+    use crate::container::{STACK_NAMESPACE, SWARM_SERVICE, SWARM_TASK};
+    for l in &s.labels {
+        if ![SWARM_SERVICE, SWARM_TASK, STACK_NAMESPACE].contains(&l.key.as_str()) {
+            out.push(format!("label {}", l.key));
+        }
+    }
+    if !s.images.is_empty() {
+        out.push("image".into());
+    }
+    for m in s.all.iter().chain(&s.any) {
+        local_only_criteria(m, out);
+    }
+}
+
+fn uses_swarm(s: &crate::selector::Selector) -> bool {
+    use crate::container::{STACK_NAMESPACE, SWARM_SERVICE};
+    s.labels
+        .iter()
+        .any(|l| l.key == SWARM_SERVICE || l.key == STACK_NAMESPACE)
+        || s.all.iter().chain(&s.any).any(uses_swarm)
+}
+
+/// In a policy for a Swarm (some group selects by `swarm`), a group a rule
+/// names that selects by labels or image is only recognised on the node
+/// its task runs on: elsewhere the task is known from gossip (name,
+/// service, address) and counts as `unmanaged`, so a rule from or to the
+/// group does not apply there (a deny rule from it lets it through).
+fn local_only_selectors(policy: &Policy, out: &mut Vec<Diagnostic>) {
+    if !policy.groups.iter().any(|g| uses_swarm(&g.selector)) {
+        return;
+    }
+    for group in &policy.groups {
+        let named = policy
+            .rules
+            .iter()
+            .any(|r| r.from.name() == group.name || r.to.name() == group.name);
+        let mut criteria = Vec::new();
+        local_only_criteria(&group.selector, &mut criteria);
+        if !named || criteria.is_empty() {
+            continue;
+        }
+        criteria.dedup();
+        out.push(
+            Diagnostic::warning(
+                Kind::LocalOnlySelector,
+                format!(
+                    "group \"{}\" selects by {}, which other Swarm nodes cannot see",
+                    group.name,
+                    criteria.join(", ")
+                ),
+            )
+            .at(group.location.clone())
+            .label("a task of it on another node counts there as `unmanaged`")
+            .help(
+                "select Swarm tasks with swarm = { service = \"…\" } (or names): the \
+                 overlay's gossip tells every node a task's service and name",
+            ),
+        );
+    }
 }
 
 /// The order in which matching rules decide: deny beats audit beats allow;

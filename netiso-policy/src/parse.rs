@@ -23,12 +23,13 @@ const SETTINGS_KEYS: &[&str] = &["unmanaged", "learn"];
 const UNMANAGED_KEYS: &[&str] = &["ingress", "egress"];
 /// Criteria a selector (a group, or an entry of `all` / `any`) may give.
 const SELECTOR_KEYS: &[&str] = &[
-    "network", "labels", "compose", "names", "image", "all", "any",
+    "network", "labels", "compose", "swarm", "names", "image", "all", "any",
 ];
 const GROUP_KEYS: &[&str] = &[
     "network",
     "labels",
     "compose",
+    "swarm",
     "names",
     "image",
     "all",
@@ -39,6 +40,7 @@ const GROUP_KEYS: &[&str] = &[
     "learn",
 ];
 const COMPOSE_KEYS: &[&str] = &["project", "service"];
+const SWARM_KEYS: &[&str] = &["service", "stack"];
 const RULE_KEYS: &[&str] = &["from", "to", "ports", "action", "description"];
 const CIDR_PEER_KEYS: &[&str] = &["cidr", "except", "fqdn"];
 
@@ -851,6 +853,10 @@ impl Walker<'_> {
                     Some(labels) => sel.labels.extend(labels),
                     None => ok = false,
                 },
+                "swarm" => match self.swarm(k, v) {
+                    Some(labels) => sel.labels.extend(labels),
+                    None => ok = false,
+                },
                 "names" => match self.one_or_more(k, v, "[\"web\", \"web-*\"]") {
                     Some(list) => {
                         sel.names = list.into_iter().map(|s| s.value).collect();
@@ -1042,6 +1048,78 @@ impl Walker<'_> {
             // does, the group reports "selects nothing".
         }
         ok.then_some(labels)
+    }
+
+    /// `swarm = { service = "shop_api", stack = "shop" }`: the labels
+    /// Docker Swarm puts on the containers of services and stacks. On other
+    /// nodes a task is known from the overlay's gossip, which names its
+    /// service but not its stack: there the stack is inferred from the
+    /// service's name (`<stack>_<service>`, as `docker stack deploy` names
+    /// them), which a warning says.
+    fn swarm(&mut self, key: &Key, item: &Item) -> Option<Vec<LabelMatch>> {
+        let Some(body) = entries(item) else {
+            self.wrong_type(
+                key,
+                item,
+                "a table",
+                Some("write it as swarm = { service = \"shop_api\" } or swarm = { stack = \"shop\" }".into()),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (k, v) in body {
+            let label = match k.get() {
+                "service" => crate::selector::SWARM_SERVICE,
+                "stack" => crate::selector::STACK_NAMESPACE,
+                _ => {
+                    ok = false;
+                    self.unknown_key(k, SWARM_KEYS, "in \"swarm\"");
+                    continue;
+                }
+            };
+            match self.one_or_more(k, v, "\"shop\"") {
+                Some(list) => {
+                    let mut values: Vec<String> = list.into_iter().map(|s| s.value).collect();
+                    if k.get() == "stack" {
+                        self.diags.push(
+                            Diagnostic::warning(
+                                Kind::InferredRemotely,
+                                "the stack of a task on another node is inferred from its service's name",
+                            )
+                            .at(self.key_loc(k))
+                            .label("other nodes only know the service's name (from the overlay's gossip)")
+                            .help(
+                                "a service named \"<stack>_<name>\" counts as in stack <stack> on the other \
+                                 nodes, whoever created it; select services by name \
+                                 (swarm = { service = \"shop_api\" }) to be exact",
+                            ),
+                        );
+                    }
+                    let test = if values.len() == 1 {
+                        LabelTest::Equals(values.remove(0))
+                    } else {
+                        LabelTest::OneOf(values)
+                    };
+                    out.push(LabelMatch {
+                        key: label.to_string(),
+                        test,
+                        location: self.key_loc(k),
+                    });
+                }
+                None => ok = false,
+            }
+        }
+        if ok && out.is_empty() {
+            self.diags.push(
+                Diagnostic::error(Kind::EmptySelector, "\"swarm\" is empty")
+                    .at(self.item_loc(key, item))
+                    .label("no service or stack")
+                    .help("write swarm = { service = \"shop_api\" } and/or stack = \"shop\""),
+            );
+            return None;
+        }
+        ok.then_some(out)
     }
 
     /// `compose = { project = "shop", service = ["db", "cache"] }`: the

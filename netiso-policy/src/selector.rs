@@ -9,6 +9,8 @@ use crate::glob::glob_match;
 /// Docker Compose sets these labels on every container it creates.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+/// Docker Swarm's (the model's own: it names tasks on other nodes by them).
+pub use crate::container::{STACK_NAMESPACE, SWARM_SERVICE};
 
 /// What a label criterion asks of the label's value.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::path::Path;
 use netiso_common::{proto, Action};
 
 use super::*;
-use crate::container::Container;
+use crate::container::{Container, RemoteTask, STACK_NAMESPACE, SWARM_SERVICE};
 use crate::diagnostic::Location;
 use crate::ports::{overlap, PortSet};
 use crate::testing::container;
@@ -1674,4 +1674,82 @@ action = "allow"
         "allow",
     ));
     assert!(e.contains("p.toml:6:"), "{e}");
+}
+
+#[test]
+fn swarm_selects_services_and_stacks_of_local_and_remote_tasks() {
+    let p = parse_str(
+        r#"
+[groups.api]
+swarm = { service = "shop_api" }
+ingress = "deny"
+
+[groups.shop]
+swarm = { stack = "shop" }
+egress = "deny"
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    // A stack is inferred on other nodes: said once, where it is written.
+    assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+    assert_eq!(p.warnings[0].kind, Kind::InferredRemotely);
+    let local = container(
+        "shop_api.1.x",
+        &[(SWARM_SERVICE, "shop_api"), (STACK_NAMESPACE, "shop")],
+        &["shop_back"],
+    );
+    let remote = Container::remote_task(
+        "shop_back",
+        "0123456789abcdef",
+        &RemoteTask {
+            name: "shop_api.2.y".into(),
+            service: "shop_api".into(),
+            ip: "10.0.1.7".parse().unwrap(),
+            node: "198.18.0.2".into(),
+        },
+    );
+    let plain = Container::remote_task(
+        "shop_back",
+        "0123456789abcdef",
+        &RemoteTask {
+            name: "plain".into(),
+            service: String::new(),
+            ip: "10.0.1.8".parse().unwrap(),
+            node: "198.18.0.2".into(),
+        },
+    );
+    for c in [&local, &remote] {
+        assert_eq!(p.groups_of(c), vec!["api", "shop"], "{}", c.name);
+    }
+    assert!(p.groups_of(&plain).is_empty());
+    assert_eq!(remote.remote_node.as_deref(), Some("198.18.0.2"));
+    assert_contains(&errors("[groups.a]\nswarm = {}\n"), &["\"swarm\" is empty"]);
+    // Beside swarm selectors, a group a rule names that selects by labels
+    // is only recognised on its own node: said.
+    let p = parse_str(
+        r#"
+[groups.api]
+swarm = { service = "shop_api" }
+ingress = "deny"
+
+[groups.admin]
+labels = { role = "admin" }
+
+[[rules]]
+from = "admin"
+to = "api"
+ports = ["22/tcp"]
+action = "allow"
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let kinds: Vec<Kind> = p.warnings.iter().map(|w| w.kind).collect();
+    assert_eq!(kinds, vec![Kind::LocalOnlySelector], "{:?}", p.warnings);
+    assert!(p.warnings[0].message.contains("label role"));
+    assert_contains(
+        &errors("[groups.a]\nswarm = { task = \"x\" }\n"),
+        &["unknown key"],
+    );
 }

@@ -93,6 +93,14 @@ impl DaemonProc {
     /// metrics endpoint gets a free port unless `extra` names one, so that
     /// parallel daemons never compete for the default.
     pub fn start_with(policy_path: PathBuf, extra: &[&str]) -> Self {
+        Self::start_program(Command::new(netiso_bin()), policy_path, extra)
+    }
+
+    /// Like [`start_with`](Self::start_with), with `program` (`netiso` or
+    /// a wrapper that execs it: `nsenter --net=… netiso`, with the
+    /// environment it needs) in place of the plain binary. `program`'s pid
+    /// must be the daemon's: drop kills that pid.
+    pub fn start_program(program: Command, policy_path: PathBuf, extra: &[&str]) -> Self {
         let pins = PinDir::new();
         let state_dir = tempfile::tempdir().unwrap();
         let log = File::create(state_dir.path().join("daemon.log")).unwrap();
@@ -101,15 +109,9 @@ impl DaemonProc {
         if !extra.contains(&"--metrics-addr") {
             args.extend(["--metrics-addr".into(), "127.0.0.1:0".into()]);
         }
-        let child = daemon_command(
-            Command::new(netiso_bin()),
-            &pins.path,
-            state_dir.path(),
-            &args,
-            &log,
-        )
-        .spawn()
-        .expect("start netiso daemon");
+        let child = daemon_command(program, &pins.path, state_dir.path(), &args, &log)
+            .spawn()
+            .expect("start netiso daemon");
         Self {
             child,
             pins,

@@ -3,10 +3,11 @@
 //! reference evaluator for the sealed datapath (pure, std only), the frame
 //! mutator, network namespaces / pins / veth topologies, Docker resources,
 //! a daemon process, a DNS server and client, helpers of the hostile,
-//! observability and lifecycle tests, the example-policy scenarios, and
-//! the bench harness. It may use netiso-daemon's library and
-//! netiso-common; nothing in netiso's production code may use it
-//! (netiso-daemon takes it as a dev-dependency).
+//! observability and lifecycle tests, the example-policy scenarios, a
+//! multi-node Docker Swarm in namespaces, and the bench harness. It may
+//! use netiso-daemon's library and netiso-common; nothing in netiso's
+//! production code may use it (netiso-daemon takes it as a
+//! dev-dependency).
 
 #![expect(
     clippy::new_without_default,
@@ -27,6 +28,7 @@ pub mod obs;
 pub mod ops;
 pub mod reference;
 pub mod scenario;
+pub mod swarm;
 pub mod topology;
 
 pub use daemon::{netiso_bin, DaemonProc};

@@ -52,6 +52,7 @@ pub fn sealed_endpoint() -> Desired {
     desired.endpoints.insert(
         1,
         EndpointSpec {
+            netns: None,
             ifname: "lo".into(),
             identity: 256,
             flags: deny,

@@ -43,7 +43,9 @@ impl Guest {
                 ipv4_prefix_len: None,
                 host_ifindex: Some(self.host_ifindex),
                 host_ifname: Some(self.host_if.clone()),
+                host_netns: None,
             }],
+            remote_node: None,
         }
     }
 }

@@ -150,6 +150,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
                 services,
                 resync_interval: cfg.resync_interval,
                 watch_policy: cfg.watch_policy,
+                docker_exec_root: cfg.docker_exec_root,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

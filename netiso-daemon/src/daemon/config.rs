@@ -60,6 +60,11 @@ pub struct DaemonArgs {
     /// Do not reload the policy when its file changes (SIGHUP still works).
     #[arg(long)]
     pub no_watch_policy: bool,
+    /// The Docker engine's exec-root as this daemon can open it: Swarm
+    /// overlays keep their namespaces under `<DIR>/netns` [default:
+    /// /var/run/docker].
+    #[arg(long, value_name = "DIR")]
+    pub docker_exec_root: Option<PathBuf>,
     /// The packet mark with which a container's veth passes its verdict on
     /// a live connection to the receiving container's veth on this host
     /// (hex or decimal), or `off` [default: 0x1e000000].
@@ -90,6 +95,7 @@ struct FileConfig {
     drop_non_ip: Option<bool>,
     watch_policy: Option<bool>,
     allow_insecure_policy_permissions: Option<bool>,
+    docker_exec_root: Option<PathBuf>,
     /// 0 switches cross-veth verdicts off.
     cross_veth_mark: Option<u32>,
 }
@@ -115,6 +121,8 @@ pub struct Config {
     pub watch_policy: bool,
     /// Warn about, instead of refusing, a policy non-root users could change.
     pub allow_insecure_policy_permissions: bool,
+    /// Where the engine keeps Swarm overlays' namespaces (`<dir>/netns`).
+    pub docker_exec_root: PathBuf,
     /// The mark of cross-veth verdicts; 0: off.
     pub cross_veth_mark: u32,
 }
@@ -256,6 +264,11 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
         watch_policy: !a.no_watch_policy && f.watch_policy.unwrap_or(true),
         allow_insecure_policy_permissions: a.allow_insecure_policy_permissions
             || f.allow_insecure_policy_permissions.unwrap_or(false),
+        docker_exec_root: a
+            .docker_exec_root
+            .clone()
+            .or(f.docker_exec_root)
+            .unwrap_or_else(|| crate::host::overlay::DEFAULT_EXEC_ROOT.into()),
         cross_veth_mark: a
             .cross_veth_mark
             .or(f.cross_veth_mark)

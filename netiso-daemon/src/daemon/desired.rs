@@ -48,6 +48,12 @@ pub fn unenforceable_reason(c: &Container, network: &str, driver: Option<&str>) 
             "network {network:?} uses the {d} driver: its traffic leaves through the parent \
              interface without a veth, so netiso cannot attach to it"
         ),
+        Some("overlay") => format!(
+            "no host-side veth found for network {network:?} (a Swarm overlay) in its \
+             namespace under the engine's exec-root (`--docker-exec-root`, default \
+             /var/run/docker: is it the engine's `--exec-root`, reachable from here?); \
+             looked up again shortly and at every resync"
+        ),
         Some(d) if d != "bridge" => format!(
             "network {network:?} uses the {d} driver, which gives the container no host-side veth"
         ),
@@ -118,6 +124,26 @@ pub fn add_host_addresses(d: &mut Desired, addrs: &[IpAddr]) {
                 identity: identity::HOST,
                 flags: 0,
             });
+    }
+}
+
+/// Every address of a Swarm overlay's subnets that no known endpoint has
+/// is an "unknown overlay peer" (a task another node started that the
+/// gossip has not named yet): its own identity, never `world`, so that a
+/// group's defaults decide (one that denies ingress keeps it out) and no
+/// rule for the world or an address block lets it in. Known endpoints'
+/// exact addresses win over the subnet (exact before the trie).
+pub fn add_overlay_subnets(d: &mut Desired, overlays: &[crate::host::overlay::OverlayInfo]) {
+    for o in overlays {
+        for (addr, len) in &o.subnets {
+            d.cidrs.insert(
+                (*addr, *len),
+                IdentityInfo {
+                    identity: identity::UNKNOWN_OVERLAY_PEER,
+                    flags: 0,
+                },
+            );
+        }
     }
 }
 
@@ -230,7 +256,10 @@ pub fn build_desired(
         // Host, none and container: modes have no veth of their own: one
         // entry for the container, not one per pseudo-network.
         let own_netns = has_own_netns(&c.network_mode);
-        if managed && (!own_netns || c.networks.is_empty()) {
+        // A task on another node: its addresses get its identity (above
+        // and below); its own node enforces for it.
+        let remote = c.remote_node.is_some();
+        if managed && !remote && (!own_netns || c.networks.is_empty()) {
             state.unenforceable.push(Unenforceable {
                 container: c.name.clone(),
                 network: c.network_mode.clone(),
@@ -281,12 +310,13 @@ pub fn build_desired(
                                 ipv6: a.ipv6,
                                 mac: a.mac,
                                 ipv4_prefix_len: a.ipv4_prefix_len,
+                                netns: a.host_netns.as_ref().map(Into::into),
                             },
                         );
                         enforced = managed;
                         guarded = true;
                     }
-                    _ if !own_netns || !managed => {}
+                    _ if !own_netns || !managed || remote => {}
                     _ => state.unenforceable.push(Unenforceable {
                         container: c.name.clone(),
                         network: a.network.clone(),
@@ -311,6 +341,8 @@ pub fn build_desired(
                 guarded,
                 learning: guarded && learn != 0,
                 resolves_names: guarded && names != 0,
+                netns: a.host_netns.clone(),
+                remote_node: c.remote_node.clone(),
             });
         }
     }
@@ -353,6 +385,7 @@ mod tests {
     #[test]
     fn a_full_endpoints_map_keeps_holds_and_enforced_endpoints_first() {
         let spec = |identity, flags| EndpointSpec {
+            netns: None,
             ifname: "v".into(),
             identity,
             flags,

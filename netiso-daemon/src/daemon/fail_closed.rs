@@ -165,6 +165,7 @@ impl Holds {
                     ipv6: None,
                     mac: None,
                     ipv4_prefix_len: None,
+                    netns: None,
                 });
         }
     }
@@ -228,6 +229,7 @@ mod tests {
         h.hold_if_fail_closed(&veth(7, true), "br-vault", &fc);
         let mut d = Desired::default();
         let spec = EndpointSpec {
+            netns: None,
             ifname: "veth7".into(),
             identity: 300,
             flags: 0,

@@ -18,6 +18,9 @@ pub struct Options {
     pub resync_interval: Option<Duration>,
     /// Reload the policy when its file changes.
     pub watch_policy: bool,
+    /// The engine's exec-root (Swarm overlays' namespaces are under
+    /// `<dir>/netns`).
+    pub docker_exec_root: PathBuf,
 }
 
 /// Daemon options of the services (flattened into `netiso daemon`).

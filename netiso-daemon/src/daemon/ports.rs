@@ -12,6 +12,8 @@ use tracing::warn;
 use crate::datapath::{ApplyReport, Datapath, Desired};
 use crate::host::docker::{DockerClient, NetworkInfo};
 use crate::host::link_watch::LinkEvent;
+use crate::host::netlink::Overlays;
+use crate::host::overlay::OverlayInfo;
 use crate::model::Container;
 
 /// The container engine, as the reconciler reads it.
@@ -20,6 +22,12 @@ pub(crate) trait Engine {
     async fn running_containers(&self) -> Result<Vec<Container>>;
     /// `None`: the container is gone.
     async fn inspect(&self, id: &str) -> Result<Option<Container>>;
+    /// What this node knows of the Swarm overlays among `nets` (subnets,
+    /// gossip). Engines without Swarm have none.
+    async fn overlays(&self, nets: &[NetworkInfo]) -> Result<Vec<OverlayInfo>> {
+        let _ = nets;
+        Ok(Vec::new())
+    }
 }
 
 /// The host's links: container veths, the host's own addresses and the
@@ -33,6 +41,11 @@ pub(crate) trait HostLinks {
     fn link_name(&self, ifindex: u32) -> Result<Option<String>>;
     /// Every link now, as announcements would describe them.
     fn links(&self) -> Result<Vec<LinkEvent>>;
+    /// The ids of the Swarm overlays among the networks: their
+    /// attachments' veths are only ever looked for in their namespaces.
+    fn set_overlay_networks(&self, ids: BTreeSet<String>) {
+        let _ = ids;
+    }
 }
 
 /// The datapath as the reconciler drives it: the desired contents in,
@@ -60,18 +73,26 @@ impl Engine for DockerClient {
     async fn inspect(&self, id: &str) -> Result<Option<Container>> {
         DockerClient::inspect(self, id).await
     }
+
+    async fn overlays(&self, nets: &[NetworkInfo]) -> Result<Vec<OverlayInfo>> {
+        DockerClient::overlays(self, nets).await
+    }
 }
 
-/// The host's links through netlink.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Netlink;
+/// The host's links through netlink; Swarm overlays' veths in their
+/// namespaces under the engine's exec-root.
+#[derive(Clone, Debug)]
+pub(crate) struct Netlink {
+    pub(crate) overlays: Overlays,
+}
 
 impl HostLinks for Netlink {
     /// Resolves off the async runtime (it enters namespaces).
     async fn with_veths(&self, mut c: Container) -> Container {
         let name = c.name.clone();
+        let overlays = self.overlays.clone();
         match tokio::task::spawn_blocking(move || {
-            let r = crate::host::netlink::resolve_host_veths(&mut c);
+            let r = crate::host::netlink::resolve_host_veths_with(&mut c, Some(&overlays));
             (c, r)
         })
         .await
@@ -95,6 +116,14 @@ impl HostLinks for Netlink {
 
     fn links(&self) -> Result<Vec<LinkEvent>> {
         crate::host::link_watch::dump()
+    }
+
+    fn set_overlay_networks(&self, ids: BTreeSet<String>) {
+        *self
+            .overlays
+            .networks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = ids;
     }
 }
 

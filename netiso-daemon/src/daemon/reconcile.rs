@@ -15,12 +15,14 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::daemon::desired::{
-    add_host_addresses, build_desired, fit_endpoints, has_own_netns, no_veth_driver,
+    add_host_addresses, add_overlay_subnets, build_desired, fit_endpoints, has_own_netns,
+    no_veth_driver,
 };
 use crate::daemon::options::Options;
 use crate::daemon::ports::{Dataplane, Engine, HostLinks};
 use crate::host::docker::{DockerEvent, NetworkInfo};
 use crate::host::link_watch::LinkEvent;
+use crate::host::overlay::OverlayInfo;
 use crate::model::Container;
 use crate::observe::learned::Recorder;
 use crate::observe::state::{ReloadStatus, State, Unenforceable};
@@ -32,6 +34,8 @@ pub(super) const VETH_RETRY_EVERY: Duration = Duration::from_millis(250);
 /// How often learn mode's table is drained into the record: the table
 /// holds `limits::LEARN` distinct rows between two drains.
 pub(super) const LEARN_DRAIN_EVERY: Duration = Duration::from_secs(2);
+/// How often Swarm overlays' gossip is read again (remote tasks).
+pub(super) const GOSSIP_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Daemon<D, L> {
     pub(super) opts: Options,
@@ -48,6 +52,10 @@ pub(super) struct Daemon<D, L> {
     drivers: BTreeMap<String, String>,
     /// Docker network name -> its bridge device (bridge networks).
     bridges: BTreeMap<String, String>,
+    /// The Swarm overlays among the networks.
+    overlay_nets: Vec<NetworkInfo>,
+    /// What the gossip says of them (subnets, endpoints on every node).
+    overlays: Vec<OverlayInfo>,
     /// Veths of fail-closed networks held closed until classified.
     holds: crate::daemon::fail_closed::Holds,
     /// Containers whose veth should exist but was not found yet (Docker
@@ -100,6 +108,8 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             host_addrs: Vec::new(),
             drivers: BTreeMap::new(),
             bridges: BTreeMap::new(),
+            overlay_nets: Vec::new(),
+            overlays: Vec::new(),
             holds: Default::default(),
             pending: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -142,6 +152,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
                 Ok(n) => self.set_networks(n),
                 Err(e) => warn!(error = format!("{e:#}"), "listing networks failed"),
             }
+            self.refresh_overlays(docker).await;
             let listed = docker.running_containers().await?;
             let mut containers = BTreeMap::new();
             self.pending.clear();
@@ -222,7 +233,60 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         self.refresh(docker, &id).await;
     }
 
+    /// Whether any Swarm overlay is known (then its gossip is polled).
+    pub(super) fn has_overlays(&self) -> bool {
+        !self.overlay_nets.is_empty()
+    }
+
+    /// Reads the overlays' gossip again; whether it changed. On an error
+    /// the last view stays (remote tasks keep their identities, unknown
+    /// addresses of the subnets stay unknown overlay peers).
+    pub(super) async fn refresh_overlays(&mut self, docker: &impl Engine) -> bool {
+        if self.overlay_nets.is_empty() && self.overlays.is_empty() {
+            return false;
+        }
+        match docker.overlays(&self.overlay_nets).await {
+            Ok(o) if o != self.overlays => {
+                debug!(overlays = o.len(), "overlay gossip changed");
+                self.overlays = o;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "reading the overlays' gossip failed"
+                );
+                false
+            }
+        }
+    }
+
+    /// Tasks on other nodes as containers (name, service, address; no
+    /// veth), from the gossip: an address a local container has is its.
+    fn remote_tasks(&self, local: &[Container]) -> Vec<Container> {
+        let mine: BTreeSet<std::net::Ipv4Addr> = local.iter().flat_map(|c| c.ipv4s()).collect();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for o in &self.overlays {
+            for t in &o.tasks {
+                if mine.contains(&t.ip) || !seen.insert((o.id.clone(), t.ip)) {
+                    continue;
+                }
+                out.push(Container::remote_task(&o.name, &o.id, t));
+            }
+        }
+        out
+    }
+
     fn set_networks(&mut self, nets: Vec<NetworkInfo>) {
+        self.overlay_nets = nets
+            .iter()
+            .filter(|n| n.driver == "overlay")
+            .cloned()
+            .collect();
+        self.links
+            .set_overlay_networks(self.overlay_nets.iter().map(|n| n.id.clone()).collect());
         self.drivers = nets
             .iter()
             .map(|n| (n.name.clone(), n.driver.clone()))
@@ -421,7 +485,9 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
 
     fn reconcile_once(&mut self) -> Result<()> {
         let _span = info_span!("reconcile", containers = self.containers.len()).entered();
-        let containers: Vec<Container> = self.containers.values().cloned().collect();
+        let mut containers: Vec<Container> = self.containers.values().cloned().collect();
+        let remote = self.remote_tasks(&containers);
+        containers.extend(remote);
         // Rows noted so far are named with the containers they were noted
         // for, before any veth changes hands.
         if self.learned.active() {
@@ -454,6 +520,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             ),
         }
         add_host_addresses(&mut desired, &self.host_addrs);
+        add_overlay_subnets(&mut desired, &self.overlays);
         // Name every identity ever given out, not only those in use, so
         // that older flow rows still read right.
         for (id, groups) in self.ids.iter() {

@@ -13,7 +13,9 @@ use tracing::{debug, info, warn};
 use crate::api::control::{Control, Handles};
 use crate::daemon::options::Options;
 use crate::daemon::ports::Netlink;
-use crate::daemon::reconcile::{load_policy, Daemon, LEARN_DRAIN_EVERY, VETH_RETRY_EVERY};
+use crate::daemon::reconcile::{
+    load_policy, Daemon, GOSSIP_EVERY, LEARN_DRAIN_EVERY, VETH_RETRY_EVERY,
+};
 use crate::daemon::sd_notify::notify_logged;
 use crate::datapath::Datapath;
 use crate::host::docker::DockerClient;
@@ -69,7 +71,16 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Err(e) = crate::daemon::privileges::drop_after_start() {
         warn!(error = %e, "cannot drop capabilities; running with those it started with");
     }
-    let mut d = Daemon::new(opts, state_tx, policy, ids, dp, Netlink);
+    let links = Netlink {
+        overlays: crate::host::netlink::Overlays {
+            exec_root: opts.docker_exec_root.clone(),
+            networks: Default::default(),
+            slots: crate::host::overlay::NsSlots::persistent(
+                opts.state_dir.join("netns-slots.json"),
+            ),
+        },
+    };
+    let mut d = Daemon::new(opts, state_tx, policy, ids, dp, links);
     let mut ready = false;
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -109,6 +120,8 @@ pub async fn run(opts: Options) -> Result<()> {
             retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut learn_tick = tokio::time::interval(LEARN_DRAIN_EVERY);
             learn_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut gossip_tick = tokio::time::interval(GOSSIP_EVERY);
+            gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
@@ -146,6 +159,13 @@ pub async fn run(opts: Options) -> Result<()> {
                     }
                     _ = learn_tick.tick(), if d.learned.active() => {
                         d.drain_learned();
+                    }
+                    // Tasks on other nodes come and go without an event
+                    // here (workers see no swarm events): ask the gossip.
+                    _ = gossip_tick.tick(), if d.has_overlays() => {
+                        if d.refresh_overlays(&docker).await {
+                            d.reconcile_logged();
+                        }
                     }
                     Some(cmd) = control_rx.recv() => match cmd {
                         Control::PolicyFileChanged => {

@@ -43,6 +43,11 @@ pub struct EndpointSpec {
     /// Prefix length of `ipv4` on its network: its directed broadcast
     /// address reaches the endpoint too.
     pub ipv4_prefix_len: Option<u8>,
+    /// The network namespace the veth is in when it is not the daemon's
+    /// own (a Swarm overlay's); the endpoint id is then `(k << NS_SHIFT) +
+    /// ifindex` and the veth gets the programs loaded with `NS_BASE = k <<
+    /// NS_SHIFT`.
+    pub netns: Option<PathBuf>,
 }
 
 impl EndpointSpec {
@@ -171,6 +176,50 @@ pub struct Datapath {
     settings: Settings,
     /// ifindex -> interface name we attached to.
     attached: BTreeMap<u32, String>,
+    /// Map sizes the object was loaded with (the instances below too).
+    sizes: Vec<(String, u32)>,
+    /// The programs loaded once more for each other network namespace k
+    /// (a Swarm overlay's) with `NS_BASE = k << NS_SHIFT`, on the same
+    /// pinned maps.
+    ns_instances: BTreeMap<u32, Ebpf>,
+}
+
+/// The object with its maps at `map_dir` (made or re-adopted) and both TC
+/// programs loaded, with the `NS_BASE` global set to `ns_base` (0 for the
+/// daemon's own namespace: the object's default, left as built).
+fn load_object(map_dir: &Path, sizes: &[(String, u32)], ns_base: u32) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(map_dir);
+    for (name, size) in sizes {
+        loader.map_max_entries(name, *size);
+    }
+    if ns_base != 0 {
+        loader.override_global("NS_BASE", &ns_base, true);
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the netiso eBPF object")?;
+    for name in [programs::FROM_CONTAINER, programs::TO_CONTAINER] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        if let Err(e) = prog.load() {
+            // The verifier's last words say which instruction and why.
+            let log = match &e {
+                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                    let text = verifier_log.to_string();
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                }
+                _ => String::new(),
+            };
+            return Err(e).with_context(|| {
+                format!("the kernel rejected program {name}; verifier log tail:\n{log}")
+            });
+        }
+    }
+    Ok(ebpf)
 }
 
 impl Datapath {
@@ -193,34 +242,8 @@ impl Datapath {
             )
         })?;
         std::fs::create_dir_all(pin_dir.join("links"))?;
-        let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(&map_dir);
-        for (name, size) in sizes {
-            loader.map_max_entries(name, *size);
-        }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading the netiso eBPF object")?;
-        for name in [programs::FROM_CONTAINER, programs::TO_CONTAINER] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            if let Err(e) = prog.load() {
-                // The verifier's last words say which instruction and why.
-                let log = match &e {
-                    aya::programs::ProgramError::LoadError { verifier_log, .. } => {
-                        let text = verifier_log.to_string();
-                        let lines: Vec<&str> = text.lines().collect();
-                        lines[lines.len().saturating_sub(40)..].join("\n")
-                    }
-                    _ => String::new(),
-                };
-                return Err(e).with_context(|| {
-                    format!("the kernel rejected program {name}; verifier log tail:\n{log}")
-                });
-            }
-        }
+        let sizes: Vec<(String, u32)> = sizes.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        let ebpf = load_object(&map_dir, &sizes, 0)?;
         let mut settings = read_settings(&ebpf)?;
         let fresh = settings.layout_version != LAYOUT_VERSION;
         if fresh {
@@ -236,6 +259,8 @@ impl Datapath {
             current: None,
             settings,
             attached: BTreeMap::new(),
+            sizes,
+            ns_instances: BTreeMap::new(),
         };
         if fresh {
             dp.write_settings()?;
@@ -569,17 +594,37 @@ impl Datapath {
         let mut attached = 0;
         let mut failed = Vec::new();
         for (ifindex, spec) in &desired.endpoints {
-            if self.attached.get(ifindex) == Some(&spec.ifname) {
+            // In another namespace the same name and index may be another
+            // veth once the namespace is made anew (an engine restart
+            // recreates an overlay's, and its ifindexes and `vethN` names
+            // start over): the namespace's inode is part of what was
+            // attached.
+            let key = match &spec.netns {
+                None => spec.ifname.clone(),
+                Some(ns) => {
+                    use std::os::unix::fs::MetadataExt as _;
+                    let ino = std::fs::metadata(ns).map(|m| m.ino()).unwrap_or(0);
+                    format!("{}@{ino}", spec.ifname)
+                }
+            };
+            if self.attached.get(ifindex) == Some(&key) {
                 continue;
             }
-            match self.attach(*ifindex, &spec.ifname) {
+            // A namespace can go between the lookup and here (its network's
+            // last endpoint left): that endpoint stays out, tried again at
+            // the next apply, the others go on.
+            let r = match &spec.netns {
+                None => self.attach(*ifindex, &spec.ifname),
+                Some(ns) => self.attach_in_netns(*ifindex, &spec.ifname, ns),
+            };
+            match r {
                 Ok(()) => {
-                    self.attached.insert(*ifindex, spec.ifname.clone());
+                    self.attached.insert(*ifindex, key);
                     attached += 1;
                 }
                 Err(e) => failed.push((
                     *ifindex,
-                    e.context(format!("attaching to {} (ifindex {ifindex})", spec.ifname)),
+                    e.context(format!("attaching to {} (endpoint {ifindex})", spec.ifname)),
                 )),
             }
         }
@@ -601,7 +646,54 @@ impl Datapath {
             }
         }
         self.attached.retain(|k, _| want.contains(k));
+        // Instances of namespaces no endpoint is in any more go (their
+        // links, if any, were removed above).
+        let used: BTreeSet<u32> = want.iter().map(|id| id >> limits::NS_SHIFT).collect();
+        self.ns_instances.retain(|k, _| used.contains(k));
         Ok(detached)
+    }
+
+    /// The programs for namespace slot `k` (≥ 1): loaded on first use with
+    /// `NS_BASE = k << NS_SHIFT` on the same pinned maps, so that their
+    /// endpoint ids are `(k << NS_SHIFT) + ifindex`.
+    pub fn ns_instance(&mut self, k: u32) -> Result<&mut Ebpf> {
+        if k == 0 || k >= 1 << (32 - limits::NS_SHIFT) {
+            bail!("namespace slot {k} out of range");
+        }
+        if !self.ns_instances.contains_key(&k) {
+            let map_dir = self.pin_dir.join(format!("maps-v{LAYOUT_VERSION}"));
+            let ebpf = load_object(&map_dir, &self.sizes, k << limits::NS_SHIFT)
+                .with_context(|| format!("loading the programs for namespace slot {k}"))?;
+            info!(slot = k, "programs loaded for another network namespace");
+            self.ns_instances.insert(k, ebpf);
+        }
+        self.ns_instances
+            .get_mut(&k)
+            .context("namespace instance just loaded")
+    }
+
+    /// Attaches to the veth `ifname` of the network namespace at `netns`
+    /// (endpoint id `(k << NS_SHIFT) + ifindex`, k ≥ 1): the programs are
+    /// loaded once per k with `NS_BASE = k << NS_SHIFT` on the same pinned
+    /// maps, and attached (TCX, pinned like the others) from a thread that
+    /// joined that namespace, where the ifname means that veth.
+    fn attach_in_netns(&mut self, id: u32, ifname: &str, netns: &Path) -> Result<()> {
+        let k = id >> limits::NS_SHIFT;
+        if k == 0 {
+            bail!("endpoint {id} in {} has no namespace slot", netns.display());
+        }
+        if self.mode == AttachMode::Netlink {
+            bail!("endpoints in other network namespaces need TCX (kernel 6.6 or later)");
+        }
+        let pins = [
+            self.link_pin(id, TcAttachType::Ingress),
+            self.link_pin(id, TcAttachType::Egress),
+        ];
+        let ebpf = self.ns_instance(k)?;
+        let ifname = ifname.to_string();
+        crate::host::netlink::in_netns(netns, move || attach_tcx_with(ebpf, &pins, &ifname))?;
+        debug!(id, netns = %netns.display(), "attached in another namespace");
+        Ok(())
     }
 
     fn link_pin(&self, ifindex: u32, attach: TcAttachType) -> PathBuf {
@@ -686,55 +778,11 @@ impl Datapath {
     }
 
     fn attach_tcx(&mut self, ifindex: u32, ifname: &str) -> Result<()> {
-        for (prog_name, attach) in [
-            (programs::FROM_CONTAINER, TcAttachType::Ingress),
-            (programs::TO_CONTAINER, TcAttachType::Egress),
-        ] {
-            let pin = self.link_pin(ifindex, attach);
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(prog_name)
-                .context("program missing")?
-                .try_into()?;
-            // Re-adopt a link pinned by an earlier run: swapping the program
-            // in place leaves no moment without enforcement.
-            let link_id = match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    let fd_link = FdLink::from(old);
-                    let link = SchedClassifierLink::try_from(fd_link)?;
-                    match prog.attach_to_link(link) {
-                        Ok(id) => id,
-                        Err(e) => {
-                            // The interface the link was made for is gone
-                            // (ifindex reused): start afresh.
-                            debug!(error = %e, pin = %pin.display(), "stale link pin");
-                            let _ = std::fs::remove_file(&pin);
-                            prog.attach_with_options(
-                                ifname,
-                                attach,
-                                TcAttachOptions::TcxOrder(LinkOrder::default()),
-                            )?
-                        }
-                    }
-                }
-                Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                    if io_error.kind() == io::ErrorKind::NotFound =>
-                {
-                    prog.attach_with_options(
-                        ifname,
-                        attach,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )?
-                }
-                Err(e) => return Err(e).context(format!("opening {}", pin.display())),
-            };
-            let link = prog.take_link(link_id)?;
-            let fd_link: FdLink = link.try_into()?;
-            let _ = std::fs::remove_file(&pin);
-            fd_link
-                .pin(&pin)
-                .with_context(|| format!("pinning {}", pin.display()))?;
-        }
+        let pins = [
+            self.link_pin(ifindex, TcAttachType::Ingress),
+            self.link_pin(ifindex, TcAttachType::Egress),
+        ];
+        attach_tcx_with(&mut self.ebpf, &pins, ifname)?;
         debug!(ifindex, ifname, "attached");
         Ok(())
     }
@@ -991,6 +1039,62 @@ impl Datapath {
                 .context("policy map missing")?,
         )?)
     }
+}
+
+/// Attaches both programs of `ebpf` to `ifname` (in the calling thread's
+/// network namespace) with TCX and pins the links at `pins` (from, to).
+/// A link pinned by an earlier run is re-adopted by swapping the program
+/// in place, which leaves no moment without enforcement.
+fn attach_tcx_with(ebpf: &mut Ebpf, pins: &[PathBuf; 2], ifname: &str) -> Result<()> {
+    for ((prog_name, attach), pin) in [
+        (programs::FROM_CONTAINER, TcAttachType::Ingress),
+        (programs::TO_CONTAINER, TcAttachType::Egress),
+    ]
+    .into_iter()
+    .zip(pins)
+    {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(prog_name)
+            .context("program missing")?
+            .try_into()?;
+        let link_id = match PinnedLink::from_pin(pin) {
+            Ok(old) => {
+                let fd_link = FdLink::from(old);
+                let link = SchedClassifierLink::try_from(fd_link)?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        // The interface the link was made for is gone
+                        // (ifindex reused): start afresh.
+                        debug!(error = %e, pin = %pin.display(), "stale link pin");
+                        let _ = std::fs::remove_file(pin);
+                        prog.attach_with_options(
+                            ifname,
+                            attach,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )?
+                    }
+                }
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound =>
+            {
+                prog.attach_with_options(
+                    ifname,
+                    attach,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )?
+            }
+            Err(e) => return Err(e).context(format!("opening {}", pin.display())),
+        };
+        let link = prog.take_link(link_id)?;
+        let fd_link: FdLink = link.try_into()?;
+        let _ = std::fs::remove_file(pin);
+        fd_link
+            .pin(pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    Ok(())
 }
 
 fn read_settings(ebpf: &Ebpf) -> Result<Settings> {

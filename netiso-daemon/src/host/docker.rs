@@ -154,6 +154,48 @@ impl DockerClient {
             .collect())
     }
 
+    /// What this node knows of each Swarm overlay in `nets` (`driver =
+    /// overlay`, the routing mesh's `ingress` left out): its subnets and
+    /// the endpoints its gossip lists (`network inspect --verbose`; only
+    /// on a node with a local endpoint of the network is it filled). An
+    /// overlay that vanished meanwhile is skipped.
+    pub async fn overlays(
+        &self,
+        nets: &[NetworkInfo],
+    ) -> Result<Vec<crate::host::overlay::OverlayInfo>> {
+        use crate::host::overlay::{parse_gossip, parse_subnet, OverlayInfo};
+        let mut out = Vec::new();
+        for n in nets.iter().filter(|n| n.driver == "overlay") {
+            let opts = bollard::query_parameters::InspectNetworkOptionsBuilder::new()
+                .verbose(true)
+                .build();
+            let r = match self.docker.inspect_network(&n.id, Some(opts)).await {
+                Ok(r) => r,
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => continue,
+                Err(e) => return Err(e).with_context(|| format!("inspecting overlay {}", n.name)),
+            };
+            if r.ingress == Some(true) {
+                continue;
+            }
+            let subnets = r
+                .ipam
+                .and_then(|i| i.config)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| parse_subnet(c.subnet.as_deref()?))
+                .collect();
+            out.push(OverlayInfo {
+                name: n.name.clone(),
+                id: n.id.clone(),
+                subnets,
+                tasks: r.services.as_ref().map(parse_gossip).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Engine and API versions, e.g. `Docker Engine 20.10.24 (API 1.41, client uses 1.41)`.
     pub async fn version(&self) -> Result<String> {
         let v = self
@@ -240,6 +282,7 @@ fn container_from_inspect(fallback_id: &str, r: ContainerInspectResponse) -> Opt
                 .filter(|l| *l <= 32),
             host_ifindex: None,
             host_ifname: None,
+            host_netns: None,
         })
         .collect();
     networks.sort_by(|a, b| a.network.cmp(&b.network));
@@ -264,6 +307,7 @@ fn container_from_inspect(fallback_id: &str, r: ContainerInspectResponse) -> Opt
             .unwrap_or_default(),
         networks,
         published,
+        remote_node: None,
     })
 }
 

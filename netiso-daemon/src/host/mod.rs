@@ -3,5 +3,6 @@ pub mod dns;
 pub mod docker;
 pub mod link_watch;
 pub mod netlink;
+pub mod overlay;
 pub mod packet;
 pub mod rtnl;

@@ -57,9 +57,31 @@ impl LinkInfo {
 /// interface is not a veth (macvlan, ipvlan): the caller reports those as not
 /// enforceable.
 pub fn resolve_host_veths(c: &mut Container) -> Result<()> {
+    resolve_host_veths_with(c, None)
+}
+
+/// Where Swarm overlays keep their endpoints' veths: the engine's
+/// exec-root (as this process can open it) and the namespace slots.
+#[derive(Clone, Debug)]
+pub struct Overlays {
+    pub exec_root: PathBuf,
+    pub slots: crate::host::overlay::NsSlots,
+    /// Ids of the networks known to be overlays: an attachment of one of
+    /// them whose namespace is not found is left unresolved, never looked
+    /// up in this namespace (where the same ifindex is another veth).
+    pub networks: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+/// [`resolve_host_veths`], also finding veths in Swarm overlay namespaces:
+/// an attachment whose network has a namespace under `<exec-root>/netns`
+/// (`1-<id>`: only overlays do) is looked up there and only there, and its
+/// `host_ifindex` is the endpoint id `(k << NS_SHIFT) + ifindex` of that
+/// namespace's slot, `host_netns` its path.
+pub fn resolve_host_veths_with(c: &mut Container, overlays: Option<&Overlays>) -> Result<()> {
     for a in &mut c.networks {
         a.host_ifindex = None;
         a.host_ifname = None;
+        a.host_netns = None;
     }
     if !has_own_netns(&c.network_mode) || c.networks.iter().all(|a| a.mac.is_none()) {
         return Ok(());
@@ -84,6 +106,43 @@ pub fn resolve_host_veths(c: &mut Container) -> Result<()> {
         let Some(peer) = inner.peer_ifindex else {
             continue;
         };
+        let overlay_ns = overlays.and_then(|o| {
+            let path = crate::host::overlay::netns_path(&o.exec_root, &a.network_id)?;
+            path.exists().then_some((o, path))
+        });
+        if let Some((o, path)) = overlay_ns {
+            let host = in_netns(&path, || link_by_index(peer))
+                .with_context(|| format!("looking up ifindex {peer} in {}", path.display()))?;
+            match host {
+                Some(host) if host.is_veth() && host.peer_ifindex == Some(inner.ifindex) => {
+                    let id = o
+                        .slots
+                        .slot(&path)
+                        .and_then(|k| crate::host::overlay::endpoint_id(k, host.ifindex));
+                    let Some(id) = id else {
+                        tracing::error!(container = %c.name, network = %a.network,
+                            "no endpoint id left for the overlay's veth: not enforced");
+                        continue;
+                    };
+                    a.host_ifindex = Some(id);
+                    a.host_ifname = Some(host.ifname);
+                    a.host_netns = Some(path.display().to_string());
+                }
+                other => {
+                    tracing::debug!(container = %c.name, network = %a.network, peer, host = ?other,
+                        netns = %path.display(), "overlay peer of the container veth not found");
+                }
+            }
+            continue;
+        }
+        if let Some(o) = overlays {
+            let known = o.networks.lock().unwrap_or_else(|e| e.into_inner());
+            if known.contains(&a.network_id) {
+                tracing::debug!(container = %c.name, network = %a.network,
+                    exec_root = %o.exec_root.display(), "no namespace found for the overlay");
+                continue;
+            }
+        }
         // Check the host link really is this veth's peer: the container may be
         // going away and its ifindex already reused by another device.
         match link_by_index(peer)? {
@@ -144,7 +203,7 @@ pub fn links_in_netns(netns_path: &Path) -> Result<Vec<LinkInfo>> {
 /// Runs `f` on a fresh thread that has joined the network namespace at `path`.
 /// `setns(CLONE_NEWNET)` only moves the calling thread, and that thread ends
 /// with `f`, so no other code ever runs in the foreign namespace.
-fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let ns = File::open(path)
         .with_context(|| format!("opening network namespace {}", path.display()))?;
     std::thread::scope(|s| {

@@ -114,6 +114,15 @@ pub struct EndpointState {
     /// The container may reach peers by name: its DNS is watched.
     #[serde(default)]
     pub resolves_names: bool,
+    /// The network namespace of the host-side veth when it is not the
+    /// daemon's own (a Swarm overlay's); `ifindex` is then the endpoint id
+    /// `(k << 20) + ifindex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// A Swarm task on another node (that node's address), known from the
+    /// overlay's gossip: its node enforces for it, here it is a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_node: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -176,6 +185,7 @@ impl State {
                 netiso_common::identity::WORLD => "world".into(),
                 netiso_common::identity::UNMANAGED => "unmanaged".into(),
                 netiso_common::identity::AMBIGUOUS_PUBLISHED => "ambiguous-published-port".into(),
+                netiso_common::identity::UNKNOWN_OVERLAY_PEER => "unknown-overlay-peer".into(),
                 // Dropped before its peer could be named (a frame netiso
                 // could not parse, ARP).
                 netiso_common::identity::ANY => "-".into(),

@@ -74,6 +74,8 @@ pub enum Attach {
     NotManaged,
     /// In a group, but there is no veth to attach to (see `unenforceable`).
     NoVeth,
+    /// A Swarm task on another node: enforced by that node's netiso.
+    Remote,
 }
 
 impl Attach {
@@ -84,6 +86,7 @@ impl Attach {
             Self::Detached => "detached",
             Self::NotManaged => "not managed",
             Self::NoVeth => "no veth",
+            Self::Remote => "on another node",
         }
     }
 
@@ -122,7 +125,13 @@ pub enum LinkState {
 
 /// Checks the pinned link `<pin_dir>/links/<ifindex>-<dir>` against the
 /// TCX programs the kernel runs on `ifname`.
-pub fn link_state(pin_dir: &Path, ifindex: u32, ifname: &str, dir: &str) -> LinkState {
+pub fn link_state(
+    pin_dir: &Path,
+    ifindex: u32,
+    ifname: &str,
+    dir: &str,
+    netns: Option<&Path>,
+) -> LinkState {
     let pin = pin_dir.join("links").join(format!("{ifindex}-{dir}"));
     if !pin.exists() {
         return LinkState::NoPin;
@@ -139,7 +148,13 @@ pub fn link_state(pin_dir: &Path, ifindex: u32, ifname: &str, dir: &str) -> Link
     } else {
         TcAttachType::Egress
     };
-    match SchedClassifier::query_tcx(ifname, attach) {
+    // The interface name means the veth in its own namespace.
+    let query = || SchedClassifier::query_tcx(ifname, attach).map_err(anyhow::Error::from);
+    let queried = match netns {
+        None => query(),
+        Some(ns) => crate::host::netlink::in_netns(ns, query),
+    };
+    match queried {
         Ok((_, progs)) if progs.iter().any(|p| p.id() == prog_id) => LinkState::Attached,
         Ok(_) => LinkState::NotAttached(format!("program {prog_id} is not on {ifname}")),
         Err(e) => LinkState::NotAttached(format!("cannot query {ifname}: {e}")),
@@ -149,6 +164,10 @@ pub fn link_state(pin_dir: &Path, ifindex: u32, ifname: &str, dir: &str) -> Link
 /// Attach state of one endpoint, with detail when it is not plainly attached.
 pub fn endpoint_attach(pin_dir: &Path, e: &EndpointState) -> (Attach, Option<String>) {
     let managed = e.identity >= identity::FIRST_GROUP_IDENTITY;
+    if let Some(node) = &e.remote_node {
+        return (Attach::Remote, Some(format!("on node {node}")));
+    }
+    let netns = e.netns.as_deref().map(Path::new);
     let (Some(ifindex), Some(ifname)) = (e.ifindex, e.ifname.as_deref()) else {
         return if managed {
             (Attach::NoVeth, None)
@@ -156,8 +175,8 @@ pub fn endpoint_attach(pin_dir: &Path, e: &EndpointState) -> (Attach, Option<Str
             (Attach::NotManaged, None)
         };
     };
-    let from = link_state(pin_dir, ifindex, ifname, "from");
-    let to = link_state(pin_dir, ifindex, ifname, "to");
+    let from = link_state(pin_dir, ifindex, ifname, "from", netns);
+    let to = link_state(pin_dir, ifindex, ifname, "to", netns);
     if !managed {
         return match (&from, &to) {
             (LinkState::NoPin, LinkState::NoPin) => (Attach::NotManaged, None),

@@ -17,6 +17,8 @@ struct FakeEngine {
     containers: BTreeMap<String, Container>,
     networks: Vec<NetworkInfo>,
     inspects: Cell<u32>,
+    /// What the overlays' gossip says.
+    overlays: std::cell::RefCell<Vec<OverlayInfo>>,
 }
 
 impl Engine for FakeEngine {
@@ -31,6 +33,17 @@ impl Engine for FakeEngine {
     async fn inspect(&self, id: &str) -> Result<Option<Container>> {
         self.inspects.set(self.inspects.get() + 1);
         Ok(self.containers.get(id).cloned())
+    }
+
+    async fn overlays(&self, nets: &[NetworkInfo]) -> Result<Vec<OverlayInfo>> {
+        let ids: BTreeSet<&str> = nets.iter().map(|n| n.id.as_str()).collect();
+        Ok(self
+            .overlays
+            .borrow()
+            .iter()
+            .filter(|o| ids.contains(o.id.as_str()))
+            .cloned()
+            .collect())
     }
 }
 
@@ -148,6 +161,7 @@ impl Fixture {
             services: Default::default(),
             resync_interval: None,
             watch_policy: false,
+            docker_exec_root: dir.path().join("no-docker"),
         };
         let policy = load_policy(&path).unwrap();
         let (tx, state) = watch::channel(Arc::new(State::default()));
@@ -632,4 +646,109 @@ async fn a_stopped_container_is_forgotten() {
     .await;
     assert!(f.d.pending.is_empty());
     assert!(f.d.dp.last().endpoints.is_empty());
+}
+
+/// Swarm: tasks the overlay's gossip lists on other nodes get their
+/// service's group (their address, its identity; no endpoint here); a task
+/// whose address is a local container's is that container; the overlay's
+/// subnet is the unknown overlay peer; a task that appears later is named
+/// at the next gossip read.
+#[tokio::test]
+async fn remote_tasks_from_gossip_get_identities_and_the_subnet_is_unknown() {
+    use crate::model::RemoteTask;
+    let mut f = Fixture::new(
+        r#"
+[groups.api]
+swarm = { service = "api" }
+ingress = "deny"
+
+[groups.web]
+swarm = { service = "web" }
+
+[[rules]]
+from = "web"
+to = "api"
+ports = ["80/tcp"]
+action = "allow"
+"#,
+    );
+    let ov = NetworkInfo {
+        name: "ov".into(),
+        id: "ov-id-0123456789".into(),
+        driver: "overlay".into(),
+        bridge: None,
+    };
+    let mut api = container("api1", "x", "ov", 2);
+    api.networks[0].network_id = ov.id.clone();
+    api.labels
+        .insert(crate::model::SWARM_SERVICE.into(), "api".into());
+    let task = |name: &str, service: &str, n: u8| RemoteTask {
+        name: name.into(),
+        service: service.into(),
+        ip: Ipv4Addr::new(10, 0, 0, n),
+        node: "198.18.0.2".into(),
+    };
+    let engine = FakeEngine {
+        containers: BTreeMap::from([("api1".into(), api)]),
+        networks: vec![ov.clone()],
+        overlays: std::cell::RefCell::new(vec![OverlayInfo {
+            name: "ov".into(),
+            id: ov.id.clone(),
+            subnets: vec![("10.0.0.0".parse().unwrap(), 24)],
+            // The local api task is in the gossip too.
+            tasks: vec![task("api.1.a", "api", 2), task("web.1.b", "web", 3)],
+        }]),
+        ..FakeEngine::default()
+    };
+    f.d.links.veths.insert(("api1".into(), "ov".into()), 7);
+    f.d.resync(&engine).await.unwrap();
+    assert!(enforced(&f.d.dp, 7));
+    let d = f.d.dp.last().clone();
+    let ident = |n: u8| {
+        d.identities
+            .get(&IpKey::v4([10, 0, 0, n], 0))
+            .map(|i| i.identity)
+    };
+    let state = f.state();
+    let groups_of = |id: Option<u32>| state.identities.get(&id.unwrap()).cloned();
+    assert_eq!(groups_of(ident(2)), Some(vec!["api".to_string()]));
+    assert_eq!(groups_of(ident(3)), Some(vec!["web".to_string()]));
+    // Only the local container has an endpoint.
+    assert_eq!(d.endpoints.keys().copied().collect::<Vec<_>>(), vec![7]);
+    let web = state
+        .endpoints
+        .iter()
+        .find(|e| e.container == "web.1.b")
+        .expect("the remote task in the state");
+    assert_eq!(web.remote_node.as_deref(), Some("198.18.0.2"));
+    assert!(!web.enforced);
+    assert!(state.unenforceable.is_empty(), "{:?}", state.unenforceable);
+    assert_eq!(
+        d.cidrs
+            .get(&("10.0.0.0".parse().unwrap(), 24))
+            .map(|i| i.identity),
+        Some(identity::UNKNOWN_OVERLAY_PEER)
+    );
+    assert_eq!(ident(4), None);
+
+    // A task started on the other node: named at the next read.
+    engine
+        .overlays
+        .borrow_mut()
+        .first_mut()
+        .unwrap()
+        .tasks
+        .push(task("web.2.c", "web", 4));
+    assert!(f.d.refresh_overlays(&engine).await);
+    f.d.reconcile_logged();
+    assert!(!f.d.refresh_overlays(&engine).await, "nothing new");
+    let d = f.d.dp.last().clone();
+    assert_eq!(
+        d.identities
+            .get(&IpKey::v4([10, 0, 0, 4], 0))
+            .map(|i| i.identity),
+        d.identities
+            .get(&IpKey::v4([10, 0, 0, 3], 0))
+            .map(|i| i.identity)
+    );
 }

@@ -1,0 +1,216 @@
+//! Docker Swarm overlays as the host shows them: where an overlay's
+//! namespace is (under the engine's exec-root), which endpoint-id slot
+//! each such namespace gets (`NsSlots`), and what `docker network inspect
+//! --verbose` gossip says of the tasks on other nodes (`parse_gossip`,
+//! pure). Uses `model` only.
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use netiso_common::limits::NS_SHIFT;
+
+use crate::model::RemoteTask;
+
+/// Docker's exec-root when the daemon is not told otherwise.
+pub const DEFAULT_EXEC_ROOT: &str = "/var/run/docker";
+
+/// The namespace of overlay `network_id` on this node, as the engine
+/// creates it with the network's first local endpoint:
+/// `<exec-root>/netns/1-<first 10 characters of the id>`.
+pub fn netns_path(exec_root: &Path, network_id: &str) -> Option<PathBuf> {
+    let short = network_id.get(..10)?;
+    Some(exec_root.join("netns").join(format!("1-{short}")))
+}
+
+/// Namespace slots: the k of endpoint ids `(k << NS_SHIFT) + ifindex` for
+/// each overlay namespace the daemon found a veth in (k ≥ 1; 0 is the
+/// daemon's own namespace), keyed by the namespace's name (`1-<id>`: the
+/// same across engine restarts). Slots are never reused, and with a file
+/// (`<state-dir>/netns-slots.json`) they outlive the daemon: after a
+/// restart an endpoint keeps its id, so its pinned links are re-adopted in
+/// place (no moment without enforcement) and its conntrack entries stay
+/// its own.
+#[derive(Clone, Debug, Default)]
+pub struct NsSlots {
+    inner: Arc<Mutex<BTreeMap<String, u32>>>,
+    file: Option<PathBuf>,
+}
+
+impl NsSlots {
+    /// Slots kept in `file` (read now; an unreadable file starts afresh,
+    /// logged).
+    pub fn persistent(file: PathBuf) -> Self {
+        let map = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring the namespace slots file");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        Self {
+            inner: Arc::new(Mutex::new(map)),
+            file: Some(file),
+        }
+    }
+
+    /// The slot of the namespace at `path`, given out now if it has none;
+    /// `None` once every slot is taken.
+    pub fn slot(&self, path: &Path) -> Option<u32> {
+        let name = path.file_name()?.to_string_lossy().into_owned();
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = m.get(&name) {
+            return Some(*k);
+        }
+        let k = m.values().max().copied().unwrap_or(0) + 1;
+        if k >= 1 << (32 - NS_SHIFT) {
+            return None;
+        }
+        m.insert(name, k);
+        if let Some(file) = &self.file {
+            let tmp = file.with_extension("tmp");
+            let written = serde_json::to_vec_pretty(&*m)
+                .map_err(std::io::Error::other)
+                .and_then(|b| std::fs::write(&tmp, b))
+                .and_then(|()| std::fs::rename(&tmp, file));
+            if let Err(e) = written {
+                tracing::warn!(file = %file.display(), error = %e,
+                    "cannot save the namespace slots: a restart may renumber overlay endpoints");
+            }
+        }
+        Some(k)
+    }
+}
+
+/// The endpoint id of `ifindex` in namespace slot `k`; `None` for an
+/// ifindex too large to share the id space.
+pub fn endpoint_id(k: u32, ifindex: u32) -> Option<u32> {
+    (ifindex < 1 << NS_SHIFT).then_some((k << NS_SHIFT) | ifindex)
+}
+
+/// What one node knows of an overlay network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OverlayInfo {
+    pub name: String,
+    pub id: String,
+    /// The network's IPv4 subnets (`IPAM.Config[].Subnet`).
+    pub subnets: Vec<(IpAddr, u8)>,
+    /// Every endpoint the gossip lists (local ones too: the caller drops
+    /// the addresses of its own containers).
+    pub tasks: Vec<RemoteTask>,
+}
+
+/// `.Services` of `docker network inspect --verbose`: `{ "<service>": {
+/// "Tasks": [ { "Name", "EndpointIP", "Info": { "Host IP" } } ] } }`
+/// (a plain attached container under the service `""`). Entries without a
+/// usable address are skipped.
+pub fn parse_gossip(services: &HashMap<String, serde_json::Value>) -> Vec<RemoteTask> {
+    let mut out = Vec::new();
+    for (service, v) in services {
+        for t in v
+            .get("Tasks")
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let ip = t
+                .get("EndpointIP")
+                .and_then(|i| i.as_str())
+                .and_then(|s| s.split('/').next())
+                .and_then(|s| s.parse::<Ipv4Addr>().ok());
+            let Some(ip) = ip else { continue };
+            out.push(RemoteTask {
+                name: t
+                    .get("Name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                service: service.clone(),
+                ip,
+                node: t
+                    .pointer("/Info/Host IP")
+                    .and_then(|h| h.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `10.0.1.0/24` → (address, 24); anything else → `None`.
+pub fn parse_subnet(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let addr: IpAddr = a.parse().ok()?;
+    let len: u8 = l.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gossip_names_remote_tasks_and_plain_containers() {
+        let v: HashMap<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
+            "web": {"VIP": "", "Tasks": [
+                {"Name": "web.1.abc", "EndpointID": "e1", "EndpointIP": "10.0.1.5",
+                 "Info": {"Host IP": "198.18.0.2"}},
+                {"Name": "web.2.def", "EndpointIP": "garbage"}
+            ]},
+            "": {"Tasks": [{"Name": "plain", "EndpointIP": "10.0.1.9/24",
+                            "Info": {"Host IP": "198.18.0.3"}}]},
+            "empty": {"Tasks": null}
+        }))
+        .unwrap();
+        let t = parse_gossip(&v);
+        assert_eq!(
+            t,
+            vec![
+                RemoteTask {
+                    name: "plain".into(),
+                    service: "".into(),
+                    ip: Ipv4Addr::new(10, 0, 1, 9),
+                    node: "198.18.0.3".into()
+                },
+                RemoteTask {
+                    name: "web.1.abc".into(),
+                    service: "web".into(),
+                    ip: Ipv4Addr::new(10, 0, 1, 5),
+                    node: "198.18.0.2".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn slots_and_ids() {
+        let s = NsSlots::default();
+        assert_eq!(s.slot(Path::new("/x/1-a")), Some(1));
+        assert_eq!(s.slot(Path::new("/x/1-b")), Some(2));
+        // Keyed by the namespace's name: another engine pid, same slot.
+        assert_eq!(s.slot(Path::new("/y/1-a")), Some(1));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netns-slots.json");
+        let p = NsSlots::persistent(file.clone());
+        assert_eq!(p.slot(Path::new("/x/1-b")), Some(1));
+        assert_eq!(p.slot(Path::new("/x/1-c")), Some(2));
+        // A restart keeps them, and new ones come after.
+        let again = NsSlots::persistent(file);
+        assert_eq!(again.slot(Path::new("/x/1-d")), Some(3));
+        assert_eq!(again.slot(Path::new("/x/1-c")), Some(2));
+        assert_eq!(endpoint_id(2, 7), Some((2 << 20) | 7));
+        assert_eq!(endpoint_id(1, 1 << 20), None);
+        assert_eq!(
+            netns_path(Path::new("/run/d"), "0123456789abcdef"),
+            Some(PathBuf::from("/run/d/netns/1-0123456789"))
+        );
+        assert_eq!(
+            parse_subnet("10.1.2.0/24"),
+            Some(("10.1.2.0".parse().unwrap(), 24))
+        );
+        assert_eq!(parse_subnet("10.1.2.0/33"), None);
+    }
+}
