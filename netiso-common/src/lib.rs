@@ -76,10 +76,15 @@ pub mod programs {
 pub mod limits {
     /// Endpoint ids: `ifindex` in the daemon's own network namespace,
     /// `(k << NS_SHIFT) + ifindex` in the k-th other one (a Swarm overlay's
-    /// namespace, k ≥ 1), whose loaded programs add `k << NS_SHIFT`
+    /// namespace, k ≥ `FIRST_NS_SLOT`), whose loaded programs add `k << NS_SHIFT`
     /// (`NS_BASE`) to every ifindex. Ifindexes must stay below
     /// `1 << NS_SHIFT`.
     pub const NS_SHIFT: u32 = 20;
+    /// The first slot k of another namespace: its endpoint ids start at
+    /// 2^31, above every ifindex the kernel gives (a positive `int`), so no
+    /// host veth, whatever its ifindex, shares an id with an overlay's.
+    /// Slots run from here to `1 << (32 - NS_SHIFT)` (2,048 of them).
+    pub const FIRST_NS_SLOT: u32 = 1 << (31 - NS_SHIFT);
     pub const ENDPOINTS: u32 = 8192;
     /// Slots of the endpoints array: veths with an ifindex below this are
     /// found there (an inlined array lookup); larger ifindexes only in the

@@ -27,8 +27,8 @@ mod record;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
-    ct_flags, endpoint_flags, errors, family, identity, peer_flags, proto, settings_flags, tc,
-    Action, Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
+    ct_flags, endpoint_flags, errors, family, identity, limits, peer_flags, proto, settings_flags,
+    tc, Action, Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
 };
 
 use control::Check;
@@ -473,13 +473,19 @@ fn endpoint(ifindex: u32) -> Option<&'static Endpoint> {
 /// bridge or the NIC), so that sender's program judged it.
 #[inline(always)]
 fn from_managed_sender(base: u32, ingress_ifindex: u32) -> bool {
-    ingress_ifindex != 0 && endpoint(base.wrapping_add(ingress_ifindex)).is_some()
+    // In another namespace's instance, an ifindex that does not fit below
+    // NS_SHIFT would land in another slot's ids (the daemon manages no
+    // veth there with such an ifindex, so it is nobody's).
+    ingress_ifindex != 0
+        && (base == 0 || ingress_ifindex < 1 << limits::NS_SHIFT)
+        && endpoint(base.wrapping_add(ingress_ifindex)).is_some()
 }
 
 /// What this loaded instance adds to every ifindex to make an endpoint id.
 /// Ifindexes are per network namespace: the host's instance has 0, the
-/// instance loaded for a Swarm overlay's namespace `k << 20` (the daemon
-/// sets it at load time, `EbpfLoader::set_global`). It lives in `.rodata`,
+/// instance loaded for a Swarm overlay's namespace `k << 20`, with k at
+/// least `FIRST_NS_SLOT` so that its ids start at 2^31, above every
+/// ifindex (the daemon sets it at load time, `EbpfLoader::set_global`). It lives in `.rodata`,
 /// a map the kernel freezes, so the verifier knows its value: with 0 the
 /// add costs no branch and no state.
 #[no_mangle]

@@ -657,7 +657,7 @@ impl Datapath {
     /// `NS_BASE = k << NS_SHIFT` on the same pinned maps, so that their
     /// endpoint ids are `(k << NS_SHIFT) + ifindex`.
     pub fn ns_instance(&mut self, k: u32) -> Result<&mut Ebpf> {
-        if k == 0 || k >= 1 << (32 - limits::NS_SHIFT) {
+        if !(limits::FIRST_NS_SLOT..1 << (32 - limits::NS_SHIFT)).contains(&k) {
             bail!("namespace slot {k} out of range");
         }
         if !self.ns_instances.contains_key(&k) {
@@ -679,7 +679,7 @@ impl Datapath {
     /// joined that namespace, where the ifname means that veth.
     fn attach_in_netns(&mut self, id: u32, ifname: &str, netns: &Path) -> Result<()> {
         let k = id >> limits::NS_SHIFT;
-        if k == 0 {
+        if k < limits::FIRST_NS_SLOT {
             bail!("endpoint {id} in {} has no namespace slot", netns.display());
         }
         if self.mode == AttachMode::Netlink {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use netiso_common::limits::NS_SHIFT;
+use netiso_common::limits::{FIRST_NS_SLOT, NS_SHIFT};
 
 use crate::model::RemoteTask;
 
@@ -48,6 +48,12 @@ impl NsSlots {
             }),
             Err(_) => BTreeMap::new(),
         };
+        // Slots below FIRST_NS_SLOT (an earlier layout) would share ids
+        // with host veths: renumbered.
+        let map: BTreeMap<String, u32> = map
+            .into_iter()
+            .filter(|(_, k)| *k >= FIRST_NS_SLOT)
+            .collect();
         Self {
             inner: Arc::new(Mutex::new(map)),
             file: Some(file),
@@ -62,7 +68,13 @@ impl NsSlots {
         if let Some(k) = m.get(&name) {
             return Some(*k);
         }
-        let k = m.values().max().copied().unwrap_or(0) + 1;
+        let k = m
+            .values()
+            .max()
+            .copied()
+            .unwrap_or(FIRST_NS_SLOT - 1)
+            .max(FIRST_NS_SLOT - 1)
+            + 1;
         if k >= 1 << (32 - NS_SHIFT) {
             return None;
         }
@@ -187,20 +199,28 @@ mod tests {
 
     #[test]
     fn slots_and_ids() {
+        const F: u32 = FIRST_NS_SLOT;
         let s = NsSlots::default();
-        assert_eq!(s.slot(Path::new("/x/1-a")), Some(1));
-        assert_eq!(s.slot(Path::new("/x/1-b")), Some(2));
+        assert_eq!(s.slot(Path::new("/x/1-a")), Some(F));
+        assert_eq!(s.slot(Path::new("/x/1-b")), Some(F + 1));
         // Keyed by the namespace's name: another engine pid, same slot.
-        assert_eq!(s.slot(Path::new("/y/1-a")), Some(1));
+        assert_eq!(s.slot(Path::new("/y/1-a")), Some(F));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("netns-slots.json");
         let p = NsSlots::persistent(file.clone());
-        assert_eq!(p.slot(Path::new("/x/1-b")), Some(1));
-        assert_eq!(p.slot(Path::new("/x/1-c")), Some(2));
+        assert_eq!(p.slot(Path::new("/x/1-b")), Some(F));
+        assert_eq!(p.slot(Path::new("/x/1-c")), Some(F + 1));
         // A restart keeps them, and new ones come after.
-        let again = NsSlots::persistent(file);
-        assert_eq!(again.slot(Path::new("/x/1-d")), Some(3));
-        assert_eq!(again.slot(Path::new("/x/1-c")), Some(2));
+        let again = NsSlots::persistent(file.clone());
+        assert_eq!(again.slot(Path::new("/x/1-d")), Some(F + 2));
+        assert_eq!(again.slot(Path::new("/x/1-c")), Some(F + 1));
+        // Every overlay id lies above every ifindex the kernel gives
+        // (a positive int), so no host veth ever shares one.
+        assert!(endpoint_id(F, 1).unwrap() > i32::MAX as u32);
+        // A file of an earlier layout (slots from 1) is renumbered.
+        std::fs::write(&file, r#"{"1-old": 1}"#).unwrap();
+        let old = NsSlots::persistent(file);
+        assert_eq!(old.slot(Path::new("/x/1-old")), Some(F));
         assert_eq!(endpoint_id(2, 7), Some((2 << 20) | 7));
         assert_eq!(endpoint_id(1, 1 << 20), None);
         assert_eq!(
