@@ -1,0 +1,327 @@
+//! Review regressions for the Swarm first slice (a two-node swarm of
+//! engines in namespaces, one daemon per node; see `tests/swarm.rs`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netiso_testkit::daemon::{netiso_bin, DaemonProc};
+use netiso_testkit::swarm::{Node, Swarm};
+
+const PORT: u16 = 8080;
+const TASK_TIMEOUT: Duration = Duration::from_secs(30);
+const RECEIVER: &str = "printf \"#!/bin/sh\\ncat >> /tmp/got\\n\" > /tmp/h && chmod +x /tmp/h && \
+     (nc -ll -p 8080 -e /tmp/h &) && exec sleep 3600";
+
+// api takes anyone by default but intruder is denied by a rule.
+const POLICY: &str = r#"
+[groups.api]
+swarm = { service = "api" }
+
+[groups.intruder]
+swarm = { service = "intruder" }
+
+[[rules]]
+from = "intruder"
+to = "api"
+action = "deny"
+"#;
+
+fn program_on(node: &Node) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", node.netns_path().display()))
+        .arg(netiso_bin())
+        .env("DOCKER_HOST", format!("unix://{}", node.socket().display()));
+    cmd
+}
+
+fn daemon_on(node: &Node, policy: PathBuf) -> DaemonProc {
+    let exec_root = PathBuf::from(format!("/proc/{}/root", node.dockerd_pid()))
+        .join(node.exec_root().strip_prefix("/").unwrap());
+    let exec_root = exec_root.display().to_string();
+    let flags = [
+        "--docker-exec-root",
+        exec_root.as_str(),
+        "--metrics-addr",
+        "off",
+        "--resync-interval",
+        "0",
+    ];
+    DaemonProc::start_program(program_on(node), policy, &flags)
+}
+
+fn send(node: &Node, from: &str, ip: &str, marker: &str) {
+    node.exec(
+        from,
+        &format!("echo {marker} | nc -w 2 {ip} {PORT} >/dev/null 2>&1; true"),
+    );
+}
+
+fn got(node: &Node, container: &str) -> String {
+    node.exec(container, "cat /tmp/got 2>/dev/null; true").1
+}
+
+/// A denied pair across nodes over the overlay's IPv6: the gossip names
+/// remote tasks by IPv4 only, so both nodes see the other's IPv6 address
+/// as `unknown-overlay-peer` and a deny rule naming the sender's group
+/// never applies: api's default (allow) decides.
+#[test]
+#[ignore = "engine 20.10 carries no IPv6 TCP across nodes (no ND over the vxlan): the precondition fails"]
+fn a_denied_pair_across_nodes_stays_denied_over_ipv6() {
+    let swarm = Swarm::new(2);
+    swarm.manager().docker_ok(
+        "network create -d overlay --attachable --ipv6 --subnet 10.231.19.0/24 \
+         --subnet fd31:19::/64 ov6",
+    );
+    swarm.service_on("api", 0, "ov6", RECEIVER);
+    swarm.service_on("intruder", 1, "ov6", "exec sleep 3600");
+    for s in ["api", "intruder"] {
+        swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
+    }
+    let api = swarm.task_container(0, "api");
+    let intruder = swarm.task_container(1, "intruder");
+    let (a, b) = (&swarm.nodes[0], &swarm.nodes[1]);
+    let api_ip4 = a.container_ip(&api, "ov6").to_string();
+    let api_ip6 = a.docker_ok(&format!(
+        "inspect -f '{{{{(index .NetworkSettings.Networks \"ov6\").GlobalIPv6Address}}}}' {api}"
+    ));
+    assert!(api_ip6.contains(':'), "api has no IPv6 on ov6: {api_ip6:?}");
+
+    // Without netiso IPv6 reaches api (the test's own check).
+    let t = Instant::now();
+    while !got(a, &api).contains("before6") {
+        assert!(t.elapsed() < Duration::from_secs(15), "no IPv6 without netiso");
+        send(b, &intruder, &api_ip6, "before6");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut da = daemon_on(a, policy.clone());
+    let mut db = daemon_on(b, policy.clone());
+    let name = |node: &Node, c: &str| {
+        node.docker_ok(&format!("inspect -f '{{{{.Name}}}}' {c}"))
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let (a_api, b_intruder) = (name(a, &api), name(b, &intruder));
+    let enforced = |s: &netiso_daemon::observe::state::State, n: &str| {
+        s.endpoints
+            .iter()
+            .any(|e| e.container == n && e.enforced && e.ifindex.is_some_and(|i| i >> 20 >= 1))
+    };
+    let knows = |s: &netiso_daemon::observe::state::State, g: &str| {
+        s.endpoints
+            .iter()
+            .any(|e| e.remote_node.is_some() && e.groups.iter().any(|x| x == g))
+    };
+    da.wait_for("node 0 enforcing api, knowing intruder", |s| {
+        enforced(s, &a_api) && knows(s, "intruder")
+    });
+    db.wait_for("node 1 enforcing intruder, knowing api", |s| {
+        enforced(s, &b_intruder) && knows(s, "api")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
+    for i in 0..3 {
+        send(b, &intruder, &api_ip4, &format!("deny4-{i}"));
+        send(b, &intruder, &api_ip6, &format!("deny6-{i}"));
+    }
+    let api_got = got(a, &api);
+    assert!(
+        !api_got.contains("deny4"),
+        "api got intruder's IPv4 (control): {api_got:?}"
+    );
+    assert!(
+        !api_got.contains("deny6"),
+        "api (node 0) received from intruder (node 1, denied by a rule) over the \
+         overlay's IPv6: {api_got:?}\nnode 0 stats: {}",
+        String::from_utf8_lossy(&da.cli(&["stats", "--json"]).stdout)
+    );
+}
+
+const POLICY_DENY: &str = r#"
+[groups.api]
+swarm = { service = "api" }
+ingress = "deny"
+
+[groups.neighbor]
+swarm = { service = "neighbor" }
+"#;
+
+/// A task's `docker_gwbridge` address (its way out of the cluster, not
+/// enforced) is not a way in for another task of the same node that the
+/// overlay side denies, nor for a plain bridge container.
+#[test]
+fn a_denied_task_does_not_reach_its_neighbor_through_docker_gwbridge() {
+    let swarm = Swarm::new(2);
+    swarm.overlay("ovg", "10.231.29.0/24");
+    swarm.service_on("api", 0, "ovg", RECEIVER);
+    swarm.service_on("neighbor", 0, "ovg", "exec sleep 3600");
+    for s in ["api", "neighbor"] {
+        swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
+    }
+    let a = &swarm.nodes[0];
+    let api = swarm.task_container(0, "api");
+    let neighbor = swarm.task_container(0, "neighbor");
+    let plain = a.docker_ok(&format!(
+        "run -d --name plainb --network bridge {} sh -c \"exec sleep 3600\"",
+        netiso_testkit::docker::image()
+    ));
+    let api_id = a.docker_ok(&format!("inspect -f '{{{{.Id}}}}' {api}"));
+    let gw = a.docker_ok(
+        "network inspect docker_gwbridge -f '{{range $k, $v := .Containers}}{{$k}}={{$v.IPv4Address}} {{end}}'",
+    );
+    let api_gw = gw
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{api_id}=")))
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("api's gwbridge address not in {gw:?}"))
+        .to_string();
+    let api_ov = a.container_ip(&api, "ovg").to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY_DENY).unwrap();
+    let mut da = daemon_on(a, policy);
+    let a_api = a
+        .docker_ok(&format!("inspect -f '{{{{.Name}}}}' {api}"))
+        .trim_start_matches('/')
+        .to_string();
+    da.wait_for("node 0 enforcing api", |s| {
+        s.endpoints
+            .iter()
+            .any(|e| e.container == a_api && e.enforced && e.ifindex.is_some_and(|i| i >> 20 >= 1))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..3 {
+        send(a, &neighbor, &api_ov, &format!("ov-{i}"));
+        send(a, &neighbor, &api_gw, &format!("gw-{i}"));
+        send(a, &plain, &api_gw, &format!("plain-{i}"));
+    }
+    let api_got = got(a, &api);
+    assert!(!api_got.contains("ov-"), "overlay control: {api_got:?}");
+    assert!(
+        !api_got.contains("gw-") && !api_got.contains("plain-"),
+        "api (ingress deny) received through docker_gwbridge ({api_gw}): {api_got:?}"
+    );
+}
+
+const POLICY_LL: &str = r#"
+[groups.api]
+swarm = { service = "api" }
+ingress = "deny"
+
+[groups.intruder]
+swarm = { service = ["intruder", "neighbor"] }
+ingress = "deny"
+
+# The world may reach api: an address of the overlay nobody knows is not
+# the world (README "Docker Swarm").
+[[rules]]
+from = "world"
+to = "api"
+ports = ["9999/udp"]
+action = "allow"
+"#;
+
+/// A task's IPv6 link-local address on an overlay with IPv6: another
+/// node's task sending from its own link-local address (what the kernel
+/// gives its overlay interface, EUI-64 of its MAC: not spoofed) to api's
+/// is judged as the world at both ends, so a rule for the world lets a
+/// denied task of the overlay in. Raw frame (CAP_NET_RAW, Docker's
+/// default): nothing the receiver's node would not take from its own
+/// kernel.
+#[test]
+fn a_denied_task_does_not_reach_a_remote_task_over_ipv6_link_local() {
+    use netiso_testkit::frames::{eth, ipv6, link_local, udp_checksummed};
+    let swarm = Swarm::new(2);
+    // An overlay with IPv6 (on one without, the engine disables IPv6 in
+    // its containers).
+    swarm.manager().docker_ok(
+        "network create -d overlay --attachable --ipv6 --subnet 10.231.39.0/24 \
+         --subnet fd31:39::/64 ovl",
+    );
+    swarm.service_on("api", 0, "ovl", "exec sleep 3600");
+    swarm.service_on("neighbor", 0, "ovl", "exec sleep 3600");
+    swarm.service_on("intruder", 1, "ovl", "exec sleep 3600");
+    for s in ["api", "neighbor", "intruder"] {
+        swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
+    }
+    let (a, b) = (&swarm.nodes[0], &swarm.nodes[1]);
+    let api = swarm.task_container(0, "api");
+    let neighbor = swarm.task_container(0, "neighbor");
+    let intruder = swarm.task_container(1, "intruder");
+    let api_mac = a.container_mac(&api, "ovl");
+    let in_mac = b.container_mac(&intruder, "ovl");
+    let nb_mac = a.container_mac(&neighbor, "ovl");
+    for (n, c, m) in [(a, &api, api_mac), (b, &intruder, in_mac), (a, &neighbor, nb_mac)] {
+        let got = n.exec(c, "cat /sys/class/net/eth0/address").1;
+        assert_eq!(
+            got.trim(),
+            netiso_testkit::hostile::mac_text(m),
+            "eth0 of {c} is not its overlay interface"
+        );
+    }
+    let ll6 = a.exec(&api, "cat /proc/net/if_inet6").1;
+    assert!(ll6.contains("fe80"), "api has no link-local address: {ll6:?}");
+    let api_ll = link_local(api_mac);
+    let frame = |src_mac: [u8; 6]| {
+        let src = link_local(src_mac);
+        let u = udp_checksummed(src.into(), api_ll.into(), 4444, 9999, b"ll");
+        eth(src_mac, api_mac, 0x86dd, &ipv6(src, api_ll, 17, &u))
+    };
+    let api_pid = a.container_pid(&api);
+    let (in_pid, nb_pid) = (b.container_pid(&intruder), a.container_pid(&neighbor));
+    let bind: std::net::SocketAddr = "[::]:9999".parse().unwrap();
+
+    // Without netiso the frame gets to api's socket, from either node
+    // (the test's own check; retried while the addresses are tentative).
+    let count = |pid: u32, mac: [u8; 6]| {
+        let r = netiso_testkit::hostile::udp_receiver(api_pid, bind, Duration::from_secs(2));
+        netiso_testkit::hostile::raw_send(pid, "eth0", frame(mac), 20);
+        r.join()
+    };
+    let t = Instant::now();
+    while count(in_pid, in_mac) == 0 || count(nb_pid, nb_mac) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no link-local datagram without netiso; api: {ll6}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY_LL).unwrap();
+    let mut da = daemon_on(a, policy.clone());
+    let mut db = daemon_on(b, policy.clone());
+    let name = |node: &Node, c: &str| {
+        node.docker_ok(&format!("inspect -f '{{{{.Name}}}}' {c}"))
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let (a_api, b_in) = (name(a, &api), name(b, &intruder));
+    let enforced = |s: &netiso_daemon::observe::state::State, n: &str| {
+        s.endpoints
+            .iter()
+            .any(|e| e.container == n && e.enforced && e.ifindex.is_some_and(|i| i >> 20 >= 1))
+    };
+    da.wait_for("node 0 enforcing api", |s| enforced(s, &a_api));
+    db.wait_for("node 1 enforcing intruder", |s| enforced(s, &b_in));
+    std::thread::sleep(Duration::from_secs(3));
+
+    let r = netiso_testkit::hostile::udp_receiver(api_pid, bind, Duration::from_secs(2));
+    netiso_testkit::hostile::raw_send(nb_pid, "eth0", frame(nb_mac), 20);
+    let same_node = r.join();
+    let r = netiso_testkit::hostile::udp_receiver(api_pid, bind, Duration::from_secs(2));
+    netiso_testkit::hostile::raw_send(in_pid, "eth0", frame(in_mac), 20);
+    let across = r.join();
+    assert!(
+        same_node == 0 && across == 0,
+        "api (ingress deny but for the world) received {same_node} datagrams from neighbor (same \
+         node) and {across} from intruder (node 1) sent from their own link-local addresses to \
+         api's\nnode 0 stats: {}",
+        String::from_utf8_lossy(&da.cli(&["stats", "--json"]).stdout)
+    );
+}
