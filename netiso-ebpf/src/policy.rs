@@ -78,10 +78,25 @@ impl Eval {
                 },
             );
             if let Some(info) = CIDRS.get(&key) {
-                return (info.identity, info.flags);
+                return Self::on_overlay(info.identity, info.flags);
             }
         }
-        (identity::WORLD, 0)
+        Self::on_overlay(identity::WORLD, 0)
+    }
+
+    /// In a Swarm overlay's namespace (`NS_BASE` not 0) nothing is beyond
+    /// the host: the overlay routes nowhere, so a peer no endpoint or
+    /// remote task has is an unknown overlay peer, never the world or an
+    /// address block (a remote task's IPv6 link-local address, an address
+    /// outside the overlay's subnets from a node without netiso). Free in
+    /// the host's instance (`NS_BASE` is known to the verifier).
+    #[inline(always)]
+    fn on_overlay(peer: u32, flags: u32) -> (u32, u32) {
+        if crate::ns_base() != 0 && Self::beyond_host(peer) {
+            (identity::UNKNOWN_OVERLAY_PEER, 0)
+        } else {
+            (peer, flags)
+        }
     }
 
     /// The peer and port a packet leaving the endpoint for `addr:port` is
