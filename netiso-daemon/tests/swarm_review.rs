@@ -62,12 +62,13 @@ fn got(node: &Node, container: &str) -> String {
     node.exec(container, "cat /tmp/got 2>/dev/null; true").1
 }
 
-/// A denied pair across nodes over the overlay's IPv6: the gossip names
-/// remote tasks by IPv4 only, so each node sees the other's global IPv6
-/// address as `unknown-overlay-peer` and a deny rule naming the sender's
-/// group never applies: api's default (allow) decides. Raw UDP frames from
-/// intruder's own addresses (engine 20.10 carries no ND across nodes, so
-/// no socket traffic).
+/// A denied pair across nodes over the overlay's IPv6. The gossip names
+/// remote tasks by IPv4 only, and engine 20.10 gives overlay IPv6
+/// addresses per node: intruder (node 1) gets the same IPv6 as api (node
+/// 0), so node 0 takes intruder's packets for api's own (exact identity,
+/// api -> api, allowed) and node 1 takes api's address for intruder's own.
+/// Raw UDP frames from intruder's own addresses (this engine carries no
+/// ND across nodes, so no socket traffic).
 #[test]
 fn a_denied_pair_across_nodes_stays_denied_over_ipv6() {
     use netiso_testkit::frames::{eth, ipv6, udp_checksummed};
@@ -141,8 +142,9 @@ fn a_denied_pair_across_nodes_stays_denied_over_ipv6() {
     assert_eq!(
         n, 0,
         "api (node 0) received {n} datagrams from intruder (node 1, denied by a rule) over the \
-         overlay's IPv6\nnode 0 stats: {}",
-        String::from_utf8_lossy(&da.cli(&["stats", "--json"]).stdout)
+         overlay's IPv6 (api {api6}, intruder {in6})\nnode 0 stats: {}\nnode 1 stats: {}",
+        String::from_utf8_lossy(&da.cli(&["stats", "--json"]).stdout),
+        String::from_utf8_lossy(&db.cli(&["stats", "--json"]).stdout)
     );
 }
 
