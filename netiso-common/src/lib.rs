@@ -1037,7 +1037,7 @@ mod tests {
         assert_eq!(size_of::<DnsCopy>(), 24 + DNS_CAPTURE);
         assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
         assert_eq!(core::mem::offset_of!(Settings, generation), 12);
-        assert_eq!(LAYOUT_VERSION, 5);
+        assert_eq!(LAYOUT_VERSION, 6);
     }
 
     #[test]

@@ -93,7 +93,10 @@ fn a_denied_pair_across_nodes_stays_denied_over_ipv6() {
         .expect("an IPv6 address on ov6")
     };
     let (api6, in6) = (v6(a, &api), v6(b, &intruder));
-    let (api_mac, in_mac) = (a.container_mac(&api, "ov6"), b.container_mac(&intruder, "ov6"));
+    let (api_mac, in_mac) = (
+        a.container_mac(&api, "ov6"),
+        b.container_mac(&intruder, "ov6"),
+    );
     let got = b.exec(&intruder, "cat /sys/class/net/eth0/address").1;
     assert_eq!(got.trim(), netiso_testkit::hostile::mac_text(in_mac));
     let u = udp_checksummed(in6.into(), api6.into(), 4444, 9999, b"g6");
@@ -107,7 +110,10 @@ fn a_denied_pair_across_nodes_stays_denied_over_ipv6() {
     };
     let t = Instant::now();
     while count() == 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "no IPv6 datagram without netiso");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no IPv6 datagram without netiso"
+        );
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -140,7 +146,8 @@ fn a_denied_pair_across_nodes_stays_denied_over_ipv6() {
     std::thread::sleep(Duration::from_secs(3));
     let n = count();
     assert_eq!(
-        n, 0,
+        n,
+        0,
         "api (node 0) received {n} datagrams from intruder (node 1, denied by a rule) over the \
          overlay's IPv6 (api {api6}, intruder {in6})\nnode 0 stats: {}\nnode 1 stats: {}",
         String::from_utf8_lossy(&da.cli(&["stats", "--json"]).stdout),
@@ -263,7 +270,11 @@ fn a_denied_task_does_not_reach_a_remote_task_over_ipv6_link_local() {
     let api_mac = a.container_mac(&api, "ovl");
     let in_mac = b.container_mac(&intruder, "ovl");
     let nb_mac = a.container_mac(&neighbor, "ovl");
-    for (n, c, m) in [(a, &api, api_mac), (b, &intruder, in_mac), (a, &neighbor, nb_mac)] {
+    for (n, c, m) in [
+        (a, &api, api_mac),
+        (b, &intruder, in_mac),
+        (a, &neighbor, nb_mac),
+    ] {
         let got = n.exec(c, "cat /sys/class/net/eth0/address").1;
         assert_eq!(
             got.trim(),
@@ -272,7 +283,10 @@ fn a_denied_task_does_not_reach_a_remote_task_over_ipv6_link_local() {
         );
     }
     let ll6 = a.exec(&api, "cat /proc/net/if_inet6").1;
-    assert!(ll6.contains("fe80"), "api has no link-local address: {ll6:?}");
+    assert!(
+        ll6.contains("fe80"),
+        "api has no link-local address: {ll6:?}"
+    );
     let api_ll = link_local(api_mac);
     let frame = |src_mac: [u8; 6]| {
         let src = link_local(src_mac);

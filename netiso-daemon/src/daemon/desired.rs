@@ -307,7 +307,14 @@ pub fn build_desired(
                                 identity: id,
                                 flags: flags | learn | names,
                                 ipv4: a.ipv4,
-                                ipv6: a.ipv6,
+                                // IPv6 over a Swarm overlay is not judged:
+                                // gossip names remote tasks by IPv4 only,
+                                // and engines hand out overlay IPv6 per
+                                // node (a remote task can hold a local
+                                // one's address). With no IPv6 address
+                                // (nor link-local: see EndpointSpec), the
+                                // endpoint's IPv6 is dropped both ways.
+                                ipv6: if a.host_netns.is_some() { None } else { a.ipv6 },
                                 mac: a.mac,
                                 ipv4_prefix_len: a.ipv4_prefix_len,
                                 netns: a.host_netns.as_ref().map(Into::into),

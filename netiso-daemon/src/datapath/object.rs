@@ -63,8 +63,15 @@ impl EndpointSpec {
     }
 
     /// The endpoint's IPv6 link-local address: the kernel's default
-    /// (EUI-64 of the MAC) for a veth in a new network namespace.
+    /// (EUI-64 of the MAC) for a veth in a new network namespace. None for
+    /// an endpoint in another namespace (a Swarm overlay's): IPv6 is not
+    /// judged there, so such an endpoint has no IPv6 address at all and
+    /// its IPv6 is dropped (`spoofed-ip` leaving, `not-for-endpoint`
+    /// entering).
     pub fn ipv6_link_local(&self) -> Option<Ipv6Addr> {
+        if self.netns.is_some() {
+            return None;
+        }
         self.mac.map(link_local_of)
     }
 }
