@@ -346,3 +346,178 @@ fn a_denied_task_does_not_reach_a_remote_task_over_ipv6_link_local() {
         String::from_utf8_lossy(&da.cli(&["stats", "--json"]).stdout)
     );
 }
+
+const POLICY_GW: &str = r#"
+[groups.boxed]
+swarm = { service = "boxed" }
+ingress = "deny"
+egress = "deny"
+
+[groups.free]
+swarm = { service = "free" }
+"#;
+
+/// What TCP connections to `port` of the swarm's world address (in the
+/// hub namespace) write, until `stop` is set or 60 s have passed.
+fn world_receiver(
+    swarm: &Swarm,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<String> {
+    let path = PathBuf::from(format!("/run/netns/{}", swarm.hub_netns()));
+    let addr = swarm.world_addr();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        netiso_testkit::ns::run_in(&path, move || {
+            let l = std::net::TcpListener::bind((addr, port)).expect("bind in the world");
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut got = String::new();
+            while Instant::now() < end && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let _ = std::io::Read::read_to_string(&mut s, &mut got);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            got
+        })
+    });
+    rx.recv().expect("world receiver up");
+    h
+}
+
+/// A task's `docker_gwbridge` address as its node's engine lists it.
+fn gwbridge_addr(node: &Node, container: &str) -> String {
+    let id = node.docker_ok(&format!("inspect -f '{{{{.Id}}}}' {container}"));
+    let gw = node.docker_ok(
+        "network inspect docker_gwbridge -f '{{range $k, $v := .Containers}}{{$k}}={{$v.IPv4Address}} {{end}}'",
+    );
+    gw.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{id}=")))
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("{container}'s gwbridge address not in {gw:?}"))
+        .to_string()
+}
+
+/// A task's other interface, on `docker_gwbridge` (its way out of the
+/// cluster, masqueraded by its node, and the way in for ports published in
+/// `host` mode), is enforced like any bridge endpoint, both ways: a task
+/// whose group denies egress does not reach the world through it, nor
+/// does its node reach it when its group denies ingress. (It was not
+/// enforced at all: `docker_gwbridge` is not in a task's
+/// `NetworkSettings`.) Controls: a task in a group allowing both reaches
+/// the world and is reached by its node.
+#[test]
+fn a_tasks_gwbridge_side_is_enforced_both_ways() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let swarm = Swarm::new(2);
+    swarm.overlay("ovw", "10.231.49.0/24");
+    swarm.service_on("boxed", 0, "ovw", RECEIVER);
+    swarm.service_on("free", 0, "ovw", RECEIVER);
+    for s in ["boxed", "free"] {
+        swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
+    }
+    let a = &swarm.nodes[0];
+    let boxed = swarm.task_container(0, "boxed");
+    let free = swarm.task_container(0, "free");
+    let boxed_gw = gwbridge_addr(a, &boxed);
+    let free_gw = gwbridge_addr(a, &free);
+
+    let w = swarm.world_addr();
+    // Without netiso, both reach the world through their node.
+    let stop = Arc::new(AtomicBool::new(false));
+    let world = world_receiver(&swarm, 9998, stop.clone());
+    for (c, tag) in [(&boxed, "boxed"), (&free, "free")] {
+        a.exec(
+            c,
+            &format!("echo {tag}-before | nc -w 2 {w} 9998 >/dev/null 2>&1; true"),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let before = world.join().expect("world receiver");
+    assert!(
+        before.contains("boxed-before") && before.contains("free-before"),
+        "without netiso, the tasks do not reach the world at {w}: {before:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY_GW).unwrap();
+    let mut da = daemon_on(a, policy);
+    for c in [&boxed, &free] {
+        let name = a
+            .docker_ok(&format!("inspect -f '{{{{.Name}}}}' {c}"))
+            .trim_start_matches('/')
+            .to_string();
+        da.wait_for(
+            &format!("node 0 enforcing {name} on the overlay and gwbridge"),
+            |s| {
+                let eps: Vec<_> = s.endpoints.iter().filter(|e| e.container == name).collect();
+                let on = |net: &str| eps.iter().any(|e| e.network == net && e.enforced);
+                on("ovw") && on("docker_gwbridge")
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let world = world_receiver(&swarm, 9999, stop.clone());
+    for i in 0..3 {
+        for (c, tag) in [(&boxed, "boxed"), (&free, "free")] {
+            a.exec(
+                c,
+                &format!("echo {tag}-out-{i} | nc -w 2 {w} 9999 >/dev/null 2>&1; true"),
+            );
+        }
+    }
+    // The node itself (its own namespace) to each task's gwbridge address.
+    let host_send = |ip: &str, marker: &str| {
+        let to: std::net::SocketAddr = format!("{ip}:{PORT}").parse().unwrap();
+        netiso_testkit::ns::run_in(&a.netns_path(), || {
+            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                let _ = s.write_all(format!("{marker}\n").as_bytes());
+            }
+        });
+    };
+    for i in 0..3 {
+        host_send(&boxed_gw, &format!("host-boxed-{i}"));
+        host_send(&free_gw, &format!("host-free-{i}"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    let world_got = world.join().expect("world receiver");
+
+    assert!(
+        world_got.contains("free-out-"),
+        "control: free (egress allowed) did not reach the world at {w} through docker_gwbridge: {world_got:?}\n{}",
+        da.log()
+    );
+    assert!(
+        !world_got.contains("boxed-out-"),
+        "boxed (egress deny) reached the world through docker_gwbridge: {world_got:?}"
+    );
+    let free_got = got(a, &free);
+    assert!(
+        free_got.contains("host-free-"),
+        "control: the node did not reach free at {free_gw}: {free_got:?}"
+    );
+    let boxed_got = got(a, &boxed);
+    assert!(
+        !boxed_got.contains("host-boxed-"),
+        "the node reached boxed (ingress deny) at its gwbridge address {boxed_gw}: {boxed_got:?}"
+    );
+    let stats = String::from_utf8_lossy(&da.cli(&["stats"]).stdout).to_string();
+    assert!(
+        stats.contains("boxed"),
+        "boxed's drops are not in stats:\n{stats}"
+    );
+}

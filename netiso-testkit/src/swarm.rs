@@ -557,6 +557,14 @@ impl Swarm {
         &self.hub
     }
 
+    /// "The world" as the nodes see it: an address of the hub namespace,
+    /// on the nodes' own link (reached from a task through
+    /// `docker_gwbridge` and its node's masquerading, never over an
+    /// overlay).
+    pub fn world_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.octet, 254)
+    }
+
     /// The hub namespace with a bridge, and one namespace per node joined
     /// to it by a veth (all made inside the private namespaces).
     fn make_link(&mut self, n_nodes: usize) {
@@ -564,7 +572,9 @@ impl Swarm {
         sh(&format!("ip netns add {hub}"));
         self.namespaces.push(hub.clone());
         sh(&format!(
-            "ip -n {hub} link set lo up && ip -n {hub} link add br0 type bridge && ip -n {hub} link set br0 up"
+            "ip -n {hub} link set lo up && ip -n {hub} link add br0 type bridge && ip -n {hub} link set br0 up && \
+             ip -n {hub} addr add {}/24 dev br0",
+            self.world_addr()
         ));
         for i in 0..n_nodes {
             let name = self.node_name(i);

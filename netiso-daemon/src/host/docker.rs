@@ -104,16 +104,51 @@ impl DockerClient {
             .with_context(|| format!("listing containers at {}", self.host))?;
         let ids: Vec<String> = list.into_iter().filter_map(|s| s.id).collect();
         let found: Vec<Option<Container>> = futures::stream::iter(ids)
-            .map(|id| async move { self.inspect(&id).await })
+            .map(|id| async move { self.inspect_one(&id).await })
             .buffered(INSPECT_CONCURRENCY)
             .try_collect()
             .await?;
-        Ok(found.into_iter().flatten().collect())
+        // Read after the containers: a task listed above has its gateway
+        // endpoint already (the engine makes it before the start).
+        let gw = self.gwbridge_attachments().await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .map(|c| with_gwbridge(c, &gw))
+            .collect())
     }
 
     /// One container by id or name; `Ok(None)` if it does not exist or is not
-    /// running.
+    /// running. A Swarm task's `docker_gwbridge` interface is one of its
+    /// attachments (see [`GWBRIDGE`]).
     pub async fn inspect(&self, id: &str) -> Result<Option<Container>> {
+        let Some(c) = self.inspect_one(id).await? else {
+            return Ok(None);
+        };
+        let gw = self.gwbridge_attachments().await?;
+        Ok(Some(with_gwbridge(c, &gw)))
+    }
+
+    /// The endpoints of [`GWBRIDGE`] by container id (none when the
+    /// network does not exist: no Swarm here).
+    async fn gwbridge_attachments(&self) -> Result<HashMap<String, Attachment>> {
+        let r = match self.docker.inspect_network(GWBRIDGE, None).await {
+            Ok(r) => r,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(HashMap::new()),
+            Err(e) => return Err(e).with_context(|| format!("inspecting network {GWBRIDGE}")),
+        };
+        let network_id = r.id.unwrap_or_default();
+        Ok(r.containers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, ep)| (id, gwbridge_attachment(&network_id, &ep)))
+            .collect())
+    }
+
+    /// [`Self::inspect`] without the `docker_gwbridge` attachment.
+    async fn inspect_one(&self, id: &str) -> Result<Option<Container>> {
         match self.docker.inspect_container(id, None).await {
             Ok(r) => Ok(container_from_inspect(id, r)),
             Err(BollardError::DockerResponseServerError {
@@ -155,7 +190,7 @@ impl DockerClient {
     }
 
     /// What this node knows of each Swarm overlay in `nets` (`driver =
-    /// overlay`, the routing mesh's `ingress` left out): its subnets and
+    /// overlay`, the routing mesh's `ingress` too): its subnets and
     /// the endpoints its gossip lists (`network inspect --verbose`; only
     /// on a node with a local endpoint of the network is it filled). An
     /// overlay that vanished meanwhile is skipped.
@@ -163,7 +198,7 @@ impl DockerClient {
         &self,
         nets: &[NetworkInfo],
     ) -> Result<Vec<crate::host::overlay::OverlayInfo>> {
-        use crate::host::overlay::{parse_gossip, parse_subnet, OverlayInfo};
+        use crate::host::overlay::{is_load_balancer, parse_gossip, parse_subnet, OverlayInfo};
         let mut out = Vec::new();
         for n in nets.iter().filter(|n| n.driver == "overlay") {
             let opts = bollard::query_parameters::InspectNetworkOptionsBuilder::new()
@@ -176,9 +211,6 @@ impl DockerClient {
                 }) => continue,
                 Err(e) => return Err(e).with_context(|| format!("inspecting overlay {}", n.name)),
             };
-            if r.ingress == Some(true) {
-                continue;
-            }
             let subnets = r
                 .ipam
                 .and_then(|i| i.config)
@@ -190,7 +222,14 @@ impl DockerClient {
                 name: n.name.clone(),
                 id: n.id.clone(),
                 subnets,
-                tasks: r.services.as_ref().map(parse_gossip).unwrap_or_default(),
+                tasks: r
+                    .services
+                    .as_ref()
+                    .map(parse_gossip)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| !is_load_balancer(&n.name, t))
+                    .collect(),
             });
         }
         Ok(out)
@@ -248,6 +287,51 @@ impl DockerClient {
             .map(move |r| r.with_context(|| format!("Docker event stream from {host}")))
             .try_filter_map(|m| future::ready(Ok(event_from_message(m))))
     }
+}
+
+/// The bridge Swarm gives every task (and every container on an
+/// attachable overlay) for its traffic out of the cluster and for ports
+/// published in `host` mode. The container has an interface on it, but
+/// the network is not in the container's `NetworkSettings`: only the
+/// network's own inspection names the endpoint (`Containers[<container
+/// id>]`). Left out, that veth would be a way in and out nobody judges.
+pub const GWBRIDGE: &str = "docker_gwbridge";
+
+/// A `docker_gwbridge` endpoint as an attachment like any other.
+fn gwbridge_attachment(network_id: &str, ep: &bollard::models::EndpointResource) -> Attachment {
+    let (ipv4, ipv4_prefix_len) = match ep.ipv4_address.as_deref().map(|a| a.split_once('/')) {
+        Some(Some((ip, len))) => (ip.parse().ok(), len.parse().ok().filter(|l| *l <= 32)),
+        Some(None) => (parse_opt(ep.ipv4_address.as_deref()), None),
+        None => (None, None),
+    };
+    let ipv6 = ep
+        .ipv6_address
+        .as_deref()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<Ipv6Addr>().ok());
+    Attachment {
+        network: GWBRIDGE.to_string(),
+        network_id: network_id.to_string(),
+        ipv4,
+        ipv6,
+        mac: ep.mac_address.as_deref().and_then(parse_mac),
+        ipv4_prefix_len,
+        host_ifindex: None,
+        host_ifname: None,
+        host_netns: None,
+    }
+}
+
+/// `c` with its `docker_gwbridge` endpoint from `gw` (by container id), if
+/// it has one and does not list the network already.
+fn with_gwbridge(mut c: Container, gw: &HashMap<String, Attachment>) -> Container {
+    if let Some(a) = gw.get(&c.id) {
+        if !c.networks.iter().any(|n| n.network == GWBRIDGE) {
+            c.networks.push(a.clone());
+            c.networks.sort_by(|a, b| a.network.cmp(&b.network));
+        }
+    }
+    c
 }
 
 /// `Some` only for a running container. `fallback_id` (what the caller asked
@@ -421,6 +505,51 @@ mod tests {
         ] {
             assert_eq!(parse_mac(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_tasks_gwbridge_endpoint_becomes_an_attachment() {
+        // Trimmed from `docker network inspect docker_gwbridge` (Engine 20.10).
+        let net: bollard::models::NetworkInspect = serde_json::from_value(serde_json::json!({
+            "Name": "docker_gwbridge", "Id": "gw1d",
+            "Containers": {
+                "abc123": {"Name": "gateway_0f1e", "EndpointID": "0f1e",
+                    "MacAddress": "02:42:ac:12:00:03", "IPv4Address": "172.18.0.3/16",
+                    "IPv6Address": ""},
+                "ingress-sbox": {"Name": "gateway_ingress-sbox", "EndpointID": "9a",
+                    "MacAddress": "02:42:ac:12:00:02", "IPv4Address": "172.18.0.2/16",
+                    "IPv6Address": ""}
+            }
+        }))
+        .unwrap();
+        let ep = &net.containers.as_ref().unwrap()["abc123"];
+        let a = gwbridge_attachment("gw1d", ep);
+        assert_eq!(a.network, GWBRIDGE);
+        assert_eq!(a.network_id, "gw1d");
+        assert_eq!(a.ipv4, Some(Ipv4Addr::new(172, 18, 0, 3)));
+        assert_eq!(a.ipv4_prefix_len, Some(16));
+        assert_eq!(a.ipv6, None);
+        assert_eq!(a.mac, Some([2, 0x42, 0xac, 0x12, 0, 3]));
+
+        let gw = HashMap::from([("abc123".to_string(), a.clone())]);
+        let c = Container {
+            id: "abc123".into(),
+            networks: vec![Attachment {
+                network: "ov".into(),
+                ..a.clone()
+            }],
+            ..Default::default()
+        };
+        let c = with_gwbridge(c, &gw);
+        let names: Vec<&str> = c.networks.iter().map(|a| a.network.as_str()).collect();
+        assert_eq!(names, ["docker_gwbridge", "ov"]);
+        // Once only, and never for a container the network does not name.
+        assert_eq!(with_gwbridge(c, &gw).networks.len(), 2);
+        let other = Container {
+            id: "def456".into(),
+            ..Default::default()
+        };
+        assert!(with_gwbridge(other, &gw).networks.is_empty());
     }
 
     fn inspect_json(v: serde_json::Value) -> ContainerInspectResponse {

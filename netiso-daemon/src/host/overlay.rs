@@ -151,6 +151,22 @@ pub fn parse_gossip(services: &HashMap<String, serde_json::Value>) -> Vec<Remote
     out
 }
 
+/// Whether gossip entry `t` of overlay `network` is one of the engines'
+/// own load-balancing endpoints, not a container: the routing mesh's
+/// `ingress-endpoint` (in each node's `ingress_sbox`, the source of what
+/// a published port brings in, the client's address masqueraded away) and
+/// an overlay's `<network>-endpoint` (its `lb_` sandbox). Both are listed
+/// as plain attached containers (service `""`); named as containers, a
+/// group selecting `names = ["ingress-endpoint"]` would take them. Left
+/// out, their addresses are unknown overlay peers: the groups' defaults
+/// decide, as for anything whose sender netiso cannot know.
+pub fn is_load_balancer(network: &str, t: &RemoteTask) -> bool {
+    t.service.is_empty()
+        && t.name
+            .strip_suffix("-endpoint")
+            .is_some_and(|n| n == network)
+}
+
 /// `10.0.1.0/24` → (address, 24); anything else → `None`.
 pub fn parse_subnet(s: &str) -> Option<(IpAddr, u8)> {
     let (a, l) = s.split_once('/')?;
@@ -195,6 +211,22 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn load_balancer_endpoints_are_not_containers() {
+        let t = |name: &str, service: &str| RemoteTask {
+            name: name.into(),
+            service: service.into(),
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            node: "198.18.0.1".into(),
+        };
+        assert!(is_load_balancer("ingress", &t("ingress-endpoint", "")));
+        assert!(is_load_balancer("ovx", &t("ovx-endpoint", "")));
+        assert!(!is_load_balancer("ovx", &t("ingress-endpoint", "")));
+        assert!(!is_load_balancer("ovx", &t("ovx-endpoint", "web")));
+        assert!(!is_load_balancer("ovx", &t("web.1.abc", "web")));
+        assert!(!is_load_balancer("ovx", &t("plain", "")));
     }
 
     #[test]
