@@ -103,6 +103,14 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Every node of the Docker Swarm instead: whether its netiso enforces
+    /// the policy Swarm delivers (run on a manager).
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: the policy's carrier service [default: the one this
+    /// node's daemon takes its policy from, else netiso_policy].
+    #[arg(long, value_name = "SERVICE", requires = "cluster")]
+    pub service: Option<String>,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -124,6 +132,16 @@ pub fn fetch_status(conn: &Conn) -> Result<StatusReport> {
 }
 
 pub fn run_status(a: StatusArgs) -> Result<ExitCode> {
+    if a.cluster {
+        let service = a.service.clone().unwrap_or_else(|| {
+            State::read(&a.conn.state_dir)
+                .ok()
+                .and_then(|s| s.swarm_policy)
+                .map(|s| s.service)
+                .unwrap_or_else(|| crate::daemon::swarm_policy::DEFAULT_SERVICE.to_string())
+        });
+        return super::cluster::run(&service, a.json);
+    }
     let r = fetch_status(&a.conn)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -1,4 +1,5 @@
 //! The `netiso` command line: argument parsing and dispatch here, one file per command family beside it; may use every layer (`daemon` and down).
+pub mod cluster;
 pub mod commands;
 pub mod explain;
 pub mod graph;
@@ -151,6 +152,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
                 resync_interval: cfg.resync_interval,
                 watch_policy: cfg.watch_policy,
                 docker_exec_root: cfg.docker_exec_root,
+                swarm_policy_service: cfg.swarm_policy_service,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

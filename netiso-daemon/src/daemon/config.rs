@@ -70,6 +70,11 @@ pub struct DaemonArgs {
     /// (hex or decimal), or `off` [default: 0x1e000000].
     #[arg(long, value_name = "MARK", value_parser = parse_mark)]
     pub cross_veth_mark: Option<u32>,
+    /// Take the policy from Swarm: from the config this node's task of the
+    /// global service SERVICE carries (`deploy/netiso-policy.yml` makes
+    /// `netiso_policy`); the local policy file until one arrives.
+    #[arg(long, value_name = "SERVICE")]
+    pub swarm_policy_service: Option<String>,
     /// Only warn (instead of refusing the policy) when a non-root user could
     /// change the policy file or a directory on its path.
     #[arg(long)]
@@ -98,6 +103,7 @@ struct FileConfig {
     docker_exec_root: Option<PathBuf>,
     /// 0 switches cross-veth verdicts off.
     cross_veth_mark: Option<u32>,
+    swarm_policy_service: Option<String>,
 }
 
 /// The configuration in force: file, then flags, then defaults.
@@ -125,6 +131,8 @@ pub struct Config {
     pub docker_exec_root: PathBuf,
     /// The mark of cross-veth verdicts; 0: off.
     pub cross_veth_mark: u32,
+    /// The global service whose tasks carry the policy (Swarm config).
+    pub swarm_policy_service: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -273,6 +281,11 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
             .cross_veth_mark
             .or(f.cross_veth_mark)
             .unwrap_or(netiso_common::DEFAULT_CROSS_VETH_MARK),
+        swarm_policy_service: a
+            .swarm_policy_service
+            .clone()
+            .or(f.swarm_policy_service)
+            .filter(|s| !s.is_empty()),
     }
 }
 

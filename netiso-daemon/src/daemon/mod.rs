@@ -12,6 +12,7 @@ mod reconcile;
 mod run;
 pub mod sd_notify;
 pub mod services;
+pub mod swarm_policy;
 
 pub use desired::{add_host_addresses, build_desired, fit_endpoints, unenforceable_reason};
 pub use options::{Options, ServiceOptions};

@@ -21,6 +21,8 @@ pub struct Options {
     /// The engine's exec-root (Swarm overlays' namespaces are under
     /// `<dir>/netns`).
     pub docker_exec_root: PathBuf,
+    /// Take the policy from this global service's tasks (Swarm config).
+    pub swarm_policy_service: Option<String>,
 }
 
 /// Daemon options of the services (flattened into `netiso daemon`).

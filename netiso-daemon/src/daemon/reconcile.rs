@@ -20,6 +20,7 @@ use crate::daemon::desired::{
 };
 use crate::daemon::options::Options;
 use crate::daemon::ports::{Dataplane, Engine, HostLinks};
+use crate::daemon::swarm_policy;
 use crate::host::docker::{DockerEvent, NetworkInfo};
 use crate::host::link_watch::LinkEvent;
 use crate::host::overlay::OverlayInfo;
@@ -68,6 +69,21 @@ pub(super) struct Daemon<D, L> {
     last_resync: u64,
     /// Learn mode's record of new flows (`learned.json`).
     pub(super) learned: Recorder,
+    /// The policy from Swarm, when a carrier service is configured.
+    pub(super) swarm: Option<swarm_policy::Delivery>,
+}
+
+/// The policy file in force for `opts`: with a Swarm carrier service, the
+/// policy Swarm delivered last (kept in the state directory) if there is
+/// one; else the configured file.
+pub(super) fn policy_path(opts: &Options) -> std::path::PathBuf {
+    if opts.swarm_policy_service.is_some() {
+        let delivered = swarm_policy::delivered_path(&opts.state_dir);
+        if delivered.exists() {
+            return delivered;
+        }
+    }
+    opts.policy.clone()
 }
 
 /// Loads and renders a policy for logs and errors.
@@ -97,7 +113,14 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
     ) -> Self {
         let generation = dp.generation();
         let learned = Recorder::open(&opts.state_dir);
+        let swarm = opts.swarm_policy_service.clone().map(|service| {
+            let applied = std::fs::read(swarm_policy::delivered_path(&opts.state_dir))
+                .ok()
+                .map(|b| swarm_policy::sha256_hex(&b));
+            swarm_policy::Delivery::new(service, applied)
+        });
         Daemon {
+            swarm,
             opts,
             state_tx,
             policy,
@@ -169,7 +192,9 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
                 Ok(addrs) => self.host_addrs = addrs,
                 Err(e) => warn!(error = format!("{e:#}"), "cannot read the host's addresses"),
             }
-            self.reconcile()
+            let r = self.reconcile();
+            self.take_swarm_policy();
+            r
         }
         .instrument(span)
         .await
@@ -196,6 +221,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             self.handle(docker, ev).await;
         }
         self.reconcile_logged();
+        self.take_swarm_policy();
     }
 
     async fn handle(&mut self, docker: &impl Engine, ev: DockerEvent) {
@@ -414,6 +440,123 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         }
     }
 
+    /// The policy file in force: the one Swarm delivered last, when the
+    /// daemon takes its policy from Swarm and one was delivered; else the
+    /// configured one.
+    pub(super) fn policy_path(&self) -> std::path::PathBuf {
+        policy_path(&self.opts)
+    }
+
+    fn swarm_state(&self) -> Option<crate::observe::state::SwarmPolicyState> {
+        let s = self.swarm.as_ref()?;
+        Some(crate::observe::state::SwarmPolicyState {
+            service: s.service.clone(),
+            sha256: s.applied.clone(),
+            tasks: s
+                .answers
+                .values()
+                .map(|a| crate::observe::state::SwarmTaskState {
+                    task: a.task.clone(),
+                    sha256: a.sha256.clone(),
+                    error: a.error.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Takes the policy of every carrier task that arrived on this node
+    /// since the last look (see [`swarm_policy`]): checked first (a
+    /// policy that does not load is answered as refused, the running one
+    /// stays), then kept in the state directory and applied as a reload;
+    /// the outcome is answered in the task. True when the state changed.
+    pub(super) fn take_swarm_policy(&mut self) -> bool {
+        let Some(mut s) = self.swarm.take() else {
+            return false;
+        };
+        let now = swarm_policy::carriers(self.containers.values(), &s.service);
+        let arrivals = s.arrivals(&now);
+        let changed = !arrivals.is_empty();
+        for (id, task, pid) in arrivals {
+            let _span = info_span!("swarm_policy", %task).entered();
+            let answer = self.take_one(&s, pid, &task);
+            if answer.error.is_none() {
+                s.applied = Some(answer.sha256.clone());
+            }
+            if let Err(e) = swarm_policy::answer_in_task(pid, &answer.text()) {
+                warn!(error = format!("{e:#}"), "cannot answer the policy carrier");
+            }
+            s.taken(&id, answer);
+        }
+        self.swarm = Some(s);
+        if changed {
+            self.publish_reload();
+        }
+        changed
+    }
+
+    fn take_one(
+        &mut self,
+        s: &swarm_policy::Delivery,
+        pid: u32,
+        task: &str,
+    ) -> swarm_policy::Answer {
+        let mut answer = swarm_policy::Answer {
+            pid,
+            task: task.to_string(),
+            sha256: String::new(),
+            error: None,
+        };
+        let bytes = match swarm_policy::read_from_task(pid) {
+            Ok(b) => b,
+            Err(e) => {
+                answer.error = Some(format!("{e:#}"));
+                error!(
+                    error = format!("{e:#}"),
+                    "cannot read the policy from Swarm"
+                );
+                return answer;
+            }
+        };
+        answer.sha256 = swarm_policy::sha256_hex(&bytes);
+        if s.applied.as_deref() == Some(answer.sha256.as_str()) {
+            debug!(sha256 = %answer.sha256, "the policy from Swarm is the one in force");
+            return answer;
+        }
+        let dir = &self.opts.state_dir;
+        let candidate = swarm_policy::candidate_path(dir);
+        let delivered = swarm_policy::delivered_path(dir);
+        let checked = std::fs::write(&candidate, &bytes)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| load_policy(&candidate));
+        if let Err(e) = checked {
+            let _ = std::fs::remove_file(&candidate);
+            let msg = format!("{e:#}");
+            error!(sha256 = %answer.sha256, "policy from Swarm refused, the running policy stays:\n{msg}");
+            answer.error = Some(msg);
+            return answer;
+        }
+        let before = std::fs::read(&delivered).ok();
+        if let Err(e) = std::fs::rename(&candidate, &delivered) {
+            answer.error = Some(format!("keeping it in {}: {e}", delivered.display()));
+            return answer;
+        }
+        if let Err(e) = self.reload("swarm-config") {
+            // Not in force: the file goes back to what is.
+            match before {
+                Some(b) => {
+                    let _ = std::fs::write(&delivered, b);
+                }
+                None => {
+                    let _ = std::fs::remove_file(&delivered);
+                }
+            }
+            answer.error = Some(e);
+            return answer;
+        }
+        info!(sha256 = %answer.sha256, "policy from Swarm in force");
+        answer
+    }
+
     /// Loads the policy file again and applies it; on any error the running
     /// policy stays and the error is returned (and logged). The outcome is
     /// published in the state (`last_reload`); `trigger` says what asked.
@@ -435,10 +578,12 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         r
     }
 
-    /// Rewrites the published state with the current `last_reload`.
+    /// Rewrites the published state with the current `last_reload` (and
+    /// the policy from Swarm).
     fn publish_reload(&mut self) {
         let mut state = (**self.state_tx.borrow()).clone();
         state.last_reload = self.last_reload.clone();
+        state.swarm_policy = self.swarm_state();
         if let Err(e) = state.write(&self.opts.state_dir) {
             error!(error = format!("{e:#}"), "cannot write the state file");
         }
@@ -447,7 +592,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
 
     fn reload_once(&mut self) -> Result<(), String> {
         let _span = info_span!("reload").entered();
-        match load_policy(&self.opts.policy) {
+        match load_policy(&self.policy_path()) {
             Ok(p) => {
                 let old = std::mem::replace(&mut self.policy, p);
                 if let Err(e) = self.reconcile() {
@@ -538,7 +683,8 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             detached = report.detached,
             "datapath in step"
         );
-        state.policy_path = self.opts.policy.clone();
+        state.policy_path = self.policy_path();
+        state.swarm_policy = self.swarm_state();
         state.generation = report.generation;
         state.updated = unix_now();
         state.pid = std::process::id();

@@ -17,6 +17,7 @@ use crate::daemon::reconcile::{
     load_policy, Daemon, GOSSIP_EVERY, LEARN_DRAIN_EVERY, VETH_RETRY_EVERY,
 };
 use crate::daemon::sd_notify::notify_logged;
+use crate::daemon::swarm_policy::ANSWER_EVERY;
 use crate::datapath::Datapath;
 use crate::host::docker::DockerClient;
 use crate::observe::clock::unix_now;
@@ -25,15 +26,17 @@ use crate::policy::IdentityAllocator;
 
 pub async fn run(opts: Options) -> Result<()> {
     crate::datapath::require_root("netiso daemon")?;
-    let policy = load_policy(&opts.policy)
-        .with_context(|| format!("the policy {} is not valid", opts.policy.display()))?;
+    // With Swarm delivering the policy, the last one it delivered, at once.
+    let policy_path = crate::daemon::reconcile::policy_path(&opts);
+    let policy = load_policy(&policy_path)
+        .with_context(|| format!("the policy {} is not valid", policy_path.display()))?;
     let mut dp = Datapath::load(&opts.pin_dir)?;
     dp.set_allow_non_ip(opts.allow_non_ip)?;
     dp.set_cross_mark(opts.cross_veth_mark)?;
     if opts.allow_non_ip {
         warn!("allow_non_ip is on: frames other than IPv4, IPv6 and ARP cross every policy");
     }
-    info!(pin_dir = %opts.pin_dir.display(), policy = %opts.policy.display(), "netiso starting");
+    info!(pin_dir = %opts.pin_dir.display(), policy = %policy_path.display(), "netiso starting");
     // Identity numbers live on in pinned maps (flow rows, conntrack):
     // keep giving each group set the number an earlier run gave it.
     let mut ids = IdentityAllocator::default();
@@ -122,6 +125,8 @@ pub async fn run(opts: Options) -> Result<()> {
             learn_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut gossip_tick = tokio::time::interval(GOSSIP_EVERY);
             gossip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut answer_tick = tokio::time::interval(ANSWER_EVERY);
+            answer_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
@@ -165,6 +170,12 @@ pub async fn run(opts: Options) -> Result<()> {
                     _ = gossip_tick.tick(), if d.has_overlays() => {
                         if d.refresh_overlays(&docker).await {
                             d.reconcile_logged();
+                        }
+                    }
+                    // The carrier tasks' healthcheck wants a fresh answer.
+                    _ = answer_tick.tick(), if d.swarm.is_some() => {
+                        if let Some(s) = &d.swarm {
+                            s.answer_all();
                         }
                     }
                     Some(cmd) = control_rx.recv() => match cmd {

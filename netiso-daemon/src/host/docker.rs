@@ -235,6 +235,64 @@ impl DockerClient {
         Ok(out)
     }
 
+    /// Every node of the Swarm (a manager's `/nodes`): `Err` on a worker
+    /// or outside a swarm, with what to do.
+    pub async fn swarm_nodes(&self) -> Result<Vec<SwarmNode>> {
+        let nodes = self.docker.list_nodes(None).await.map_err(manager_only)?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| {
+                let spec = n.spec.unwrap_or_default();
+                let status = n.status.unwrap_or_default();
+                SwarmNode {
+                    id: n.id.unwrap_or_default(),
+                    hostname: n.description.and_then(|d| d.hostname).unwrap_or_default(),
+                    role: spec.role.map(|r| r.to_string()).unwrap_or_default(),
+                    availability: spec.availability.map(|a| a.to_string()).unwrap_or_default(),
+                    state: status.state.map(|s| s.to_string()).unwrap_or_default(),
+                    addr: status.addr.unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    /// The tasks of `service` Swarm wants running (a manager's `/tasks`).
+    pub async fn service_tasks(&self, service: &str) -> Result<Vec<SwarmTask>> {
+        let filters = HashMap::from([
+            ("service".to_string(), vec![service.to_string()]),
+            ("desired-state".to_string(), vec!["running".to_string()]),
+        ]);
+        let opts = bollard::query_parameters::ListTasksOptions {
+            filters: Some(filters),
+        };
+        let tasks = self
+            .docker
+            .list_tasks(Some(opts))
+            .await
+            .map_err(manager_only)?;
+        Ok(tasks
+            .into_iter()
+            .map(|t| {
+                let status = t.status.unwrap_or_default();
+                SwarmTask {
+                    node_id: t.node_id.unwrap_or_default(),
+                    state: status.state.map(|s| s.to_string()).unwrap_or_default(),
+                    since: status.timestamp.unwrap_or_default(),
+                    error: status.err.filter(|e| !e.is_empty()),
+                    message: status.message.unwrap_or_default(),
+                    configs: t
+                        .spec
+                        .and_then(|s| s.container_spec)
+                        .and_then(|c| c.configs)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.config_name)
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
     /// Engine and API versions, e.g. `Docker Engine 20.10.24 (API 1.41, client uses 1.41)`.
     pub async fn version(&self) -> Result<String> {
         let v = self
@@ -286,6 +344,47 @@ impl DockerClient {
             .events(Some(opts.build()))
             .map(move |r| r.with_context(|| format!("Docker event stream from {host}")))
             .try_filter_map(|m| future::ready(Ok(event_from_message(m))))
+    }
+}
+
+/// A node of the Swarm, as a manager lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwarmNode {
+    pub id: String,
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    /// `ready`, `down`, …
+    pub state: String,
+    pub addr: String,
+}
+
+/// A task of a service, as a manager lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwarmTask {
+    pub node_id: String,
+    /// `running`, `starting` (not healthy yet), `failed`, …
+    pub state: String,
+    /// RFC 3339 time of the last state change.
+    pub since: String,
+    pub error: Option<String>,
+    pub message: String,
+    /// Names of the Swarm configs the task carries.
+    pub configs: Vec<String>,
+}
+
+/// A worker's (or a lone engine's) refusal, with what to do.
+fn manager_only(e: BollardError) -> anyhow::Error {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 503,
+            message,
+        } => {
+            anyhow!("{message}: run this on a manager node (only managers see every node's tasks)")
+        }
+        e => anyhow::Error::from(e).context("asking the Swarm manager"),
     }
 }
 

@@ -42,6 +42,30 @@ pub struct State {
     /// Peers by name and their identities.
     #[serde(default)]
     pub fqdns: Vec<FqdnState>,
+    /// The policy from Swarm (`--swarm-policy-service`).
+    #[serde(default)]
+    pub swarm_policy: Option<SwarmPolicyState>,
+}
+
+/// Where the policy comes from when Swarm delivers it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SwarmPolicyState {
+    /// The global service whose tasks carry it.
+    pub service: String,
+    /// sha256 of the policy from Swarm in force; `None`: the local file
+    /// (no carrier task seen yet).
+    pub sha256: Option<String>,
+    /// This node's carrier tasks and what each was answered.
+    pub tasks: Vec<SwarmTaskState>,
+}
+
+/// One carrier task on this node and the daemon's answer to it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SwarmTaskState {
+    pub task: String,
+    pub sha256: String,
+    /// Why its policy is not in force (`None`: it is).
+    pub error: Option<String>,
 }
 
 /// A peer by name of the policy and its identity.

@@ -34,6 +34,9 @@ pub struct StatusReport {
     pub policy: PolicyStatus,
     pub endpoints: Vec<EndpointStatus>,
     pub unenforceable: Vec<Unenforceable>,
+    /// Where the policy comes from when Swarm delivers it.
+    #[serde(default)]
+    pub swarm_policy: Option<crate::observe::state::SwarmPolicyState>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -267,6 +270,7 @@ pub fn report(pin_dir: &Path, socket: &Path, state: &State) -> StatusReport {
         },
         endpoints,
         unenforceable: state.unenforceable.clone(),
+        swarm_policy: state.swarm_policy.clone(),
         ..StatusReport::default()
     }
 }
@@ -288,6 +292,15 @@ impl StatusReport {
         }
         if let Some(e) = &self.kernel.error {
             out.push(format!("datapath: {e}"));
+        }
+        for t in self.swarm_policy.iter().flat_map(|s| &s.tasks) {
+            if let Some(e) = &t.error {
+                out.push(format!(
+                    "the policy from Swarm task {} is refused: {}",
+                    t.task,
+                    first_line(e)
+                ));
+            }
         }
         for e in &self.endpoints {
             if e.attach.is_some_and(Attach::is_problem) {
@@ -396,6 +409,28 @@ pub fn render(r: &StatusReport) -> String {
             )
         },
     );
+    if let Some(s) = &r.swarm_policy {
+        let short = |h: &str| h.get(..12).unwrap_or(h).to_string();
+        let mut v = match &s.sha256 {
+            Some(h) => format!("from service {}, sha256 {}", s.service, short(h)),
+            None => format!(
+                "from service {}: no task on this node yet, the local file is in force",
+                s.service
+            ),
+        };
+        for t in &s.tasks {
+            match &t.error {
+                None => v.push_str(&format!("; task {} ok", t.task)),
+                Some(e) => v.push_str(&format!(
+                    "; task {} REFUSED (sha256 {}): {}",
+                    t.task,
+                    short(&t.sha256),
+                    first_line(e)
+                )),
+            }
+        }
+        line("Swarm:", v);
+    }
     let k = &r.kernel;
     line(
         "Datapath:",

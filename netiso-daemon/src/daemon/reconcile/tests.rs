@@ -162,6 +162,7 @@ impl Fixture {
             resync_interval: None,
             watch_policy: false,
             docker_exec_root: dir.path().join("no-docker"),
+            swarm_policy_service: None,
         };
         let policy = load_policy(&path).unwrap();
         let (tx, state) = watch::channel(Arc::new(State::default()));

@@ -1,0 +1,260 @@
+//! The policy delivered by Swarm, on a real two-node swarm (engines in
+//! namespaces, `netiso_testkit::swarm`), with the project's own stack file
+//! `deploy/netiso-policy.yml`: one netiso daemon per node, each started
+//! with an empty local policy and `--swarm-policy-service netiso_policy`.
+//! A policy deployed as a Swarm config is enforced on every node (each
+//! daemon's state names its sha256; the carrier tasks turn healthy, which
+//! `netiso status --cluster` reads from Swarm; the receivers get what it
+//! allows and nothing else); a new version replaces it everywhere; a
+//! version a node cannot load is refused there (the running policy stays,
+//! `status` says why) and Swarm rolls the service back; a restarted daemon
+//! starts with the last policy delivered.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netiso_testkit::daemon::{netiso_bin, DaemonProc};
+use netiso_testkit::swarm::{Node, Swarm};
+
+const PORT: u16 = 8080;
+const TASK_TIMEOUT: Duration = Duration::from_secs(30);
+const RECEIVER: &str = "printf \"#!/bin/sh\\ncat >> /tmp/got\\n\" > /tmp/h && chmod +x /tmp/h && \
+     (nc -ll -p 8080 -e /tmp/h &) && exec sleep 3600";
+
+const V1: &str = r#"
+[groups.api]
+swarm = { service = "api" }
+ingress = "deny"
+
+[groups.client]
+swarm = { service = "client" }
+
+[groups.intruder]
+swarm = { service = "intruder" }
+
+[[rules]]
+from = "client"
+to = "api"
+ports = ["8080/tcp"]
+action = "allow"
+"#;
+
+// V2 lets intruder in too.
+const V2_EXTRA: &str = r#"
+[[rules]]
+from = "intruder"
+to = "api"
+ports = ["8080/tcp"]
+action = "allow"
+"#;
+
+const BAD: &str = "[groups.api]\nswarm = { service = \"api\" }\ningress = \"maybe\"\n";
+
+fn program_on(node: &Node) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", node.netns_path().display()))
+        .arg(netiso_bin())
+        .env("DOCKER_HOST", format!("unix://{}", node.socket().display()));
+    cmd
+}
+
+fn daemon_on(node: &Node, policy: PathBuf) -> DaemonProc {
+    let exec_root = PathBuf::from(format!("/proc/{}/root", node.dockerd_pid()))
+        .join(node.exec_root().strip_prefix("/").unwrap());
+    let exec_root = exec_root.display().to_string();
+    let flags = [
+        "--docker-exec-root",
+        exec_root.as_str(),
+        "--metrics-addr",
+        "off",
+        "--resync-interval",
+        "0",
+        "--swarm-policy-service",
+        "netiso_policy",
+    ];
+    DaemonProc::start_program(program_on(node), policy, &flags)
+}
+
+fn send(node: &Node, from: &str, ip: std::net::Ipv4Addr, marker: &str) {
+    node.exec(
+        from,
+        &format!("echo {marker} | nc -w 2 {ip} {PORT} >/dev/null 2>&1; true"),
+    );
+}
+
+fn got(node: &Node, container: &str) -> String {
+    node.exec(container, "cat /tmp/got 2>/dev/null; true").1
+}
+
+fn stack_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/netiso-policy.yml")
+}
+
+/// `docker stack deploy -c deploy/netiso-policy.yml netiso` on the
+/// manager with policy `text` as version `version`; the sha256 of the text.
+fn deploy(swarm: &Swarm, version: u32, text: &str) -> String {
+    let file = swarm.dir().join(format!("policy-v{version}.toml"));
+    std::fs::write(&file, text).unwrap();
+    let m = swarm.manager();
+    let out = Command::new("timeout")
+        .args(["-k", "5", "60", "docker", "-H"])
+        .arg(format!("unix://{}", m.socket().display()))
+        .args(["stack", "deploy", "-c"])
+        .arg(stack_file())
+        .arg("netiso")
+        .env("NETISO_POLICY_VERSION", version.to_string())
+        .env("NETISO_POLICY", &file)
+        .env("NETISO_CARRIER_IMAGE", netiso_testkit::docker::image())
+        .output()
+        .expect("docker stack deploy");
+    assert!(
+        out.status.success(),
+        "stack deploy v{version}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum = Command::new("sha256sum").arg(&file).output().unwrap();
+    String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `netiso status --cluster` on the manager: (healthy, output).
+fn cluster(swarm: &Swarm) -> (bool, String) {
+    let out = program_on(swarm.manager())
+        .args(["status", "--cluster"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn wait_cluster(swarm: &Swarm, config: &str, timeout: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let (ok, out) = cluster(swarm);
+        if ok
+            && out.contains(&format!(
+                "2 of 2 available nodes enforce the policy of service netiso_policy ({config})"
+            ))
+        {
+            return out;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "status --cluster not healthy with {config} after {timeout:?}:\n{out}\n{}",
+            swarm
+                .manager()
+                .docker("service ps --no-trunc netiso_policy")
+                .stdout
+                .escape_ascii()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn wait_sha(d: &mut DaemonProc, node: usize, sha: &str) {
+    d.wait_for(&format!("node {node} enforcing the policy {sha}"), |s| {
+        s.swarm_policy
+            .as_ref()
+            .is_some_and(|p| p.sha256.as_deref() == Some(sha))
+    });
+}
+
+#[test]
+fn the_policy_reaches_every_node_from_a_swarm_config() {
+    let swarm = Swarm::new(2);
+    swarm.overlay("ovc", "10.231.69.0/24");
+    swarm.service_on("api", 0, "ovc", RECEIVER);
+    swarm.service_on("client", 1, "ovc", "exec sleep 3600");
+    swarm.service_on("intruder", 1, "ovc", "exec sleep 3600");
+    for s in ["api", "client", "intruder"] {
+        swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
+    }
+    let (a, b) = (&swarm.nodes[0], &swarm.nodes[1]);
+    let api = swarm.task_container(0, "api");
+    let client = swarm.task_container(1, "client");
+    let intruder = swarm.task_container(1, "intruder");
+    let api_ip = a.container_ip(&api, "ovc");
+
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.toml");
+    std::fs::write(&local, "").unwrap();
+    let mut da = daemon_on(a, local.clone());
+    let mut db = daemon_on(b, local);
+
+    // v1 everywhere.
+    let v1 = deploy(&swarm, 1, V1);
+    wait_sha(&mut da, 0, &v1);
+    wait_sha(&mut db, 1, &v1);
+    let table = wait_cluster(&swarm, "netiso_policy_1", Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..3 {
+        send(b, &client, api_ip, &format!("c1-{i}"));
+        send(b, &intruder, api_ip, &format!("i1-{i}"));
+    }
+    let g = got(a, &api);
+    assert!(
+        g.contains("c1-"),
+        "v1: client did not reach api: {g:?}\n{table}"
+    );
+    assert!(!g.contains("i1-"), "v1: intruder reached api: {g:?}");
+
+    // v2 everywhere: intruder allowed.
+    let v2 = deploy(&swarm, 2, &format!("{V1}{V2_EXTRA}"));
+    wait_sha(&mut da, 0, &v2);
+    wait_sha(&mut db, 1, &v2);
+    wait_cluster(&swarm, "netiso_policy_2", Duration::from_secs(90));
+    for i in 0..3 {
+        send(b, &intruder, api_ip, &format!("i2-{i}"));
+    }
+    let g = got(a, &api);
+    assert!(g.contains("i2-"), "v2: intruder did not reach api: {g:?}");
+
+    // A version the nodes cannot load: refused on each, v2 stays, and
+    // Swarm rolls the service back to v2.
+    let bad = deploy(&swarm, 3, BAD);
+    for (d, n) in [(&mut da, 0), (&mut db, 1)] {
+        d.wait_for(&format!("node {n} refusing {bad}"), |s| {
+            s.swarm_policy.as_ref().is_some_and(|p| {
+                p.sha256.as_deref() == Some(v2.as_str())
+                    && p.tasks.iter().any(|t| t.sha256 == bad && t.error.is_some())
+            })
+        });
+    }
+    let status = String::from_utf8_lossy(&da.cli(&["status"]).stdout).to_string();
+    assert!(
+        status.contains("REFUSED") && status.contains("ingress"),
+        "status does not say why the policy from Swarm was refused:\n{status}"
+    );
+    for i in 0..3 {
+        send(b, &intruder, api_ip, &format!("i3-{i}"));
+    }
+    let g = got(a, &api);
+    assert!(
+        g.contains("i3-"),
+        "after the refused v3, v2 is not in force: {g:?}"
+    );
+    let table = wait_cluster(&swarm, "netiso_policy_2", Duration::from_secs(150));
+    println!("after the rollback:\n{table}");
+
+    // A restarted daemon starts with the last policy delivered (before
+    // Docker answers), here v2.
+    let _ = db.child.kill();
+    let _ = db.child.wait();
+    let state = db.state_dir.path().to_path_buf();
+    let delivered = std::fs::read(state.join("swarm-policy.toml")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&delivered),
+        format!("{V1}{V2_EXTRA}"),
+        "the state directory does not keep the policy in force"
+    );
+}
