@@ -219,6 +219,27 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
     let g = got(a, &api);
     assert!(g.contains("i2-"), "v2: intruder did not reach api: {g:?}");
 
+    // A container that only looks like a carrier (the labels an image's
+    // LABEL would copy onto it, a policy letting everyone in) is not one:
+    // its name is not the task's.
+    a.docker_ok(&format!(
+        "run -d --name forged --network host \
+         --label com.docker.swarm.service.name=netiso_policy \
+         --label com.docker.swarm.task.id=t0 --label com.docker.swarm.task.name=netiso_policy.n.t0 \
+         {} sh -c \"mkdir -p /netiso && : > /netiso/policy.toml && exec sleep 3600\"",
+        netiso_testkit::docker::image()
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let s = da.state();
+    let p = s.swarm_policy.as_ref().expect("swarm policy state");
+    assert_eq!(p.sha256.as_deref(), Some(v2.as_str()), "a forged carrier changed the policy");
+    assert!(
+        p.tasks.iter().all(|t| !t.task.contains("forged")),
+        "a forged carrier was taken: {:?}",
+        p.tasks
+    );
+    a.docker_ok("rm -f forged");
+
     // A version the nodes cannot load: refused on each, v2 stays, and
     // Swarm rolls the service back to v2.
     let bad = deploy(&swarm, 3, BAD);

@@ -478,11 +478,11 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         let changed = !arrivals.is_empty();
         for (id, task, pid) in arrivals {
             let _span = info_span!("swarm_policy", %task).entered();
-            let answer = self.take_one(&s, pid, &task);
+            let answer = self.take_one(&s, &id, pid, &task);
             if answer.error.is_none() {
                 s.applied = Some(answer.sha256.clone());
             }
-            if let Err(e) = swarm_policy::answer_in_task(pid, &answer.text()) {
+            if let Err(e) = swarm_policy::answer_in_task(pid, &id, &answer.text()) {
                 warn!(error = format!("{e:#}"), "cannot answer the policy carrier");
             }
             s.taken(&id, answer);
@@ -497,6 +497,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
     fn take_one(
         &mut self,
         s: &swarm_policy::Delivery,
+        container_id: &str,
         pid: u32,
         task: &str,
     ) -> swarm_policy::Answer {
@@ -506,7 +507,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             sha256: String::new(),
             error: None,
         };
-        let bytes = match swarm_policy::read_from_task(pid) {
+        let bytes = match swarm_policy::read_from_task(pid, container_id) {
             Ok(b) => b,
             Err(e) => {
                 answer.error = Some(format!("{e:#}"));

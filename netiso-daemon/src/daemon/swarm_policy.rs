@@ -15,13 +15,16 @@
 //! what the daemon starts with, so a restart enforces it at once, before
 //! Docker answers.
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use sha2::Digest as _;
 
-use crate::model::{Container, SWARM_SERVICE};
+use crate::host::task_root::TaskRoot;
+use crate::model::{Container, SWARM_SERVICE, SWARM_TASK};
+
+/// Docker's label of a task's id on its container.
+const SWARM_TASK_ID: &str = "com.docker.swarm.task.id";
 
 /// The carrier service's name when `docker stack deploy -c
 /// deploy/netiso-policy.yml netiso` made it.
@@ -54,6 +57,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Whether `c` is a task of Swarm service `service` that Swarm made: its
+/// labels say so and its name is the task's (`<service>.<slot or
+/// node>.<task id>`). Labels alone could come from an image (`LABEL` is
+/// copied onto every container run from it); the name only from whoever
+/// runs the container, i.e. Swarm or someone who may run anything anyway.
+pub fn is_task_of(c: &Container, service: &str) -> bool {
+    let label = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or_default();
+    let task_id = label(SWARM_TASK_ID);
+    label(SWARM_SERVICE) == service
+        && !task_id.is_empty()
+        && label(SWARM_TASK) == c.name
+        && c.name.starts_with(&format!("{service}."))
+        && c.name.ends_with(&format!(".{task_id}"))
+}
+
 /// The running carrier tasks of `service` on this node: (container id,
 /// name, pid), by name.
 pub fn carriers<'a>(
@@ -62,44 +80,28 @@ pub fn carriers<'a>(
 ) -> Vec<(String, String, u32)> {
     let mut out: Vec<_> = containers
         .into_iter()
-        .filter(|c| c.remote_node.is_none() && c.pid > 0)
-        .filter(|c| c.labels.get(SWARM_SERVICE).map(String::as_str) == Some(service))
+        .filter(|c| c.remote_node.is_none() && c.pid > 0 && is_task_of(c, service))
         .map(|c| (c.id.clone(), c.name.clone(), c.pid))
         .collect();
     out.sort_by(|a, b| a.1.cmp(&b.1));
     out
 }
 
-/// The policy a carrier task holds (at most [`MAX_POLICY_BYTES`]).
-pub fn read_from_task(pid: u32) -> Result<Vec<u8>> {
-    let path = PathBuf::from(format!("/proc/{pid}/root/{POLICY_IN_TASK}"));
-    let f = std::fs::File::open(&path).with_context(|| {
-        format!(
-            "reading {} (is the config mounted at /{POLICY_IN_TASK}?)",
-            path.display()
-        )
-    })?;
-    let mut bytes = Vec::new();
-    f.take(MAX_POLICY_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > MAX_POLICY_BYTES {
-        bail!("{} is larger than {MAX_POLICY_BYTES} bytes", path.display());
-    }
-    Ok(bytes)
+/// The policy a carrier task holds (at most [`MAX_POLICY_BYTES`]), read
+/// inside the task's root (see [`TaskRoot`]).
+pub fn read_from_task(pid: u32, container_id: &str) -> Result<Vec<u8>> {
+    TaskRoot::open(pid, container_id)?
+        .read(POLICY_IN_TASK, MAX_POLICY_BYTES)
+        .context(format!("is the config mounted at /{POLICY_IN_TASK}?"))
 }
 
 /// Writes `answer` into the carrier task (a new file renamed over the old
 /// one, so the healthcheck never reads half of it).
-pub fn answer_in_task(pid: u32, answer: &str) -> Result<()> {
-    let path = PathBuf::from(format!("/proc/{pid}/root/{ANSWER_IN_TASK}"));
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)
-        .with_context(|| format!("writing {} in the carrier task", tmp.display()))?;
-    f.write_all(answer.as_bytes())?;
-    drop(f);
-    std::fs::rename(&tmp, &path)
-        .with_context(|| format!("renaming {} in the carrier task", tmp.display()))
+pub fn answer_in_task(pid: u32, container_id: &str, answer: &str) -> Result<()> {
+    let (dir, name) = ANSWER_IN_TASK
+        .rsplit_once('/')
+        .expect("ANSWER_IN_TASK is dir/name");
+    TaskRoot::open(pid, container_id)?.replace(dir, name, answer.as_bytes())
 }
 
 /// What one carrier task was answered.
@@ -162,8 +164,8 @@ impl Delivery {
 
     /// Writes every answer again (the healthcheck wants a fresh one).
     pub fn answer_all(&self) {
-        for a in self.answers.values() {
-            if let Err(e) = answer_in_task(a.pid, &a.text()) {
+        for (id, a) in &self.answers {
+            if let Err(e) = answer_in_task(a.pid, id, &a.text()) {
                 tracing::warn!(task = %a.task, error = format!("{e:#}"), "cannot answer the policy carrier");
             }
         }
@@ -175,13 +177,38 @@ mod tests {
     use super::*;
 
     fn carrier(id: &str, name: &str, service: &str) -> Container {
+        let task_id = name.rsplit('.').next().unwrap();
         Container {
             id: id.into(),
             name: name.into(),
             pid: 42,
-            labels: [(SWARM_SERVICE.to_string(), service.to_string())].into(),
+            labels: [
+                (SWARM_SERVICE.to_string(), service.to_string()),
+                (SWARM_TASK.to_string(), name.to_string()),
+                (SWARM_TASK_ID.to_string(), task_id.to_string()),
+            ]
+            .into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_a_task_swarm_made_is_a_carrier() {
+        let real = carrier("a", "netiso_policy.n1.t1", "netiso_policy");
+        assert!(is_task_of(&real, "netiso_policy"));
+        assert!(!is_task_of(&real, "other"));
+        // An image's labels copied onto any container: not its name.
+        let mut forged = real.clone();
+        forged.name = "webapp".into();
+        assert!(!is_task_of(&forged, "netiso_policy"));
+        let mut no_id = real.clone();
+        no_id.labels.remove(SWARM_TASK_ID);
+        assert!(!is_task_of(&no_id, "netiso_policy"));
+        let mut other_task = real;
+        other_task
+            .labels
+            .insert(SWARM_TASK.into(), "netiso_policy.n1.t9".into());
+        assert!(!is_task_of(&other_task, "netiso_policy"));
     }
 
     #[test]

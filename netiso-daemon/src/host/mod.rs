@@ -1,4 +1,4 @@
-//! Host adapters: Docker (bollard), netlink (veths, links, addresses) and DNS messages (hickory-proto); they may use `model` only.
+//! Host adapters: Docker (bollard), netlink (veths, links, addresses), DNS messages (hickory-proto) and files in a container's root; they may use `model` only.
 pub mod dns;
 pub mod docker;
 pub mod link_watch;
@@ -6,3 +6,4 @@ pub mod netlink;
 pub mod overlay;
 pub mod packet;
 pub mod rtnl;
+pub mod task_root;
