@@ -11,22 +11,16 @@
 //! arrived. Then: an unknown overlay address (not the world), `status`,
 //! a restart of one daemon (same endpoint ids), a task started later, and
 //! everything removed (no overlay endpoint, link or remote peer left).
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netiso_testkit::daemon::{netiso_bin, DaemonProc};
-use netiso_testkit::swarm::{Node, Swarm};
+use netiso_testkit::daemon::DaemonProc;
+use netiso_testkit::swarm::{Node, Swarm, RECEIVER};
 
-const PORT: u16 = 8080;
+const PORT: u16 = netiso_testkit::swarm::RECEIVER_PORT;
 const OVERLAY: &str = "ov";
 const SUBNET: &str = "10.231.9.0/24";
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A receiver: every connection to PORT appends what it sends to
-/// /tmp/got (no `'`: the harness runs scripts in sh -c '…').
-const RECEIVER: &str = "printf \"#!/bin/sh\\ncat >> /tmp/got\\n\" > /tmp/h && chmod +x /tmp/h && \
-     (nc -ll -p 8080 -e /tmp/h &) && exec sleep 3600";
 
 const POLICY: &str = r#"
 [groups.api]
@@ -55,74 +49,6 @@ ports = ["8080/tcp"]
 action = "allow"
 "#;
 
-/// `netiso` in `node`'s network namespace, on its engine.
-fn program_on(node: &Node) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", node.netns_path().display()))
-        .arg(netiso_bin())
-        .env("DOCKER_HOST", format!("unix://{}", node.socket().display()));
-    cmd
-}
-
-/// The daemon's flags for `node`: its engine's exec-root, through
-/// dockerd's root.
-fn flags_for(node: &Node) -> Vec<String> {
-    let exec_root = PathBuf::from(format!("/proc/{}/root", node.dockerd_pid()))
-        .join(node.exec_root().strip_prefix("/").unwrap());
-    [
-        "--docker-exec-root",
-        &exec_root.display().to_string(),
-        "--metrics-addr",
-        "off",
-        "--resync-interval",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// netiso in `node`'s network namespace, on its engine.
-fn daemon_on(node: &Node, policy: PathBuf) -> DaemonProc {
-    let flags = flags_for(node);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    DaemonProc::start_program(program_on(node), policy, &flags)
-}
-
-/// Kills `d`'s process (by its pid) and starts another on the same pins
-/// and state: what a restart of the service does.
-fn restart(d: &mut DaemonProc, node: &Node) {
-    let _ = d.child.kill();
-    let _ = d.child.wait();
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(d.state_dir.path().join("daemon.log"))
-        .unwrap();
-    let mut args = vec!["--policy".to_string(), d.policy_path.display().to_string()];
-    args.extend(flags_for(node));
-    d.child = netiso_testkit::daemon::daemon_command(
-        program_on(node),
-        &d.pins.path,
-        d.state_dir.path(),
-        &args,
-        &log,
-    )
-    .spawn()
-    .expect("restart netiso daemon");
-}
-
-/// `from` (a container on `node`) sends `marker` to `ip:PORT`.
-fn send(node: &Node, from: &str, ip: std::net::Ipv4Addr, marker: &str) {
-    node.exec(
-        from,
-        &format!("echo {marker} | nc -w 2 {ip} {PORT} >/dev/null 2>&1; true"),
-    );
-}
-
-/// What the receiver `container` on `node` got.
-fn got(node: &Node, container: &str) -> String {
-    node.exec(container, "cat /tmp/got 2>/dev/null; true").1
-}
-
 #[test]
 fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
     let swarm = Swarm::new(2);
@@ -147,9 +73,9 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
     let intruder_ip = b.container_ip(&intruder, OVERLAY);
 
     // Without netiso everything reaches everything (the test's own check).
-    send(b, &intruder, api_ip, "before-intruder");
+    b.send_tcp(&intruder, api_ip, PORT, "before-intruder");
     let t = Instant::now();
-    while !got(a, &api).contains("before-intruder") {
+    while !a.received(&api).contains("before-intruder") {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "no marker arrives without netiso"
@@ -160,8 +86,8 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
-    let mut da = daemon_on(a, policy.clone());
-    let mut db = daemon_on(b, policy.clone());
+    let mut da = a.daemon(policy.clone());
+    let mut db = b.daemon(policy.clone());
     let task_name = |node: &Node, c: &str| {
         node.docker_ok(&format!(
             "inspect -f '{{{{index .Config.Labels \"com.docker.swarm.task.name\"}}}}' {c}"
@@ -198,32 +124,32 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
     });
 
     // The matrix, judged by the receivers.
-    send(b, &client, api_ip, "from-client");
-    send(b, &intruder, api_ip, "from-intruder");
-    send(a, &neighbor, api_ip, "from-neighbor");
-    send(b, &plain, api_ip, "from-plain");
-    send(a, &api, intruder_ip, "from-api");
+    b.send_tcp(&client, api_ip, PORT, "from-client");
+    b.send_tcp(&intruder, api_ip, PORT, "from-intruder");
+    a.send_tcp(&neighbor, api_ip, PORT, "from-neighbor");
+    b.send_tcp(&plain, api_ip, PORT, "from-plain");
+    a.send_tcp(&api, intruder_ip, PORT, "from-api");
     // Allowed across nodes: arrives (retried: the first try may race
     // the daemons' first apply of the other's view).
     let t = Instant::now();
-    while !got(a, &api).contains("from-client") {
+    while !a.received(&api).contains("from-client") {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "client (node 1) → api (node 0) allowed but never arrived; api got {:?}\nnode 0 daemon:\n{}",
-            got(a, &api),
+            a.received(&api),
             da.log()
         );
-        send(b, &client, api_ip, "from-client");
+        b.send_tcp(&client, api_ip, PORT, "from-client");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let api_got = got(a, &api);
+    let api_got = a.received(&api);
     for denied in ["from-intruder", "from-neighbor", "from-plain"] {
         assert!(
             !api_got.contains(denied),
             "api received {denied}: {api_got:?}"
         );
     }
-    let intruder_got = got(b, &intruder);
+    let intruder_got = b.received(&intruder);
     assert!(
         !intruder_got.contains("from-api"),
         "intruder (ingress deny, node 1) received from api (node 0): {intruder_got:?}"
@@ -247,7 +173,7 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
         .output()
         .unwrap();
     assert!(unknown.status.success(), "{unknown:?}");
-    let api_got = got(a, &api);
+    let api_got = a.received(&api);
     assert!(
         !api_got.contains("from-unknown"),
         "api received from an unknown overlay address: {api_got:?}"
@@ -292,8 +218,8 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
     let old_pid = da.child.id();
     let _ = da.child.kill();
     let _ = da.child.wait();
-    send(b, &intruder, api_ip, "while-down-intruder");
-    restart(&mut da, a);
+    b.send_tcp(&intruder, api_ip, PORT, "while-down-intruder");
+    a.restart_daemon(&mut da);
     da.wait_for("node 0's new daemon enforcing api", |s| {
         s.pid != old_pid && enforced(s, &a_api) && known(s, &client_task, "client")
     });
@@ -302,18 +228,18 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
         Some(before),
         "api's endpoint id changed"
     );
-    send(b, &intruder, api_ip, "after-restart-intruder");
-    send(b, &client, api_ip, "after-restart-client");
+    b.send_tcp(&intruder, api_ip, PORT, "after-restart-intruder");
+    b.send_tcp(&client, api_ip, PORT, "after-restart-client");
     let t = Instant::now();
-    while !got(a, &api).contains("after-restart-client") {
+    while !a.received(&api).contains("after-restart-client") {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "client no longer reaches api after the restart"
         );
-        send(b, &client, api_ip, "after-restart-client");
+        b.send_tcp(&client, api_ip, PORT, "after-restart-client");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let api_got = got(a, &api);
+    let api_got = a.received(&api);
     assert!(
         !api_got.contains("while-down-intruder") && !api_got.contains("after-restart-intruder"),
         "api received from intruder around node 0's restart: {api_got:?}"
@@ -334,24 +260,24 @@ fn two_nodes_enforce_overlay_groups_with_remote_tasks_named_from_gossip() {
     da.wait_for("node 0 naming the late task", |s| {
         known(s, &late_task, "intruder")
     });
-    send(b, &late, api_ip, "from-late");
-    send(a, &api, late_ip, "from-api-to-late");
-    send(b, &client, api_ip, "from-client-again");
+    b.send_tcp(&late, api_ip, PORT, "from-late");
+    a.send_tcp(&api, late_ip, PORT, "from-api-to-late");
+    b.send_tcp(&client, api_ip, PORT, "from-client-again");
     let t = Instant::now();
-    while !got(a, &api).contains("from-client-again") {
+    while !a.received(&api).contains("from-client-again") {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "client no longer reaches api"
         );
-        send(b, &client, api_ip, "from-client-again");
+        b.send_tcp(&client, api_ip, PORT, "from-client-again");
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(
-        !got(a, &api).contains("from-late"),
+        !a.received(&api).contains("from-late"),
         "api received from the late task"
     );
     assert!(
-        !got(b, &late).contains("from-api-to-late"),
+        !b.received(&late).contains("from-api-to-late"),
         "the late task received from api"
     );
 

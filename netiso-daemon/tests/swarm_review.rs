@@ -1,17 +1,11 @@
 //! Review regressions for the Swarm first slice (a two-node swarm of
 //! engines in namespaces, one daemon per node; see `tests/swarm.rs`).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netiso_testkit::daemon::{netiso_bin, DaemonProc};
-use netiso_testkit::swarm::{Node, Swarm};
+use netiso_testkit::swarm::{Node, Swarm, RECEIVER, RECEIVER_PORT};
 
-const PORT: u16 = 8080;
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
-const RECEIVER: &str = "printf \"#!/bin/sh\\ncat >> /tmp/got\\n\" > /tmp/h && chmod +x /tmp/h && \
-     (nc -ll -p 8080 -e /tmp/h &) && exec sleep 3600";
 
 // api takes anyone by default but intruder is denied by a rule.
 const POLICY: &str = r#"
@@ -27,40 +21,6 @@ to = "api"
 ports = ["9999/udp"]
 action = "deny"
 "#;
-
-fn program_on(node: &Node) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", node.netns_path().display()))
-        .arg(netiso_bin())
-        .env("DOCKER_HOST", format!("unix://{}", node.socket().display()));
-    cmd
-}
-
-fn daemon_on(node: &Node, policy: PathBuf) -> DaemonProc {
-    let exec_root = PathBuf::from(format!("/proc/{}/root", node.dockerd_pid()))
-        .join(node.exec_root().strip_prefix("/").unwrap());
-    let exec_root = exec_root.display().to_string();
-    let flags = [
-        "--docker-exec-root",
-        exec_root.as_str(),
-        "--metrics-addr",
-        "off",
-        "--resync-interval",
-        "0",
-    ];
-    DaemonProc::start_program(program_on(node), policy, &flags)
-}
-
-fn send(node: &Node, from: &str, ip: &str, marker: &str) {
-    node.exec(
-        from,
-        &format!("echo {marker} | nc -w 2 {ip} {PORT} >/dev/null 2>&1; true"),
-    );
-}
-
-fn got(node: &Node, container: &str) -> String {
-    node.exec(container, "cat /tmp/got 2>/dev/null; true").1
-}
 
 /// A denied pair across nodes over the overlay's IPv6. The gossip names
 /// remote tasks by IPv4 only, and engine 20.10 gives overlay IPv6
@@ -119,8 +79,8 @@ fn a_denied_pair_across_nodes_stays_denied_over_ipv6() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
-    let mut da = daemon_on(a, policy.clone());
-    let mut db = daemon_on(b, policy.clone());
+    let mut da = a.daemon(policy.clone());
+    let mut db = b.daemon(policy.clone());
     let name = |node: &Node, c: &str| {
         node.docker_ok(&format!("inspect -f '{{{{.Name}}}}' {c}"))
             .trim_start_matches('/')
@@ -198,7 +158,7 @@ fn a_denied_task_does_not_reach_its_neighbor_through_docker_gwbridge() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY_DENY).unwrap();
-    let mut da = daemon_on(a, policy);
+    let mut da = a.daemon(policy);
     let a_api = a
         .docker_ok(&format!("inspect -f '{{{{.Name}}}}' {api}"))
         .trim_start_matches('/')
@@ -210,11 +170,11 @@ fn a_denied_task_does_not_reach_its_neighbor_through_docker_gwbridge() {
     });
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..3 {
-        send(a, &neighbor, &api_ov, &format!("ov-{i}"));
-        send(a, &neighbor, &api_gw, &format!("gw-{i}"));
-        send(a, &plain, &api_gw, &format!("plain-{i}"));
+        a.send_tcp(&neighbor, &api_ov, RECEIVER_PORT, &format!("ov-{i}"));
+        a.send_tcp(&neighbor, &api_gw, RECEIVER_PORT, &format!("gw-{i}"));
+        a.send_tcp(&plain, &api_gw, RECEIVER_PORT, &format!("plain-{i}"));
     }
-    let api_got = got(a, &api);
+    let api_got = a.received(&api);
     assert!(!api_got.contains("ov-"), "overlay control: {api_got:?}");
     assert!(
         !api_got.contains("gw-") && !api_got.contains("plain-"),
@@ -315,8 +275,8 @@ fn a_denied_task_does_not_reach_a_remote_task_over_ipv6_link_local() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY_LL).unwrap();
-    let mut da = daemon_on(a, policy.clone());
-    let mut db = daemon_on(b, policy.clone());
+    let mut da = a.daemon(policy.clone());
+    let mut db = b.daemon(policy.clone());
     let name = |node: &Node, c: &str| {
         node.docker_ok(&format!("inspect -f '{{{{.Name}}}}' {c}"))
             .trim_start_matches('/')

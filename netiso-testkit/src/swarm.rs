@@ -5,9 +5,12 @@
 //! reach each other through a bridge in a private hub namespace, on
 //! addresses from 198.18.0.0/15, with no route anywhere else. The test image
 //! is copied in from the main engine (`docker save`, `docker load`: there is
-//! no registry). `Drop` removes everything, also after a panic. Uses ns
-//! (unique names, `sh`, root check), docker (the test image, `tcp_servers`
-//! scripts of the tests) and serde_json.
+//! no registry). `Drop` removes everything, also after a panic. A node
+//! also runs the tests' netiso daemon and their probes (`Node::daemon`,
+//! `Node::send_tcp`, `Node::received` with the [`RECEIVER`] script), one
+//! copy for every swarm test. Uses ns (unique names, `sh`, root check),
+//! docker (the test image, `tcp_servers` scripts of the tests), daemon and
+//! serde_json.
 //!
 //! How a node is started (see `shared/swarm.md`): `setsid unshare -m
 //! --propagation slave --uts sh -c "mount --rbind /sys/fs/cgroup STASH &&
@@ -81,6 +84,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::daemon::{daemon_command, netiso_bin, DaemonProc};
 use crate::docker::image;
 use crate::{require_root, sh, unique};
 
@@ -92,6 +96,18 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const CLI_TIMEOUT_SECS: u32 = 120;
 /// How long every node may take to show as Ready on the manager.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The port [`RECEIVER`] listens on.
+pub const RECEIVER_PORT: u16 = 8080;
+
+/// A task's script (for [`Swarm::service_on`], [`Node::run`]) that records
+/// what every connection to [`RECEIVER_PORT`] sends in `/tmp/got`, read
+/// back by [`Node::received`]: tests judge reachability by the markers a
+/// receiver got ([`Node::send_tcp`]), not by the sender's exit code. No
+/// `'`: scripts run in `sh -c '…'`.
+pub const RECEIVER: &str =
+    "printf \"#!/bin/sh\\ncat >> /tmp/got\\n\" > /tmp/h && chmod +x /tmp/h && \
+     (nc -ll -p 8080 -e /tmp/h &) && exec sleep 3600";
 
 /// One engine of the swarm.
 pub struct Node {
@@ -301,6 +317,77 @@ impl Node {
                 self.name
             )
         })
+    }
+
+    /// `netiso` in this node's network namespace, on its engine
+    /// (`DOCKER_HOST`): a node's daemon sees only its own engine and
+    /// links. nsenter execs netiso, so the pid is the daemon's (what
+    /// [`DaemonProc`] kills).
+    pub fn netiso(&self) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_path().display()))
+            .arg(netiso_bin())
+            .env("DOCKER_HOST", format!("unix://{}", self.socket().display()));
+        cmd
+    }
+
+    /// The flags of this node's daemon: the engine's exec-root as the host
+    /// reaches it (through dockerd's root: the node's mounts do not
+    /// propagate back), no metrics endpoint, no periodic resync (so what a
+    /// test sees comes from events and gossip, not a resync's repair).
+    pub fn daemon_flags(&self) -> Vec<String> {
+        let exec_root = PathBuf::from(format!("/proc/{}/root", self.pid))
+            .join(self.exec_root().strip_prefix("/").unwrap());
+        [
+            "--docker-exec-root",
+            &exec_root.display().to_string(),
+            "--metrics-addr",
+            "off",
+            "--resync-interval",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// A netiso daemon for this node ([`netiso`](Self::netiso),
+    /// [`daemon_flags`](Self::daemon_flags)) on `policy`; killed on drop.
+    pub fn daemon(&self, policy: PathBuf) -> DaemonProc {
+        let flags = self.daemon_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        DaemonProc::start_program(self.netiso(), policy, &flags)
+    }
+
+    /// Kills `d`'s process (by its pid) and starts another on the same
+    /// pins, state and policy, its log appended to the old one: what a
+    /// restart of the service does.
+    pub fn restart_daemon(&self, d: &mut DaemonProc) {
+        let _ = d.child.kill();
+        let _ = d.child.wait();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(d.state_dir.path().join("daemon.log"))
+            .expect("the daemon's log");
+        let mut args = vec!["--policy".to_string(), d.policy_path.display().to_string()];
+        args.extend(self.daemon_flags());
+        d.child = daemon_command(self.netiso(), &d.pins.path, d.state_dir.path(), &args, &log)
+            .spawn()
+            .expect("restart netiso daemon");
+    }
+
+    /// `from` (a container on this node) sends `marker` to `ip:port` over
+    /// TCP (`nc -w 2`), whatever comes of it: a [`RECEIVER`] there records
+    /// it if it arrives.
+    pub fn send_tcp(&self, from: &str, ip: impl std::fmt::Display, port: u16, marker: &str) {
+        self.exec(
+            from,
+            &format!("echo {marker} | nc -w 2 {ip} {port} >/dev/null 2>&1; true"),
+        );
+    }
+
+    /// What the [`RECEIVER`] `container` on this node got so far.
+    pub fn received(&self, container: &str) -> String {
+        self.exec(container, "cat /tmp/got 2>/dev/null; true").1
     }
 
     /// The last `n` lines of the engine's log.
