@@ -13,13 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netiso_testkit::daemon::{netiso_bin, DaemonProc};
-use netiso_testkit::swarm::{Node, Swarm};
+use netiso_testkit::daemon::DaemonProc;
+use netiso_testkit::swarm::{Node, Swarm, RECEIVER, RECEIVER_PORT};
 
-const PORT: u16 = 8080;
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
-const RECEIVER: &str = "printf \"#!/bin/sh\\ncat >> /tmp/got\\n\" > /tmp/h && chmod +x /tmp/h && \
-     (nc -ll -p 8080 -e /tmp/h &) && exec sleep 3600";
 
 const V1: &str = r#"
 [groups.api]
@@ -50,40 +47,12 @@ action = "allow"
 
 const BAD: &str = "[groups.api]\nswarm = { service = \"api\" }\ningress = \"maybe\"\n";
 
-fn program_on(node: &Node) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", node.netns_path().display()))
-        .arg(netiso_bin())
-        .env("DOCKER_HOST", format!("unix://{}", node.socket().display()));
-    cmd
-}
-
+/// `node`'s daemon, taking its policy from Swarm.
 fn daemon_on(node: &Node, policy: PathBuf) -> DaemonProc {
-    let exec_root = PathBuf::from(format!("/proc/{}/root", node.dockerd_pid()))
-        .join(node.exec_root().strip_prefix("/").unwrap());
-    let exec_root = exec_root.display().to_string();
-    let flags = [
-        "--docker-exec-root",
-        exec_root.as_str(),
-        "--metrics-addr",
-        "off",
-        "--resync-interval",
-        "0",
-        "--swarm-policy-service",
-        "netiso_policy",
-    ];
-    DaemonProc::start_program(program_on(node), policy, &flags)
-}
-
-fn send(node: &Node, from: &str, ip: std::net::Ipv4Addr, marker: &str) {
-    node.exec(
-        from,
-        &format!("echo {marker} | nc -w 2 {ip} {PORT} >/dev/null 2>&1; true"),
-    );
-}
-
-fn got(node: &Node, container: &str) -> String {
-    node.exec(container, "cat /tmp/got 2>/dev/null; true").1
+    let mut flags = node.daemon_flags();
+    flags.extend(["--swarm-policy-service".into(), "netiso_policy".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    DaemonProc::start_program(node.netiso(), policy, &flags)
 }
 
 fn stack_file() -> PathBuf {
@@ -123,7 +92,9 @@ fn deploy(swarm: &Swarm, version: u32, text: &str) -> String {
 
 /// `netiso status --cluster` on the manager: (healthy, output).
 fn cluster(swarm: &Swarm) -> (bool, String) {
-    let out = program_on(swarm.manager())
+    let out = swarm
+        .manager()
+        .netiso()
         .args(["status", "--cluster"])
         .output()
         .unwrap();
@@ -198,10 +169,10 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
     let table = wait_cluster(&swarm, "netiso_policy_1", Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..3 {
-        send(b, &client, api_ip, &format!("c1-{i}"));
-        send(b, &intruder, api_ip, &format!("i1-{i}"));
+        b.send_tcp(&client, api_ip, RECEIVER_PORT, &format!("c1-{i}"));
+        b.send_tcp(&intruder, api_ip, RECEIVER_PORT, &format!("i1-{i}"));
     }
-    let g = got(a, &api);
+    let g = a.received(&api);
     assert!(
         g.contains("c1-"),
         "v1: client did not reach api: {g:?}\n{table}"
@@ -214,9 +185,9 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
     wait_sha(&mut db, 1, &v2);
     wait_cluster(&swarm, "netiso_policy_2", Duration::from_secs(90));
     for i in 0..3 {
-        send(b, &intruder, api_ip, &format!("i2-{i}"));
+        b.send_tcp(&intruder, api_ip, RECEIVER_PORT, &format!("i2-{i}"));
     }
-    let g = got(a, &api);
+    let g = a.received(&api);
     assert!(g.contains("i2-"), "v2: intruder did not reach api: {g:?}");
 
     // A container that only looks like a carrier (the labels an image's
@@ -232,7 +203,11 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
     std::thread::sleep(Duration::from_secs(3));
     let s = da.state();
     let p = s.swarm_policy.as_ref().expect("swarm policy state");
-    assert_eq!(p.sha256.as_deref(), Some(v2.as_str()), "a forged carrier changed the policy");
+    assert_eq!(
+        p.sha256.as_deref(),
+        Some(v2.as_str()),
+        "a forged carrier changed the policy"
+    );
     assert!(
         p.tasks.iter().all(|t| !t.task.contains("forged")),
         "a forged carrier was taken: {:?}",
@@ -257,9 +232,9 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
         "status does not say why the policy from Swarm was refused:\n{status}"
     );
     for i in 0..3 {
-        send(b, &intruder, api_ip, &format!("i3-{i}"));
+        b.send_tcp(&intruder, api_ip, RECEIVER_PORT, &format!("i3-{i}"));
     }
-    let g = got(a, &api);
+    let g = a.received(&api);
     assert!(
         g.contains("i3-"),
         "after the refused v3, v2 is not in force: {g:?}"

@@ -1,6 +1,7 @@
 //! Review regressions for the Swarm first slice (a two-node swarm of
 //! engines in namespaces, one daemon per node; see `tests/swarm.rs`).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use netiso_testkit::swarm::{Node, Swarm, RECEIVER, RECEIVER_PORT};
@@ -412,7 +413,7 @@ fn a_tasks_gwbridge_side_is_enforced_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY_GW).unwrap();
-    let mut da = daemon_on(a, policy);
+    let mut da = a.daemon(policy);
     for c in [&boxed, &free] {
         let name = a
             .docker_ok(&format!("inspect -f '{{{{.Name}}}}' {c}"))
@@ -441,7 +442,7 @@ fn a_tasks_gwbridge_side_is_enforced_both_ways() {
     }
     // The node itself (its own namespace) to each task's gwbridge address.
     let host_send = |ip: &str, marker: &str| {
-        let to: std::net::SocketAddr = format!("{ip}:{PORT}").parse().unwrap();
+        let to: std::net::SocketAddr = format!("{ip}:{RECEIVER_PORT}").parse().unwrap();
         netiso_testkit::ns::run_in(&a.netns_path(), || {
             if let Ok(mut s) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
                 let _ = s.write_all(format!("{marker}\n").as_bytes());
@@ -465,12 +466,12 @@ fn a_tasks_gwbridge_side_is_enforced_both_ways() {
         !world_got.contains("boxed-out-"),
         "boxed (egress deny) reached the world through docker_gwbridge: {world_got:?}"
     );
-    let free_got = got(a, &free);
+    let free_got = a.received(&free);
     assert!(
         free_got.contains("host-free-"),
         "control: the node did not reach free at {free_gw}: {free_got:?}"
     );
-    let boxed_got = got(a, &boxed);
+    let boxed_got = a.received(&boxed);
     assert!(
         !boxed_got.contains("host-boxed-"),
         "the node reached boxed (ingress deny) at its gwbridge address {boxed_gw}: {boxed_got:?}"
