@@ -167,6 +167,13 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
     wait_sha(&mut da, 0, &v1);
     wait_sha(&mut db, 1, &v1);
     let table = wait_cluster(&swarm, "netiso_policy_1", Duration::from_secs(90));
+    // A worker cannot see the cluster, and says where to look.
+    let w = b.netiso().args(["status", "--cluster"]).output().unwrap();
+    let werr = String::from_utf8_lossy(&w.stderr);
+    assert!(
+        !w.status.success() && werr.contains("run this on a manager node"),
+        "status --cluster on a worker: {werr}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..3 {
         b.send_tcp(&client, api_ip, RECEIVER_PORT, &format!("c1-{i}"));
@@ -227,6 +234,7 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
         });
     }
     let status = String::from_utf8_lossy(&da.cli(&["status"]).stdout).to_string();
+    println!("node 0 after v3:\n{status}");
     assert!(
         status.contains("REFUSED") && status.contains("ingress"),
         "status does not say why the policy from Swarm was refused:\n{status}"

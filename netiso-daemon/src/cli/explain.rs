@@ -318,7 +318,7 @@ fn resolve(
         return Ok(r);
     }
     let (prefix, name) = match text.split_once(':') {
-        Some((p @ ("group" | "container"), n)) => (Some(p), n),
+        Some((p @ ("group" | "container" | "service"), n)) => (Some(p), n),
         _ => (None, text),
     };
     if prefix.is_none() {
@@ -364,8 +364,38 @@ fn resolve(
             hits.all(|e| e.container_id == first.container_id)
                 .then_some(first)
         };
-        if let Some(e) = by_name.or_else(by_id) {
+        if let Some(e) = by_name.or_else(by_id).filter(|_| prefix != Some("service")) {
             return Ok(container(text, &e.container_id, state));
+        }
+    }
+    // A Swarm service: its tasks here and on other nodes (gossip) are
+    // named `<service>.<slot or node>.<task id>`; one of them stands for
+    // all (a service's tasks share their groups when the policy selects
+    // them by service).
+    if prefix.is_none() || prefix == Some("service") {
+        let mut tasks: Vec<&crate::observe::state::EndpointState> = state
+            .endpoints
+            .iter()
+            .filter(|e| is_task_of_service(&e.container, name))
+            .collect();
+        tasks.sort_by(|a, b| {
+            (a.remote_node.is_some(), &a.container).cmp(&(b.remote_node.is_some(), &b.container))
+        });
+        tasks.dedup_by(|a, b| a.container_id == b.container_id);
+        if let Some(first) = tasks.first() {
+            let mut r = container(text, &first.container_id, state);
+            let remote = tasks.iter().filter(|t| t.remote_node.is_some()).count();
+            r.endpoint.notes.push(format!(
+                "service {name}: {} task(s), {remote} on other nodes; explained for {}",
+                tasks.len(),
+                first.container
+            ));
+            if tasks.iter().any(|t| t.groups != first.groups) {
+                r.endpoint.notes.push(
+                    "its tasks are not all in the same groups: explain a task by name".to_string(),
+                );
+            }
+            return Ok(r);
         }
     }
     if prefix != Some("container") && policy.group(name).is_some() {
@@ -395,7 +425,7 @@ fn resolve(
         None if state.endpoints.is_empty() => "; no running daemon's state was found, so only \
              groups, addresses, world, host and unmanaged can be named"
             .to_string(),
-        None => "; name a running container, a group of the policy, an IP address, world, \
+        None => "; name a running container, a Swarm service, a group of the policy, an IP address, world, \
                  host or unmanaged"
             .to_string(),
     };
@@ -404,6 +434,15 @@ fn resolve(
         text: text.to_string(),
         hint,
     })
+}
+
+/// Whether container name `c` is a task name of Swarm service `service`
+/// (`<service>.<slot or node id>.<task id>`).
+fn is_task_of_service(c: &str, service: &str) -> bool {
+    c.strip_prefix(service)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(slot, id)| !slot.is_empty() && !id.is_empty() && !id.contains('.'))
 }
 
 fn container(text: &str, id: &str, state: &State) -> Resolved {
@@ -418,7 +457,12 @@ fn container(text: &str, id: &str, state: &State) -> Resolved {
         .iter()
         .filter_map(|e| e.ip.map(|ip| format!("{ip} on {}", e.network)))
         .collect();
-    if !first.groups.is_empty() && !eps.iter().any(|e| e.enforced) {
+    if let Some(node) = &first.remote_node {
+        notes.push(format!(
+            "a Swarm task on another node ({node}), known from the overlay's gossip: \
+             that node's netiso judges its side, this node judges it by its overlay address"
+        ));
+    } else if !first.groups.is_empty() && !eps.iter().any(|e| e.enforced) {
         let why: Vec<&str> = state
             .unenforceable
             .iter()
@@ -766,6 +810,65 @@ action = "allow"
         };
         let host: [IpAddr; 1] = ["10.9.9.9".parse().unwrap()];
         explain(&policy, Path::new("p.toml"), &state(), &host, &req)
+    }
+
+    #[test]
+    fn swarm_services_and_remote_tasks_resolve() {
+        let mut st = state();
+        let task = |id: &str, name: &str, node: Option<&str>, ip: &str| EndpointState {
+            container_id: id.to_string(),
+            container: name.to_string(),
+            groups: vec!["web".into()],
+            identity: 300,
+            network: "ov".into(),
+            ip: Some(ip.parse().unwrap()),
+            enforced: node.is_none(),
+            remote_node: node.map(Into::into),
+            ..EndpointState::default()
+        };
+        st.endpoints.push(task(
+            "remote:x:10.0.9.5",
+            "front.2.bbb",
+            Some("198.18.0.2"),
+            "10.0.9.5",
+        ));
+        st.endpoints
+            .push(task("dddd4444", "front.1.aaa", None, "10.0.9.4"));
+        let policy = policy::parse_str(POLICY, "p.toml").unwrap();
+        let req = |from: &str| Request {
+            from: from.into(),
+            to: "db-1".into(),
+            port: Some("5432/tcp".into()),
+            policy: None,
+            state_dir: PathBuf::new(),
+        };
+        for from in ["front", "service:front"] {
+            let x = explain(&policy, Path::new("p.toml"), &st, &[], &req(from)).unwrap();
+            assert_eq!(x.from.identity, 300, "{from}");
+            assert_eq!(x.verdicts[0].action, "allow");
+            let text = render(&x);
+            assert!(
+                text.contains(
+                    "service front: 2 task(s), 1 on other nodes; explained for front.1.aaa"
+                ),
+                "{text}"
+            );
+        }
+        // A remote task by name or address: enforced by its own node.
+        for from in ["front.2.bbb", "10.0.9.5"] {
+            let x = explain(&policy, Path::new("p.toml"), &st, &[], &req(from)).unwrap();
+            let text = render(&x);
+            assert!(
+                text.contains("a Swarm task on another node (198.18.0.2)"),
+                "{text}"
+            );
+            assert!(!text.contains("not enforced at its own veth"), "{text}");
+        }
+        assert!(is_task_of_service("web.1.abc", "web"));
+        assert!(is_task_of_service("web.n0d3.abc", "web"));
+        assert!(!is_task_of_service("web.1", "web"));
+        assert!(!is_task_of_service("webx.1.abc", "web"));
+        assert!(!is_task_of_service("web.1.a.b", "web"));
     }
 
     #[test]
