@@ -197,6 +197,68 @@ fn the_policy_reaches_every_node_from_a_swarm_config() {
     let g = a.received(&api);
     assert!(g.contains("i2-"), "v2: intruder did not reach api: {g:?}");
 
+    // verify on node 1 probes api on node 0 (a task on another node) from
+    // its local tasks, and finds what v2 says.
+    let v = b
+        .netiso()
+        .args(["verify", "--json", "--timeout-ms", "1500", "--state-dir"])
+        .arg(db.state_dir.path())
+        .output()
+        .unwrap();
+    let vout = format!(
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    println!("verify on node 1:\n{vout}");
+    assert!(v.status.success(), "verify on node 1 failed:\n{vout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&v.stdout).unwrap_or_else(|e| panic!("{e}: {vout}"));
+    let to_api = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["to"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("api.1.")
+        })
+        .count();
+    assert!(
+        to_api >= 4,
+        "verify on node 1 did not probe the task on node 0 (TCP and ICMP from client and intruder):\n{vout}"
+    );
+
+    // explain on node 0 knows the service and its task on node 1.
+    let x = a
+        .netiso()
+        .args([
+            "explain",
+            "--from",
+            "service:client",
+            "--to",
+            "api",
+            "--port",
+            "8080/tcp",
+            "--state-dir",
+        ])
+        .arg(da.state_dir.path())
+        .output()
+        .unwrap();
+    let xout = String::from_utf8_lossy(&x.stdout).to_string();
+    println!(
+        "explain on node 0:\n{xout}{}",
+        String::from_utf8_lossy(&x.stderr)
+    );
+    assert!(
+        x.status.success()
+            && xout.contains("service client: 1 task(s), 1 on other nodes")
+            && xout.contains("a Swarm task on another node")
+            && xout.contains("ALLOW"),
+        "explain across nodes:\n{xout}"
+    );
+
     // A container that only looks like a carrier (the labels an image's
     // LABEL would copy onto it, a policy letting everyone in) is not one:
     // its name is not the task's.

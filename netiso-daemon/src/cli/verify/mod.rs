@@ -232,6 +232,44 @@ fn policy_path(a: &VerifyArgs) -> Result<PathBuf> {
     Ok(state.policy_path)
 }
 
+/// The Swarm tasks on other nodes the daemon knows (its published state,
+/// from the overlays' gossip), as peers: probes can reach them over the
+/// overlay, but start only in local containers.
+fn remote_tasks(
+    state_dir: &std::path::Path,
+    local: &[crate::model::Container],
+) -> Vec<crate::model::Container> {
+    let Ok(state) = crate::observe::state::State::read(state_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<crate::model::Container> = Vec::new();
+    for e in state.endpoints.iter().filter(|e| e.remote_node.is_some()) {
+        let Some(std::net::IpAddr::V4(ip)) = e.ip else {
+            continue;
+        };
+        let known = local.iter().any(|c| c.ipv4s().any(|a| a == ip))
+            || out.iter().any(|c| c.id == e.container_id);
+        if known {
+            continue;
+        }
+        // `<service>.<slot or node>.<task id>`; a plain container has no service.
+        let service = match e.container.rsplitn(3, '.').collect::<Vec<_>>()[..] {
+            [_, _, s] => s,
+            _ => "",
+        };
+        let t = crate::model::RemoteTask {
+            name: e.container.clone(),
+            service: service.to_string(),
+            ip,
+            node: e.remote_node.clone().unwrap_or_default(),
+        };
+        let mut c = crate::model::Container::remote_task(&e.network, "", &t);
+        c.id = e.container_id.clone();
+        out.push(c);
+    }
+    out
+}
+
 pub fn verify(a: &VerifyArgs) -> Result<Report> {
     crate::datapath::require_root("netiso verify")?;
     let path = policy_path(a)?;
@@ -250,6 +288,8 @@ pub fn verify(a: &VerifyArgs) -> Result<Report> {
                 .running_containers()
                 .await
         })?;
+    let mut containers = containers;
+    containers.extend(remote_tasks(&a.conn.state_dir, &containers));
     let compiled = policy::compile(&policy, &containers, &mut IdentityAllocator::new())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (plans, skipped) = plan(&policy, &compiled, &containers, &a.groups);
@@ -429,6 +469,77 @@ action = "allow"
         assert!(!plans
             .iter()
             .any(|p| p.to.name == "far" || p.from.name == "far"));
+    }
+
+    #[test]
+    fn tasks_on_other_nodes_are_destinations_over_tcp_and_icmp_only() {
+        let policy = policy::parse_str(POLICY, "t.toml").unwrap();
+        let remote = |name: &str, tier: &str, ip: [u8; 4]| {
+            let mut c = container(name, Some(tier), "ov", ip);
+            c.pid = 0;
+            c.remote_node = Some("198.18.0.2".into());
+            c
+        };
+        // Local tasks share docker_gwbridge too (listed first), where
+        // Docker lets no two containers talk: never a probe's path.
+        let gw = |name: &str, tier: &str, last: u8| {
+            let mut c = container(name, Some(tier), "ov", [10, 0, 9, last]);
+            c.networks.insert(
+                0,
+                Attachment {
+                    network: crate::host::docker::GWBRIDGE.into(),
+                    ipv4: Some([172, 18, 0, last].into()),
+                    ..Attachment::default()
+                },
+            );
+            c
+        };
+        let cs = vec![
+            gw("web1", "web", 2),
+            gw("db1", "db", 3),
+            remote("db.1.x", "db", [10, 0, 9, 5]),
+            remote("web.1.y", "web", [10, 0, 9, 6]),
+        ];
+        let compiled = policy::compile(&policy, &cs, &mut IdentityAllocator::new()).unwrap();
+        let (plans, skipped) = plan(&policy, &compiled, &cs, &[]);
+        let web_db: Vec<_> = plans
+            .iter()
+            .filter(|p| p.from_class.0 == "web" && p.to_class.0 == "db")
+            .map(|p| (p.from.name.as_str(), p.to.name.as_str(), p.proto, p.port))
+            .collect();
+        assert_eq!(
+            web_db,
+            [
+                ("web1", "db1", ProbeProto::Tcp, 5432),
+                ("web1", "db1", ProbeProto::Tcp, 47000),
+                ("web1", "db1", ProbeProto::Udp, 53),
+                ("web1", "db1", ProbeProto::Udp, 47000),
+                ("web1", "db1", ProbeProto::Icmp, 0),
+            ]
+        );
+        let p = plans.iter().find(|p| p.to.name == "db1").unwrap();
+        assert_eq!(p.to.ip, Ipv4Addr::new(10, 0, 9, 3), "over the overlay");
+        let web_remote: Vec<_> = plans
+            .iter()
+            .filter(|p| p.to.name == "web.1.y")
+            .map(|p| (p.from.name.as_str(), p.proto))
+            .collect();
+        assert_eq!(
+            web_remote,
+            [("web1", ProbeProto::Tcp), ("web1", ProbeProto::Icmp)]
+        );
+        assert!(skipped.iter().any(|s| s.from_class.0 == "web"
+            && s.to_class.0 == "web"
+            && s.reason.contains("UDP to a task on another node")));
+        // A group only on other nodes is never a source.
+        assert!(!plans.iter().any(|p| p.from.name.contains('.')));
+        // A group whose tasks all run elsewhere: said so.
+        let cs = vec![gw("web1", "web", 2), remote("db.1.x", "db", [10, 0, 9, 5])];
+        let compiled = policy::compile(&policy, &cs, &mut IdentityAllocator::new()).unwrap();
+        let (_, skipped) = plan(&policy, &compiled, &cs, &[]);
+        assert!(skipped
+            .iter()
+            .any(|s| s.from_class.0 == "db" && s.reason.contains("other nodes only")));
     }
 
     #[test]

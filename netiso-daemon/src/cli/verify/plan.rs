@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use netiso_common::{identity, proto, Action};
 
+use crate::host::docker::GWBRIDGE;
 use crate::model::Container;
 use crate::policy::{Compiled, Policy, PortSpec, Proto};
 
@@ -49,11 +50,13 @@ pub fn plan(
     for g in &policy.groups {
         classes.entry(Class(g.name.clone())).or_default();
     }
+    // Swarm tasks on other nodes (no pid here) are destinations only: a
+    // probe starts in its source's namespace. Local members first.
     let mut sorted: Vec<&Container> = containers
         .iter()
-        .filter(|c| c.pid > 0 && c.networks.iter().any(|a| a.ipv4.is_some()))
+        .filter(|c| (c.pid > 0 || is_remote(c)) && c.networks.iter().any(|a| a.ipv4.is_some()))
         .collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted.sort_by(|a, b| (is_remote(a), &a.name).cmp(&(is_remote(b), &b.name)));
     for c in sorted {
         let identity = compiled
             .container_identity
@@ -103,6 +106,11 @@ pub fn plan(
     let tcp_free = unlisted_port(policy, proto::TCP);
     let udp_free = unlisted_port(policy, proto::UDP);
     let ns = |c: &Container| Some(PathBuf::from(format!("/proc/{}/ns/net", c.pid)));
+    let remote_names: BTreeSet<String> = containers
+        .iter()
+        .filter(|c| is_remote(c))
+        .map(|c| c.name.clone())
+        .collect();
 
     let mut plans = Vec::new();
     let mut skipped = Vec::new();
@@ -123,7 +131,8 @@ pub fn plan(
             let src_members = classes.get(sc).unwrap_or(&empty);
             let dst_members = classes.get(dc).unwrap_or(&empty);
             let pair = if sc.0 == HOST {
-                dst_members.first().and_then(|d| {
+                // The host has no way onto an overlay.
+                dst_members.iter().find(|d| !is_remote(d.c)).and_then(|d| {
                     let ip = d.c.networks.iter().find_map(|a| a.ipv4)?;
                     Some((
                         Endpoint {
@@ -141,7 +150,7 @@ pub fn plan(
                     ))
                 })
             } else if dc.0 == HOST {
-                src_members.first().and_then(|s| {
+                src_members.iter().find(|s| !is_remote(s.c)).and_then(|s| {
                     let gw = gateway_of(s.c.pid)?;
                     Some((
                         Endpoint {
@@ -160,34 +169,44 @@ pub fn plan(
                 })
             } else {
                 // First (source, destination) by name that share a network.
-                src_members.iter().find_map(|s| {
-                    dst_members.iter().find_map(|d| {
-                        if s.c.id == d.c.id {
-                            return None;
-                        }
-                        s.c.networks.iter().find_map(|sa| {
-                            let da = d.c.networks.iter().find(|da| da.network == sa.network)?;
-                            Some((
-                                Endpoint {
-                                    name: s.c.name.clone(),
-                                    netns: ns(s.c),
-                                    ip: sa.ipv4?,
-                                    identity: s.identity,
-                                },
-                                Endpoint {
-                                    name: d.c.name.clone(),
-                                    netns: ns(d.c),
-                                    ip: da.ipv4?,
-                                    identity: d.identity,
-                                },
-                            ))
+                src_members
+                    .iter()
+                    .filter(|s| !is_remote(s.c))
+                    .find_map(|s| {
+                        dst_members.iter().find_map(|d| {
+                            if s.c.id == d.c.id {
+                                return None;
+                            }
+                            // Not over docker_gwbridge: Docker keeps its
+                            // containers apart there (no inter-container
+                            // traffic), whatever the policy says.
+                            let nets = s.c.networks.iter().filter(|sa| sa.network != GWBRIDGE);
+                            nets.into_iter().find_map(|sa| {
+                                let da = d.c.networks.iter().find(|da| da.network == sa.network)?;
+                                Some((
+                                    Endpoint {
+                                        name: s.c.name.clone(),
+                                        netns: ns(s.c),
+                                        ip: sa.ipv4?,
+                                        identity: s.identity,
+                                    },
+                                    Endpoint {
+                                        name: d.c.name.clone(),
+                                        netns: ns(d.c),
+                                        ip: da.ipv4?,
+                                        identity: d.identity,
+                                    },
+                                ))
+                            })
                         })
                     })
-                })
             };
             let Some((from, to)) = pair else {
+                let local_src = src_members.iter().any(|m| !is_remote(m.c));
                 skipped.push(skip(if src_members.is_empty() && sc.0 != HOST {
                     "no running container in the source group"
+                } else if !local_src && sc.0 != HOST {
+                    "the source group runs on other nodes only: run verify there"
                 } else if dst_members.is_empty() && dc.0 != HOST {
                     "no running container in the destination group"
                 } else if sc == dc {
@@ -236,6 +255,14 @@ pub fn plan(
                 ports.insert((ProbeProto::Udp, udp_free, "no rule".into()));
             }
             ports.insert((ProbeProto::Icmp, 0, "echo".into()));
+            // UDP needs a listener at the destination, which verify cannot
+            // start on another node (TCP: refused counts as reached).
+            if remote_names.contains(&to.name) {
+                ports.retain(|(p, _, _)| *p != ProbeProto::Udp);
+                skipped.push(skip(
+                    "UDP to a task on another node (no listener there): run verify on its node",
+                ));
+            }
             for (pp, port, why) in ports {
                 plans.push(Plan {
                     from_class: sc.clone(),
@@ -250,6 +277,11 @@ pub fn plan(
         }
     }
     (plans, skipped)
+}
+
+/// A Swarm task on another node (from the overlay's gossip).
+fn is_remote(c: &Container) -> bool {
+    c.remote_node.is_some()
 }
 
 /// The peer names an identity stands for (its groups, or a reserved name).
