@@ -24,9 +24,10 @@ use crate::policy::{self, Compiled, IdentityAllocator, Policy, PortSpec};
 /// `netiso explain` arguments.
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
-    /// The sender: a running container (name or id), a group (`group:NAME`
-    /// when a container has the same name), an IP address, `world`,
-    /// `host` or `unmanaged`.
+    /// The sender: a running container (name or id; a Swarm task on
+    /// another node too), a Swarm service (`service:NAME`), a group
+    /// (`group:NAME` when a container has the same name), an IP address,
+    /// `world`, `host` or `unmanaged`.
     #[arg(long)]
     pub from: String,
     /// The receiver, named like --from.
@@ -372,7 +373,9 @@ fn resolve(
     // named `<service>.<slot or node>.<task id>`; one of them stands for
     // all (a service's tasks share their groups when the policy selects
     // them by service).
-    if prefix.is_none() || prefix == Some("service") {
+    // (A group of that name wins over a plain name: `service:` to choose.)
+    let plain_service = prefix.is_none() && policy.group(name).is_none();
+    if plain_service || prefix == Some("service") {
         let mut tasks: Vec<&crate::observe::state::EndpointState> = state
             .endpoints
             .iter()
@@ -834,6 +837,9 @@ action = "allow"
         ));
         st.endpoints
             .push(task("dddd4444", "front.1.aaa", None, "10.0.9.4"));
+        // A service named like a group.
+        st.endpoints
+            .push(task("eeee5555", "web.1.ccc", None, "10.0.9.7"));
         let policy = policy::parse_str(POLICY, "p.toml").unwrap();
         let req = |from: &str| Request {
             from: from.into(),
@@ -864,6 +870,11 @@ action = "allow"
             );
             assert!(!text.contains("not enforced at its own veth"), "{text}");
         }
+        // A group's name wins over a service's; `service:` picks the service.
+        let x = explain(&policy, Path::new("p.toml"), &st, &[], &req("web")).unwrap();
+        assert_eq!(x.from.kind, "group");
+        let x = explain(&policy, Path::new("p.toml"), &st, &[], &req("service:web")).unwrap();
+        assert_eq!((x.from.kind, x.from.identity), ("container", 300));
         assert!(is_task_of_service("web.1.abc", "web"));
         assert!(is_task_of_service("web.n0d3.abc", "web"));
         assert!(!is_task_of_service("web.1", "web"));
