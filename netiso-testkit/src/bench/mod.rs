@@ -14,6 +14,7 @@ pub mod program;
 pub mod rawbpf;
 pub mod report;
 pub mod stats;
+pub mod swarm;
 pub mod tools;
 pub mod traffic;
 pub mod workload;
@@ -31,6 +32,8 @@ pub struct Parts {
     pub program: bool,
     pub traffic: bool,
     pub control: bool,
+    /// Task start → enforced across the nodes of a Docker Swarm.
+    pub swarm: bool,
 }
 
 /// Every count the bench uses; [`Options::full`] is what `cargo xtask bench`
@@ -63,6 +66,8 @@ pub struct Options {
     pub reloads: usize,
     /// Seconds of idle CPU/RSS observation.
     pub idle_secs: f64,
+    /// Swarm tasks started one by one on another node.
+    pub swarm_starts: usize,
     /// Instead of the report: loop one program case for a profiler.
     pub profile: Option<String>,
 }
@@ -84,6 +89,7 @@ impl Options {
                 program: true,
                 traffic: true,
                 control: true,
+                swarm: true,
             },
             smoke: false,
             reps: 5,
@@ -99,6 +105,7 @@ impl Options {
             reload_rules: 10_000,
             reloads: 6,
             idle_secs: 10.0,
+            swarm_starts: 20,
             profile: None,
         }
     }
@@ -120,6 +127,7 @@ impl Options {
             reload_rules: 100,
             reloads: 2,
             idle_secs: 0.5,
+            swarm_starts: 2,
             ..Self::full(out_dir)
         }
     }
@@ -167,14 +175,16 @@ impl Options {
                 program: false,
                 traffic: false,
                 control: false,
+                swarm: false,
             };
             for p in only.split(',') {
                 match p {
                     "program" => o.parts.program = true,
                     "traffic" => o.parts.traffic = true,
                     "control" => o.parts.control = true,
+                    "swarm" => o.parts.swarm = true,
                     _ => {
-                        bail!("--only takes program, traffic, control (comma-separated), not {p:?}")
+                        bail!("--only takes program, traffic, control, swarm (comma-separated), not {p:?}")
                     }
                 }
             }
@@ -205,6 +215,7 @@ impl Options {
             "reload_rules" => self.reload_rules = num(v)?,
             "reloads" => self.reloads = num(v)?,
             "idle_secs" => self.idle_secs = v.parse().context("idle_secs")?,
+            "swarm_starts" => self.swarm_starts = num(v)?,
             "sizes" => {
                 // "1x2,100x100"
                 self.sizes = v
@@ -222,10 +233,10 @@ impl Options {
 }
 
 pub const USAGE: &str = "\
-usage: cargo bench -p netiso-daemon --bench netiso -- [--smoke] [--only program,traffic,control]
+usage: cargo bench -p netiso-daemon --bench netiso -- [--smoke] [--only program,traffic,control,swarm]
                    [--out-dir DIR] [--set KEY=VALUE]... | --profile established|denied|allowed|empty
   keys: reps repeat first_samples sizes (e.g. 1x2,10000x4000) traffic_rules traffic_reps
-        traffic_secs starts endpoints ramp_budget reload_rules reloads idle_secs";
+        traffic_secs starts endpoints ramp_budget reload_rules reloads idle_secs swarm_starts";
 
 /// Runs the selected parts and writes `<out_dir>/<timestamp>.{md,json}`
 /// and `<out_dir>/latest.md`. Needs root.
@@ -247,6 +258,10 @@ pub fn run(opts: &Options) -> Result<(Report, PathBuf)> {
     }
     if opts.parts.control {
         let s = control::run(opts).context("control plane")?;
+        report.sections.push(s);
+    }
+    if opts.parts.swarm {
+        let s = swarm::run(opts).context("swarm")?;
         report.sections.push(s);
     }
     report.conditions.finish(t0.elapsed());
