@@ -482,3 +482,55 @@ fn a_tasks_gwbridge_side_is_enforced_both_ways() {
         "boxed's drops are not in stats:\n{stats}"
     );
 }
+
+/// The first local task of an overlay on a node makes the overlay's
+/// namespace, whose programs (a new namespace slot) take the verifier a
+/// second or two to load: with the veth unenforced meanwhile. The daemon
+/// loads the next slot's programs ahead, so that task's veth gets them at
+/// once.
+#[test]
+fn the_first_task_of_an_overlay_on_a_node_finds_its_programs_loaded_ahead() {
+    let swarm = Swarm::new(2);
+    swarm.overlay("ovp", "10.231.89.0/24");
+    let b = &swarm.nodes[1];
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[groups.first]\nswarm = { service = \"first\" }\ningress = \"deny\"\n",
+    )
+    .unwrap();
+    let mut db = b.daemon(policy);
+    db.wait_for("node 1 loading the next slot ahead", |s| s.generation > 0);
+    // The preload runs after the first reconcile; give it the time a load takes.
+    let t = Instant::now();
+    while !db
+        .log()
+        .contains("loading the programs for the next network namespace ahead")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "node 1 does not load ahead:\n{}",
+            db.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    swarm.service_on("first", 1, "ovp", RECEIVER);
+    swarm.wait_tasks_running("first", 1, TASK_TIMEOUT);
+    let first = swarm.task_container(1, "first");
+    let name = b
+        .docker_ok(&format!("inspect -f '{{{{.Name}}}}' {first}"))
+        .trim_start_matches('/')
+        .to_string();
+    db.wait_for("node 1 enforcing the first task on the overlay", |s| {
+        s.endpoints
+            .iter()
+            .any(|e| e.container == name && e.network == "ovp" && e.enforced)
+    });
+    let log = db.log();
+    assert!(
+        log.contains("programs loaded ahead for a new network namespace taken"),
+        "the first task's namespace did not get the programs loaded ahead:\n{log}"
+    );
+}

@@ -46,6 +46,10 @@ pub(crate) trait HostLinks {
     fn set_overlay_networks(&self, ids: BTreeSet<String>) {
         let _ = ids;
     }
+    /// The namespace slot the next new Swarm overlay namespace will get.
+    fn next_ns_slot(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The datapath as the reconciler drives it: the desired contents in,
@@ -59,6 +63,11 @@ pub(crate) trait Dataplane {
     fn apply(&mut self, desired: &Desired) -> Result<ApplyReport>;
     /// Learn mode: the new flows noted since the last call.
     fn drain_learned(&mut self) -> Result<Vec<(LearnKey, LearnValue)>>;
+    /// Loads the programs for namespace slot `k` ahead of its first
+    /// endpoint (in the background).
+    fn preload_ns_instance(&mut self, k: u32) {
+        let _ = k;
+    }
 }
 
 impl Engine for DockerClient {
@@ -118,6 +127,10 @@ impl HostLinks for Netlink {
         crate::host::link_watch::dump()
     }
 
+    fn next_ns_slot(&self) -> Option<u32> {
+        self.overlays.slots.next()
+    }
+
     fn set_overlay_networks(&self, ids: BTreeSet<String>) {
         *self
             .overlays
@@ -146,5 +159,9 @@ impl Dataplane for Datapath {
 
     fn drain_learned(&mut self) -> Result<Vec<(LearnKey, LearnValue)>> {
         Datapath::drain_learned(self)
+    }
+
+    fn preload_ns_instance(&mut self, k: u32) {
+        Datapath::preload_ns_instance(self, k);
     }
 }

@@ -676,6 +676,14 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
                 .or_insert_with(|| groups.to_vec());
         }
         let report = self.dp.apply(&desired)?;
+        // The first endpoint of a new overlay namespace waits for its
+        // programs to load (the verifier: a second or two, with the veth
+        // unenforced meanwhile): load the next slot's ahead.
+        if self.has_overlays() {
+            if let Some(k) = self.links.next_ns_slot() {
+                self.dp.preload_ns_instance(k);
+            }
+        }
         info!(
             endpoints = desired.endpoints.len(),
             generation = report.generation,

@@ -189,6 +189,9 @@ pub struct Datapath {
     /// (a Swarm overlay's) with `NS_BASE = k << NS_SHIFT`, on the same
     /// pinned maps.
     ns_instances: BTreeMap<u32, Ebpf>,
+    /// The programs for the next namespace slot, loading in the background
+    /// ahead of its first endpoint.
+    spare: Option<(u32, std::thread::JoinHandle<Result<Ebpf>>)>,
 }
 
 /// The object with its maps at `map_dir` (made or re-adopted) and both TC
@@ -268,6 +271,7 @@ impl Datapath {
             attached: BTreeMap::new(),
             sizes,
             ns_instances: BTreeMap::new(),
+            spare: None,
         };
         if fresh {
             dp.write_settings()?;
@@ -655,8 +659,21 @@ impl Datapath {
         self.attached.retain(|k, _| want.contains(k));
         // Instances of namespaces no endpoint is in any more go (their
         // links, if any, were removed above).
+        // Idle ones are kept (a namespace comes back with its network's next
+        // local task, with the same slot), the oldest dropped beyond a few.
         let used: BTreeSet<u32> = want.iter().map(|id| id >> limits::NS_SHIFT).collect();
-        self.ns_instances.retain(|k, _| used.contains(k));
+        let idle: Vec<u32> = self
+            .ns_instances
+            .keys()
+            .copied()
+            .filter(|k| !used.contains(k))
+            .collect();
+        for k in idle
+            .iter()
+            .take(idle.len().saturating_sub(IDLE_NS_INSTANCES))
+        {
+            self.ns_instances.remove(k);
+        }
         Ok(detached)
     }
 
@@ -666,6 +683,25 @@ impl Datapath {
     pub fn ns_instance(&mut self, k: u32) -> Result<&mut Ebpf> {
         if !(limits::FIRST_NS_SLOT..1 << (32 - limits::NS_SHIFT)).contains(&k) {
             bail!("namespace slot {k} out of range");
+        }
+        if !self.ns_instances.contains_key(&k) && self.spare.as_ref().is_some_and(|s| s.0 == k) {
+            if let Some((_, h)) = self.spare.take() {
+                match h.join() {
+                    Ok(Ok(ebpf)) => {
+                        info!(
+                            slot = k,
+                            "programs loaded ahead for a new network namespace taken"
+                        );
+                        self.ns_instances.insert(k, ebpf);
+                    }
+                    Ok(Err(e)) => warn!(
+                        slot = k,
+                        error = format!("{e:#}"),
+                        "loading ahead failed; loading again"
+                    ),
+                    Err(_) => warn!(slot = k, "loading ahead panicked; loading again"),
+                }
+            }
         }
         if !self.ns_instances.contains_key(&k) {
             let map_dir = self.pin_dir.join(format!("maps-v{LAYOUT_VERSION}"));
@@ -677,6 +713,39 @@ impl Datapath {
         self.ns_instances
             .get_mut(&k)
             .context("namespace instance just loaded")
+    }
+
+    /// Starts loading the programs for namespace slot `k` on a thread of
+    /// their own, so that the first endpoint of the next new namespace (a
+    /// Swarm overlay's first local task) does not wait for the verifier
+    /// with its veth unenforced. Nothing is attached until
+    /// [`ns_instance`](Self::ns_instance) takes them.
+    pub fn preload_ns_instance(&mut self, k: u32) {
+        let in_range = (limits::FIRST_NS_SLOT..1 << (32 - limits::NS_SHIFT)).contains(&k);
+        if !in_range
+            || self.ns_instances.contains_key(&k)
+            || self.spare.as_ref().is_some_and(|s| s.0 == k)
+        {
+            return;
+        }
+        let map_dir = self.pin_dir.join(format!("maps-v{LAYOUT_VERSION}"));
+        let sizes = self.sizes.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("netiso-preload-{k}"))
+            .spawn(move || {
+                load_object(&map_dir, &sizes, k << limits::NS_SHIFT)
+                    .with_context(|| format!("loading the programs for namespace slot {k}"))
+            });
+        match spawned {
+            Ok(h) => {
+                debug!(
+                    slot = k,
+                    "loading the programs for the next network namespace ahead"
+                );
+                self.spare = Some((k, h));
+            }
+            Err(e) => warn!(slot = k, error = %e, "cannot load ahead"),
+        }
     }
 
     /// Attaches to the veth `ifname` of the network namespace at `netns`
@@ -1178,6 +1247,9 @@ fn only_additions_and_removals(cur: &Desired, desired: &Desired) -> bool {
 /// How long packets that read an endpoints-array slot just before it was
 /// marked absent may still be using its bytes: a packet's run takes
 /// microseconds.
+/// Namespace instances kept with no endpoint (their namespace comes back
+/// with the network's next local task, with the same slot).
+const IDLE_NS_INSTANCES: usize = 8;
 const SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 fn remove_ok(r: Result<(), aya::maps::MapError>) -> Result<()> {

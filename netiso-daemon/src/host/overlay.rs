@@ -60,6 +60,12 @@ impl NsSlots {
         }
     }
 
+    /// The slot the next namespace seen for the first time will get (the
+    /// datapath loads its programs ahead: see `Datapath::preload_ns_instance`).
+    pub fn next(&self) -> Option<u32> {
+        next_free(&self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The slot of the namespace at `path`, given out now if it has none;
     /// `None` once every slot is taken.
     pub fn slot(&self, path: &Path) -> Option<u32> {
@@ -68,16 +74,7 @@ impl NsSlots {
         if let Some(k) = m.get(&name) {
             return Some(*k);
         }
-        let k = m
-            .values()
-            .max()
-            .copied()
-            .unwrap_or(FIRST_NS_SLOT - 1)
-            .max(FIRST_NS_SLOT - 1)
-            + 1;
-        if k >= 1 << (32 - NS_SHIFT) {
-            return None;
-        }
+        let k = next_free(&m)?;
         m.insert(name, k);
         if let Some(file) = &self.file {
             let tmp = file.with_extension("tmp");
@@ -98,6 +95,19 @@ impl NsSlots {
 /// ifindex too large to share the id space.
 pub fn endpoint_id(k: u32, ifindex: u32) -> Option<u32> {
     (ifindex < 1 << NS_SHIFT).then_some((k << NS_SHIFT) | ifindex)
+}
+
+/// The slot a namespace seen for the first time would get (`None`: none
+/// left).
+fn next_free(m: &BTreeMap<String, u32>) -> Option<u32> {
+    let k = m
+        .values()
+        .max()
+        .copied()
+        .unwrap_or(FIRST_NS_SLOT - 1)
+        .max(FIRST_NS_SLOT - 1)
+        + 1;
+    (k < 1 << (32 - NS_SHIFT)).then_some(k)
 }
 
 /// What one node knows of an overlay network.
@@ -233,8 +243,11 @@ mod tests {
     fn slots_and_ids() {
         const F: u32 = FIRST_NS_SLOT;
         let s = NsSlots::default();
+        assert_eq!(s.next(), Some(F));
         assert_eq!(s.slot(Path::new("/x/1-a")), Some(F));
+        assert_eq!(s.next(), Some(F + 1));
         assert_eq!(s.slot(Path::new("/x/1-b")), Some(F + 1));
+        assert_eq!(s.next(), Some(F + 2));
         // Keyed by the namespace's name: another engine pid, same slot.
         assert_eq!(s.slot(Path::new("/y/1-a")), Some(F));
         let dir = tempfile::tempdir().unwrap();
