@@ -367,3 +367,100 @@ fn the_world_forging_a_tasks_overlay_address_is_not_that_task() {
         "api received {n} datagrams from the world claiming local's overlay address {local_ip}"
     );
 }
+
+const POLICY_RESTART: &str = r#"
+[groups.api]
+swarm = { service = "api" }
+ingress = "deny"
+
+[groups.intruder]
+swarm = { service = "intruder" }
+"#;
+
+/// A task replaced on the same node (`docker service update --force`, a
+/// crashed task restarted, a rolling update) while no other task of the
+/// overlay is left there. libnetwork names an overlay's namespace
+/// `<epoch>-<id>` and makes it anew with the next epoch (`2-…`) when the
+/// network's last local endpoint left while the engine kept the network;
+/// netiso looked for `1-…` only. On engine 20.10 the network's own
+/// load-balancer endpoint (`lb_…`) keeps the namespace alive, so this
+/// stays `1-…` here: a guard, and the lookup now takes any epoch (the
+/// one that holds the veth's peer). Intruder (node 1) must not reach api
+/// (ingress deny) on node 0 after api was replaced. Control: it does not
+/// before.
+#[test]
+fn a_task_replaced_on_its_node_stays_enforced() {
+    let swarm = Swarm::new(2);
+    swarm.overlay("ovr", "10.231.63.0/24");
+    let (a, b) = (&swarm.nodes[0], &swarm.nodes[1]);
+    swarm.service_on("api", 0, "ovr", netiso_testkit::swarm::RECEIVER);
+    swarm.service_on("intruder", 1, "ovr", "exec sleep 3600");
+    for s in ["api", "intruder"] {
+        swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY_RESTART).unwrap();
+    let mut da = a.daemon(policy.clone());
+    let mut db = b.daemon(policy);
+    let intruder = swarm.task_container(1, "intruder");
+    let n_intruder = name(b, &intruder);
+    db.wait_for("node 1 enforcing intruder", |s| {
+        s.endpoints
+            .iter()
+            .any(|e| e.container == n_intruder && e.enforced)
+    });
+    let port = netiso_testkit::swarm::RECEIVER_PORT;
+    let round = |tag: &str, da: &mut netiso_testkit::daemon::DaemonProc| -> String {
+        let api = swarm.task_container(0, "api");
+        let n_api = name(a, &api);
+        // Known to node 0's daemon (whether it could enforce it is what
+        // the receiver says).
+        da.wait_for(&format!("node 0 knowing {n_api} on ovr ({tag})"), |s| {
+            s.endpoints
+                .iter()
+                .any(|e| e.container == n_api && e.network == "ovr")
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let ip = a.container_ip(&api, "ovr");
+        for i in 0..3 {
+            b.send_tcp(&intruder, ip, port, &format!("{tag}-{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        a.received(&api)
+    };
+    let got = round("first", &mut da);
+    assert!(
+        !got.contains("first-"),
+        "control: intruder reached api before the restart: {got:?}"
+    );
+
+    let old = swarm.task_container(0, "api");
+    swarm
+        .manager()
+        .docker_ok("service update --force --detach api");
+    let t = Instant::now();
+    while swarm.task_container(0, "api") == old || {
+        let st = a.docker_ok(&format!(
+            "inspect -f '{{{{.State.Running}}}}' {}",
+            swarm.task_container(0, "api")
+        ));
+        st != "true"
+    } {
+        assert!(t.elapsed() < TASK_TIMEOUT, "api was not replaced");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let netns = a.sh(&format!(
+        "ls /proc/{}/root{}/netns",
+        a.dockerd_pid(),
+        a.exec_root().display()
+    ));
+    let netns = String::from_utf8_lossy(&netns.stdout).to_string();
+    let got = round("second", &mut da);
+    assert!(
+        !got.contains("second-"),
+        "intruder (node 1) reached api (ingress deny) after api was replaced on node 0 \
+         (overlay namespaces there: {netns:?}): {got:?}\nnode 0 status: {}",
+        String::from_utf8_lossy(&da.cli(&["status"]).stdout)
+    );
+}
