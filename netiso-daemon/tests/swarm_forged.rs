@@ -1,23 +1,23 @@
 //! Hostile review: packets that claim a task's address without coming from it.
 //!
 //! 1. An unencrypted overlay's VXLAN socket (UDP 4789 on every node) takes a
-//! frame from whoever sends one; the engine decapsulates it into the
-//! overlay's namespace, and the inner frame reaches the task's veth as if
-//! it had come over the overlay from the task whose address it claims. A
-//! node judges what arrives over an overlay by its source address. So a
-//! task whose own traffic is denied, with a plain UDP socket (no
-//! capability at all), sends a VXLAN datagram through its
-//! `docker_gwbridge` interface to a node's address (its node masquerades
-//! it: to the other node it comes from a swarm node) whose inner packet
-//! claims the address of a task the victim lets in.
+//!    frame from whoever sends one; the engine decapsulates it into the
+//!    overlay's namespace, and the inner frame reaches the task's veth as if
+//!    it had come over the overlay from the task whose address it claims. A
+//!    node judges what arrives over an overlay by its source address. So a
+//!    task whose own traffic is denied, with a plain UDP socket (no
+//!    capability at all), sends a VXLAN datagram through its
+//!    `docker_gwbridge` interface to a node's address (its node masquerades
+//!    it: to the other node it comes from a swarm node) whose inner packet
+//!    claims the address of a task the victim lets in.
 //!
 //! 2. A task's overlay address (a remote one, from the gossip, or a local
-//! one) is no address of its node's own namespace: nothing of its node
-//! routes to it, so strict reverse-path filtering on the node's outside
-//! interface (SECURITY.md's advice against forged sources) lets a packet
-//! from the world claiming it through (the default route answers). Such a
-//! packet to a port a task publishes in `host` mode was judged, on the
-//! task's `docker_gwbridge` veth, as coming from that task.
+//!    one) is no address of its node's own namespace: nothing of its node
+//!    routes to it, so strict reverse-path filtering on the node's outside
+//!    interface (SECURITY.md's advice against forged sources) lets a packet
+//!    from the world claiming it through (the default route answers). Such a
+//!    packet to a port a task publishes in `host` mode was judged, on the
+//!    task's `docker_gwbridge` veth, as coming from that task.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -142,7 +142,7 @@ fn forged_vxlan_frames_do_not_reach_a_task() {
             SocketAddr::from((api_ip, PORT)),
             b"e".to_vec(),
             20,
-        )
+        );
     };
     let legit = || send_from(web_pid, SocketAddr::from((api_ip, PORT)), b"w".to_vec(), 20);
 

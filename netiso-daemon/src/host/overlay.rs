@@ -41,7 +41,7 @@ pub fn netns_paths(exec_root: &Path, network_id: &str) -> Vec<PathBuf> {
             Some((epoch, e.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found.into_iter().map(|(_, p)| p).collect()
 }
 
