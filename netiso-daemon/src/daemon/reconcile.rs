@@ -503,6 +503,11 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             }
             s.taken(&id, answer);
         }
+        if changed {
+            s.settle();
+            // The answers the loop wrote may have been withdrawn since.
+            s.answer_all();
+        }
         self.swarm = Some(s);
         if changed {
             self.publish_reload();
@@ -561,7 +566,11 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             // Not in force: the file goes back to what is.
             match before {
                 Some(b) => {
-                    let _ = std::fs::write(&delivered, b);
+                    // Anew and renamed: a crash halfway must not leave a
+                    // torn file that the next start refuses.
+                    let tmp = candidate.with_extension("restore");
+                    let _ =
+                        std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, &delivered));
                 }
                 None => {
                     let _ = std::fs::remove_file(&delivered);
