@@ -74,13 +74,14 @@ pub(super) struct Daemon<D, L> {
 }
 
 /// The UDP port of Swarm's overlay data path (VXLAN; Docker's default,
-/// `docker swarm init --data-path-port` changes it). A VXLAN socket takes
+/// `docker swarm init --data-path-port` changes it: then set
+/// `swarm_data_path_port`). A VXLAN socket takes
 /// a frame from any sender and puts its inner packet on the overlay, so
 /// a container that reaches a node's port (its own node's, or another's
 /// through its node's masquerading: from a swarm node) could claim any
 /// task's address to any task. No container sends to it beyond the
 /// containers on a Swarm node, whatever the policy says.
-pub(super) const VXLAN_PORT: u16 = 4789;
+pub(crate) const VXLAN_PORT: u16 = 4789;
 
 /// The policy file in force for `opts`: with a Swarm carrier service, the
 /// policy Swarm delivered last (kept in the state directory) if there is
@@ -675,7 +676,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             // address, on an overlay (`tests/swarm_forged.rs`).
             compiled.deny_beyond_containers(
                 netiso_common::proto::UDP,
-                VXLAN_PORT,
+                self.opts.swarm_data_path_port,
                 "built-in: Swarm overlay VXLAN (a forged frame would claim any task's address)",
             );
         }
