@@ -176,6 +176,18 @@ pub mod peer_flags {
     /// Never set in `PublishedValue::flags` (a published port is reached
     /// through the host, not over the bridge).
     pub const LOCAL_ENDPOINT: u32 = 1 << 4;
+    /// The address is a container's on a Swarm overlay (a local task's or
+    /// a remote one's): it names that container only in an overlay
+    /// namespace's instance. Nothing of the host's own namespace routes
+    /// to it, so there a packet claiming it came from elsewhere (the world
+    /// forging it: reverse-path filtering lets it through, the default
+    /// route answers for it); it is judged as the CIDR trie says (an
+    /// overlay subnet's unknown overlay peer).
+    pub const OVERLAY_ONLY: u32 = 1 << 5;
+    /// The address is a container's on a network of the host's own
+    /// namespace (a bridge, `docker_gwbridge`): in an overlay namespace's
+    /// instance it names nobody (an unknown overlay peer).
+    pub const HOST_NS_ONLY: u32 = 1 << 6;
 }
 
 /// Bits of [`Endpoint::flags`] beyond the defaults.

@@ -4,8 +4,8 @@
 //! first hit decides; no hit falls back to the group defaults.
 use aya_ebpf::maps::lpm_trie::Key;
 use netiso_common::{
-    defaults, family, identity, proto, Action, CidrKey, Direction, DropReason, FqdnKey, IpKey,
-    PairKey, PolicyKey, PublishedKey, CIDR_KEY_PREFIX_BITS, FQDN_PEERS,
+    defaults, family, identity, peer_flags, proto, Action, CidrKey, Direction, DropReason, FqdnKey,
+    IpKey, PairKey, PolicyKey, PublishedKey, CIDR_KEY_PREFIX_BITS, FQDN_PEERS,
 };
 
 use crate::maps::{CIDRS, FQDN, IDENTITIES, PAIRS, POLICY, PUBLISHED};
@@ -64,7 +64,17 @@ impl Eval {
         // an entry the daemon replaces meanwhile can at worst read as another
         // entry's bytes (maps.rs).
         if let Some(info) = unsafe { IDENTITIES.get(&ip_key) } {
-            return (info.identity, info.flags);
+            let (id, flags) = (info.identity, info.flags);
+            // An address names its container only in the namespace its
+            // network lives in (peer_flags): elsewhere it was forged.
+            let elsewhere = if crate::ns_base() == 0 {
+                peer_flags::OVERLAY_ONLY
+            } else {
+                peer_flags::HOST_NS_ONLY
+            };
+            if flags & elsewhere == 0 {
+                return (id, flags);
+            }
         }
         if self.cidrs {
             let bits = if self.family == family::V4 { 32 } else { 128 };

@@ -181,6 +181,69 @@ impl Compiled {
 }
 
 impl Compiled {
+    /// Adds a built-in rule, after the policy's own: no container (no
+    /// group, nor an unmanaged one) sends `proto`/`port` to anything that
+    /// is not a container (the host, the world, an address block, an
+    /// unknown overlay peer), whatever the policy says. Its id is the
+    /// next after the policy's rules, so `stats` and `explain` name it.
+    /// For a Swarm node: an overlay's VXLAN socket takes a frame from
+    /// anyone, so a container able to send `udp/<data path port>` to a
+    /// node could put any packet, from any address it claims, on an
+    /// overlay (see `netiso-daemon/tests/swarm_forged.rs`).
+    pub fn deny_beyond_containers(&mut self, l4: u8, port: u16, what: &str) {
+        let rule_id = self.rules.len() as u32 + 1;
+        self.rules.push(RuleInfo {
+            id: rule_id,
+            from: "every container".to_string(),
+            to: "the host, the world and unknown overlay peers".to_string(),
+            ports: format!("{port}/{}", if l4 == proto::UDP { "udp" } else { "tcp" }),
+            action: Action::Deny,
+            description: Some(what.to_string()),
+            location: "built-in".to_string(),
+        });
+        let is_container = |id: u32| {
+            id == identity::UNMANAGED
+                || (identity::FIRST_GROUP_IDENTITY..FIRST_CIDR_IDENTITY).contains(&id)
+        };
+        let srcs: Vec<u32> = self
+            .identities
+            .keys()
+            .copied()
+            .filter(|&id| is_container(id))
+            .collect();
+        let dsts: Vec<u32> = [
+            identity::HOST,
+            identity::WORLD,
+            identity::UNKNOWN_OVERLAY_PEER,
+        ]
+        .into_iter()
+        .chain(
+            self.identities
+                .keys()
+                .copied()
+                .filter(|&id| id >= FIRST_CIDR_IDENTITY),
+        )
+        .collect();
+        for &src in &srcs {
+            for &dst in &dsts {
+                self.entries.insert(
+                    PolicyKey {
+                        src,
+                        dst,
+                        dport: port,
+                        proto: l4,
+                        slot: 0,
+                    },
+                    PolicyValue {
+                        action: Action::Deny as u8,
+                        _pad: [0; 3],
+                        rule_id,
+                    },
+                );
+            }
+        }
+    }
+
     pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
         self.rules.get((id as usize).checked_sub(1)?)
     }
@@ -717,6 +780,51 @@ action = "deny"
         assert_eq!(ids.identity_of(&[]), identity::UNMANAGED);
         assert_eq!(ids.get(&["db".to_string(), "web".to_string()]), Some(b));
         assert_eq!(ids.get(&["x".to_string()]), None);
+    }
+
+    #[test]
+    fn a_built_in_deny_beats_every_rule_beyond_containers() {
+        let text = format!(
+            "{SHOP}\n[[rules]]\nfrom = \"web\"\nto = \"198.18.0.0/15\"\naction = \"allow\"\n"
+        );
+        let policy = parse_str(&text, "shop.toml").unwrap();
+        let containers = [
+            container("c-web", &[("app", "web")], "shop"),
+            container("c-db", &[("app", "db")], "shop"),
+            container("c-other", &[], "elsewhere"),
+        ];
+        let mut compiled = compile(&policy, &containers, &mut IdentityAllocator::new()).unwrap();
+        let web = compiled.container_identity["c-web"];
+        let db = compiled.container_identity["c-db"];
+        let block = compiled.address_identity("198.18.0.1".parse().unwrap());
+        assert!(block >= FIRST_CIDR_IDENTITY);
+        assert_eq!(
+            compiled.lookup(web, block, proto::UDP, 4789).action,
+            Action::Allow
+        );
+        let before = compiled.lookup(web, db, proto::UDP, 4789);
+        let before = (before.action, before.rule_id);
+        compiled.deny_beyond_containers(proto::UDP, 4789, "overlay VXLAN");
+        let id = compiled.rules.len() as u32;
+        assert_eq!(compiled.rule(id).unwrap().location, "built-in");
+        for src in [web, db, identity::UNMANAGED] {
+            for dst in [
+                identity::HOST,
+                identity::WORLD,
+                identity::UNKNOWN_OVERLAY_PEER,
+                block,
+            ] {
+                let d = compiled.lookup(src, dst, proto::UDP, 4789);
+                assert_eq!((d.action, d.rule_id), (Action::Deny, id), "{src} -> {dst}");
+            }
+        }
+        // Other ports and container peers: as before.
+        assert_eq!(
+            compiled.lookup(web, block, proto::UDP, 4788).action,
+            Action::Allow
+        );
+        let after = compiled.lookup(web, db, proto::UDP, 4789);
+        assert_eq!((after.action, after.rule_id), before);
     }
 
     #[test]

@@ -153,6 +153,7 @@ fn run(cli: Cli, metrics_flag: bool) -> Result<ExitCode> {
                 watch_policy: cfg.watch_policy,
                 docker_exec_root: cfg.docker_exec_root,
                 swarm_policy_service: cfg.swarm_policy_service,
+                swarm_data_path_port: cfg.swarm_data_path_port,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -75,6 +75,11 @@ pub struct DaemonArgs {
     /// `netiso_policy`); the local policy file until one arrives.
     #[arg(long, value_name = "SERVICE")]
     pub swarm_policy_service: Option<String>,
+    /// The UDP port of the Swarm's overlay data path (`docker swarm init
+    /// --data-path-port`): on a Swarm node no container may send to it
+    /// beyond the containers [default: 4789].
+    #[arg(long, value_name = "PORT")]
+    pub swarm_data_path_port: Option<u16>,
     /// Only warn (instead of refusing the policy) when a non-root user could
     /// change the policy file or a directory on its path.
     #[arg(long)]
@@ -104,6 +109,7 @@ struct FileConfig {
     /// 0 switches cross-veth verdicts off.
     cross_veth_mark: Option<u32>,
     swarm_policy_service: Option<String>,
+    swarm_data_path_port: Option<u16>,
 }
 
 /// The configuration in force: file, then flags, then defaults.
@@ -133,6 +139,8 @@ pub struct Config {
     pub cross_veth_mark: u32,
     /// The global service whose tasks carry the policy (Swarm config).
     pub swarm_policy_service: Option<String>,
+    /// The Swarm's overlay data path port (VXLAN).
+    pub swarm_data_path_port: u16,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -286,6 +294,10 @@ fn merge(source: Option<PathBuf>, f: FileConfig, a: &DaemonArgs) -> Config {
             .clone()
             .or(f.swarm_policy_service)
             .filter(|s| !s.is_empty()),
+        swarm_data_path_port: a
+            .swarm_data_path_port
+            .or(f.swarm_data_path_port)
+            .unwrap_or(crate::daemon::reconcile::VXLAN_PORT),
     }
 }
 
@@ -431,6 +443,23 @@ watch_policy = false
             c,
             merge(None, FileConfig::default(), &DaemonArgs::default())
         );
+    }
+
+    #[test]
+    fn the_data_path_port_comes_from_the_flag_the_file_or_the_default() {
+        let none = merge(None, FileConfig::default(), &DaemonArgs::default());
+        assert_eq!(none.swarm_data_path_port, 4789);
+        let f = parse("swarm_data_path_port = 7789\n", Path::new("n.toml")).unwrap();
+        assert_eq!(
+            merge(None, f, &DaemonArgs::default()).swarm_data_path_port,
+            7789
+        );
+        let f = parse("swarm_data_path_port = 7789\n", Path::new("n.toml")).unwrap();
+        let args = DaemonArgs {
+            swarm_data_path_port: Some(5789),
+            ..DaemonArgs::default()
+        };
+        assert_eq!(merge(None, f, &args).swarm_data_path_port, 5789);
     }
 
     #[test]

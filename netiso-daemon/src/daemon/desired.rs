@@ -282,12 +282,23 @@ pub fn build_desired(
             } else {
                 0
             };
+            // The namespace the address lives in: a Swarm overlay's, or
+            // the host's (bridges, docker_gwbridge). Claimed in the other,
+            // it was forged (peer_flags::OVERLAY_ONLY).
+            let on_overlay = remote
+                || a.host_netns.is_some()
+                || drivers.get(&a.network).map(String::as_str) == Some("overlay");
+            let ns = if on_overlay {
+                netiso_common::peer_flags::OVERLAY_ONLY
+            } else {
+                netiso_common::peer_flags::HOST_NS_ONLY
+            };
             for ip in ips.chain(link_local) {
                 d.identities.insert(
                     IpKey::from_ip(ip, 0),
                     IdentityInfo {
                         identity: id,
-                        flags: flags | local,
+                        flags: flags | local | ns,
                     },
                 );
             }
@@ -541,7 +552,9 @@ mod tests {
         // Its defaults, and the mark of an address behind a managed veth.
         assert_eq!(
             d.identities[&ip].flags,
-            defaults::DENY_INGRESS | netiso_common::peer_flags::LOCAL_ENDPOINT
+            defaults::DENY_INGRESS
+                | netiso_common::peer_flags::LOCAL_ENDPOINT
+                | netiso_common::peer_flags::HOST_NS_ONLY
         );
     }
 
@@ -566,5 +579,37 @@ mod tests {
         assert_eq!(flags([172, 20, 0, 3]) & LOCAL_ENDPOINT, 0);
         // Never on a published port's value.
         assert!(d.published.values().all(|v| v.flags & LOCAL_ENDPOINT == 0));
+    }
+
+    #[test]
+    fn overlay_addresses_name_their_container_in_overlay_namespaces_only() {
+        use netiso_common::peer_flags::{HOST_NS_ONLY, OVERLAY_ONLY};
+        // A local task on an overlay (found in its namespace) and on
+        // docker_gwbridge; a remote task from the gossip.
+        let mut task = container("task", &[("app", "web")], &["ov", "docker_gwbridge"]);
+        task.networks[0].ipv4 = Some([10, 0, 1, 2].into());
+        task.networks[0].host_netns = Some("/run/docker/netns/1-abc".into());
+        task.networks[1].ipv4 = Some([172, 18, 0, 3].into());
+        let mut remote = container("remote", &[("app", "web")], &["ov"]);
+        remote.networks[0].ipv4 = Some([10, 0, 1, 9].into());
+        remote.remote_node = Some("198.18.0.2".into());
+        // On an overlay whose veth was not found: the driver says so.
+        let mut unresolved = container("unresolved", &[("app", "web")], &["ov2"]);
+        unresolved.networks[0].ipv4 = Some([10, 0, 2, 2].into());
+        let cs = [task, remote, unresolved];
+        let p = parse_str("[groups.web]\nlabels = { app = \"web\" }\n", "d.toml").unwrap();
+        let compiled = compile(&p, &cs, &mut IdentityAllocator::new()).unwrap();
+        let drivers = BTreeMap::from([
+            ("ov".to_string(), "overlay".to_string()),
+            ("ov2".to_string(), "overlay".to_string()),
+            ("docker_gwbridge".to_string(), "bridge".to_string()),
+        ]);
+        let d = build_desired(&compiled, &cs, &p, &drivers).0;
+        let flags =
+            |ip: [u8; 4]| d.identities[&IpKey::v4(ip, 0)].flags & (OVERLAY_ONLY | HOST_NS_ONLY);
+        assert_eq!(flags([10, 0, 1, 2]), OVERLAY_ONLY);
+        assert_eq!(flags([10, 0, 1, 9]), OVERLAY_ONLY);
+        assert_eq!(flags([10, 0, 2, 2]), OVERLAY_ONLY);
+        assert_eq!(flags([172, 18, 0, 3]), HOST_NS_ONLY);
     }
 }

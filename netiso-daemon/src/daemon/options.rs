@@ -23,6 +23,9 @@ pub struct Options {
     pub docker_exec_root: PathBuf,
     /// Take the policy from this global service's tasks (Swarm config).
     pub swarm_policy_service: Option<String>,
+    /// The Swarm's overlay data path port (VXLAN): no container sends to
+    /// it beyond the containers on a Swarm node.
+    pub swarm_data_path_port: u16,
 }
 
 /// Daemon options of the services (flattened into `netiso daemon`).

@@ -73,6 +73,16 @@ pub(super) struct Daemon<D, L> {
     pub(super) swarm: Option<swarm_policy::Delivery>,
 }
 
+/// The UDP port of Swarm's overlay data path (VXLAN; Docker's default,
+/// `docker swarm init --data-path-port` changes it: then set
+/// `swarm_data_path_port`). A VXLAN socket takes
+/// a frame from any sender and puts its inner packet on the overlay, so
+/// a container that reaches a node's port (its own node's, or another's
+/// through its node's masquerading: from a swarm node) could claim any
+/// task's address to any task. No container sends to it beyond the
+/// containers on a Swarm node, whatever the policy says.
+pub(crate) const VXLAN_PORT: u16 = 4789;
+
 /// The policy file in force for `opts`: with a Swarm carrier service, the
 /// policy Swarm delivered last (kept in the state directory) if there is
 /// one; else the configured file.
@@ -257,6 +267,13 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             }
         };
         self.refresh(docker, &id).await;
+    }
+
+    /// Whether this node is in a Swarm (it has overlays, or the bridge
+    /// Swarm makes on every node): then no container may send to a VXLAN
+    /// port beyond the containers (see [`VXLAN_PORT`]).
+    fn in_swarm(&self) -> bool {
+        self.has_overlays() || self.drivers.contains_key(crate::host::docker::GWBRIDGE)
     }
 
     /// Whether any Swarm overlay is known (then its gossip is polled).
@@ -487,6 +504,11 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             }
             s.taken(&id, answer);
         }
+        if changed {
+            s.settle();
+            // The answers the loop wrote may have been withdrawn since.
+            s.answer_all();
+        }
         self.swarm = Some(s);
         if changed {
             self.publish_reload();
@@ -545,7 +567,11 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             // Not in force: the file goes back to what is.
             match before {
                 Some(b) => {
-                    let _ = std::fs::write(&delivered, b);
+                    // Anew and renamed: a crash halfway must not leave a
+                    // torn file that the next start refuses.
+                    let tmp = candidate.with_extension("restore");
+                    let _ =
+                        std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, &delivered));
                 }
                 None => {
                     let _ = std::fs::remove_file(&delivered);
@@ -642,8 +668,18 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         let policy = &self.policy;
         self.learned
             .note(&containers, |c| policy.learns(c), &self.host_addrs);
-        let compiled = policy::compile(&self.policy, &containers, &mut self.ids)
+        let mut compiled = policy::compile(&self.policy, &containers, &mut self.ids)
             .map_err(|e| anyhow!("{e}"))?;
+        if self.in_swarm() {
+            // An overlay's VXLAN socket takes frames from anyone: a
+            // container reaching it could put any packet, claiming any
+            // address, on an overlay (`tests/swarm_forged.rs`).
+            compiled.deny_beyond_containers(
+                netiso_common::proto::UDP,
+                self.opts.swarm_data_path_port,
+                "built-in: Swarm overlay VXLAN (a forged frame would claim any task's address)",
+            );
+        }
         let (mut desired, mut state) =
             build_desired(&compiled, &containers, &self.policy, &self.drivers);
         self.report_unenforceable(&state.unenforceable);

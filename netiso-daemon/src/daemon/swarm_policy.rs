@@ -162,6 +162,26 @@ impl Delivery {
         self.answers.insert(id.to_string(), answer);
     }
 
+    /// An answer that said `ok` for a policy no longer in force (another
+    /// carrier task's was taken after it: two carriers on one node, e.g.
+    /// an update with `order: start-first` or one the daemon found both
+    /// of at its start) now says so: otherwise its healthcheck would go on
+    /// passing, and `status --cluster` showing that policy enforced here,
+    /// while another is.
+    pub fn settle(&mut self) {
+        let Some(applied) = self.applied.clone() else {
+            return;
+        };
+        for a in self.answers.values_mut() {
+            if a.error.is_none() && a.sha256 != applied {
+                a.error = Some(format!(
+                    "not in force: this node enforces the policy with sha256 {applied} \
+                     (taken from another carrier task)"
+                ));
+            }
+        }
+    }
+
     /// Writes every answer again (the healthcheck wants a fresh one).
     pub fn answer_all(&self) {
         for (id, a) in &self.answers {
@@ -248,6 +268,27 @@ mod tests {
         assert!(d.arrivals(&now[1..]).is_empty());
         assert_eq!(d.answers.len(), 1);
         assert_eq!(d.arrivals(&now).len(), 1, "a is new again");
+    }
+
+    #[test]
+    fn an_ok_for_a_policy_no_longer_in_force_is_withdrawn() {
+        let answer = |sha: &str| Answer {
+            pid: 42,
+            task: "t".into(),
+            sha256: sha.into(),
+            error: None,
+        };
+        let mut d = Delivery::new("netiso_policy".into(), None);
+        d.taken("a", answer("11"));
+        d.applied = Some("11".into());
+        d.settle();
+        assert_eq!(d.answers["a"].error, None);
+        // Another carrier's policy taken after it.
+        d.taken("b", answer("22"));
+        d.applied = Some("22".into());
+        d.settle();
+        assert!(d.answers["a"].text().starts_with("error 11\nnot in force"));
+        assert_eq!(d.answers["b"].text(), "ok 22\n");
     }
 
     #[test]

@@ -106,13 +106,28 @@ pub fn resolve_host_veths_with(c: &mut Container, overlays: Option<&Overlays>) -
         let Some(peer) = inner.peer_ifindex else {
             continue;
         };
-        let overlay_ns = overlays.and_then(|o| {
-            let path = crate::host::overlay::netns_path(&o.exec_root, &a.network_id)?;
-            path.exists().then_some((o, path))
-        });
-        if let Some((o, path)) = overlay_ns {
+        // The overlay's namespaces (a new one each time the network's
+        // last local endpoint left and another came), the newest first:
+        // the one that holds the veth's peer.
+        let candidates = overlays
+            .map(|o| crate::host::overlay::netns_paths(&o.exec_root, &a.network_id))
+            .unwrap_or_default();
+        let mut overlay_ns = None;
+        for path in candidates {
+            let o = overlays.expect("candidates come from overlays");
             let host = in_netns(&path, || link_by_index(peer))
                 .with_context(|| format!("looking up ifindex {peer} in {}", path.display()))?;
+            let found = host
+                .as_ref()
+                .is_some_and(|h| h.is_veth() && h.peer_ifindex == Some(inner.ifindex));
+            if found || overlay_ns.is_none() {
+                overlay_ns = Some((o, path, host));
+            }
+            if found {
+                break;
+            }
+        }
+        if let Some((o, path, host)) = overlay_ns {
             match host {
                 Some(host) if host.is_veth() && host.peer_ifindex == Some(inner.ifindex) => {
                     let id = o

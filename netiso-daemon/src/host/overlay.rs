@@ -23,6 +23,36 @@ pub fn netns_path(exec_root: &Path, network_id: &str) -> Option<PathBuf> {
     Some(exec_root.join("netns").join(format!("1-{short}")))
 }
 
+/// Every namespace of overlay `network_id` on this node, the newest
+/// first. The engine names it `<epoch>-<network id>` cut to 12
+/// characters (libnetwork's `initSandbox` and `GenerateKey`): `1-<10
+/// characters>` with the network's first local endpoint, then `2-…` when
+/// its last endpoint left and another came while the engine kept the
+/// network (a task replaced on its node: `service update --force`, a
+/// crashed task restarted), `10-<9 characters>` from the tenth.
+pub fn netns_paths(exec_root: &Path, network_id: &str) -> Vec<PathBuf> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(exec_root.join("netns"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let epoch = namespace_epoch(&name, network_id)?;
+            Some((epoch, e.path()))
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The epoch of namespace `name` if it is one of `network_id`'s.
+fn namespace_epoch(name: &str, network_id: &str) -> Option<u64> {
+    let (epoch, id) = name.split_once('-')?;
+    let n: u64 = epoch.parse().ok().filter(|n| *n > 0)?;
+    let want = 12usize.checked_sub(epoch.len() + 1)?.min(network_id.len());
+    (want > 0 && id.len() == want && network_id.get(..want) == Some(id)).then_some(n)
+}
+
 /// Namespace slots: the k of endpoint ids `(k << NS_SHIFT) + ifindex` for
 /// each overlay namespace the daemon found a veth in (k ≥ 1; 0 is the
 /// daemon's own namespace), keyed by the namespace's name (`1-<id>`: the
@@ -221,6 +251,36 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_networks_namespaces_by_epoch() {
+        let id = "0123456789abcdef";
+        assert_eq!(namespace_epoch("1-0123456789", id), Some(1));
+        assert_eq!(namespace_epoch("2-0123456789", id), Some(2));
+        assert_eq!(namespace_epoch("10-012345678", id), Some(10));
+        assert_eq!(namespace_epoch("10-0123456789", id), None);
+        assert_eq!(namespace_epoch("1-0123456780", id), None);
+        assert_eq!(namespace_epoch("x-0123456789", id), None);
+        assert_eq!(namespace_epoch("ingress_sbox", id), None);
+        assert_eq!(namespace_epoch("0-0123456789", id), None);
+
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("netns")).unwrap();
+        for n in [
+            "1-0123456789",
+            "3-0123456789",
+            "2-9999999999",
+            "ingress_sbox",
+        ] {
+            std::fs::write(root.path().join("netns").join(n), "").unwrap();
+        }
+        let names: Vec<String> = netns_paths(root.path(), id)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["3-0123456789", "1-0123456789"]);
+        assert!(netns_paths(Path::new("/nonexistent"), id).is_empty());
     }
 
     #[test]

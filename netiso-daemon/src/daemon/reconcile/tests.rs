@@ -163,6 +163,7 @@ impl Fixture {
             watch_policy: false,
             docker_exec_root: dir.path().join("no-docker"),
             swarm_policy_service: None,
+            swarm_data_path_port: VXLAN_PORT,
         };
         let policy = load_policy(&path).unwrap();
         let (tx, state) = watch::channel(Arc::new(State::default()));
