@@ -91,6 +91,7 @@ fn name(node: &Node, c: &str) -> String {
 /// are not.
 #[test]
 fn forged_vxlan_frames_do_not_reach_a_task() {
+    let _one = netiso_testkit::swarm::one_at_a_time();
     let swarm = Swarm::new(2);
     swarm.overlay("ovx", "10.231.61.0/24");
     swarm.service_on("api", 0, "ovx", "exec sleep 3600");
@@ -263,6 +264,7 @@ fn from_world(swarm: &Swarm, to: &Node, src: Ipv4Addr, marker: &[u8]) -> Vec<u8>
 /// overlay do.
 #[test]
 fn the_world_forging_a_tasks_overlay_address_is_not_that_task() {
+    let _one = netiso_testkit::swarm::one_at_a_time();
     let swarm = Swarm::new(2);
     swarm.overlay("ovp", "10.231.62.0/24");
     let (a, b) = (&swarm.nodes[0], &swarm.nodes[1]);
@@ -390,6 +392,7 @@ swarm = { service = "intruder" }
 /// before.
 #[test]
 fn a_task_replaced_on_its_node_stays_enforced() {
+    let _one = netiso_testkit::swarm::one_at_a_time();
     let swarm = Swarm::new(2);
     swarm.overlay("ovr", "10.231.63.0/24");
     let (a, b) = (&swarm.nodes[0], &swarm.nodes[1]);

@@ -562,6 +562,16 @@ impl Node {
     }
 }
 
+/// Held by a test for as long as its swarm lives: one swarm at a time per
+/// test binary. Each swarm runs two or three engines; several at once on a
+/// small machine slow each other's gossip and IPAM past the tests' bounds
+/// (seen: IPv6 overlay addresses refused for half a minute, cross-node
+/// frames not delivered for 20 s).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A swarm of 2 or 3 nodes; everything it made is removed on drop.
 pub struct Swarm {
     /// The unique tag its names are made from.
