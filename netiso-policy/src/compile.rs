@@ -24,6 +24,12 @@ use crate::ports::{PortSpec, NAMED_NUMBERS};
 /// identities, so that the two ranges never meet.
 pub const FIRST_CIDR_IDENTITY: u32 = identity::FIRST_ADDRESS_PEER;
 
+/// Whether `id` stands for containers (a group set, or the containers in
+/// no group), not the host, the world, an address block or a peer by name.
+pub fn is_container_identity(id: u32) -> bool {
+    id == identity::UNMANAGED || (identity::FIRST_GROUP_IDENTITY..FIRST_CIDR_IDENTITY).contains(&id)
+}
+
 /// Keeps group-set → identity numbers stable across compiles, so that a
 /// reload does not renumber (and so re-judge) every container; likewise
 /// for the identities of address blocks.
@@ -201,15 +207,11 @@ impl Compiled {
             description: Some(what.to_string()),
             location: "built-in".to_string(),
         });
-        let is_container = |id: u32| {
-            id == identity::UNMANAGED
-                || (identity::FIRST_GROUP_IDENTITY..FIRST_CIDR_IDENTITY).contains(&id)
-        };
         let srcs: Vec<u32> = self
             .identities
             .keys()
             .copied()
-            .filter(|&id| is_container(id))
+            .filter(|&id| is_container_identity(id))
             .collect();
         let dsts: Vec<u32> = [
             identity::HOST,

@@ -57,8 +57,8 @@ pub mod testing;
 
 pub use cidr::{Cidr, CidrEntry, CidrPeer};
 pub use compile::{
-    compile, compile_members, Compiled, FqdnEntry, IdentityAllocator, IdentityDef, RuleInfo,
-    FIRST_CIDR_IDENTITY,
+    compile, compile_members, is_container_identity, Compiled, FqdnEntry, IdentityAllocator,
+    IdentityDef, RuleInfo, FIRST_CIDR_IDENTITY,
 };
 pub use diagnostic::{
     did_you_mean, render, Diagnostic, Kind, Location, Note, PolicyError, Severity,

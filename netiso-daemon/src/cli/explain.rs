@@ -241,6 +241,30 @@ pub fn explain(
             Some((p, identity, names)) => (*identity, names.clone(), p.container_port),
             None => (to.identity, to.names.clone(), port),
         };
+        // As the daemon compiles it on a Swarm node: a built-in deny after
+        // the policy's rules (the reference evaluation knows policies only).
+        let container = policy::is_container_identity;
+        if state.swarm_data_path_port == Some(dst_port)
+            && proto == proto::UDP
+            && container(from.identity)
+            && !container(dst_identity)
+        {
+            verdicts.push(Verdict {
+                packet,
+                proto,
+                port,
+                action: Action::Deny.as_str(),
+                rule_id: 0,
+                location: Some("built-in".to_string()),
+                description: Some(crate::daemon::desired::SWARM_DATA_PATH_DENY.to_string()),
+                why: format!(
+                    "on a Swarm node no container sends to the overlay data path \
+                     ({dst_port}/udp) beyond the containers: a forged VXLAN frame would put any \
+                     packet, claiming any task's address, on an overlay"
+                ),
+            });
+            continue;
+        }
         let got = compiled.lookup(from.identity, dst_identity, proto, dst_port);
         let want = policy::evaluate(policy, &from.names, &dst_names, proto, dst_port);
         if (got.action, got.rule_id) != (want.action, want.rule_id) {
@@ -870,6 +894,45 @@ action = "allow"
             );
             assert!(!text.contains("not enforced at its own veth"), "{text}");
         }
+        // On a Swarm node, the built-in deny of the data path beyond
+        // containers, as the daemon compiles it.
+        st.swarm_data_path_port = Some(4789);
+        let to_world = |port: &str| Request {
+            from: "front".into(),
+            to: "198.51.100.7".into(),
+            port: Some(port.into()),
+            policy: None,
+            state_dir: PathBuf::new(),
+        };
+        let x = explain(
+            &policy,
+            Path::new("p.toml"),
+            &st,
+            &[],
+            &to_world("4789/udp"),
+        )
+        .unwrap();
+        let v = &x.verdicts[0];
+        assert_eq!(
+            (v.action, v.location.as_deref()),
+            ("deny", Some("built-in"))
+        );
+        assert!(v.why.contains("overlay data path"), "{}", v.why);
+        let x = explain(
+            &policy,
+            Path::new("p.toml"),
+            &st,
+            &[],
+            &to_world("4788/udp"),
+        )
+        .unwrap();
+        assert_ne!(x.verdicts[0].location.as_deref(), Some("built-in"));
+        let x = explain(&policy, Path::new("p.toml"), &st, &[], &req("front")).unwrap();
+        assert_eq!(
+            x.verdicts[0].action, "allow",
+            "between containers: the policy's"
+        );
+
         // A group's name wins over a service's; `service:` picks the service.
         let x = explain(&policy, Path::new("p.toml"), &st, &[], &req("web")).unwrap();
         assert_eq!(x.from.kind, "group");

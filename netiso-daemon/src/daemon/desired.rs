@@ -127,6 +127,18 @@ pub fn add_host_addresses(d: &mut Desired, addrs: &[IpAddr]) {
     }
 }
 
+/// What the built-in deny of a Swarm node's data path says (`stats`,
+/// `explain`).
+pub const SWARM_DATA_PATH_DENY: &str =
+    "built-in: Swarm overlay VXLAN (a forged frame would claim any task's address)";
+
+/// On a Swarm node: no container sends to the overlay data path's UDP
+/// `port` beyond the containers (see `reconcile::VXLAN_PORT`). One home
+/// for the daemon, `explain` and `verify`.
+pub fn deny_swarm_data_path(compiled: &mut Compiled, port: u16) {
+    compiled.deny_beyond_containers(netiso_common::proto::UDP, port, SWARM_DATA_PATH_DENY);
+}
+
 /// Every address of a Swarm overlay's subnets that no known endpoint has
 /// is an "unknown overlay peer" (a task another node started that the
 /// gossip has not named yet): its own identity, never `world`, so that a

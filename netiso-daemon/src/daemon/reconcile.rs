@@ -674,10 +674,9 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             // An overlay's VXLAN socket takes frames from anyone: a
             // container reaching it could put any packet, claiming any
             // address, on an overlay (`tests/swarm_forged.rs`).
-            compiled.deny_beyond_containers(
-                netiso_common::proto::UDP,
+            crate::daemon::desired::deny_swarm_data_path(
+                &mut compiled,
                 self.opts.swarm_data_path_port,
-                "built-in: Swarm overlay VXLAN (a forged frame would claim any task's address)",
             );
         }
         let (mut desired, mut state) =
@@ -730,6 +729,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         );
         state.policy_path = self.policy_path();
         state.swarm_policy = self.swarm_state();
+        state.swarm_data_path_port = self.in_swarm().then_some(self.opts.swarm_data_path_port);
         state.generation = report.generation;
         state.updated = unix_now();
         state.pid = std::process::id();

@@ -45,6 +45,11 @@ pub struct State {
     /// The policy from Swarm (`--swarm-policy-service`).
     #[serde(default)]
     pub swarm_policy: Option<SwarmPolicyState>,
+    /// On a Swarm node: the overlay data path's UDP port, which no
+    /// container may send to beyond the containers (a built-in deny, after
+    /// the policy's rules; `explain` and `verify` need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_data_path_port: Option<u16>,
 }
 
 /// Where the policy comes from when Swarm delivers it.

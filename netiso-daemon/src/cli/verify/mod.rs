@@ -290,8 +290,13 @@ pub fn verify(a: &VerifyArgs) -> Result<Report> {
         })?;
     let mut containers = containers;
     containers.extend(remote_tasks(&a.conn.state_dir, &containers));
-    let compiled = policy::compile(&policy, &containers, &mut IdentityAllocator::new())
+    let mut compiled = policy::compile(&policy, &containers, &mut IdentityAllocator::new())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // As the daemon compiles it on a Swarm node.
+    let state = crate::observe::state::State::read(&a.conn.state_dir).unwrap_or_default();
+    if let Some(port) = state.swarm_data_path_port {
+        crate::daemon::desired::deny_swarm_data_path(&mut compiled, port);
+    }
     let (plans, skipped) = plan(&policy, &compiled, &containers, &a.groups);
     let tty = std::io::stderr().is_terminal();
     if !a.json {
