@@ -203,9 +203,29 @@ pub fn ifindexes(s: &State, container: &str) -> Vec<u32> {
     v
 }
 
-/// `docker [-H host] args...`, panicking with its output on failure.
+/// `docker [-H host] args...`, panicking with its output on failure. A
+/// `run` the container runtime failed to start (runc's "init-p: connection
+/// reset by peer", seen once in CI on Engine 26.1: the engine's fault, not
+/// the network's) is tried again, twice at most, its half-made container
+/// removed first.
 pub fn docker_at(host: Option<&str>, args: &[&str]) -> String {
-    let out = docker_try(host, args);
+    let mut out = docker_try(host, args);
+    for _ in 0..2 {
+        let runtime_failed =
+            String::from_utf8_lossy(&out.stderr).contains("OCI runtime create failed");
+        if out.status.success() || args.first() != Some(&"run") || !runtime_failed {
+            break;
+        }
+        if let Some(name) = args
+            .iter()
+            .position(|a| *a == "--name")
+            .and_then(|i| args.get(i + 1))
+        {
+            let _ = docker_try(host, &["rm", "-f", name]);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        out = docker_try(host, args);
+    }
     assert!(
         out.status.success(),
         "docker {args:?} failed: {}",
