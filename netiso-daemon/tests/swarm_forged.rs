@@ -1,6 +1,7 @@
 //! Hostile review: packets that claim a task's address without coming from it.
 //!
-//! 1. An unencrypted overlay's VXLAN socket (UDP 4789 on every node) takes a
+//! 1. An unencrypted overlay's VXLAN socket (UDP 4789, or the swarm's
+//!    `--data-path-port`, on every node) takes a
 //!    frame from whoever sends one; the engine decapsulates it into the
 //!    overlay's namespace, and the inner frame reaches the task's veth as if
 //!    it had come over the overlay from the task whose address it claims. A
@@ -92,8 +93,20 @@ fn name(node: &Node, c: &str) -> String {
 #[test]
 fn forged_vxlan_frames_do_not_reach_a_task() {
     let _one = netiso_testkit::swarm::one_at_a_time();
-    let swarm = Swarm::new(2);
-    swarm.overlay("ovx", "10.231.61.0/24");
+    forged_vxlan_frames(Swarm::new(2), 4789, "10.231.61.0/24");
+}
+
+/// The same on a swarm made with `docker swarm init --data-path-port
+/// 7789`, the daemons not told (`swarm_data_path_port` left at 4789): they
+/// find the port on the overlays' VXLAN links.
+#[test]
+fn forged_vxlan_frames_to_another_data_path_port_do_not_reach_a_task() {
+    let _one = netiso_testkit::swarm::one_at_a_time();
+    forged_vxlan_frames(Swarm::with_data_path_port(2, 7789), 7789, "10.231.63.0/24");
+}
+
+fn forged_vxlan_frames(swarm: Swarm, port: u16, subnet: &str) {
+    swarm.overlay("ovx", subnet);
     swarm.service_on("api", 0, "ovx", "exec sleep 3600");
     swarm.service_on("web", 1, "ovx", "exec sleep 3600");
     swarm.service_on("evil", 1, "ovx", "exec sleep 3600");
@@ -128,7 +141,7 @@ fn forged_vxlan_frames_do_not_reach_a_task() {
         a.container_pid(&evil0),
         b.container_pid(&web),
     );
-    let to_a = SocketAddr::from((a.addr, 4789));
+    let to_a = SocketAddr::from((a.addr, port));
     let bind: SocketAddr = format!("0.0.0.0:{PORT}").parse().unwrap();
     let count = |send: &dyn Fn()| {
         let r = udp_receiver(api_pid, bind, Duration::from_secs(2));
@@ -179,12 +192,24 @@ fn forged_vxlan_frames_do_not_reach_a_task() {
     };
     let (n_api, n_evil0) = (name(a, &api), name(a, &evil0));
     let (n_web, n_evil) = (name(b, &web), name(b, &evil));
-    da.wait_for("node 0 enforcing api and evil0, knowing web", |s| {
-        enforced(s, &n_api) && enforced(s, &n_evil0) && knows(s, "web")
-    });
-    db.wait_for("node 1 enforcing web and evil, knowing api", |s| {
-        enforced(s, &n_web) && enforced(s, &n_evil) && knows(s, "api")
-    });
+    da.wait_for(
+        "node 0 enforcing api and evil0, knowing web and the port",
+        |s| {
+            enforced(s, &n_api)
+                && enforced(s, &n_evil0)
+                && knows(s, "web")
+                && s.swarm_data_path_ports.contains(&port)
+        },
+    );
+    db.wait_for(
+        "node 1 enforcing web and evil, knowing api and the port",
+        |s| {
+            enforced(s, &n_web)
+                && enforced(s, &n_evil)
+                && knows(s, "api")
+                && s.swarm_data_path_ports.contains(&port)
+        },
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     assert!(

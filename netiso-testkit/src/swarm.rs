@@ -597,6 +597,16 @@ impl Swarm {
     /// Like [`new`](Self::new) with nodes `0..n_managers` managers.
     /// (Several managers need a quorum: tearing such a swarm down is slower.)
     pub fn with_managers(n_nodes: usize, n_managers: usize) -> Self {
+        Self::build(n_nodes, n_managers, None)
+    }
+
+    /// Like [`new`](Self::new), the overlays' VXLAN on UDP `port`
+    /// (`docker swarm init --data-path-port`).
+    pub fn with_data_path_port(n_nodes: usize, port: u16) -> Self {
+        Self::build(n_nodes, 1, Some(port))
+    }
+
+    fn build(n_nodes: usize, n_managers: usize, data_path_port: Option<u16>) -> Self {
         assert!(
             (2..=3).contains(&n_nodes),
             "a swarm of 2 or 3 nodes, not {n_nodes}"
@@ -635,7 +645,7 @@ impl Swarm {
             node.docker_ok(&format!("load -q -i {}", image_tar.display()));
         }
         let _ = fs::remove_file(&image_tar);
-        swarm.init_and_join(n_managers);
+        swarm.init_and_join(n_managers, data_path_port);
         swarm
     }
 
@@ -754,11 +764,14 @@ impl Swarm {
         }
     }
 
-    fn init_and_join(&mut self, n_managers: usize) {
+    fn init_and_join(&mut self, n_managers: usize, data_path_port: Option<u16>) {
         let a = self.nodes[0].addr;
+        let port = data_path_port
+            .map(|p| format!(" --data-path-port {p}"))
+            .unwrap_or_default();
         self.nodes[0].docker_ok(&format!(
             "swarm init --advertise-addr {a} --listen-addr {a}:2377 \
-             --default-addr-pool 198.19.{}.128/25 --default-addr-pool-mask-length 27",
+             --default-addr-pool 198.19.{}.128/25 --default-addr-pool-mask-length 27{port}",
             self.octet
         ));
         let worker = self.nodes[0].docker_ok("swarm join-token -q worker");

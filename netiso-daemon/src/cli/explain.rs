@@ -244,7 +244,7 @@ pub fn explain(
         // As the daemon compiles it on a Swarm node: a built-in deny after
         // the policy's rules (the reference evaluation knows policies only).
         let container = policy::is_container_identity;
-        if state.swarm_data_path_port == Some(dst_port)
+        if state.swarm_data_path_ports.contains(&dst_port)
             && proto == proto::UDP
             && container(from.identity)
             && !container(dst_identity)
@@ -896,7 +896,7 @@ action = "allow"
         }
         // On a Swarm node, the built-in deny of the data path beyond
         // containers, as the daemon compiles it.
-        st.swarm_data_path_port = Some(4789);
+        st.swarm_data_path_ports = vec![4789, 7789];
         let to_world = |port: &str| Request {
             from: "front".into(),
             to: "198.51.100.7".into(),
@@ -918,6 +918,17 @@ action = "allow"
             ("deny", Some("built-in"))
         );
         assert!(v.why.contains("overlay data path"), "{}", v.why);
+        // Every data path port the daemon found (a swarm made with
+        // `--data-path-port 7789`).
+        let x = explain(
+            &policy,
+            Path::new("p.toml"),
+            &st,
+            &[],
+            &to_world("7789/udp"),
+        )
+        .unwrap();
+        assert_eq!(x.verdicts[0].location.as_deref(), Some("built-in"));
         let x = explain(
             &policy,
             Path::new("p.toml"),

@@ -75,9 +75,10 @@ pub struct DaemonArgs {
     /// `netiso_policy`); the local policy file until one arrives.
     #[arg(long, value_name = "SERVICE")]
     pub swarm_policy_service: Option<String>,
-    /// The UDP port of the Swarm's overlay data path (`docker swarm init
+    /// A UDP port of the Swarm's overlay data path (`docker swarm init
     /// --data-path-port`): on a Swarm node no container may send to it
-    /// beyond the containers [default: 4789].
+    /// beyond the containers, nor to the port of any overlay's VXLAN link
+    /// found on the node [default: 4789].
     #[arg(long, value_name = "PORT")]
     pub swarm_data_path_port: Option<u16>,
     /// Only warn (instead of refusing the policy) when a non-root user could

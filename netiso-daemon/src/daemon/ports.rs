@@ -50,6 +50,11 @@ pub(crate) trait HostLinks {
     fn next_ns_slot(&self) -> Option<u32> {
         None
     }
+    /// The UDP ports of the Swarm overlays' VXLAN links on this node (the
+    /// swarm's data path port, whatever it was made with).
+    async fn data_path_ports(&self) -> BTreeSet<u16> {
+        BTreeSet::new()
+    }
 }
 
 /// The datapath as the reconciler drives it: the desired contents in,
@@ -129,6 +134,14 @@ impl HostLinks for Netlink {
 
     fn next_ns_slot(&self) -> Option<u32> {
         self.overlays.slots.next()
+    }
+
+    /// Read off the async runtime (it enters namespaces).
+    async fn data_path_ports(&self) -> BTreeSet<u16> {
+        let root = self.overlays.exec_root.clone();
+        tokio::task::spawn_blocking(move || crate::host::netlink::overlay_vxlan_ports(&root))
+            .await
+            .unwrap_or_default()
     }
 
     fn set_overlay_networks(&self, ids: BTreeSet<String>) {

@@ -57,6 +57,8 @@ pub(super) struct Daemon<D, L> {
     overlay_nets: Vec<NetworkInfo>,
     /// What the gossip says of them (subnets, endpoints on every node).
     overlays: Vec<OverlayInfo>,
+    /// The UDP ports of the overlays' VXLAN links found on this node.
+    vxlan_ports: BTreeSet<u16>,
     /// Veths of fail-closed networks held closed until classified.
     holds: crate::daemon::fail_closed::Holds,
     /// Containers whose veth should exist but was not found yet (Docker
@@ -74,8 +76,9 @@ pub(super) struct Daemon<D, L> {
 }
 
 /// The UDP port of Swarm's overlay data path (VXLAN; Docker's default,
-/// `docker swarm init --data-path-port` changes it: then set
-/// `swarm_data_path_port`). A VXLAN socket takes
+/// `docker swarm init --data-path-port` changes it: the daemon reads the
+/// port of every overlay's VXLAN link too, and `swarm_data_path_port`
+/// names one more). A VXLAN socket takes
 /// a frame from any sender and puts its inner packet on the overlay, so
 /// a container that reaches a node's port (its own node's, or another's
 /// through its node's masquerading: from a swarm node) could claim any
@@ -143,6 +146,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             bridges: BTreeMap::new(),
             overlay_nets: Vec::new(),
             overlays: Vec::new(),
+            vxlan_ports: BTreeSet::new(),
             holds: Default::default(),
             pending: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -281,12 +285,28 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         !self.overlay_nets.is_empty()
     }
 
-    /// Reads the overlays' gossip again; whether it changed. On an error
-    /// the last view stays (remote tasks keep their identities, unknown
-    /// addresses of the subnets stay unknown overlay peers).
+    /// The data path's UDP ports no container may send to beyond the
+    /// containers on a Swarm node: the configured one (4789 unless told)
+    /// and every port an overlay's VXLAN link has here.
+    fn data_path_ports(&self) -> BTreeSet<u16> {
+        let mut ports = self.vxlan_ports.clone();
+        ports.insert(self.opts.swarm_data_path_port);
+        ports
+    }
+
+    /// Reads the overlays' gossip and their VXLAN ports again; whether
+    /// either changed. On an error the last view stays (remote tasks keep
+    /// their identities, unknown addresses of the subnets stay unknown
+    /// overlay peers).
     pub(super) async fn refresh_overlays(&mut self, docker: &impl Engine) -> bool {
+        let ports = self.links.data_path_ports().await;
+        let ports_changed = ports != self.vxlan_ports;
+        if ports_changed {
+            info!(ports = ?ports, "overlay data path ports");
+            self.vxlan_ports = ports;
+        }
         if self.overlay_nets.is_empty() && self.overlays.is_empty() {
-            return false;
+            return ports_changed;
         }
         match docker.overlays(&self.overlay_nets).await {
             Ok(o) if o != self.overlays => {
@@ -294,13 +314,13 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
                 self.overlays = o;
                 true
             }
-            Ok(_) => false,
+            Ok(_) => ports_changed,
             Err(e) => {
                 warn!(
                     error = format!("{e:#}"),
                     "reading the overlays' gossip failed"
                 );
-                false
+                ports_changed
             }
         }
     }
@@ -674,10 +694,9 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             // An overlay's VXLAN socket takes frames from anyone: a
             // container reaching it could put any packet, claiming any
             // address, on an overlay (`tests/swarm_forged.rs`).
-            crate::daemon::desired::deny_swarm_data_path(
-                &mut compiled,
-                self.opts.swarm_data_path_port,
-            );
+            for port in self.data_path_ports() {
+                crate::daemon::desired::deny_swarm_data_path(&mut compiled, port);
+            }
         }
         let (mut desired, mut state) =
             build_desired(&compiled, &containers, &self.policy, &self.drivers);
@@ -729,7 +748,9 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         );
         state.policy_path = self.policy_path();
         state.swarm_policy = self.swarm_state();
-        state.swarm_data_path_port = self.in_swarm().then_some(self.opts.swarm_data_path_port);
+        if self.in_swarm() {
+            state.swarm_data_path_ports = self.data_path_ports().into_iter().collect();
+        }
         state.generation = report.generation;
         state.updated = unix_now();
         state.pid = std::process::id();

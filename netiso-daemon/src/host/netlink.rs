@@ -9,6 +9,7 @@
 //!
 //! Everything here is blocking and short; call it from `spawn_blocking` when
 //! on an async runtime.
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use crate::model::Container;
 
 use crate::host::rtnl::{
-    IFLA_ADDRESS, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO, RTM_NEWLINK,
+    IFLA_ADDRESS, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO,
+    IFLA_VXLAN_PORT, RTM_NEWLINK,
 };
 
 /// One network interface as seen from some network namespace.
@@ -40,6 +42,9 @@ pub struct LinkInfo {
     /// `IFLA_INFO_KIND` (`veth`, `bridge`, `macvlan`, …); `None` for devices
     /// without one (loopback, physical NICs).
     pub kind: Option<String>,
+    /// A vxlan link's UDP port (`IFLA_VXLAN_PORT`): its socket listens
+    /// there in the namespace the link was made in.
+    pub vxlan_port: Option<u16>,
 }
 
 impl LinkInfo {
@@ -69,7 +74,7 @@ pub struct Overlays {
     /// Ids of the networks known to be overlays: an attachment of one of
     /// them whose namespace is not found is left unresolved, never looked
     /// up in this namespace (where the same ifindex is another veth).
-    pub networks: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    pub networks: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 /// [`resolve_host_veths`], also finding veths in Swarm overlay namespaces:
@@ -215,6 +220,29 @@ pub fn links_in_netns(netns_path: &Path) -> Result<Vec<LinkInfo>> {
     })
 }
 
+/// The UDP ports of the VXLAN links in the Swarm overlays' namespaces
+/// under `exec_root` (`<exec-root>/netns/<epoch>-<id>`; containers'
+/// sandboxes there are named by a bare id and never read): the engine
+/// makes each such link in the host's namespace, where its socket stays,
+/// on the swarm's data path port (`docker swarm init --data-path-port`).
+/// A namespace that vanished meanwhile is skipped.
+pub fn overlay_vxlan_ports(exec_root: &Path) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    let entries = std::fs::read_dir(exec_root.join("netns"));
+    for e in entries.into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !crate::host::overlay::is_overlay_netns_name(name) {
+            continue;
+        }
+        match links_in_netns(&e.path()) {
+            Ok(links) => ports.extend(links.iter().filter_map(|l| l.vxlan_port)),
+            Err(err) => tracing::debug!(netns = name, error = format!("{err:#}"), "skipped"),
+        }
+    }
+    ports
+}
+
 /// Runs `f` on a fresh thread that has joined the network namespace at `path`.
 /// `setns(CLONE_NEWNET)` only moves the calling thread, and that thread ends
 /// with `f`, so no other code ever runs in the foreign namespace.
@@ -342,6 +370,7 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, String> {
         mac: None,
         peer_ifindex: None,
         kind: None,
+        vxlan_port: None,
     };
     for nla in NlasIterator::new(&payload[HEADER_LEN.min(payload.len())..]) {
         let nla = nla.map_err(|e| e.to_string())?;
@@ -352,13 +381,24 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, String> {
             IFLA_LINK => link.peer_ifindex = parse_u32(value).ok(),
             IFLA_LINKINFO => {
                 for info in NlasIterator::new(value).flatten() {
-                    if info.kind() == IFLA_INFO_KIND {
-                        link.kind = parse_string(info.value()).ok();
+                    match info.kind() {
+                        IFLA_INFO_KIND => link.kind = parse_string(info.value()).ok(),
+                        IFLA_INFO_DATA => {
+                            link.vxlan_port = NlasIterator::new(info.value())
+                                .flatten()
+                                .find(|d| d.kind() == IFLA_VXLAN_PORT)
+                                .and_then(|d| <[u8; 2]>::try_from(d.value()).ok())
+                                .map(u16::from_be_bytes);
+                        }
+                        _ => {}
                     }
                 }
             }
             _ => {}
         }
+    }
+    if link.kind.as_deref() != Some("vxlan") {
+        link.vxlan_port = None;
     }
     Ok(link)
 }
@@ -487,6 +527,39 @@ mod tests {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// The data path ports are read from VXLAN links in overlays'
+    /// namespaces (`<epoch>-<id>`), never from containers' sandboxes (a
+    /// container with CAP_NET_ADMIN makes what links it likes there).
+    #[test]
+    fn vxlan_ports_come_from_overlay_namespaces_only() {
+        let overlay = VethNs::new();
+        let sandbox = VethNs::new();
+        for (g, port) in [(&overlay, "7789"), (&sandbox, "53")] {
+            run(&[
+                "ip", "-n", &g.ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport",
+                port,
+            ]);
+        }
+        let links = links_in_netns(&overlay.path()).unwrap();
+        let vx = links.iter().find(|l| l.ifname == "vx0").expect("vx0");
+        assert_eq!(
+            (vx.kind.as_deref(), vx.vxlan_port),
+            (Some("vxlan"), Some(7789))
+        );
+        assert!(links
+            .iter()
+            .filter(|l| l.ifname != "vx0")
+            .all(|l| l.vxlan_port.is_none()));
+
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("netns")).unwrap();
+        std::os::unix::fs::symlink(overlay.path(), root.path().join("netns/1-0123456789")).unwrap();
+        std::os::unix::fs::symlink(sandbox.path(), root.path().join("netns/0123456789ab")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", root.path().join("netns/2-0123456789")).unwrap();
+        assert_eq!(overlay_vxlan_ports(root.path()), BTreeSet::from([7789]));
+        assert!(overlay_vxlan_ports(Path::new("/nonexistent")).is_empty());
     }
 
     #[test]

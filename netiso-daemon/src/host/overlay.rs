@@ -45,6 +45,16 @@ pub fn netns_paths(exec_root: &Path, network_id: &str) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Whether `name` (under `<exec-root>/netns`) is an overlay's namespace,
+/// `<epoch>-<start of the network id>`, not a container's sandbox.
+pub fn is_overlay_netns_name(name: &str) -> bool {
+    name.split_once('-').is_some_and(|(epoch, id)| {
+        epoch.parse::<u64>().is_ok_and(|n| n > 0)
+            && !id.is_empty()
+            && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 /// The epoch of namespace `name` if it is one of `network_id`'s.
 fn namespace_epoch(name: &str, network_id: &str) -> Option<u64> {
     let (epoch, id) = name.split_once('-')?;
@@ -281,6 +291,21 @@ mod tests {
             .collect();
         assert_eq!(names, ["3-0123456789", "1-0123456789"]);
         assert!(netns_paths(Path::new("/nonexistent"), id).is_empty());
+
+        // Any overlay's namespace, never a container's sandbox (a bare id).
+        for n in ["1-0123456789", "10-012345678", "2-abc"] {
+            assert!(is_overlay_netns_name(n), "{n}");
+        }
+        for n in [
+            "0123456789ab",
+            "ingress_sbox",
+            "0-0123456789",
+            "1-",
+            "x-1",
+            "1-../x",
+        ] {
+            assert!(!is_overlay_netns_name(n), "{n}");
+        }
     }
 
     #[test]

@@ -45,11 +45,12 @@ pub struct State {
     /// The policy from Swarm (`--swarm-policy-service`).
     #[serde(default)]
     pub swarm_policy: Option<SwarmPolicyState>,
-    /// On a Swarm node: the overlay data path's UDP port, which no
-    /// container may send to beyond the containers (a built-in deny, after
-    /// the policy's rules; `explain` and `verify` need it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swarm_data_path_port: Option<u16>,
+    /// On a Swarm node: the overlay data path's UDP ports (configured and
+    /// found on the overlays' VXLAN links), which no container may send to
+    /// beyond the containers (a built-in deny, after the policy's rules;
+    /// `explain` and `verify` need them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swarm_data_path_ports: Vec<u16>,
 }
 
 /// Where the policy comes from when Swarm delivers it.

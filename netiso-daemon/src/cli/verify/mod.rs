@@ -294,7 +294,7 @@ pub fn verify(a: &VerifyArgs) -> Result<Report> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // As the daemon compiles it on a Swarm node.
     let state = crate::observe::state::State::read(&a.conn.state_dir).unwrap_or_default();
-    if let Some(port) = state.swarm_data_path_port {
+    for &port in &state.swarm_data_path_ports {
         crate::daemon::desired::deny_swarm_data_path(&mut compiled, port);
     }
     let (plans, skipped) = plan(&policy, &compiled, &containers, &a.groups);

@@ -56,6 +56,8 @@ struct FakeLinks {
     names: BTreeMap<u32, String>,
     all: Vec<LinkEvent>,
     name_lookups: Cell<u32>,
+    /// The overlays' VXLAN ports.
+    vxlan_ports: std::cell::RefCell<BTreeSet<u16>>,
 }
 
 impl HostLinks for FakeLinks {
@@ -80,6 +82,10 @@ impl HostLinks for FakeLinks {
 
     fn links(&self) -> Result<Vec<LinkEvent>> {
         Ok(self.all.clone())
+    }
+
+    async fn data_path_ports(&self) -> BTreeSet<u16> {
+        self.vxlan_ports.borrow().clone()
     }
 }
 
@@ -753,4 +759,23 @@ action = "allow"
             .get(&IpKey::v4([10, 0, 0, 3], 0))
             .map(|i| i.identity)
     );
+
+    // The built-in deny covers the configured data path port and every
+    // port an overlay's VXLAN link has (a swarm made with
+    // `--data-path-port 7789`, the daemon not told).
+    let built_in = |s: &State| -> Vec<String> {
+        s.rules
+            .iter()
+            .filter(|r| r.location == "built-in")
+            .map(|r| r.ports.clone())
+            .collect()
+    };
+    assert_eq!(f.state().swarm_data_path_ports, vec![VXLAN_PORT]);
+    assert_eq!(built_in(&f.state()), ["4789/udp"]);
+    f.d.links.vxlan_ports.borrow_mut().insert(7789);
+    assert!(f.d.refresh_overlays(&engine).await, "a new data path port");
+    f.d.reconcile_logged();
+    assert!(!f.d.refresh_overlays(&engine).await, "nothing new");
+    assert_eq!(f.state().swarm_data_path_ports, vec![VXLAN_PORT, 7789]);
+    assert_eq!(built_in(&f.state()), ["4789/udp", "7789/udp"]);
 }
