@@ -199,10 +199,10 @@ fn a_task_moved_to_another_node_is_enforced_there_and_its_old_address_forgotten(
     swarm.overlay(OVERLAY, SUBNET);
     // node 0: api (receiver), client0, intruder0;
     // node 1: client, intruder, backend (receiver, takes api only).
-    // api's shell execs sleep, which ignores SIGTERM as pid 1: a short
-    // grace period, or the move waits 10 s for the old task to stop.
+    // (`service` gives a 1 s grace period: the move does not wait 10 s
+    // for the old task, whose sleep ignores SIGTERM, to stop.)
     swarm.service(&format!(
-        "--name api --network {OVERLAY} --stop-grace-period 1s \
+        "--name api --network {OVERLAY} \
          --constraint node.hostname=={} {} sh -c '{RECEIVER}'",
         swarm.nodes[0].name,
         netiso_testkit::docker::image()

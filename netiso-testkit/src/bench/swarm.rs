@@ -64,7 +64,7 @@ pub fn run(opts: &Options) -> Result<Section> {
         let prefix = format!("{svc}.");
         swarm.service(&format!(
             "--name {svc} --network {OVERLAY} --constraint node.hostname=={} \
-             --stop-grace-period 1s {} sh -c 'exec sleep 3600'",
+             {} sh -c 'exec sleep 3600'",
             b.name,
             crate::docker::image()
         ));
