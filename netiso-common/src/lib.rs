@@ -11,7 +11,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/netiso";
 
 /// Bumped whenever a pinned map's key or value layout changes, so that an
 /// upgraded daemon replaces old pins instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Map names, as declared in the eBPF object.
 pub mod maps {
@@ -143,6 +143,13 @@ pub mod identity {
     /// WORLD).
     pub const FIRST_ADDRESS_PEER: u32 = 1 << 24;
     pub const FIRST_GROUP_IDENTITY: u32 = 256;
+
+    /// Whether `id` is a container's (in a group, or unmanaged): not the
+    /// host, the world, an address peer or an unknown overlay peer.
+    #[inline(always)]
+    pub fn is_container(id: u32) -> bool {
+        id == UNMANAGED || (FIRST_GROUP_IDENTITY..FIRST_ADDRESS_PEER).contains(&id)
+    }
 }
 
 /// Protocol numbers as used in policy keys. `ANY` matches every protocol.
@@ -889,6 +896,23 @@ pub struct Settings {
     /// The mark of cross-veth verdicts (see [`DEFAULT_CROSS_VETH_MARK`]);
     /// 0 turns them off (every receiver looks its connection up itself).
     pub cross_mark: u32,
+    /// On a Swarm node, the overlays' data path (VXLAN) UDP ports; 0: none.
+    /// The policy denies sending to them beyond the containers; these also
+    /// keep a container from opening a connection *from* one of them with
+    /// anything that is not a container, whose "replies" would reach a
+    /// node's VXLAN socket once the NAT between has forgotten the flow.
+    pub data_path_ports: [u16; 4],
+    /// The rule `stats` names for those drops (the built-in deny's).
+    pub data_path_rule: u32,
+}
+
+impl Settings {
+    /// Whether `port` is one of the data path ports.
+    #[inline(always)]
+    pub fn is_data_path_port(&self, port: u16) -> bool {
+        let p = self.data_path_ports;
+        port != 0 && (p[0] == port || p[1] == port || p[2] == port || p[3] == port)
+    }
 }
 
 pub mod settings_flags {
@@ -1035,7 +1059,7 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<FlowKey>(), 52);
         assert_eq!(size_of::<FlowValue>(), 40);
-        assert_eq!(size_of::<Settings>(), 24);
+        assert_eq!(size_of::<Settings>(), 40);
         assert_eq!(size_of::<CidrKey>(), 20);
         assert_eq!(size_of::<Event>(), 72);
         assert_eq!(size_of::<RateState>(), 16);
@@ -1049,7 +1073,7 @@ mod tests {
         assert_eq!(size_of::<DnsCopy>(), 24 + DNS_CAPTURE);
         assert_eq!(core::mem::offset_of!(Settings, active_slot), 8);
         assert_eq!(core::mem::offset_of!(Settings, generation), 12);
-        assert_eq!(LAYOUT_VERSION, 6);
+        assert_eq!(LAYOUT_VERSION, 7);
     }
 
     #[test]

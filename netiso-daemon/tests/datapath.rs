@@ -997,6 +997,71 @@ fn policy_change_cuts_revoked_flows_and_keeps_allowed_ones() {
     assert_eq!(f.dropped(DropReason::DefaultDeny), 1);
 }
 
+/// On a Swarm node no flow enters a container *from* a data path (VXLAN)
+/// port of anything that is not a container: its "replies" would be sent
+/// to that port, and once the NAT between has forgotten the flow a reply
+/// reaches a node's VXLAN socket, which puts the frame it carries on an
+/// overlay (tests/swarm_forged.rs). Denied as the built-in rule, counted
+/// with its id; a live flow from such a port, opened before the port was
+/// known, is cut at the switch that makes it known.
+#[test]
+fn no_flow_enters_from_a_data_path_port_beyond_the_containers() {
+    const RULE: u32 = 9;
+    let apply = |f: &mut Fixture, d: Desired| {
+        let dp = f.dp.take().unwrap();
+        let dp = f.ns.run(move || {
+            let mut dp = dp;
+            dp.apply(&d).expect("apply");
+            dp
+        });
+        f.dp = Some(dp);
+    };
+    let mut f = Fixture::new(0);
+    // Opened while the port is not yet a data path port.
+    assert_eq!(
+        f.run(IN, &udp4(frames::MAC_B, WORLD, A, 4788, 9100)),
+        tc::PASS
+    );
+    assert!(f.ct_has(&ct_key(A, WORLD, 9100, 4788, 17)));
+
+    let mut d = desired(0);
+    d.data_path_ports = [4789, 4788, 0, 0];
+    d.data_path_rule = RULE;
+    apply(&mut f, d);
+    // The live flow's reply to the port: cut, and the entry forgotten.
+    assert_eq!(f.run(OUT, &udp4(MAC_A, A, WORLD, 9100, 4788)), tc::ACT_SHOT);
+    assert!(!f.ct_has(&ct_key(A, WORLD, 9100, 4788, 17)));
+    assert_eq!(f.dropped(DropReason::Revoked), 1);
+
+    // From the world, from a data path port: denied, no state, the rule's
+    // id in the flow row.
+    assert_eq!(
+        f.run(IN, &udp4(frames::MAC_B, WORLD, A, 4789, 9100)),
+        tc::ACT_SHOT
+    );
+    assert!(!f.ct_has(&ct_key(A, WORLD, 9100, 4789, 17)));
+    let rows: Vec<_> = f
+        .flows()
+        .into_iter()
+        .filter(|(k, _)| k.reason == DropReason::PolicyDeny as u8)
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1.rule_id, RULE);
+    // From another port, or from a container: as the policy says.
+    assert_eq!(
+        f.run(IN, &udp4(frames::MAC_B, WORLD, A, 4790, 9100)),
+        tc::PASS
+    );
+    assert!(f.ct_has(&ct_key(A, WORLD, 9100, 4790, 17)));
+    assert_eq!(f.run(IN, &udp4(frames::MAC_B, B, A, 4789, 9101)), tc::PASS);
+    // TCP from that port number is not VXLAN.
+    assert_eq!(
+        f.run(IN, &tcp4(frames::MAC_B, WORLD, A, 4789, 9100, SYN)),
+        tc::PASS
+    );
+    assert_eq!(f.dropped(DropReason::PolicyDeny), 1);
+}
+
 #[test]
 fn unmanaged_interface_passes_everything() {
     let pins = PinDir::new();

@@ -28,13 +28,13 @@ mod record;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netiso_common::{
     ct_flags, endpoint_flags, errors, family, identity, limits, peer_flags, proto, settings_flags,
-    tc, Action, Direction, DropReason, Endpoint, FragKey, LAYOUT_VERSION,
+    tc, Action, Direction, DropReason, Endpoint, FragKey, Settings, LAYOUT_VERSION,
 };
 
 use control::Check;
 use maps::{CONNTRACK, ENDPOINTS, ENDPOINT_ARRAY, ERRORS, FRAGS, RULE_STATS, SCRATCH, SETTINGS};
 use parse::{Control, Packet, Parsed, ECHO_REPLY};
-use policy::Eval;
+use policy::{Decision, Eval};
 use record::{count, drop, record, Verdict};
 
 #[classifier]
@@ -333,6 +333,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
                         (eval.peer_identity(&key.remote), port)
                     };
                     let mut d = eval.run(opener, peer, port);
+                    if opener == Direction::Ingress {
+                        from_data_path(settings, key.proto, key.rport, peer.0, &mut d);
+                    }
                     if opener == Direction::Egress
                         && ep_flags & endpoint_flags::FQDN != 0
                         && Eval::beyond_host(peer.0)
@@ -387,6 +390,9 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
             .unwrap_or(((identity::HOST, 0), pkt.policy_port))
     };
     let mut d = eval.run(dir, peer, port);
+    if dir == Direction::Ingress {
+        from_data_path(settings, pkt.proto, pkt.sport, peer.0, &mut d);
+    }
     if dir == Direction::Egress
         && unicast()
         && ep_flags & endpoint_flags::FQDN != 0
@@ -429,6 +435,20 @@ fn judge(ctx: &TcContext, dir: Direction) -> i32 {
     }
     let watched = watched_query(ep_flags, pkt, dir);
     pass(ctx, ifindex, pkt, generation, watched, dir)
+}
+
+/// A flow into the endpoint from a data path port of something that is
+/// not a container is denied (the built-in rule's verdict): its replies
+/// would go to that port, and once the NAT between has forgotten the flow
+/// a reply reaches a node's VXLAN socket, which puts whatever frame it
+/// carries on an overlay (`Settings::data_path_ports`).
+#[inline(always)]
+fn from_data_path(settings: &Settings, l4: u8, sport: u16, peer: u32, d: &mut Decision) {
+    if l4 == proto::UDP && !identity::is_container(peer) && settings.is_data_path_port(sport) {
+        d.action = Action::Deny as u8;
+        d.reason = DropReason::PolicyDeny;
+        d.rule_id = settings.data_path_rule;
+    }
 }
 
 /// A query of a container that resolves names: its connection's packets

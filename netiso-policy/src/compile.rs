@@ -27,7 +27,7 @@ pub const FIRST_CIDR_IDENTITY: u32 = identity::FIRST_ADDRESS_PEER;
 /// Whether `id` stands for containers (a group set, or the containers in
 /// no group), not the host, the world, an address block or a peer by name.
 pub fn is_container_identity(id: u32) -> bool {
-    id == identity::UNMANAGED || (identity::FIRST_GROUP_IDENTITY..FIRST_CIDR_IDENTITY).contains(&id)
+    identity::is_container(id)
 }
 
 /// Keeps group-set → identity numbers stable across compiles, so that a

@@ -690,16 +690,29 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             .note(&containers, |c| policy.learns(c), &self.host_addrs);
         let mut compiled = policy::compile(&self.policy, &containers, &mut self.ids)
             .map_err(|e| anyhow!("{e}"))?;
+        let mut data_path = None;
         if self.in_swarm() {
             // An overlay's VXLAN socket takes frames from anyone: a
             // container reaching it could put any packet, claiming any
             // address, on an overlay (`tests/swarm_forged.rs`).
+            data_path = Some(compiled.rules.len() as u32 + 1);
             for port in self.data_path_ports() {
                 crate::daemon::desired::deny_swarm_data_path(&mut compiled, port);
             }
         }
         let (mut desired, mut state) =
             build_desired(&compiled, &containers, &self.policy, &self.drivers);
+        if let Some(rule) = data_path {
+            // Flows into a container from those ports, too (the datapath).
+            let ports: Vec<u16> = self.data_path_ports().into_iter().collect();
+            if ports.len() > desired.data_path_ports.len() {
+                warn!(?ports, "more data path ports than the datapath holds (4): flows from the others are not checked");
+            }
+            for (slot, port) in desired.data_path_ports.iter_mut().zip(ports) {
+                *slot = port;
+            }
+            desired.data_path_rule = rule;
+        }
         self.report_unenforceable(&state.unenforceable);
         self.holds.apply(
             &mut desired,

@@ -104,6 +104,10 @@ pub struct Desired {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// Ports the host publishes for containers: who is behind each.
     pub published: BTreeMap<PublishedKey, PublishedValue>,
+    /// On a Swarm node: the data path's UDP ports (at most 4, 0 for none)
+    /// and the built-in rule that denies them (`Settings::data_path_ports`).
+    pub data_path_ports: [u16; 4],
+    pub data_path_rule: u32,
 }
 
 /// What an `apply` did, for logs and tests.
@@ -528,6 +532,9 @@ impl Datapath {
         self.settings.active_slot = next as u32;
         self.settings.generation = self.settings.generation.wrapping_add(1);
         self.settings.layout_version = LAYOUT_VERSION;
+        // With the switch: the ports and the rule id are the new policy's.
+        self.settings.data_path_ports = desired.data_path_ports;
+        self.settings.data_path_rule = desired.data_path_rule;
         self.write_settings()?;
         info!(
             slot = next,
@@ -1227,6 +1234,8 @@ fn only_additions_and_removals(cur: &Desired, desired: &Desired) -> bool {
     if cur.policy != desired.policy
         || cur.cidrs != desired.cidrs
         || cur.published != desired.published
+        || cur.data_path_ports != desired.data_path_ports
+        || cur.data_path_rule != desired.data_path_rule
     {
         return false;
     }

@@ -778,4 +778,16 @@ action = "allow"
     assert!(!f.d.refresh_overlays(&engine).await, "nothing new");
     assert_eq!(f.state().swarm_data_path_ports, vec![VXLAN_PORT, 7789]);
     assert_eq!(built_in(&f.state()), ["4789/udp", "7789/udp"]);
+    // The datapath gets them too (flows *from* them), with the first
+    // built-in rule's id.
+    let rule = f
+        .state()
+        .rules
+        .iter()
+        .find(|r| r.location == "built-in")
+        .unwrap()
+        .id;
+    let d = f.d.dp.last();
+    assert_eq!(d.data_path_ports, [VXLAN_PORT, 7789, 0, 0]);
+    assert_eq!(d.data_path_rule, rule);
 }
