@@ -66,7 +66,17 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = write_policy(tmp.path(), &env.tag, POLICY);
     let config = empty_config();
-    let mut daemon = DaemonProc::start_with(policy, &["--config", config.to_str().unwrap()]);
+    // Resyncs every 2 s: the daemon looks the containers' veths up again
+    // while they tamper with their links (step 7).
+    let mut daemon = DaemonProc::start_with(
+        policy,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--resync-interval",
+            "2",
+        ],
+    );
     let tag = env.tag.clone();
     let labels = |role: &'static str| [("netiso.test", tag.as_str()), ("role", role)];
 
@@ -120,7 +130,8 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     // This daemon's programs on the attacker's host-side veth, seen from
     // the host (daemons of parallel tests guard every container too).
     let att_index = att_ep.ifindex.expect("attacker's host veth index");
-    let host_side = || own_tcx_programs(&daemon.pins.path, &att_if, att_index);
+    let pins = daemon.pins.path.clone();
+    let host_side = || own_tcx_programs(&pins, &att_if, att_index);
     let before = host_side();
     assert!(
         before.0.iter().any(|(_, n)| n.starts_with("netiso_from")),
@@ -289,6 +300,56 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
         3,
     );
     assert_eq!(rx.join(), 0, "attacker -> insider is denied by policy");
+
+    // 7. A changed MAC, and a dummy link holding the old one (the MAC is
+    //    how the daemon tells which interface is which attachment's),
+    //    across resyncs: the veth keeps its programs and its endpoint, and
+    //    frames from the changed MAC are still dropped.
+    exec(
+        &attacker,
+        &format!(
+            "ip link add d0 type dummy && ip link set d0 address {} && \
+             ip link set eth0 address 02:42:de:ad:be:ee && arp -s {friend_ip} {}",
+            mac_text(att_mac),
+            mac_text(friend_mac)
+        ),
+    );
+    let t0 = daemon.state().last_resync;
+    daemon.wait_for("two resyncs after the change", |s| s.last_resync > t0 + 2);
+    assert_eq!(
+        host_side(),
+        before,
+        "host-side programs changed after resyncs"
+    );
+    let now = daemon.state();
+    let eps: Vec<_> = now
+        .endpoints
+        .iter()
+        .filter(|e| e.container == attacker)
+        .collect();
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(
+        (eps[0].ifindex, eps[0].enforced),
+        (att_ep.ifindex, true),
+        "{eps:?}"
+    );
+    let counts = reason_counts(&daemon);
+    let rx = udp_receiver(friend_pid, SocketAddr::from(([0, 0, 0, 0], 9998)), WINDOW);
+    udp_send(att_pid, any_port(att_ip), friend_udp, 5);
+    assert_eq!(rx.join(), 0, "frames from a changed MAC reached the friend");
+    let g = grown(&counts, &reason_counts(&daemon));
+    assert_eq!(g.get("spoofed-mac"), Some(&5), "drops by reason: {g:?}");
+    exec(
+        &attacker,
+        &format!(
+            "ip link del d0 && ip link set eth0 address {} && arp -s {friend_ip} {} && \
+             arp -s {victim_ip} {} && arp -s {insider_ip} {}",
+            mac_text(att_mac),
+            mac_text(friend_mac),
+            mac_text(victim_mac),
+            mac_text(insider_mac)
+        ),
+    );
 
     // While it held the friend's address, the attacker could not answer
     // ARP for it (ARP leaving a container must speak for its own address):

@@ -27,7 +27,7 @@ use crate::model::Container;
 
 use crate::host::rtnl::{
     IFLA_ADDRESS, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO,
-    IFLA_VXLAN_PORT, RTM_NEWLINK,
+    IFLA_LINK_NETNSID, IFLA_VXLAN_PORT, RTM_NEWLINK,
 };
 
 /// One network interface as seen from some network namespace.
@@ -45,6 +45,8 @@ pub struct LinkInfo {
     /// A vxlan link's UDP port (`IFLA_VXLAN_PORT`): its socket listens
     /// there in the namespace the link was made in.
     pub vxlan_port: Option<u16>,
+    /// `IFLA_LINK_NETNSID`: the peer (or parent) is in another namespace.
+    pub link_netnsid: Option<i32>,
 }
 
 impl LinkInfo {
@@ -98,16 +100,17 @@ pub fn resolve_host_veths_with(c: &mut Container, overlays: Option<&Overlays>) -
     let links = links_in_netns(&ns)
         .with_context(|| format!("listing interfaces of container {} ({})", c.name, c.id))?;
 
-    for a in &mut c.networks {
-        let Some(mac) = a.mac else { continue };
-        let Some(inner) = links.iter().find(|l| l.mac == Some(mac)) else {
-            tracing::debug!(container = %c.name, network = %a.network, "no interface with the attachment's MAC");
+    let chosen = container_ends(&c.networks, &links);
+    for (a, inner) in c.networks.iter_mut().zip(chosen) {
+        let Some(inner) = inner else {
+            let kind = a
+                .mac
+                .and_then(|m| links.iter().find(|l| l.mac == Some(m)))
+                .map(|l| l.kind.clone());
+            tracing::debug!(container = %c.name, network = %a.network, ?kind,
+                "no veth to another namespace with the attachment's MAC");
             continue;
         };
-        if !inner.is_veth() {
-            tracing::debug!(container = %c.name, network = %a.network, kind = ?inner.kind, "not a veth");
-            continue;
-        }
         let Some(peer) = inner.peer_ifindex else {
             continue;
         };
@@ -177,6 +180,42 @@ pub fn resolve_host_veths_with(c: &mut Container, overlays: Option<&Overlays>) -
         }
     }
     Ok(())
+}
+
+/// The container's end of each attachment's veth, among `links` (its
+/// namespace's): only a veth whose peer is in another namespace
+/// (`IFLA_LINK_NETNSID`) can be one — a container with CAP_NET_ADMIN makes
+/// links of any kind with any MAC, veth pairs too, but only inside its own
+/// namespace. By the attachment's MAC; a container that changed its MAC
+/// keeps its veth when that is the only one left to the only attachment
+/// left (it must not lose its programs by changing it).
+fn container_ends<'l>(
+    attachments: &[crate::model::Attachment],
+    links: &'l [LinkInfo],
+) -> Vec<Option<&'l LinkInfo>> {
+    let outer: Vec<&LinkInfo> = links
+        .iter()
+        .filter(|l| l.is_veth() && l.link_netnsid.is_some())
+        .collect();
+    let mut chosen: Vec<Option<&LinkInfo>> = attachments
+        .iter()
+        .map(|a| {
+            let mac = a.mac?;
+            outer.iter().copied().find(|l| l.mac == Some(mac))
+        })
+        .collect();
+    let unmatched: Vec<usize> = (0..attachments.len())
+        .filter(|&i| attachments[i].mac.is_some() && chosen[i].is_none())
+        .collect();
+    let unclaimed: Vec<&LinkInfo> = outer
+        .iter()
+        .copied()
+        .filter(|l| !chosen.iter().flatten().any(|c| c.ifindex == l.ifindex))
+        .collect();
+    if let ([i], [l]) = (unmatched.as_slice(), unclaimed.as_slice()) {
+        chosen[*i] = Some(l);
+    }
+    chosen
 }
 
 /// Whether a Docker network mode gives the container a network namespace with
@@ -371,6 +410,7 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, String> {
         peer_ifindex: None,
         kind: None,
         vxlan_port: None,
+        link_netnsid: None,
     };
     for nla in NlasIterator::new(&payload[HEADER_LEN.min(payload.len())..]) {
         let nla = nla.map_err(|e| e.to_string())?;
@@ -379,6 +419,9 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, String> {
             IFLA_IFNAME => link.ifname = parse_string(value).map_err(|e| e.to_string())?,
             IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(value).ok(),
             IFLA_LINK => link.peer_ifindex = parse_u32(value).ok(),
+            IFLA_LINK_NETNSID => {
+                link.link_netnsid = <[u8; 4]>::try_from(value).ok().map(i32::from_ne_bytes);
+            }
             IFLA_LINKINFO => {
                 for info in NlasIterator::new(value).flatten() {
                     match info.kind() {
@@ -527,6 +570,59 @@ mod tests {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// The container's end of each attachment: a veth to another
+    /// namespace with the attachment's MAC; not a dummy or a veth pair a
+    /// container with CAP_NET_ADMIN made with that MAC in its own
+    /// namespace; and still its veth after it changed the veth's MAC.
+    #[test]
+    fn container_ends_are_veths_to_another_namespace() {
+        let link = |ifindex: u32, kind: &str, mac: u8, netnsid: Option<i32>| LinkInfo {
+            ifname: format!("if{ifindex}"),
+            ifindex,
+            mac: Some([2, 0, 0, 0, 0, mac]),
+            peer_ifindex: Some(100 + ifindex),
+            kind: Some(kind.into()),
+            vxlan_port: None,
+            link_netnsid: netnsid,
+        };
+        let att = |mac: u8| crate::model::Attachment {
+            mac: Some([2, 0, 0, 0, 0, mac]),
+            ..Default::default()
+        };
+        let ends = |atts: &[crate::model::Attachment], links: &[LinkInfo]| -> Vec<Option<u32>> {
+            container_ends(atts, links)
+                .into_iter()
+                .map(|l| l.map(|l| l.ifindex))
+                .collect()
+        };
+        let eth0 = link(5, "veth", 1, Some(0));
+        let eth1 = link(7, "veth", 2, Some(0));
+        assert_eq!(
+            ends(&[att(1), att(2)], &[eth0.clone(), eth1.clone()]),
+            [Some(5), Some(7)]
+        );
+        // A dummy and an inner veth pair with eth0's MAC, made first.
+        let dummy = link(2, "dummy", 1, None);
+        let inner = link(3, "veth", 1, None);
+        assert_eq!(
+            ends(&[att(1)], &[dummy.clone(), inner.clone(), eth0.clone()]),
+            [Some(5)]
+        );
+        // eth0's MAC changed: still eth0, the only veth left for the only
+        // attachment left; with the dummy holding the old MAC too.
+        let changed = link(5, "veth", 9, Some(0));
+        assert_eq!(ends(&[att(1)], &[dummy, inner, changed.clone()]), [Some(5)]);
+        assert_eq!(
+            ends(&[att(1), att(2)], &[changed.clone(), eth1]),
+            [Some(5), Some(7)]
+        );
+        // Two attachments without their MAC: no guessing.
+        let changed1 = link(7, "veth", 8, Some(0));
+        assert_eq!(ends(&[att(1), att(2)], &[changed, changed1]), [None, None]);
+        // A macvlan attachment is no veth.
+        assert_eq!(ends(&[att(1)], &[link(4, "macvlan", 1, None)]), [None]);
     }
 
     /// The data path ports are read from VXLAN links in overlays'

@@ -13,6 +13,7 @@ pub const IFLA_IFNAME: u16 = 3;
 pub const IFLA_LINK: u16 = 5;
 pub const IFLA_MASTER: u16 = 10;
 pub const IFLA_LINKINFO: u16 = 18;
+pub const IFLA_LINK_NETNSID: u16 = 37;
 pub const IFLA_INFO_KIND: u16 = 1;
 pub const IFLA_INFO_DATA: u16 = 2;
 /// In a vxlan link's `IFLA_INFO_DATA`: its UDP port (network order).
