@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use netiso_common::{identity, IdentityInfo, IpKey, PublishedKey, PublishedValue};
+use netiso_common::{identity, peer_flags, IdentityInfo, IpKey, PublishedKey, PublishedValue};
 use tracing::{error, warn};
 
 use crate::datapath::{Desired, EndpointSpec};
@@ -115,14 +115,16 @@ pub fn fit_endpoints(d: &mut Desired, state: &mut State, capacity: usize, applie
 }
 
 /// Gives the host's own addresses the `host` identity (container
-/// addresses, should one coincide, keep theirs).
+/// addresses, should one coincide, keep theirs). Only in the host's own
+/// namespace: over a Swarm overlay nothing of the node's namespace sends
+/// (such a source was forged: an unknown overlay peer there).
 pub fn add_host_addresses(d: &mut Desired, addrs: &[IpAddr]) {
     for ip in addrs {
         d.identities
             .entry(IpKey::from_ip(*ip, 0))
             .or_insert(IdentityInfo {
                 identity: identity::HOST,
-                flags: 0,
+                flags: peer_flags::HOST_NS_ONLY,
             });
     }
 }
@@ -290,7 +292,7 @@ pub fn build_desired(
             // Behind a veth that gets the programs (below): the receiver's
             // program may take the sender's verdict on a live connection.
             let local = if a.host_ifindex.is_some() && a.host_ifname.is_some() {
-                netiso_common::peer_flags::LOCAL_ENDPOINT
+                peer_flags::LOCAL_ENDPOINT
             } else {
                 0
             };
@@ -301,9 +303,9 @@ pub fn build_desired(
                 || a.host_netns.is_some()
                 || drivers.get(&a.network).map(String::as_str) == Some("overlay");
             let ns = if on_overlay {
-                netiso_common::peer_flags::OVERLAY_ONLY
+                peer_flags::OVERLAY_ONLY
             } else {
-                netiso_common::peer_flags::HOST_NS_ONLY
+                peer_flags::HOST_NS_ONLY
             };
             for ip in ips.chain(link_local) {
                 d.identities.insert(
@@ -564,15 +566,13 @@ mod tests {
         // Its defaults, and the mark of an address behind a managed veth.
         assert_eq!(
             d.identities[&ip].flags,
-            defaults::DENY_INGRESS
-                | netiso_common::peer_flags::LOCAL_ENDPOINT
-                | netiso_common::peer_flags::HOST_NS_ONLY
+            defaults::DENY_INGRESS | peer_flags::LOCAL_ENDPOINT | peer_flags::HOST_NS_ONLY
         );
     }
 
     #[test]
     fn only_addresses_behind_a_managed_veth_are_local_endpoints() {
-        use netiso_common::peer_flags::LOCAL_ENDPOINT;
+        use peer_flags::LOCAL_ENDPOINT;
         let mut here = container("here", &[("app", "web")], &["n"]);
         here.networks[0].host_ifindex = Some(10);
         here.networks[0].host_ifname = Some("veth10".into());
@@ -595,7 +595,7 @@ mod tests {
 
     #[test]
     fn overlay_addresses_name_their_container_in_overlay_namespaces_only() {
-        use netiso_common::peer_flags::{HOST_NS_ONLY, OVERLAY_ONLY};
+        use peer_flags::{HOST_NS_ONLY, OVERLAY_ONLY};
         // A local task on an overlay (found in its namespace) and on
         // docker_gwbridge; a remote task from the gossip.
         let mut task = container("task", &[("app", "web")], &["ov", "docker_gwbridge"]);
