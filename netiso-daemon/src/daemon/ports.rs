@@ -22,6 +22,10 @@ pub(crate) trait Engine {
     async fn running_containers(&self) -> Result<Vec<Container>>;
     /// `None`: the container is gone.
     async fn inspect(&self, id: &str) -> Result<Option<Container>>;
+    /// Whether the engine is a Swarm node.
+    async fn swarm_member(&self) -> Result<bool> {
+        Ok(false)
+    }
     /// What this node knows of the Swarm overlays among `nets` (subnets,
     /// gossip). Engines without Swarm have none.
     async fn overlays(&self, nets: &[NetworkInfo]) -> Result<Vec<OverlayInfo>> {
@@ -90,6 +94,10 @@ impl Engine for DockerClient {
 
     async fn overlays(&self, nets: &[NetworkInfo]) -> Result<Vec<OverlayInfo>> {
         DockerClient::overlays(self, nets).await
+    }
+
+    async fn swarm_member(&self) -> Result<bool> {
+        DockerClient::swarm_member(self).await
     }
 }
 

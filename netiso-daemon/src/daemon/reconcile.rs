@@ -59,6 +59,8 @@ pub(super) struct Daemon<D, L> {
     overlays: Vec<OverlayInfo>,
     /// The UDP ports of the overlays' VXLAN links found on this node.
     vxlan_ports: BTreeSet<u16>,
+    /// The engine said it is a Swarm node (at the last resync).
+    swarm_member: bool,
     /// Veths of fail-closed networks held closed until classified.
     holds: crate::daemon::fail_closed::Holds,
     /// Containers whose veth should exist but was not found yet (Docker
@@ -147,6 +149,7 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             overlay_nets: Vec::new(),
             overlays: Vec::new(),
             vxlan_ports: BTreeSet::new(),
+            swarm_member: false,
             holds: Default::default(),
             pending: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -188,6 +191,13 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
             match docker.networks().await {
                 Ok(n) => self.set_networks(n),
                 Err(e) => warn!(error = format!("{e:#}"), "listing networks failed"),
+            }
+            match docker.swarm_member().await {
+                Ok(m) => self.swarm_member = m,
+                Err(e) => warn!(
+                    error = format!("{e:#}"),
+                    "asking whether this is a Swarm node failed"
+                ),
             }
             self.refresh_overlays(docker).await;
             let listed = docker.running_containers().await?;
@@ -273,11 +283,15 @@ impl<D: Dataplane, L: HostLinks> Daemon<D, L> {
         self.refresh(docker, &id).await;
     }
 
-    /// Whether this node is in a Swarm (it has overlays, or the bridge
-    /// Swarm makes on every node): then no container may send to a VXLAN
-    /// port beyond the containers (see [`VXLAN_PORT`]).
+    /// Whether this node is in a Swarm (the engine says so, or it has
+    /// overlays, or the bridge Swarm makes on every node): then no
+    /// container may send to a VXLAN port beyond the containers (see
+    /// [`VXLAN_PORT`]), even on a node with no overlay of its own (its
+    /// address is a node's to the others).
     fn in_swarm(&self) -> bool {
-        self.has_overlays() || self.drivers.contains_key(crate::host::docker::GWBRIDGE)
+        self.swarm_member
+            || self.has_overlays()
+            || self.drivers.contains_key(crate::host::docker::GWBRIDGE)
     }
 
     /// Whether any Swarm overlay is known (then its gossip is polled).

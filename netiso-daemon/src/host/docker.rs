@@ -158,6 +158,22 @@ impl DockerClient {
         }
     }
 
+    /// Whether the engine is a Swarm node (joined, or joining; not
+    /// `inactive`): then it may have VXLAN sockets, and its address is a
+    /// node's to the other nodes', whatever overlays it has now.
+    pub async fn swarm_member(&self) -> Result<bool> {
+        use bollard::models::LocalNodeState;
+        let info = self
+            .docker
+            .info()
+            .await
+            .context("asking the engine for its info")?;
+        Ok(!matches!(
+            info.swarm.and_then(|s| s.local_node_state),
+            None | Some(LocalNodeState::INACTIVE | LocalNodeState::EMPTY)
+        ))
+    }
+
     /// Every network: name, driver (`bridge`, `macvlan`, `ipvlan`, `host`,
     /// `null`, `overlay`, …: whether an attachment can have a host-side veth
     /// at all) and, for bridge networks, the bridge device's name.

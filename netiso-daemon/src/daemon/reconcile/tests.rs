@@ -19,6 +19,8 @@ struct FakeEngine {
     inspects: Cell<u32>,
     /// What the overlays' gossip says.
     overlays: std::cell::RefCell<Vec<OverlayInfo>>,
+    /// The engine is a Swarm node.
+    swarm_member: bool,
 }
 
 impl Engine for FakeEngine {
@@ -33,6 +35,10 @@ impl Engine for FakeEngine {
     async fn inspect(&self, id: &str) -> Result<Option<Container>> {
         self.inspects.set(self.inspects.get() + 1);
         Ok(self.containers.get(id).cloned())
+    }
+
+    async fn swarm_member(&self) -> Result<bool> {
+        Ok(self.swarm_member)
     }
 
     async fn overlays(&self, nets: &[NetworkInfo]) -> Result<Vec<OverlayInfo>> {
@@ -790,4 +796,27 @@ action = "allow"
     let d = f.d.dp.last();
     assert_eq!(d.data_path_ports, [VXLAN_PORT, 7789, 0, 0]);
     assert_eq!(d.data_path_rule, rule);
+}
+
+/// A Swarm node with no overlay and no `docker_gwbridge` (a worker with no
+/// task, the routing mesh removed) still denies the data path: its
+/// address is a node's to the others, whose VXLAN sockets take its frames.
+/// A node outside any swarm does not.
+#[tokio::test]
+async fn a_swarm_node_without_overlays_denies_the_data_path() {
+    for member in [true, false] {
+        let mut f = Fixture::new("[groups.web]\nlabels = { app = \"web\" }\n");
+        let engine = FakeEngine {
+            swarm_member: member,
+            ..FakeEngine::default()
+        };
+        f.d.resync(&engine).await.unwrap();
+        f.d.reconcile_logged();
+        let want: Vec<u16> = if member { vec![VXLAN_PORT] } else { vec![] };
+        assert_eq!(f.state().swarm_data_path_ports, want, "member: {member}");
+        assert_eq!(
+            f.state().rules.iter().any(|r| r.location == "built-in"),
+            member
+        );
+    }
 }
