@@ -301,14 +301,14 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     );
     assert_eq!(rx.join(), 0, "attacker -> insider is denied by policy");
 
-    // 7. A changed MAC, and a dummy link holding the old one (the MAC is
-    //    how the daemon tells which interface is which attachment's),
-    //    across resyncs: the veth keeps its programs and its endpoint, and
-    //    frames from the changed MAC are still dropped.
+    // 7. A changed MAC, and the veth pair of step 5 holding the old one
+    //    (the MAC is how the daemon tells which interface is which
+    //    attachment's), across resyncs: the veth keeps its programs and its
+    //    endpoint, and frames from the changed MAC are still dropped.
     exec(
         &attacker,
         &format!(
-            "ip link add d0 type dummy && ip link set d0 address {} && \
+            "ip link set v0 address {} && \
              ip link set eth0 address 02:42:de:ad:be:ee && arp -s {friend_ip} {}",
             mac_text(att_mac),
             mac_text(friend_mac)
@@ -342,7 +342,7 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     exec(
         &attacker,
         &format!(
-            "ip link del d0 && ip link set eth0 address {} && arp -s {friend_ip} {} && \
+            "ip link del v0 && ip link set eth0 address {} && arp -s {friend_ip} {} && \
              arp -s {victim_ip} {} && arp -s {insider_ip} {}",
             mac_text(att_mac),
             mac_text(friend_mac),
