@@ -19,6 +19,15 @@
 //!    from the world claiming it through (the default route answers). Such a
 //!    packet to a port a task publishes in `host` mode was judged, on the
 //!    task's `docker_gwbridge` veth, as coming from that task.
+//!
+//! 3. The built-in deny of the data path judges new flows only. A task
+//!    that the world may reach (a port published in `host` mode) is sent a
+//!    datagram by a colluding task of another node from that task's own UDP
+//!    port 4789 (free in its namespace; its node masquerades it keeping the
+//!    port): a flow from the world's node:4789. Once the nodes' own
+//!    conntrack forgot the NAT, the first task answers with a forged VXLAN
+//!    datagram: a reply for netiso, a new flow for the nodes, which the
+//!    other node's VXLAN socket takes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -67,9 +76,14 @@ fn vxlan(vni: u32, src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4A
 
 /// Sends `payload` from inside the namespace of `pid` to `to`, `n` times.
 fn send_from(pid: u32, to: SocketAddr, payload: Vec<u8>, n: u32) {
+    send_from_port(pid, any(0), to, payload, n);
+}
+
+/// Like [`send_from`], from a socket bound to `from`.
+fn send_from_port(pid: u32, from: SocketAddr, to: SocketAddr, payload: Vec<u8>, n: u32) {
     let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
     netiso_testkit::ns::run_in(&ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let s = UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
         for _ in 0..n {
             let _ = s.send_to(&payload, to);
             std::thread::sleep(Duration::from_millis(5));
@@ -490,5 +504,289 @@ fn a_task_replaced_on_its_node_stays_enforced() {
         "intruder (node 1) reached api (ingress deny) after api was replaced on node 0 \
          (overlay namespaces there: {netns:?}): {got:?}\nnode 0 status: {}",
         String::from_utf8_lossy(&da.cli(&["status"]).stdout)
+    );
+}
+
+/// 0.0.0.0:`port`.
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}
+
+/// The sources of the UDP datagrams arriving at `bind` inside the
+/// namespace `ns` during `window`. Returns once the socket is bound.
+fn sources_in(
+    ns: std::path::PathBuf,
+    bind: SocketAddr,
+    window: Duration,
+) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        netiso_testkit::ns::run_in(&ns, move || {
+            let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            ready_tx.send(()).unwrap();
+            let end = Instant::now() + window;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while Instant::now() < end {
+                if let Ok((_, from)) = s.recv_from(&mut buf) {
+                    got.push(from);
+                }
+            }
+            got
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receiver ready");
+    h
+}
+
+/// The UDP port relay publishes in `host` mode.
+const RELAY_PORT: u16 = 9100;
+
+/// The nodes' own conntrack (NAT) keeps a UDP flow this long (seconds).
+const NAT_UDP_TIMEOUT: u32 = 3;
+
+const POLICY_REPLY: &str = r#"
+[groups.api]
+swarm = { service = "api" }
+ingress = "deny"
+
+[groups.web]
+swarm = { service = "web" }
+
+[groups.relay]
+swarm = { service = "relay" }
+
+[groups.evil]
+swarm = { service = "evil" }
+
+[[rules]]
+from = "web"
+to = "api"
+ports = ["9000/udp"]
+action = "allow"
+
+[[rules]]
+from = "world"
+to = "relay"
+ports = ["9100/udp"]
+action = "allow"
+"#;
+
+/// Waits (20 s at most) until no node's own conntrack has an entry for
+/// RELAY_PORT any more (the flows through relay's published port expired).
+fn wait_nat_forgotten(nodes: &[&Node]) {
+    let pat = format!("port={RELAY_PORT} ");
+    let t = Instant::now();
+    loop {
+        let tables: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                String::from_utf8_lossy(&n.sh("cat /proc/net/nf_conntrack").stdout).to_string()
+            })
+            .collect();
+        if tables.iter().all(|t| !t.contains(&pat)) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the nodes' conntrack still has flows of port {RELAY_PORT}: {tables:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Two colluding tasks: relay (node 0) publishes RELAY_PORT/udp in `host`
+/// mode (the world may send to it), evil (node 1) sends it a datagram from
+/// its own port 4789 (its node masquerades it keeping the port: relay's
+/// `docker_gwbridge` veth sees the world's node1:4789 -> relay, allowed, a
+/// flow netiso keeps 120 s). Once both nodes' conntrack forgot that flow
+/// (UDP timeouts of NAT_UDP_TIMEOUT s here), relay sends from RELAY_PORT a
+/// VXLAN datagram to node 1's 4789 whose inner packet claims web's address
+/// (web on node 0: node 1's overlay pins web's MAC to node 0's address,
+/// where the datagram comes from once node 0 masquerades it) to api (node
+/// 1; ingress deny, only web may send it 9000/udp). For netiso a reply;
+/// for node 0 a new flow; node 1 has no NAT entry for it and its VXLAN
+/// socket decapsulates it onto the overlay. api must receive none of it.
+/// Controls: without netiso the frame sent straight to node 1 reaches api;
+/// with netiso sent straight (no flow before) it does not; the same dance
+/// with port 4790 reaches a listener of node 1's own namespace (the NAT
+/// entries expire, the port is kept).
+#[test]
+fn forged_vxlan_frames_as_a_reply_do_not_reach_a_task() {
+    let _one = netiso_testkit::swarm::one_at_a_time();
+    let swarm = Swarm::new(2);
+    swarm.overlay("ovy", "10.231.65.0/24");
+    let (a, b) = (&swarm.nodes[0], &swarm.nodes[1]);
+    swarm.service(&format!(
+        "--name relay --network ovy \
+         --publish mode=host,target={RELAY_PORT},published={RELAY_PORT},protocol=udp \
+         --constraint node.hostname=={} {} sh -c 'exec sleep 3600'",
+        a.name,
+        netiso_testkit::docker::image()
+    ));
+    swarm.service_on("web", 0, "ovy", "exec sleep 3600");
+    swarm.service_on("api", 1, "ovy", "exec sleep 3600");
+    swarm.service_on("evil", 1, "ovy", "exec sleep 3600");
+    for s in ["relay", "web", "api", "evil"] {
+        swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
+    }
+    let relay = swarm.task_container(0, "relay");
+    let web = swarm.task_container(0, "web");
+    let api = swarm.task_container(1, "api");
+    let evil = swarm.task_container(1, "evil");
+    let vni: u32 = a
+        .docker_ok(
+            "network inspect -f '{{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}' ovy",
+        )
+        .trim()
+        .parse()
+        .expect("the overlay's VNI");
+    let api_ip = b.container_ip(&api, "ovy");
+    let api_mac = b.container_mac(&api, "ovy");
+    let web_ip = a.container_ip(&web, "ovy");
+    let web_mac = a.container_mac(&web, "ovy");
+    let forged = vxlan(vni, web_mac, api_mac, web_ip, api_ip);
+    let (relay_pid, web_pid) = (a.container_pid(&relay), a.container_pid(&web));
+    let (api_pid, evil_pid) = (b.container_pid(&api), b.container_pid(&evil));
+    let relay_ns = std::path::PathBuf::from(format!("/proc/{relay_pid}/ns/net"));
+    let to_relay = SocketAddr::from((a.addr, RELAY_PORT));
+    let to_b = SocketAddr::from((b.addr, 4789));
+    let count = |send: &dyn Fn()| {
+        let r = udp_receiver(api_pid, any(PORT), Duration::from_secs(2));
+        send();
+        r.join()
+    };
+    let direct = || send_from(relay_pid, to_b, forged.clone(), 20);
+    let legit = || send_from(web_pid, SocketAddr::from((api_ip, PORT)), b"w".to_vec(), 20);
+
+    // (a) Without netiso, the frame straight to node 1 reaches api.
+    let t = Instant::now();
+    while count(&direct) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "control: no forged frame arrives without netiso"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY_REPLY).unwrap();
+    let mut da = a.daemon(policy.clone());
+    let mut db = b.daemon(policy);
+    let enforced = |s: &netiso_daemon::observe::state::State, n: &str| {
+        s.endpoints
+            .iter()
+            .filter(|e| e.container == n && e.enforced)
+            .count()
+            >= 2
+    };
+    let knows = |s: &netiso_daemon::observe::state::State, g: &str| {
+        s.endpoints
+            .iter()
+            .any(|e| e.remote_node.is_some() && e.groups.iter().any(|x| x == g))
+    };
+    let (n_relay, n_web) = (name(a, &relay), name(a, &web));
+    let (n_api, n_evil) = (name(b, &api), name(b, &evil));
+    da.wait_for(
+        "node 0 enforcing relay and web, knowing api and the port",
+        |s| {
+            enforced(s, &n_relay)
+                && enforced(s, &n_web)
+                && knows(s, "api")
+                && s.swarm_data_path_ports.contains(&4789)
+        },
+    );
+    db.wait_for(
+        "node 1 enforcing api and evil, knowing web and the port",
+        |s| {
+            enforced(s, &n_api)
+                && enforced(s, &n_evil)
+                && knows(s, "web")
+                && s.swarm_data_path_ports.contains(&4789)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        count(&legit) > 0,
+        "control: web does not reach api\n{}",
+        db.log()
+    );
+    // (b) With netiso, straight (no flow before): the built-in deny.
+    assert_eq!(
+        count(&direct),
+        0,
+        "control: relay's forged frame straight to node 1 reaches api"
+    );
+
+    // The nodes' own conntrack forgets a UDP flow after NAT_UDP_TIMEOUT s
+    // (per namespace: the host's stays as it is).
+    for n in [a, b] {
+        n.sh(&format!(
+            "sysctl -qw net.netfilter.nf_conntrack_udp_timeout={NAT_UDP_TIMEOUT} \
+             net.netfilter.nf_conntrack_udp_timeout_stream={NAT_UDP_TIMEOUT}"
+        ));
+        let got = n.sh("sysctl -n net.netfilter.nf_conntrack_udp_timeout");
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout).trim(),
+            NAT_UDP_TIMEOUT.to_string(),
+            "the UDP conntrack timeout in {}",
+            n.name
+        );
+    }
+    // evil, from its own `port`, to relay's published port: the sources
+    // relay saw; then until the nodes' NAT forgot it.
+    let knock = |port: u16| {
+        let r = sources_in(relay_ns.clone(), any(RELAY_PORT), Duration::from_secs(2));
+        send_from_port(evil_pid, any(port), to_relay, b"knock".to_vec(), 3);
+        let seen = r.join().expect("relay's receiver");
+        wait_nat_forgotten(&[a, b]);
+        seen
+    };
+
+    // (c) The dance with a port that is not the data path's: relay's
+    // answer reaches node 1 itself (no NAT entry left to take it to evil).
+    let seen = knock(4790);
+    assert!(
+        seen.contains(&SocketAddr::from((b.addr, 4790))),
+        "control: relay saw evil's datagrams from port 4790 as {seen:?}, not from {}:4790",
+        b.addr
+    );
+    let r = sources_in(b.netns_path(), any(4790), Duration::from_secs(2));
+    send_from_port(
+        relay_pid,
+        any(RELAY_PORT),
+        SocketAddr::from((b.addr, 4790)),
+        b"answer".to_vec(),
+        20,
+    );
+    let got = r.join().expect("node 1's receiver");
+    assert!(
+        !got.is_empty(),
+        "control: relay's answer from {RELAY_PORT} to node 1's 4790 did not reach node 1"
+    );
+    eprintln!(
+        "control (c): relay saw {seen:?}; node 1 received {} answers from {:?}",
+        got.len(),
+        got.first()
+    );
+
+    // The attack.
+    let seen = knock(4789);
+    assert!(
+        seen.contains(&SocketAddr::from((b.addr, 4789))),
+        "relay saw evil's datagrams from port 4789 as {seen:?}, not from {}:4789",
+        b.addr
+    );
+    let n = count(&|| send_from_port(relay_pid, any(RELAY_PORT), to_b, forged.clone(), 20));
+    assert_eq!(
+        n,
+        0,
+        "api (node 1) received {n} datagrams claiming web's address that relay (node 0) forged \
+         as VXLAN to node 1's {to_b}, from its published port {RELAY_PORT}, answering evil's \
+         datagrams from {seen:?}\nnode 0 stats: {}",
+        String::from_utf8_lossy(&da.cli(&["stats"]).stdout)
     );
 }
