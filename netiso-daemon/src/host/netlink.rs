@@ -123,8 +123,16 @@ pub fn resolve_host_veths_with(c: &mut Container, overlays: Option<&Overlays>) -
         let mut overlay_ns = None;
         for path in candidates {
             let o = overlays.expect("candidates come from overlays");
-            let host = in_netns(&path, || link_by_index(peer))
-                .with_context(|| format!("looking up ifindex {peer} in {}", path.display()))?;
+            // A namespace that cannot be entered (gone meanwhile, a stale
+            // file) is skipped, not the container's other attachments.
+            let host = match in_netns(&path, || link_by_index(peer)) {
+                Ok(host) => host,
+                Err(e) => {
+                    tracing::debug!(container = %c.name, network = %a.network,
+                        netns = %path.display(), error = format!("{e:#}"), "skipped");
+                    continue;
+                }
+            };
             let found = host
                 .as_ref()
                 .is_some_and(|h| h.is_veth() && h.peer_ifindex == Some(inner.ifindex));
