@@ -33,6 +33,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use netiso_testkit::daemon::DaemonProc;
 use netiso_testkit::frames::{eth, inet_checksum, ipv4, udp_checksummed};
 use netiso_testkit::hostile::udp_receiver;
 use netiso_testkit::swarm::{Node, Swarm};
@@ -96,6 +97,36 @@ fn name(node: &Node, c: &str) -> String {
     node.docker_ok(&format!("inspect -f '{{{{.Name}}}}' {c}"))
         .trim_start_matches('/')
         .to_string()
+}
+
+type State = netiso_daemon::observe::state::State;
+
+/// A daemon on each of the first two nodes enforcing `policy` (the file is
+/// in the returned directory, which must outlive them).
+fn daemons(swarm: &Swarm, policy: &str) -> (tempfile::TempDir, DaemonProc, DaemonProc) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let da = swarm.nodes[0].daemon(path.clone());
+    let db = swarm.nodes[1].daemon(path);
+    (dir, da, db)
+}
+
+/// Whether both of `container`'s veths (overlay, `docker_gwbridge`) are
+/// enforced.
+fn enforced_both(s: &State, container: &str) -> bool {
+    s.endpoints
+        .iter()
+        .filter(|e| e.container == container && e.enforced)
+        .count()
+        >= 2
+}
+
+/// Whether a task of `group` on another node is known.
+fn knows(s: &State, group: &str) -> bool {
+    s.endpoints
+        .iter()
+        .any(|e| e.remote_node.is_some() && e.groups.iter().any(|g| g == group))
 }
 
 /// A task (evil, egress allowed like any default group) forges VXLAN
@@ -188,30 +219,14 @@ fn forged_vxlan_frames(swarm: Swarm, port: u16, subnet: &str) {
         "no forged frame arrives without netiso (local)"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let mut da = a.daemon(policy.clone());
-    let mut db = b.daemon(policy);
-    let enforced = |s: &netiso_daemon::observe::state::State, n: &str| {
-        s.endpoints
-            .iter()
-            .filter(|e| e.container == n && e.enforced)
-            .count()
-            >= 2
-    };
-    let knows = |s: &netiso_daemon::observe::state::State, g: &str| {
-        s.endpoints
-            .iter()
-            .any(|e| e.remote_node.is_some() && e.groups.iter().any(|x| x == g))
-    };
+    let (_dir, mut da, mut db) = daemons(&swarm, POLICY);
     let (n_api, n_evil0) = (name(a, &api), name(a, &evil0));
     let (n_web, n_evil) = (name(b, &web), name(b, &evil));
     da.wait_for(
         "node 0 enforcing api and evil0, knowing web and the port",
         |s| {
-            enforced(s, &n_api)
-                && enforced(s, &n_evil0)
+            enforced_both(s, &n_api)
+                && enforced_both(s, &n_evil0)
                 && knows(s, "web")
                 && s.swarm_data_path_ports.contains(&port)
         },
@@ -219,8 +234,8 @@ fn forged_vxlan_frames(swarm: Swarm, port: u16, subnet: &str) {
     db.wait_for(
         "node 1 enforcing web and evil, knowing api and the port",
         |s| {
-            enforced(s, &n_web)
-                && enforced(s, &n_evil)
+            enforced_both(s, &n_web)
+                && enforced_both(s, &n_evil)
                 && knows(s, "api")
                 && s.swarm_data_path_ports.contains(&port)
         },
@@ -362,21 +377,10 @@ fn the_world_forging_a_tasks_overlay_address_is_not_that_task() {
         "without netiso, no datagram claiming local's address"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY_PUBLISHED).unwrap();
-    let mut da = a.daemon(policy.clone());
-    let mut db = b.daemon(policy);
+    let (_dir, mut da, mut db) = daemons(&swarm, POLICY_PUBLISHED);
     let (n_api, n_web) = (name(a, &api), name(b, &web));
     da.wait_for("node 0 enforcing api on both sides, knowing web", |s| {
-        s.endpoints
-            .iter()
-            .filter(|e| e.container == n_api && e.enforced)
-            .count()
-            >= 2
-            && s.endpoints
-                .iter()
-                .any(|e| e.remote_node.is_some() && e.groups.iter().any(|g| g == "web"))
+        enforced_both(s, &n_api) && knows(s, "web")
     });
     db.wait_for("node 1 enforcing web", |s| {
         s.endpoints
@@ -441,11 +445,7 @@ fn a_task_replaced_on_its_node_stays_enforced() {
     for s in ["api", "intruder"] {
         swarm.wait_tasks_running(s, 1, TASK_TIMEOUT);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY_RESTART).unwrap();
-    let mut da = a.daemon(policy.clone());
-    let mut db = b.daemon(policy);
+    let (_dir, mut da, mut db) = daemons(&swarm, POLICY_RESTART);
     let intruder = swarm.task_container(1, "intruder");
     let n_intruder = name(b, &intruder);
     db.wait_for("node 1 enforcing intruder", |s| {
@@ -454,7 +454,7 @@ fn a_task_replaced_on_its_node_stays_enforced() {
             .any(|e| e.container == n_intruder && e.enforced)
     });
     let port = netiso_testkit::swarm::RECEIVER_PORT;
-    let round = |tag: &str, da: &mut netiso_testkit::daemon::DaemonProc| -> String {
+    let round = |tag: &str, da: &mut DaemonProc| -> String {
         let api = swarm.task_container(0, "api");
         let n_api = name(a, &api);
         // Known to node 0's daemon (whether it could enforce it is what
@@ -677,30 +677,14 @@ fn forged_vxlan_frames_as_a_reply_do_not_reach_a_task() {
     };
     eprintln!("control (a): without netiso api received {n} of 20 forged frames");
 
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY_REPLY).unwrap();
-    let mut da = a.daemon(policy.clone());
-    let mut db = b.daemon(policy);
-    let enforced = |s: &netiso_daemon::observe::state::State, n: &str| {
-        s.endpoints
-            .iter()
-            .filter(|e| e.container == n && e.enforced)
-            .count()
-            >= 2
-    };
-    let knows = |s: &netiso_daemon::observe::state::State, g: &str| {
-        s.endpoints
-            .iter()
-            .any(|e| e.remote_node.is_some() && e.groups.iter().any(|x| x == g))
-    };
+    let (_dir, mut da, mut db) = daemons(&swarm, POLICY_REPLY);
     let (n_relay, n_web) = (name(a, &relay), name(a, &web));
     let (n_api, n_evil) = (name(b, &api), name(b, &evil));
     da.wait_for(
         "node 0 enforcing relay and web, knowing api and the port",
         |s| {
-            enforced(s, &n_relay)
-                && enforced(s, &n_web)
+            enforced_both(s, &n_relay)
+                && enforced_both(s, &n_web)
                 && knows(s, "api")
                 && s.swarm_data_path_ports.contains(&4789)
         },
@@ -708,8 +692,8 @@ fn forged_vxlan_frames_as_a_reply_do_not_reach_a_task() {
     db.wait_for(
         "node 1 enforcing api and evil, knowing web and the port",
         |s| {
-            enforced(s, &n_api)
-                && enforced(s, &n_evil)
+            enforced_both(s, &n_api)
+                && enforced_both(s, &n_evil)
                 && knows(s, "web")
                 && s.swarm_data_path_ports.contains(&4789)
         },

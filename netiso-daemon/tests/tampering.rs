@@ -213,16 +213,15 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     assert_eq!(rx.join(), 0, "frames from a changed MAC reached the friend");
     let g = grown(&counts, &reason_counts(&daemon));
     assert_eq!(g.get("spoofed-mac"), Some(&5), "drops by reason: {g:?}");
-    exec(
-        &attacker,
-        &format!(
-            "ip link set eth0 address {} && arp -s {friend_ip} {} && arp -s {victim_ip} {} && arp -s {insider_ip} {}",
-            mac_text(att_mac),
-            mac_text(friend_mac),
-            mac_text(victim_mac),
-            mac_text(insider_mac)
-        ),
+    // Its own MAC back, and the neighbours its change flushed.
+    let own_mac_back = format!(
+        "ip link set eth0 address {} && arp -s {friend_ip} {} && arp -s {victim_ip} {} && arp -s {insider_ip} {}",
+        mac_text(att_mac),
+        mac_text(friend_mac),
+        mac_text(victim_mac),
+        mac_text(insider_mac)
     );
+    exec(&attacker, &own_mac_back);
     let rx = udp_receiver(friend_pid, SocketAddr::from(([0, 0, 0, 0], 9998)), WINDOW);
     udp_send(att_pid, any_port(att_ip), friend_udp, 4);
     assert_eq!(rx.join(), 4, "with its own MAC back, allowed traffic flows");
@@ -339,17 +338,7 @@ fn net_admin_container_cannot_remove_or_bypass_enforcement() {
     assert_eq!(rx.join(), 0, "frames from a changed MAC reached the friend");
     let g = grown(&counts, &reason_counts(&daemon));
     assert_eq!(g.get("spoofed-mac"), Some(&5), "drops by reason: {g:?}");
-    exec(
-        &attacker,
-        &format!(
-            "ip link del v0 && ip link set eth0 address {} && arp -s {friend_ip} {} && \
-             arp -s {victim_ip} {} && arp -s {insider_ip} {}",
-            mac_text(att_mac),
-            mac_text(friend_mac),
-            mac_text(victim_mac),
-            mac_text(insider_mac)
-        ),
-    );
+    exec(&attacker, &format!("ip link del v0 && {own_mac_back}"));
 
     // While it held the friend's address, the attacker could not answer
     // ARP for it (ARP leaving a container must speak for its own address):
